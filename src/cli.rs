@@ -1,0 +1,135 @@
+//! Command-line arguments (binary only: the library never sees clap).
+//!
+//! Every flag that overrides a config key is written into the `RawConfig` before validation,
+//! so flag and file values get the same checks and the same messages.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use minibatch::RawConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "minibatch",
+    version,
+    about = "Data-parallel mini-batch SGD on every core, bit-identical for any thread count",
+    long_about = "Trains models by mini-batch stochastic gradient descent. Each batch is cut into \
+shards whose gradients are computed in parallel and summed by a fixed tree, then one parameter \
+step is taken. The result does not depend on the number of threads.\n\n\
+Configs are TOML files (see configs/ and the README's config reference); flags override keys."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More log output on stderr (-v: per-epoch events, -vv: per-step spans). RUST_LOG,
+    /// when set, takes precedence.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Print nothing but errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train a model from a config and print loss, accuracy and speed per epoch.
+    Train(TrainArgs),
+    /// Print the parameter layout (tensor names, shapes, offsets) a config's model uses.
+    Layout(ConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// TOML config file; without one the built-in defaults are used (a small MLP on the
+    /// MNIST-shaped synthetic set).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Write the final parameters to this safetensors file (readable by numpy and PyTorch).
+    #[arg(long, value_name = "PATH")]
+    pub save: Option<PathBuf>,
+}
+
+/// Flags that override config keys of the same name.
+#[derive(Debug, Args)]
+pub struct Overrides {
+    /// Worker threads (`train.threads`); default: every core. Results are identical for any value.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Examples per step (`train.batch_size`), 1..=N: 1 is pure SGD, N is full-batch descent.
+    #[arg(short, long, value_name = "B")]
+    pub batch_size: Option<usize>,
+    /// Passes over the training set (`train.epochs`).
+    #[arg(short, long, value_name = "E")]
+    pub epochs: Option<usize>,
+    /// Learning rate (`train.lr`), finite and > 0.
+    #[arg(long, value_name = "LR")]
+    pub lr: Option<f64>,
+    /// Seed for data, initialisation and sampling (`seed`).
+    #[arg(long, value_name = "S")]
+    pub seed: Option<u64>,
+    /// Rows per shard (`train.shard_rows`); default chosen from the batch size.
+    #[arg(long, value_name = "R")]
+    pub shard_rows: Option<usize>,
+    /// `shuffle` (a permutation per epoch) or `uniform` (B distinct rows drawn per step)
+    /// (`train.sampling`).
+    #[arg(long, value_name = "MODE")]
+    pub sampling: Option<String>,
+    /// Drop each epoch's short last batch (`train.drop_last`).
+    #[arg(long)]
+    pub drop_last: bool,
+}
+
+impl Overrides {
+    pub fn apply(&self, raw: &mut RawConfig) {
+        macro_rules! set {
+            ($field:expr, $value:expr, $key:literal, $flag:literal) => {
+                if let Some(v) = $value.clone() {
+                    $field = Some(v);
+                    raw.mark_overridden($key, $flag);
+                }
+            };
+        }
+        set!(
+            raw.train.threads,
+            self.threads,
+            "train.threads",
+            "--threads"
+        );
+        set!(
+            raw.train.batch_size,
+            self.batch_size,
+            "train.batch_size",
+            "--batch-size"
+        );
+        set!(raw.train.epochs, self.epochs, "train.epochs", "--epochs");
+        set!(raw.train.lr, self.lr, "train.lr", "--lr");
+        set!(raw.seed, self.seed, "seed", "--seed");
+        set!(
+            raw.train.shard_rows,
+            self.shard_rows,
+            "train.shard_rows",
+            "--shard-rows"
+        );
+        set!(
+            raw.train.sampling,
+            self.sampling,
+            "train.sampling",
+            "--sampling"
+        );
+        set!(
+            raw.train.drop_last,
+            self.drop_last.then_some(true),
+            "train.drop_last",
+            "--drop-last"
+        );
+    }
+}

@@ -1,0 +1,72 @@
+//! The library's one error type and the exit code each kind maps to.
+//!
+//! Every message names what the user can fix (a config key, a file and line, a tensor and its
+//! shapes) and what is allowed. The binary prints it once and exits with `exit_code()`; the
+//! library never prints and never exits.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A value in the config (or the command-line flag that overrides it) is not allowed.
+    #[error("config `{key}`: {msg}")]
+    Config { key: String, msg: String },
+    /// A file could be read but its content is malformed (TOML syntax, wrong types, ...).
+    #[error("{}: {msg}", .path.display())]
+    Parse { path: PathBuf, msg: String },
+    /// A file the user named cannot be read.
+    #[error("cannot read {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An output file cannot be written; nothing half-written is left behind.
+    #[error("cannot write {}: {source}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tensor does not have the shape the model's layout expects.
+    #[error("`{name}` has shape {got:?}, expected {expected:?}")]
+    Shape {
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    /// Training diverged.
+    #[error(
+        "loss became {value} at epoch {epoch}, step {step} (lr {lr}, last finite batch loss {last_finite}); \
+         try a smaller learning rate"
+    )]
+    NonFinite {
+        value: f64,
+        epoch: usize,
+        step: u64,
+        lr: f32,
+        last_finite: f64,
+    },
+}
+
+impl Error {
+    pub fn config(key: impl Into<String>, msg: impl Into<String>) -> Self {
+        Error::Config {
+            key: key.into(),
+            msg: msg.into(),
+        }
+    }
+
+    /// 2 for input the user can correct (as clap does for bad flags), 1 for failures at run time.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config { .. }
+            | Error::Parse { .. }
+            | Error::Read { .. }
+            | Error::Shape { .. } => 2,
+            Error::Write { .. } | Error::NonFinite { .. } => 1,
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! `minibatch`: mini-batch stochastic gradient descent on every core of one machine, with
+//! parameters that are bit-identical for any thread count.
+//!
+//! The loss is a mean over N examples, so the gradient over a random batch of B examples is an
+//! unbiased estimate of the full gradient; one parameter step per batch. The whole loop:
+//!
+//! ```text
+//! for epoch in 0..epochs:
+//!     sampler.start_epoch(epoch)                      // seeded permutation of 0..N
+//!     for idx in sampler batches of B:                // B = N: full batch, B = 1: pure SGD
+//!         for shard s of idx, in parallel:            // boundaries depend on B only
+//!             grads[s] = 0
+//!             grads[s] += sum_{i in s} grad L_i       // model.loss_grad_sum
+//!         tree_reduce(grads)                          // fixed pairwise order -> grads[0]
+//!         theta = optimizer.step(theta, grads[0] / B) // exactly one step per batch
+//! ```
+//!
+//! Where things live:
+//! - `config`: TOML + overrides -> validated `Config`;
+//! - `data`: `Dataset` and the synthetic workloads; `sampler`: which rows each step sees;
+//! - `params`: the flat buffer layout (names, shapes, offsets);
+//! - `model`: the `Model` trait and the built-in `Mlp` (linear, logistic, softmax, MLP);
+//! - `shard` and `reduce`: cutting a batch and summing it back, deterministically;
+//! - `optim`: the update on flat buffers; `train`: the `Trainer` that runs it all on its pool;
+//! - `checkpoint`: safetensors files for parameters.
+
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod model;
+pub mod optim;
+pub mod params;
+pub mod reduce;
+pub mod sampler;
+pub mod shard;
+pub mod train;
+
+pub use config::{Config, RawConfig};
+pub use data::Dataset;
+pub use error::{Error, Result};
+pub use model::{Batch, Mlp, Model, Stats};
+pub use params::ParamLayout;
+pub use train::{EpochReport, RunReport, Trainer};

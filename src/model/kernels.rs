@@ -1,0 +1,173 @@
+//! Numerical kernels shared by the models: matrix products into existing buffers, the
+//! activations with their derivatives, and the heads' stable loss-and-gradient per row.
+//!
+//! Legend: `x` a block's input `(rows, d_in)`, `w` a weight `(d_in, d_out)`, `b` its bias,
+//! `z` pre-activations, `a` activations, `dz` = dL/dz, all `(rows, width)` row-major.
+//! Every product adds into or overwrites a caller-owned buffer; nothing here allocates.
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
+
+use super::{Activation, Head, Stats};
+
+/// z = x w + b, overwriting `z`.
+pub(super) fn affine(
+    x: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    b: ArrayView1<f32>,
+    mut z: ArrayViewMut2<f32>,
+) {
+    for mut row in z.rows_mut() {
+        row.assign(&b);
+    }
+    general_mat_mul(1.0, &x, &w, 1.0, &mut z);
+}
+
+/// gw += x^T dz and gb += column sums of dz: the weight and bias gradients summed over rows.
+pub(super) fn affine_grad_add(
+    x: ArrayView2<f32>,
+    dz: ArrayView2<f32>,
+    mut gw: ArrayViewMut2<f32>,
+    mut gb: ArrayViewMut1<f32>,
+) {
+    general_mat_mul(1.0, &x.t(), &dz, 1.0, &mut gw);
+    for row in dz.axis_iter(Axis(0)) {
+        gb += &row;
+    }
+}
+
+/// dx = dz w^T, overwriting `dx`: the gradient flowing into the layer's input.
+pub(super) fn affine_input_grad(
+    dz: ArrayView2<f32>,
+    w: ArrayView2<f32>,
+    mut dx: ArrayViewMut2<f32>,
+) {
+    general_mat_mul(1.0, &dz, &w.t(), 0.0, &mut dx);
+}
+
+/// a = act(z) in place.
+pub(super) fn activate(act: Activation, mut z: ArrayViewMut2<f32>) {
+    match act {
+        Activation::Relu => z.mapv_inplace(|v| v.max(0.0)),
+        Activation::Tanh => z.mapv_inplace(f32::tanh),
+        Activation::Sigmoid => z.mapv_inplace(sigmoid),
+    }
+}
+
+/// da *= act'(z), written with the activation's output a = act(z), which is what the
+/// workspace keeps: relu' = [a > 0], tanh' = 1 - a^2, sigmoid' = a (1 - a).
+pub(super) fn activation_backward(act: Activation, a: ArrayView2<f32>, mut da: ArrayViewMut2<f32>) {
+    match act {
+        Activation::Relu => da.zip_mut_with(&a, |g, &a| {
+            if a <= 0.0 {
+                *g = 0.0
+            }
+        }),
+        Activation::Tanh => da.zip_mut_with(&a, |g, &a| *g *= 1.0 - a * a),
+        Activation::Sigmoid => da.zip_mut_with(&a, |g, &a| *g *= a * (1.0 - a)),
+    }
+}
+
+/// Loss sums for the head's outputs `z (rows, n_out)` against targets `y`, and, when `dz` is
+/// given, dL_i/dz_i per row. Each row's loss is in the stable form:
+/// - MSE: L = (z - y)^2, dL/dz = 2 (z - y);
+/// - logistic: L = softplus(z) - y z = max(z, 0) - y z + ln(1 + e^-|z|), dL/dz = sigmoid(z) - y;
+/// - softmax: L = logsumexp(z) - z_y, dL/dz_j = softmax(z)_j - [j = y].
+pub(super) fn head_loss(
+    head: Head,
+    z: ArrayView2<f32>,
+    y: ArrayView1<f32>,
+    mut dz: Option<ArrayViewMut2<f32>>,
+) -> Stats {
+    let mut stats = Stats {
+        rows: z.nrows() as u64,
+        ..Stats::default()
+    };
+    for (i, (z_row, &target)) in z.rows().into_iter().zip(y.iter()).enumerate() {
+        match head {
+            Head::Mse => {
+                let diff = z_row[0] - target;
+                stats.loss_sum += f64::from(diff) * f64::from(diff);
+                if let Some(dz) = dz.as_mut() {
+                    dz[[i, 0]] = 2.0 * diff;
+                }
+            }
+            Head::Logistic => {
+                let logit = z_row[0];
+                stats.loss_sum += f64::from(softplus(logit) - target * logit);
+                stats.n_correct += u64::from((logit > 0.0) == (target > 0.5));
+                if let Some(dz) = dz.as_mut() {
+                    dz[[i, 0]] = sigmoid(logit) - target;
+                }
+            }
+            Head::Softmax { .. } => {
+                let class = target as usize;
+                let lse = log_sum_exp(z_row);
+                stats.loss_sum += f64::from(lse - z_row[class]);
+                let argmax = z_row
+                    .iter()
+                    .enumerate()
+                    .fold((0, f32::NEG_INFINITY), |best, (j, &v)| {
+                        if v > best.1 { (j, v) } else { best }
+                    })
+                    .0;
+                stats.n_correct += u64::from(argmax == class);
+                if let Some(dz) = dz.as_mut() {
+                    let mut dz_row = dz.row_mut(i);
+                    for (g, &v) in dz_row.iter_mut().zip(z_row.iter()) {
+                        *g = (v - lse).exp();
+                    }
+                    dz_row[class] -= 1.0;
+                }
+            }
+        }
+    }
+    stats
+}
+
+/// 1 / (1 + e^-z) without overflow for large |z|.
+pub fn sigmoid(z: f32) -> f32 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// ln(1 + e^z) without overflow: max(z, 0) + ln(1 + e^-|z|).
+pub fn softplus(z: f32) -> f32 {
+    z.max(0.0) + (-z.abs()).exp().ln_1p()
+}
+
+/// ln sum_j e^{z_j}, shifted by the maximum so that no exponential overflows.
+pub fn log_sum_exp(z: ArrayView1<f32>) -> f32 {
+    let max = z.fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let sum: f32 = z.iter().map(|&v| (v - max).exp()).sum();
+    max + sum.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::array;
+
+    #[test]
+    fn sigmoid_and_softplus_are_finite_at_extremes() {
+        for z in [-1000.0f32, -100.0, -20.0, 0.0, 20.0, 100.0, 1000.0] {
+            let s = sigmoid(z);
+            assert!((0.0..=1.0).contains(&s), "sigmoid({z}) = {s}");
+            let sp = softplus(z);
+            assert!(sp.is_finite() && sp >= 0.0, "softplus({z}) = {sp}");
+        }
+        assert_eq!(softplus(1000.0), 1000.0);
+        assert!((sigmoid(0.0) - 0.5).abs() < 1e-7);
+    }
+
+    #[test]
+    fn log_sum_exp_survives_huge_logits() {
+        let z = array![1000.0f32, 1000.0, -1000.0];
+        let expected = 1000.0 + 2.0f32.ln();
+        assert!((log_sum_exp(z.view()) - expected).abs() < 1e-3);
+    }
+}

@@ -1,0 +1,261 @@
+//! The built-in model: a multi-layer perceptron of any depth and width.
+//!
+//! With no hidden layers it is linear regression (MSE head), logistic regression (logistic
+//! head, one output) or softmax regression (softmax head, k outputs), so the three classic
+//! models and the MLP share one forward and one backward pass.
+//!
+//! Parameter layout, in this order (layer l = 1..=L, L = hidden layers + 1):
+//! `w{l}` of shape `(d_{l-1}, d_l)` then `b{l}` of shape `(d_l,)`, where d_0 is the input
+//! width and d_L the head's width (1 for MSE and logistic, k for softmax). So `z = x w + b`
+//! with `x` row-major `(rows, d_{l-1})`.
+
+use ndarray::{Array2, ArrayView2, s};
+use ndarray_rand::RandomExt;
+use ndarray_rand::rand_distr::Normal;
+use rand::rngs::StdRng;
+
+use super::kernels::{
+    activate, activation_backward, affine, affine_grad_add, affine_input_grad, head_loss,
+};
+use super::{Batch, Model, Stats};
+use crate::params::{ParamId, ParamLayout};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Relu,
+    Tanh,
+    Sigmoid,
+}
+
+/// The output layer's loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// Regression: L = (z - y)^2, one output.
+    Mse,
+    /// Binary classification: sigmoid + binary cross-entropy, one output (the logit).
+    Logistic,
+    /// k-class classification: softmax + cross-entropy, k outputs.
+    Softmax { n_classes: usize },
+}
+
+impl Head {
+    pub fn n_outputs(self) -> usize {
+        match self {
+            Head::Mse | Head::Logistic => 1,
+            Head::Softmax { n_classes } => n_classes,
+        }
+    }
+}
+
+/// The shape of an `Mlp`: input width, hidden widths (possibly none), activation, head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MlpSpec {
+    pub d_in: usize,
+    pub hidden: Vec<usize>,
+    pub activation: Activation,
+    pub head: Head,
+}
+
+impl MlpSpec {
+    /// Widths d_0..=d_L.
+    pub fn widths(&self) -> Vec<usize> {
+        let mut widths = vec![self.d_in];
+        widths.extend(&self.hidden);
+        widths.push(self.head.n_outputs());
+        widths
+    }
+
+    /// "mlp 784-256-256-10 relu softmax", "logistic 1000-1", ...
+    pub fn describe(&self) -> String {
+        let widths = self
+            .widths()
+            .iter()
+            .map(|w| w.to_string())
+            .collect::<Vec<_>>()
+            .join("-");
+        let head = match self.head {
+            Head::Mse => "mse",
+            Head::Logistic => "logistic",
+            Head::Softmax { .. } => "softmax",
+        };
+        if self.hidden.is_empty() {
+            let kind = match self.head {
+                Head::Mse => "linear",
+                Head::Logistic => "logistic",
+                Head::Softmax { .. } => "softmax",
+            };
+            format!("{kind} {widths}")
+        } else {
+            format!("mlp {widths} {:?} {head}", self.activation).to_lowercase()
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    spec: MlpSpec,
+    layout: ParamLayout,
+    /// (weight, bias) per layer, in forward order.
+    layers: Vec<(ParamId, ParamId)>,
+}
+
+/// Per-shard buffers: `a[l]` holds layer l's output (its pre-activation for the head) and
+/// `dz[l]` its gradient, each `(max_rows, d_{l+1})`; a block uses the first `rows` rows.
+pub struct MlpWorkspace {
+    a: Vec<Array2<f32>>,
+    dz: Vec<Array2<f32>>,
+}
+
+impl Mlp {
+    pub fn new(spec: MlpSpec) -> Self {
+        let mut layout = ParamLayout::new();
+        let widths = spec.widths();
+        let layers = widths
+            .windows(2)
+            .enumerate()
+            .map(|(i, pair)| {
+                let w = layout.push(&format!("w{}", i + 1), &[pair[0], pair[1]]);
+                let b = layout.push(&format!("b{}", i + 1), &[pair[1]]);
+                (w, b)
+            })
+            .collect();
+        Mlp {
+            spec,
+            layout,
+            layers,
+        }
+    }
+
+    pub fn spec(&self) -> &MlpSpec {
+        &self.spec
+    }
+
+    fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Runs every layer on `x` and leaves the head's pre-activation in `ws.a[L-1]`.
+    fn forward(&self, params: &[f32], x: ArrayView2<f32>, ws: &mut MlpWorkspace) {
+        let rows = x.nrows();
+        let last = self.n_layers() - 1;
+        for (l, &(w, b)) in self.layers.iter().enumerate() {
+            let (done, rest) = ws.a.split_at_mut(l);
+            let input = if l == 0 {
+                x
+            } else {
+                done[l - 1].slice(s![..rows, ..])
+            };
+            let mut z = rest[0].slice_mut(s![..rows, ..]);
+            affine(
+                input,
+                self.layout.matrix(w, params),
+                self.layout.vector(b, params),
+                z.view_mut(),
+            );
+            if l < last {
+                activate(self.spec.activation, z);
+            }
+        }
+    }
+}
+
+impl Model for Mlp {
+    type Workspace = MlpWorkspace;
+
+    fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
+    /// He-normal (std sqrt(2 / fan_in)) for layers feeding a ReLU, Glorot-normal
+    /// (std sqrt(2 / (fan_in + fan_out))) for tanh, sigmoid and the output layer; zero biases.
+    fn init(&self, params: &mut [f32], rng: &mut StdRng) {
+        let last = self.n_layers() - 1;
+        for (l, &(w, b)) in self.layers.iter().enumerate() {
+            let shape = &self.layout.entry(w).shape;
+            let (fan_in, fan_out) = (shape[0], shape[1]);
+            let std = if l < last && self.spec.activation == Activation::Relu {
+                (2.0 / fan_in as f32).sqrt()
+            } else {
+                (2.0 / (fan_in + fan_out) as f32).sqrt()
+            };
+            let normal = Normal::new(0.0f32, std).expect("std is finite and positive");
+            let values = Array2::random_using((fan_in, fan_out), normal, rng);
+            self.layout
+                .slice_mut(w, params)
+                .copy_from_slice(values.as_slice().expect("fresh arrays are contiguous"));
+            self.layout.slice_mut(b, params).fill(0.0);
+        }
+    }
+
+    fn workspace(&self, max_rows: usize) -> MlpWorkspace {
+        let widths = self.spec.widths();
+        let buffers = || {
+            widths[1..]
+                .iter()
+                .map(|&w| Array2::zeros((max_rows, w)))
+                .collect()
+        };
+        MlpWorkspace {
+            a: buffers(),
+            dz: buffers(),
+        }
+    }
+
+    fn loss_grad_sum(
+        &self,
+        params: &[f32],
+        batch: Batch<'_>,
+        ws: &mut MlpWorkspace,
+        grad: &mut [f32],
+    ) -> Stats {
+        let rows = batch.rows();
+        self.forward(params, batch.x, ws);
+        let last = self.n_layers() - 1;
+        let stats = head_loss(
+            self.spec.head,
+            ws.a[last].slice(s![..rows, ..]),
+            batch.y,
+            Some(ws.dz[last].slice_mut(s![..rows, ..])),
+        );
+        // Backward: dz[l] is known; accumulate layer l's gradients, then push dz into layer
+        // l - 1 through w_l and the activation. The first layer needs no input gradient.
+        for l in (0..=last).rev() {
+            let (w, b) = self.layers[l];
+            let input = if l == 0 {
+                batch.x
+            } else {
+                ws.a[l - 1].slice(s![..rows, ..])
+            };
+            let dz = ws.dz[l].slice(s![..rows, ..]);
+            let (gw, gb) = self.layout.linear_mut(w, b, grad);
+            affine_grad_add(input, dz, gw, gb);
+            if l > 0 {
+                let (below, above) = ws.dz.split_at_mut(l);
+                let mut da = below[l - 1].slice_mut(s![..rows, ..]);
+                affine_input_grad(
+                    above[0].slice(s![..rows, ..]),
+                    self.layout.matrix(w, params),
+                    da.view_mut(),
+                );
+                activation_backward(self.spec.activation, ws.a[l - 1].slice(s![..rows, ..]), da);
+            }
+        }
+        stats
+    }
+
+    fn loss_sum(&self, params: &[f32], batch: Batch<'_>, ws: &mut MlpWorkspace) -> Stats {
+        let rows = batch.rows();
+        self.forward(params, batch.x, ws);
+        let last = self.n_layers() - 1;
+        head_loss(
+            self.spec.head,
+            ws.a[last].slice(s![..rows, ..]),
+            batch.y,
+            None,
+        )
+    }
+
+    fn is_classifier(&self) -> bool {
+        self.spec.head != Head::Mse
+    }
+}

@@ -1,0 +1,90 @@
+//! The `Model` trait the trainer drives, and the built-in models behind it.
+//!
+//! A model owns no parameters: it knows their layout and computes, for a block of rows, the
+//! *sum* of per-example losses and the *sum* of their gradients, added into a flat gradient
+//! buffer the caller zeroed. The 1/B of the mean is applied once, by the optimizer step. This
+//! is what lets a batch be cut into shards whose sums add up, in a fixed order, to the batch's.
+//!
+//! Built in: `Mlp`, a multi-layer perceptron of any depth (zero hidden layers gives linear,
+//! logistic and softmax regression) with an MSE, logistic or softmax head.
+
+mod kernels;
+mod mlp;
+
+pub use kernels::{log_sum_exp, sigmoid, softplus};
+pub use mlp::{Activation, Head, Mlp, MlpSpec, MlpWorkspace};
+
+use ndarray::{ArrayView1, ArrayView2};
+use rand::rngs::StdRng;
+
+use crate::params::ParamLayout;
+
+/// A block of rows: features `(rows, d)` and targets `(rows,)`. Class targets are the exact
+/// integers 0..k stored as f32.
+#[derive(Clone, Copy)]
+pub struct Batch<'a> {
+    pub x: ArrayView2<'a, f32>,
+    pub y: ArrayView1<'a, f32>,
+}
+
+impl Batch<'_> {
+    pub fn rows(&self) -> usize {
+        self.x.nrows()
+    }
+}
+
+/// Sums over the rows of a block, never means, so that blocks add up.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stats {
+    pub loss_sum: f64,
+    pub n_correct: u64,
+    pub rows: u64,
+}
+
+impl Stats {
+    pub fn add(&mut self, other: &Stats) {
+        self.loss_sum += other.loss_sum;
+        self.n_correct += other.n_correct;
+        self.rows += other.rows;
+    }
+
+    pub fn mean_loss(&self) -> f64 {
+        self.loss_sum / self.rows.max(1) as f64
+    }
+
+    pub fn accuracy(&self) -> f64 {
+        self.n_correct as f64 / self.rows.max(1) as f64
+    }
+}
+
+/// What the trainer needs from a model. Implement it for your own model: the trainer,
+/// sampler, reduction and optimizer work on any layout.
+pub trait Model: Send + Sync {
+    /// Activations and scratch for one shard; allocated once per shard slot and reused every
+    /// step, so the hot path allocates nothing.
+    type Workspace: Send;
+
+    fn layout(&self) -> &ParamLayout;
+
+    /// Seeded standard initialisation of a zeroed buffer of `layout().n_params()` elements.
+    fn init(&self, params: &mut [f32], rng: &mut StdRng);
+
+    /// Scratch space for blocks of at most `max_rows` rows.
+    fn workspace(&self, max_rows: usize) -> Self::Workspace;
+
+    /// Adds `sum_i dL_i/dtheta` over the rows of `batch` into `grad` (which the caller
+    /// zeroed, or holds other rows' sums) and returns the sums of loss and correct answers.
+    fn loss_grad_sum(
+        &self,
+        params: &[f32],
+        batch: Batch<'_>,
+        ws: &mut Self::Workspace,
+        grad: &mut [f32],
+    ) -> Stats;
+
+    /// Forward only: the same `Stats` as `loss_grad_sum` without touching gradients.
+    fn loss_sum(&self, params: &[f32], batch: Batch<'_>, ws: &mut Self::Workspace) -> Stats;
+
+    /// Whether `Stats::n_correct` means anything (accuracy is reported for classifiers only).
+    fn is_classifier(&self) -> bool;
+}

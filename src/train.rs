@@ -1,0 +1,379 @@
+//! The training loop: fit -> epoch -> step, and the one place where work runs in parallel.
+//!
+//! A step takes the batch's row indices and
+//! 1. cuts them into shards (`shard.rs`); on the pool, each shard gathers its rows into its
+//!    own block, zeroes its own gradient row and adds its gradient sum into it;
+//! 2. sums the shard rows with the fixed tree (`reduce.rs`), parallel over parameter chunks;
+//! 3. takes exactly one optimizer step with the sum and the batch length.
+//! Shards are indexed by position in the batch, never by thread, and their stats are summed
+//! serially in shard order, so the thread count changes the speed and nothing else.
+//!
+//! The pool is owned by the trainer and entered once per `fit`; every buffer the step touches
+//! is sized in `new`, so steps allocate nothing.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ndarray::{Array1, Array2, Axis, s};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rayon::prelude::*;
+use tracing::{debug_span, info, info_span, trace_span};
+
+use crate::config::TrainConfig;
+use crate::data::{Dataset, mix};
+use crate::error::{Error, Result};
+use crate::model::{Batch, Model, Stats};
+use crate::optim::Optimizer;
+use crate::reduce::tree_reduce;
+use crate::sampler::Sampler;
+use crate::shard::{n_shards, shard_range};
+
+/// What one epoch did, handed to `fit`'s callback.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EpochReport {
+    /// 1-based.
+    pub epoch: usize,
+    pub epochs: usize,
+    /// Steps taken since the start of the run.
+    pub steps: u64,
+    /// Sums over the epoch's batches, each computed with the parameters before its step.
+    pub train: Stats,
+    pub valid: Option<Stats>,
+    /// Training time of the epoch, without evaluation.
+    pub seconds: f64,
+    pub is_classifier: bool,
+}
+
+impl EpochReport {
+    pub fn examples_per_sec(&self) -> f64 {
+        self.train.rows as f64 / self.seconds.max(1e-12)
+    }
+}
+
+/// The whole run, returned by `fit`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunReport {
+    pub epochs: Vec<EpochReport>,
+    pub steps: u64,
+    pub examples: u64,
+    pub seconds: f64,
+}
+
+/// One shard's buffers, reused every step.
+struct ShardSlot<W> {
+    /// Gathered rows `(shard_rows, d)`.
+    x: Array2<f32>,
+    y: Array1<f32>,
+    ws: W,
+    stats: Stats,
+}
+
+pub struct Trainer<M: Model> {
+    model: M,
+    params: Vec<f32>,
+    optimizer: Optimizer,
+    /// Shared so that `fit` can enter it while borrowing `self` mutably.
+    pool: Arc<rayon::ThreadPool>,
+    slots: Vec<ShardSlot<M::Workspace>>,
+    /// `(max_shards, n_params)`: row i is shard i's gradient sum; row 0 ends as the batch's.
+    grads: Array2<f32>,
+    cfg: TrainConfig,
+    seed: u64,
+    steps_taken: u64,
+}
+
+impl<M: Model> Trainer<M> {
+    /// Builds the pool and every buffer the steps will use, and initialises the parameters
+    /// from `seed`. `d` is the input width of the data to come.
+    pub fn new(model: M, d: usize, cfg: &TrainConfig, seed: u64) -> Result<Self> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.threads.get())
+            .thread_name(|i| format!("minibatch-worker-{i}"))
+            .build()
+            .map_err(|e| {
+                Error::config(
+                    "train.threads",
+                    format!("cannot start {} threads: {e}", cfg.threads),
+                )
+            })?;
+        let n_params = model.layout().n_params();
+        let mut params = vec![0.0f32; n_params];
+        model.init(&mut params, &mut StdRng::seed_from_u64(mix(seed, 4)));
+        let max_shards = n_shards(cfg.batch_size.get(), cfg.shard_rows);
+        // Evaluation reuses the slots; give it one per thread even when batches need fewer.
+        let n_slots = max_shards.max(cfg.threads.get());
+        let rows = cfg.shard_rows.get().min(cfg.batch_size.get());
+        let slots = (0..n_slots)
+            .map(|_| ShardSlot {
+                x: Array2::zeros((rows, d)),
+                y: Array1::zeros(rows),
+                ws: model.workspace(rows),
+                stats: Stats::default(),
+            })
+            .collect();
+        Ok(Trainer {
+            optimizer: Optimizer::new(cfg.optimizer, n_params),
+            grads: Array2::zeros((max_shards, n_params)),
+            model,
+            params,
+            pool: Arc::new(pool),
+            slots,
+            cfg: cfg.clone(),
+            seed,
+            steps_taken: 0,
+        })
+    }
+
+    pub fn model(&self) -> &M {
+        &self.model
+    }
+
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    /// Replaces the initial parameters (e.g. to start from given values).
+    pub fn set_params(&mut self, params: &[f32]) -> Result<()> {
+        if params.len() != self.params.len() {
+            return Err(Error::Shape {
+                name: "parameters".into(),
+                expected: vec![self.params.len()],
+                got: vec![params.len()],
+            });
+        }
+        self.params.copy_from_slice(params);
+        Ok(())
+    }
+
+    /// Runs `f` on the trainer's pool (e.g. to generate data with the same threads).
+    pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.pool.install(f)
+    }
+
+    /// Trains for the configured epochs. `on_epoch` sees each epoch's report as it ends.
+    pub fn fit(
+        &mut self,
+        train: &Dataset,
+        valid: Option<&Dataset>,
+        mut on_epoch: impl FnMut(&EpochReport) + Send,
+    ) -> Result<RunReport> {
+        self.check_data(train)?;
+        if let Some(valid) = valid {
+            self.check_data(valid)?;
+        }
+        let run_span = info_span!(
+            "run",
+            n = train.n(),
+            d = train.d(),
+            batch_size = self.cfg.batch_size.get(),
+            threads = self.cfg.threads.get(),
+            shard_rows = self.cfg.shard_rows.get()
+        );
+        let _run = run_span.enter();
+        let pool = Arc::clone(&self.pool);
+        pool.install(|| self.fit_on_pool(train, valid, &mut on_epoch))
+    }
+
+    fn fit_on_pool(
+        &mut self,
+        train: &Dataset,
+        valid: Option<&Dataset>,
+        on_epoch: &mut (impl FnMut(&EpochReport) + Send),
+    ) -> Result<RunReport> {
+        let cfg = self.cfg.clone();
+        let mut sampler = Sampler::new(
+            train.n(),
+            cfg.batch_size,
+            cfg.sampling,
+            cfg.steps_per_epoch,
+            mix(self.seed, 3),
+        );
+        let run_start = Instant::now();
+        let mut reports = Vec::with_capacity(cfg.epochs.get());
+        let mut last_finite = f64::NAN;
+        for epoch in 0..cfg.epochs.get() {
+            let _epoch = info_span!("epoch", epoch = epoch + 1).entered();
+            sampler.start_epoch(epoch);
+            let start = Instant::now();
+            let mut stats = Stats::default();
+            while let Some(idx) = sampler.next_batch() {
+                let batch_stats = self.step(train, idx, cfg.lr)?;
+                if !batch_stats.loss_sum.is_finite() {
+                    return Err(Error::NonFinite {
+                        value: batch_stats.loss_sum,
+                        epoch: epoch + 1,
+                        step: self.steps_taken + 1,
+                        lr: cfg.lr,
+                        last_finite,
+                    });
+                }
+                last_finite = batch_stats.mean_loss();
+                stats.add(&batch_stats);
+            }
+            let seconds = start.elapsed().as_secs_f64();
+            let valid_stats = valid.map(|v| self.evaluate_on_pool(v));
+            let report = EpochReport {
+                epoch: epoch + 1,
+                epochs: cfg.epochs.get(),
+                steps: self.steps_taken,
+                train: stats,
+                valid: valid_stats,
+                seconds,
+                is_classifier: self.model.is_classifier(),
+            };
+            info!(
+                epoch = report.epoch,
+                train_loss = report.train.mean_loss(),
+                examples_per_sec = report.examples_per_sec(),
+                "epoch done"
+            );
+            on_epoch(&report);
+            reports.push(report);
+        }
+        Ok(RunReport {
+            steps: self.steps_taken,
+            examples: reports.iter().map(|r| r.train.rows).sum(),
+            seconds: run_start.elapsed().as_secs_f64(),
+            epochs: reports,
+        })
+    }
+
+    /// One synchronized step: theta <- theta - lr * (1/B) * sum_i grad L_i over the rows
+    /// `idx`, and the batch's stats. When the batch's loss is not finite the parameters are
+    /// left as they were, so the caller can stop with the last good ones.
+    pub fn step(&mut self, data: &Dataset, idx: &[usize], lr: f32) -> Result<Stats> {
+        self.check_data(data)?;
+        let batch_len = idx.len();
+        let shard_rows = self.cfg.shard_rows;
+        let n_shards = n_shards(batch_len, shard_rows);
+        assert!(
+            n_shards <= self.grads.nrows(),
+            "batch of {batch_len} exceeds the configured batch size"
+        );
+        let step_span = debug_span!("step", step = self.steps_taken + 1, batch_len, n_shards);
+        let _step = step_span.enter();
+        let n_params = self.params.len();
+        let (model, params) = (&self.model, &self.params[..]);
+        let grads = self.grads.as_slice_mut().expect("grads are contiguous");
+        let shard =
+            |(shard_idx, (grad, slot)): (usize, (&mut [f32], &mut ShardSlot<M::Workspace>))| {
+                let range = shard_range(shard_idx, batch_len, shard_rows);
+                let _shard =
+                    trace_span!(parent: &step_span, "shard", shard = shard_idx, rows = range.len())
+                        .entered();
+                run_shard(model, params, data, &idx[range], slot, grad);
+            };
+        if n_shards == 1 || self.cfg.threads.get() == 1 {
+            // Same per-shard function and order of sums, without dispatching to the pool.
+            grads
+                .chunks_mut(n_params)
+                .zip(self.slots.iter_mut())
+                .take(n_shards)
+                .enumerate()
+                .for_each(shard);
+        } else {
+            grads
+                .par_chunks_mut(n_params)
+                .zip(self.slots[..n_shards].par_iter_mut())
+                .enumerate()
+                .for_each(shard);
+        }
+        let mut stats = Stats::default();
+        for slot in &self.slots[..n_shards] {
+            stats.add(&slot.stats);
+        }
+        if !stats.loss_sum.is_finite() {
+            return Ok(stats);
+        }
+        {
+            let _reduce = trace_span!("reduce", n_shards).entered();
+            tree_reduce(self.grads.view_mut(), n_shards);
+        }
+        {
+            let _update = trace_span!("update").entered();
+            let grad_sum = self.grads.index_axis(Axis(0), 0);
+            let grad_sum = grad_sum
+                .as_slice()
+                .expect("rows of a standard array are contiguous");
+            self.optimizer
+                .step(&mut self.params, grad_sum, batch_len, lr);
+        }
+        self.steps_taken += 1;
+        Ok(stats)
+    }
+
+    /// Loss (and correct answers) summed over every row of `data` with the current
+    /// parameters, in parallel blocks of `shard_rows` summed in block order.
+    pub fn evaluate(&mut self, data: &Dataset) -> Result<Stats> {
+        self.check_data(data)?;
+        let pool = Arc::clone(&self.pool);
+        Ok(pool.install(|| self.evaluate_on_pool(data)))
+    }
+
+    fn evaluate_on_pool(&mut self, data: &Dataset) -> Stats {
+        let _eval = debug_span!("eval", rows = data.n()).entered();
+        let block_rows = self.slots[0].x.nrows();
+        let n_blocks = data.n().div_ceil(block_rows);
+        let (model, params) = (&self.model, &self.params[..]);
+        let mut total = Stats::default();
+        let n_slots = self.slots.len();
+        for round_start in (0..n_blocks).step_by(n_slots) {
+            let round_blocks = (n_blocks - round_start).min(n_slots);
+            self.slots[..round_blocks]
+                .par_iter_mut()
+                .enumerate()
+                .for_each(|(i, slot)| {
+                    let start = (round_start + i) * block_rows;
+                    let batch = data.rows(start..(start + block_rows).min(data.n()));
+                    slot.stats = model.loss_sum(params, batch, &mut slot.ws);
+                });
+            for slot in &self.slots[..round_blocks] {
+                total.add(&slot.stats);
+            }
+        }
+        total
+    }
+
+    fn check_data(&self, data: &Dataset) -> Result<()> {
+        let d = self.slots[0].x.ncols();
+        if data.d() != d {
+            return Err(Error::Shape {
+                name: "features".into(),
+                expected: vec![data.n(), d],
+                got: vec![data.n(), data.d()],
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Gathers the shard's rows into its block, zeroes its gradient row and adds the shard's
+/// gradient sum into it.
+fn run_shard<M: Model>(
+    model: &M,
+    params: &[f32],
+    data: &Dataset,
+    idx: &[usize],
+    slot: &mut ShardSlot<M::Workspace>,
+    grad: &mut [f32],
+) {
+    let rows = idx.len();
+    {
+        let _gather = trace_span!("gather").entered();
+        let d = data.d();
+        let src = data.features();
+        let dst = slot.x.as_slice_mut().expect("blocks are row-major");
+        for (r, &i) in idx.iter().enumerate() {
+            dst[r * d..(r + 1) * d].copy_from_slice(&src[i * d..(i + 1) * d]);
+            slot.y[r] = data.targets()[i];
+        }
+    }
+    let _fwd_bwd = trace_span!("fwd_bwd").entered();
+    grad.fill(0.0);
+    let batch = Batch {
+        x: slot.x.slice(s![..rows, ..]),
+        y: slot.y.slice(s![..rows]),
+    };
+    slot.stats = model.loss_grad_sum(params, batch, &mut slot.ws, grad);
+}
