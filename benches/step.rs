@@ -1,1 +1,73 @@
-fn main() {}
+//! Criterion benches of the step's pieces per standard workload: one shard's forward and
+//! backward, the reduction, the update, and a whole step. Throughput is in examples, so the
+//! reports read as examples/s. For ratios against the machine's limits use `minibatch bench`.
+
+use std::hint::black_box;
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use minibatch::model::Model;
+use minibatch::optim::Optimizer;
+use minibatch::reduce::tree_reduce;
+use minibatch::{Mlp, RawConfig, Trainer, data};
+use ndarray::Array2;
+
+/// The workloads at bench size: (name, config, batch sizes).
+const WORKLOADS: &[(&str, &str, &[usize])] = &[
+    (
+        "w1_mlp",
+        "[data]\nsynthetic = \"teacher\"\nn = 8192\n[model]\nhidden = [256, 256]\n[train]\nlr = 0.05\n",
+        &[32, 512, 2048],
+    ),
+    ("w2_logreg", "[data]\nsynthetic = \"logistic\"\nn = 16384\n[train]\nlr = 0.1\n", &[256, 4096]),
+    ("w3_sgd1", "[data]\nsynthetic = \"linear\"\nn = 4096\n[train]\nlr = 0.01\n", &[1]),
+];
+
+fn benches(c: &mut Criterion) {
+    for &(name, toml_text, batch_sizes) in WORKLOADS {
+        let mut group = c.benchmark_group(name);
+        for &batch_size in batch_sizes {
+            let mut raw = RawConfig::from_toml(toml_text, std::path::Path::new(name)).expect("bench config parses");
+            raw.train.batch_size = Some(batch_size);
+            let cfg = raw.validate().expect("bench config is valid");
+            let model = Mlp::new(cfg.model.clone());
+            let n_params = model.layout().n_params();
+            let (train, _) = data::synthetic(&cfg.data, cfg.seed);
+            group.throughput(Throughput::Elements(batch_size as u64));
+
+            let rows = cfg.train.shard_rows.get().min(batch_size);
+            let mut params = vec![0.0f32; n_params];
+            model.init(&mut params, &mut rand::SeedableRng::seed_from_u64(1));
+            let mut ws = model.workspace(rows);
+            let mut grad = vec![0.0f32; n_params];
+            group.throughput(Throughput::Elements(rows as u64));
+            group.bench_function(BenchmarkId::new("shard_fwd_bwd", rows), |b| {
+                b.iter(|| {
+                    grad.fill(0.0);
+                    black_box(model.loss_grad_sum(&params, train.rows(0..rows), &mut ws, &mut grad))
+                })
+            });
+
+            group.throughput(Throughput::Elements(batch_size as u64));
+            let n_shards = minibatch::shard::n_shards(batch_size, cfg.train.shard_rows);
+            let mut grads = Array2::<f32>::ones((n_shards, n_params));
+            group.bench_function(BenchmarkId::new("reduce", batch_size), |b| {
+                b.iter(|| tree_reduce(black_box(grads.view_mut()), n_shards))
+            });
+
+            let mut optimizer = Optimizer::new(cfg.train.optimizer, n_params);
+            group.bench_function(BenchmarkId::new("update", batch_size), |b| {
+                b.iter(|| optimizer.step(black_box(&mut params), &grad, batch_size, 1e-6))
+            });
+
+            let mut trainer = Trainer::new(model.clone(), cfg.data.d, &cfg.train, cfg.seed).expect("trainer");
+            let idx: Vec<usize> = (0..batch_size).map(|i| (i * 7919) % train.n()).collect();
+            group.bench_function(BenchmarkId::new("step", batch_size), |b| {
+                b.iter(|| trainer.step(&train, &idx, 1e-6).expect("step"))
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(step, benches);
+criterion_main!(step);

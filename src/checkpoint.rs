@@ -6,11 +6,11 @@
 //! the same directory, are synced, then renamed over the target: a crash leaves either the
 //! old file or the new one, never half of one.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use safetensors::tensor::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
 use crate::params::ParamLayout;
@@ -18,6 +18,11 @@ use crate::params::ParamLayout;
 pub const FORMAT: &str = "minibatch-params-v1";
 
 /// Writes `params` (laid out by `layout`) with extra string `metadata` to `path`, atomically.
+///
+/// The header is written here rather than by `safetensors::serialize`, whose metadata map is
+/// a `HashMap` that orders keys differently in every process: a file's bytes must depend on
+/// the parameters and settings only. Keys are sorted, tensors follow the layout's order, and
+/// the header is padded with spaces to a multiple of 8 bytes, as the format recommends.
 pub fn save_params(
     path: &Path,
     layout: &ParamLayout,
@@ -29,31 +34,33 @@ pub fn save_params(
         layout.n_params(),
         "buffer does not match its layout"
     );
-    let bytes: Vec<Vec<u8>> = layout
-        .entries()
-        .iter()
-        .map(|e| {
-            params[e.range()]
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect()
-        })
-        .collect();
-    let views = layout.entries().iter().zip(&bytes).map(|(e, b)| {
-        let view =
-            TensorView::new(Dtype::F32, e.shape.clone(), b).expect("byte length matches the shape");
-        (e.name.clone(), view)
-    });
-    let mut info: HashMap<String, String> = metadata
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
-    info.insert("format".into(), FORMAT.into());
-    let encoded = safetensors::tensor::serialize(views, Some(info)).map_err(|e| Error::Write {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
-    write_atomic(path, &encoded)
+    let mut info: BTreeMap<&str, &str> = metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    info.insert("format", FORMAT);
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!(info));
+    for entry in layout.entries() {
+        let start = entry.offset * 4;
+        header.insert(
+            entry.name.clone(),
+            serde_json::json!({
+                "dtype": "F32",
+                "shape": entry.shape,
+                "data_offsets": [start, start + entry.len() * 4],
+            }),
+        );
+    }
+    let mut header =
+        serde_json::to_string(&header).expect("a map of strings and numbers serialises");
+    while !header.len().is_multiple_of(8) {
+        header.push(' ');
+    }
+    let mut bytes = Vec::with_capacity(8 + header.len() + params.len() * 4);
+    bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in params {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    write_atomic(path, &bytes)
 }
 
 /// Reads a parameter file written by `save_params` (or any safetensors file with the same

@@ -132,15 +132,28 @@ impl RawConfig {
         Self::from_toml(&text, path)
     }
 
+    /// The settings that decide the result, for recording in saved files: everything but
+    /// the thread count, which changes the speed only (so files from 1 and 64 threads match).
+    pub fn recorded(&self) -> RawConfig {
+        let mut raw = self.clone();
+        raw.train.threads = None;
+        raw
+    }
+
     /// Records that `key` came from the command-line `flag`, for error messages.
     pub fn mark_overridden(&mut self, key: &'static str, flag: &'static str) {
         self.overridden.insert((key, flag));
     }
 
     fn err(&self, key: &'static str, msg: impl Into<String>) -> Error {
-        match self.overridden.iter().find(|(k, _)| *k == key) {
-            Some((_, flag)) => Error::config(format!("{key}` (set by `{flag}"), msg),
-            None => Error::config(key, msg),
+        Error::Config {
+            key: key.to_string(),
+            flag: self
+                .overridden
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, flag)| *flag),
+            msg: msg.into(),
         }
     }
 
@@ -264,10 +277,16 @@ impl RawConfig {
                         format!("a {kind} model has no hidden layers; use kind = \"mlp\""),
                     ));
                 }
-                let head = match kind {
-                    "linear" => Head::Mse,
-                    "logistic" => Head::Logistic,
-                    _ => head_for_data,
+                let head = match (kind, data.n_classes) {
+                    ("linear", _) => Head::Mse,
+                    ("logistic", _) => Head::Logistic,
+                    (_, Some(n_classes)) => Head::Softmax { n_classes },
+                    (_, None) => {
+                        return Err(self.err(
+                            "model.kind",
+                            "softmax needs class labels; the data has real targets",
+                        ));
+                    }
                 };
                 (Vec::new(), head)
             }

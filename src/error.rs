@@ -11,8 +11,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A value in the config (or the command-line flag that overrides it) is not allowed.
-    #[error("config `{key}`: {msg}")]
-    Config { key: String, msg: String },
+    #[error("config `{key}`{}: {msg}", flag.map(|f| format!(" (set by {f})")).unwrap_or_default())]
+    Config {
+        key: String,
+        flag: Option<&'static str>,
+        msg: String,
+    },
     /// A file could be read but its content is malformed (TOML syntax, wrong types, ...).
     #[error("{}: {msg}", .path.display())]
     Parse { path: PathBuf, msg: String },
@@ -55,6 +59,7 @@ impl Error {
     pub fn config(key: impl Into<String>, msg: impl Into<String>) -> Self {
         Error::Config {
             key: key.into(),
+            flag: None,
             msg: msg.into(),
         }
     }

@@ -121,7 +121,7 @@ fn train(args: &TrainArgs, quiet: bool) -> Result<()> {
         );
     }
     if let Some(path) = &args.save {
-        let config_text = toml::to_string(&raw).unwrap_or_default();
+        let config_text = toml::to_string(&raw.recorded()).unwrap_or_default();
         save_params(
             path,
             trainer.model().layout(),

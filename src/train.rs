@@ -5,6 +5,7 @@
 //!    own block, zeroes its own gradient row and adds its gradient sum into it;
 //! 2. sums the shard rows with the fixed tree (`reduce.rs`), parallel over parameter chunks;
 //! 3. takes exactly one optimizer step with the sum and the batch length.
+//!
 //! Shards are indexed by position in the batch, never by thread, and their stats are summed
 //! serially in shard order, so the thread count changes the speed and nothing else.
 //!
@@ -198,7 +199,7 @@ impl<M: Model> Trainer<M> {
             let start = Instant::now();
             let mut stats = Stats::default();
             while let Some(idx) = sampler.next_batch() {
-                let batch_stats = self.step(train, idx, cfg.lr)?;
+                let batch_stats = self.step_on_pool(train, idx, cfg.lr);
                 if !batch_stats.loss_sum.is_finite() {
                     return Err(Error::NonFinite {
                         value: batch_stats.loss_sum,
@@ -244,6 +245,18 @@ impl<M: Model> Trainer<M> {
     /// left as they were, so the caller can stop with the last good ones.
     pub fn step(&mut self, data: &Dataset, idx: &[usize], lr: f32) -> Result<Stats> {
         self.check_data(data)?;
+        if idx.is_empty() || idx.len() > self.cfg.batch_size.get() || idx.iter().any(|&i| i >= data.n()) {
+            return Err(Error::config(
+                "train.batch_size",
+                format!("a step takes 1..={} row indices below {}", self.cfg.batch_size, data.n()),
+            ));
+        }
+        let pool = Arc::clone(&self.pool);
+        Ok(pool.install(|| self.step_on_pool(data, idx, lr)))
+    }
+
+    /// `step` once the caller is on the pool and the inputs are checked.
+    fn step_on_pool(&mut self, data: &Dataset, idx: &[usize], lr: f32) -> Stats {
         let batch_len = idx.len();
         let shard_rows = self.cfg.shard_rows;
         let n_shards = n_shards(batch_len, shard_rows);
@@ -284,7 +297,7 @@ impl<M: Model> Trainer<M> {
             stats.add(&slot.stats);
         }
         if !stats.loss_sum.is_finite() {
-            return Ok(stats);
+            return stats;
         }
         {
             let _reduce = trace_span!("reduce", n_shards).entered();
@@ -300,7 +313,7 @@ impl<M: Model> Trainer<M> {
                 .step(&mut self.params, grad_sum, batch_len, lr);
         }
         self.steps_taken += 1;
-        Ok(stats)
+        stats
     }
 
     /// Loss (and correct answers) summed over every row of `data` with the current

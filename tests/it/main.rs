@@ -1,1 +1,25 @@
+//! The integration tests, one module per concern.
 
+/// Shared helpers: configs from text, seeded datasets, the f64 reference model.
+mod common;
+
+/// Built-in models' gradients against f64 central finite differences, extreme logits too.
+mod gradcheck;
+
+/// The mini-batch gradient's mean over all C(8, 3) batches is the full gradient.
+mod unbiased;
+
+/// The fixed reduction tree: rounding bound and thread-count independence.
+mod reduce;
+
+/// Byte-identical saved parameters for 1, 2, 3 and 8 threads, through the binary.
+mod determinism;
+
+/// Shuffled epochs, drop_last, uniform draws, B = 1 and B = N.
+mod sampling;
+
+/// Full-batch descent reaches least squares; one step is exactly theta - lr g_B.
+mod convergence;
+
+/// The binary: each bad input gets its message and exit code 2; --help explains.
+mod cli;

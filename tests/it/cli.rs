@@ -1,0 +1,229 @@
+//! The binary as a user meets it: every bad input gets a one-line message that names the key
+//! or flag, exit code 2, and no panic; `--help` explains every subcommand.
+
+use std::process::{Command, Output};
+
+use crate::common::temp_dir;
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+/// Writes `toml_text` as a config, runs `train` with it and `flags`, and checks the outcome.
+fn rejects(name: &str, toml_text: &str, flags: &[&str], expected: &str) {
+    let dir = temp_dir(&format!("cli-{name}"));
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, toml_text).unwrap();
+    let mut args = vec!["train", "--config", path.to_str().unwrap()];
+    args.extend_from_slice(flags);
+    let out = run(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{name}: exit code, stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(expected),
+        "{name}: expected `{expected}` in: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{name}: panicked: {stderr}");
+}
+
+const SMALL: &str = "[data]\nsynthetic = \"linear\"\nn = 100\nd = 3\n";
+
+#[test]
+fn bad_configs_and_flags_name_the_key_and_exit_2() {
+    let cases: &[(&str, &str, &[&str], &str)] = &[
+        (
+            "unknown-key",
+            "[train]\nbatch_sise = 3\n",
+            &[],
+            "unknown field `batch_sise`",
+        ),
+        (
+            "unknown-section",
+            "[trian]\nepochs = 3\n",
+            &[],
+            "unknown field `trian`",
+        ),
+        (
+            "wrong-type",
+            "[train]\nbatch_size = \"big\"\n",
+            &[],
+            "line 2",
+        ),
+        ("syntax", "[train\nepochs = 3\n", &[], "line 1"),
+        (
+            "batch-zero",
+            SMALL,
+            &["--batch-size", "0"],
+            "config `train.batch_size` (set by --batch-size): must be at least 1",
+        ),
+        (
+            "batch-too-large",
+            SMALL,
+            &["--batch-size", "101"],
+            "larger than the training set (100 rows)",
+        ),
+        (
+            "batch-zero-in-file",
+            "[train]\nbatch_size = 0\n",
+            &[],
+            "config `train.batch_size`: must be at least 1",
+        ),
+        ("lr-zero", SMALL, &["--lr", "0"], "train.lr"),
+        (
+            "lr-negative",
+            "[train]\nlr = -0.1\n",
+            &[],
+            "must be a finite number > 0, got -0.1",
+        ),
+        (
+            "lr-nan",
+            SMALL,
+            &["--lr", "NaN"],
+            "must be a finite number > 0, got NaN",
+        ),
+        ("lr-inf", SMALL, &["--lr", "inf"], "got inf"),
+        (
+            "threads-zero",
+            SMALL,
+            &["--threads", "0"],
+            "config `train.threads` (set by --threads): must be at least 1",
+        ),
+        (
+            "shard-rows-zero",
+            SMALL,
+            &["--shard-rows", "0"],
+            "train.shard_rows",
+        ),
+        ("epochs-zero", SMALL, &["--epochs", "0"], "train.epochs"),
+        (
+            "empty-hidden",
+            "[model]\nkind = \"mlp\"\nhidden = []\n",
+            &[],
+            "an mlp needs at least one hidden layer",
+        ),
+        (
+            "zero-width",
+            "[model]\nhidden = [8, 0]\n",
+            &[],
+            "hidden layer 1 has 0 units",
+        ),
+        (
+            "bad-activation",
+            "[model]\nactivation = \"gelu\"\n",
+            &[],
+            "expected one of relu, tanh, sigmoid",
+        ),
+        (
+            "bad-model",
+            "[model]\nkind = \"svm\"\n",
+            &[],
+            "unknown model `svm`",
+        ),
+        (
+            "bad-dataset",
+            "[data]\nsynthetic = \"mnist\"\n",
+            &[],
+            "unknown dataset `mnist`",
+        ),
+        (
+            "bad-sampling",
+            SMALL,
+            &["--sampling", "random"],
+            "expected shuffle or uniform",
+        ),
+        (
+            "head-mismatch",
+            "[data]\nsynthetic = \"linear\"\n[model]\nkind = \"softmax\"\n",
+            &[],
+            "needs class labels",
+        ),
+        (
+            "valid-fraction",
+            "[data]\nvalid_fraction = 1.5\n",
+            &[],
+            "data.valid_fraction",
+        ),
+        ("n-zero", "[data]\nn = 0\n", &[], "data.n"),
+    ];
+    for (name, toml_text, flags, expected) in cases {
+        rejects(name, toml_text, flags, expected);
+    }
+}
+
+#[test]
+fn unreadable_config_paths_exit_2_with_the_path() {
+    let dir = temp_dir("cli-paths");
+    let missing = dir.join("missing.toml");
+    let out = run(&["train", "--config", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+    let out = run(&["train", "--config", dir.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is a directory"));
+}
+
+#[test]
+fn bad_flag_values_are_usage_errors() {
+    let out = run(&["train", "--threads", "-1"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = run(&["train", "--batch-size", "many"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--batch-size"));
+}
+
+#[test]
+fn help_explains_every_subcommand() {
+    for (args, expected) in [
+        (vec!["--help"], "train"),
+        (vec!["train", "--help"], "--batch-size"),
+        (vec!["layout", "--help"], "--config"),
+    ] {
+        let out = run(&args);
+        assert!(out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(expected),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn train_prints_epochs_and_saves_a_readable_file() {
+    let dir = temp_dir("cli-train");
+    let cfg = dir.join("c.toml");
+    std::fs::write(&cfg, "seed = 2\n[data]\nsynthetic = \"teacher\"\nn = 600\nd = 10\nclasses = 3\nvalid_fraction = 0.2\n[model]\nhidden = [8]\n[train]\nepochs = 2\nbatch_size = 32\n").unwrap();
+    let out_path = dir.join("model.safetensors");
+    let out = run(&[
+        "train",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--save",
+        out_path.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("epoch   2/2"), "{stdout}");
+    assert!(stdout.contains("valid loss"), "{stdout}");
+    assert!(stdout.contains("ex/s"), "{stdout}");
+    let layout = minibatch::Mlp::new(minibatch::model::MlpSpec {
+        d_in: 10,
+        hidden: vec![8],
+        activation: minibatch::model::Activation::Relu,
+        head: minibatch::model::Head::Softmax { n_classes: 3 },
+    });
+    let params =
+        minibatch::checkpoint::load_params(&out_path, minibatch::Model::layout(&layout)).unwrap();
+    assert_eq!(params.len(), 10 * 8 + 8 + 8 * 3 + 3);
+    assert!(params.iter().all(|p| p.is_finite()));
+}

@@ -1,0 +1,101 @@
+//! Full-batch gradient descent on linear regression reaches the least-squares solution,
+//! which the test solves independently in f64 from the normal equations.
+
+use minibatch::model::Model;
+use minibatch::{Mlp, Trainer};
+use ndarray::ArrayView1;
+
+use crate::common::{config, random_dataset};
+
+/// Solves A x = b (A n x n, symmetric positive definite here) by Gaussian elimination with
+/// partial pivoting.
+fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
+    let n = b.len();
+    for col in 0..n {
+        let pivot = (col..n)
+            .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
+            .unwrap();
+        a.swap(col, pivot);
+        b.swap(col, pivot);
+        for row in col + 1..n {
+            let f = a[row][col] / a[col][col];
+            let pivot_row = a[col].clone();
+            for (dst, src) in a[row][col..].iter_mut().zip(&pivot_row[col..]) {
+                *dst -= f * src;
+            }
+            b[row] -= f * b[col];
+        }
+    }
+    let mut x = vec![0.0; n];
+    for row in (0..n).rev() {
+        let s: f64 = (row + 1..n).map(|k| a[row][k] * x[k]).sum();
+        x[row] = (b[row] - s) / a[row][row];
+    }
+    x
+}
+
+#[test]
+fn full_batch_descent_on_linear_regression_reaches_least_squares() {
+    let (n, d) = (50, 3);
+    let data = random_dataset(n, d, None, 11);
+    // Normal equations for [w; b] with the design matrix [x, 1].
+    let mut ata = vec![vec![0.0f64; d + 1]; d + 1];
+    let mut atb = vec![0.0f64; d + 1];
+    for (row, &y) in data.x().rows().into_iter().zip(data.targets()) {
+        let mut a: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+        a.push(1.0);
+        for i in 0..=d {
+            atb[i] += a[i] * f64::from(y);
+            for j in 0..=d {
+                ata[i][j] += a[i] * a[j];
+            }
+        }
+    }
+    let solution = solve(ata, atb);
+
+    let cfg = config(&format!(
+        "[data]\nsynthetic = \"linear\"\nn = {n}\nd = {d}\n[train]\nbatch_size = {n}\nepochs = 3000\nlr = 0.3\nthreads = 1\n"
+    ));
+    let mut trainer = Trainer::new(Mlp::new(cfg.model.clone()), d, &cfg.train, 0).unwrap();
+    trainer.fit(&data, None, |_| {}).unwrap();
+    // Layout: w1 (d, 1) then b1 (1,).
+    let params = trainer.params();
+    for (i, (&got, &want)) in params.iter().zip(&solution).enumerate() {
+        assert!(
+            (f64::from(got) - want).abs() < 1e-4,
+            "parameter {i}: {got} vs least squares {want}"
+        );
+    }
+}
+
+#[test]
+fn one_step_is_theta_minus_lr_times_the_mean_gradient() {
+    let cfg = config(
+        "[data]\nsynthetic = \"teacher\"\nn = 100\nd = 6\nclasses = 3\n[model]\nhidden = [5]\n[train]\nbatch_size = 10\nshard_rows = 10\nlr = 0.7\n",
+    );
+    let data = random_dataset(100, 6, Some(3), 12);
+    let model = Mlp::new(cfg.model.clone());
+    let mut trainer = Trainer::new(model.clone(), 6, &cfg.train, 5).unwrap();
+    let before = trainer.params().to_vec();
+    let idx = [3, 97, 41, 0, 15, 16, 77, 58, 23, 9];
+    trainer.step(&data, &idx, 0.7).unwrap();
+
+    let x = ndarray::Array2::from_shape_fn((10, 6), |(r, c)| data.x()[[idx[r], c]]);
+    let y: Vec<f32> = idx.iter().map(|&i| data.targets()[i]).collect();
+    let mut ws = model.workspace(10);
+    let mut grad = vec![0.0f32; before.len()];
+    model.loss_grad_sum(
+        &before,
+        minibatch::Batch {
+            x: x.view(),
+            y: ArrayView1::from(&y),
+        },
+        &mut ws,
+        &mut grad,
+    );
+    for (i, ((&p0, &g), &p1)) in before.iter().zip(&grad).zip(trainer.params()).enumerate() {
+        let expected = p0 - 0.7 * (g * (1.0 / 10.0));
+        assert_eq!(p1.to_bits(), expected.to_bits(), "parameter {i}");
+    }
+    assert_ne!(before, trainer.params());
+}

@@ -1,0 +1,83 @@
+//! The thread count changes the speed and nothing else: the same config trained on 1, 2, 3
+//! and 8 threads saves byte-identical parameter files.
+
+use std::process::Command;
+
+fn train_and_read(
+    config: &std::path::Path,
+    threads: usize,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> Vec<u8> {
+    let out = dir.join(format!("params-{threads}.safetensors"));
+    let status = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(["train", "--quiet", "--config"])
+        .arg(config)
+        .args(["--threads", &threads.to_string(), "--save"])
+        .arg(&out)
+        .args(extra)
+        .status()
+        .expect("binary runs");
+    assert!(status.success(), "training on {threads} threads failed");
+    std::fs::read(&out).unwrap()
+}
+
+fn assert_identical_across_threads(name: &str, toml_text: &str, extra: &[&str]) {
+    let dir = crate::common::temp_dir(name);
+    let config = dir.join("cfg.toml");
+    std::fs::write(&config, toml_text).unwrap();
+    let reference = train_and_read(&config, 1, &dir, extra);
+    for threads in [2, 3, 8] {
+        assert!(
+            train_and_read(&config, threads, &dir, extra) == reference,
+            "{name}: parameters on {threads} threads differ from 1 thread"
+        );
+    }
+}
+
+#[test]
+fn mlp_params_are_bit_identical_for_1_2_3_8_threads() {
+    // 7 shards per batch (the last one short) and a short last batch per epoch.
+    assert_identical_across_threads(
+        "det-mlp",
+        r#"
+        seed = 3
+        [data]
+        synthetic = "teacher"
+        n = 1000
+        d = 20
+        classes = 4
+        [model]
+        kind = "mlp"
+        hidden = [16, 8]
+        [train]
+        epochs = 2
+        batch_size = 100
+        shard_rows = 15
+        lr = 0.1
+        "#,
+        &[],
+    );
+}
+
+#[test]
+fn logistic_params_are_bit_identical_with_uniform_sampling_and_wide_reduction() {
+    // d = 20000 takes the column-parallel path of the reduction and of the update.
+    assert_identical_across_threads(
+        "det-logistic",
+        r#"
+        seed = 4
+        [data]
+        synthetic = "logistic"
+        n = 400
+        d = 20000
+        [train]
+        epochs = 1
+        batch_size = 64
+        shard_rows = 8
+        sampling = "uniform"
+        lr = 0.5
+        "#,
+        &[],
+    );
+}
