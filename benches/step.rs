@@ -18,15 +18,24 @@ const WORKLOADS: &[(&str, &str, &[usize])] = &[
         "[data]\nsynthetic = \"teacher\"\nn = 8192\n[model]\nhidden = [256, 256]\n[train]\nlr = 0.05\n",
         &[32, 512, 2048],
     ),
-    ("w2_logreg", "[data]\nsynthetic = \"logistic\"\nn = 16384\n[train]\nlr = 0.1\n", &[256, 4096]),
-    ("w3_sgd1", "[data]\nsynthetic = \"linear\"\nn = 4096\n[train]\nlr = 0.01\n", &[1]),
+    (
+        "w2_logreg",
+        "[data]\nsynthetic = \"logistic\"\nn = 16384\n[train]\nlr = 0.1\n",
+        &[256, 4096],
+    ),
+    (
+        "w3_sgd1",
+        "[data]\nsynthetic = \"linear\"\nn = 4096\n[train]\nlr = 0.01\n",
+        &[1],
+    ),
 ];
 
 fn benches(c: &mut Criterion) {
     for &(name, toml_text, batch_sizes) in WORKLOADS {
         let mut group = c.benchmark_group(name);
         for &batch_size in batch_sizes {
-            let mut raw = RawConfig::from_toml(toml_text, std::path::Path::new(name)).expect("bench config parses");
+            let mut raw = RawConfig::from_toml(toml_text, std::path::Path::new(name))
+                .expect("bench config parses");
             raw.train.batch_size = Some(batch_size);
             let cfg = raw.validate().expect("bench config is valid");
             let model = Mlp::new(cfg.model.clone());
@@ -59,7 +68,8 @@ fn benches(c: &mut Criterion) {
                 b.iter(|| optimizer.step(black_box(&mut params), &grad, batch_size, 1e-6))
             });
 
-            let mut trainer = Trainer::new(model.clone(), cfg.data.d, &cfg.train, cfg.seed).expect("trainer");
+            let mut trainer =
+                Trainer::new(model.clone(), cfg.data.d, &cfg.train, cfg.seed).expect("trainer");
             let idx: Vec<usize> = (0..batch_size).map(|i| (i * 7919) % train.n()).collect();
             group.bench_function(BenchmarkId::new("step", batch_size), |b| {
                 b.iter(|| trainer.step(&train, &idx, 1e-6).expect("step"))

@@ -245,10 +245,17 @@ impl<M: Model> Trainer<M> {
     /// left as they were, so the caller can stop with the last good ones.
     pub fn step(&mut self, data: &Dataset, idx: &[usize], lr: f32) -> Result<Stats> {
         self.check_data(data)?;
-        if idx.is_empty() || idx.len() > self.cfg.batch_size.get() || idx.iter().any(|&i| i >= data.n()) {
+        if idx.is_empty()
+            || idx.len() > self.cfg.batch_size.get()
+            || idx.iter().any(|&i| i >= data.n())
+        {
             return Err(Error::config(
                 "train.batch_size",
-                format!("a step takes 1..={} row indices below {}", self.cfg.batch_size, data.n()),
+                format!(
+                    "a step takes 1..={} row indices below {}",
+                    self.cfg.batch_size,
+                    data.n()
+                ),
             ));
         }
         let pool = Arc::clone(&self.pool);
