@@ -83,6 +83,9 @@ pub struct Overrides {
     /// (`train.sampling`).
     #[arg(long, value_name = "MODE")]
     pub sampling: Option<String>,
+    /// `sgd`, `momentum`, `nesterov`, `adam` or `adamw` (`train.optimizer`).
+    #[arg(long, value_name = "NAME")]
+    pub optimizer: Option<String>,
     /// Drop each epoch's short last batch (`train.drop_last`).
     #[arg(long)]
     pub drop_last: bool,
@@ -124,6 +127,12 @@ impl Overrides {
             self.sampling,
             "train.sampling",
             "--sampling"
+        );
+        set!(
+            raw.train.optimizer,
+            self.optimizer,
+            "train.optimizer",
+            "--optimizer"
         );
         set!(
             raw.train.drop_last,

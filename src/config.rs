@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::{Activation, Head, MlpSpec};
-use crate::optim::OptimConfig;
+use crate::optim::{OptimConfig, OptimKind};
 use crate::sampler::Sampling;
+use crate::schedule::{Decay, Schedule};
 
 /// The config file as written, every field optional.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -65,6 +66,28 @@ pub struct RawTrain {
     pub shard_rows: Option<usize>,
     pub threads: Option<usize>,
     pub optimizer: Option<String>,
+    pub momentum: Option<f64>,
+    pub dampening: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub beta1: Option<f64>,
+    pub beta2: Option<f64>,
+    pub eps: Option<f64>,
+    pub clip_norm: Option<f64>,
+    pub lr_scaling: Option<String>,
+    pub reference_batch_size: Option<usize>,
+    pub schedule: Option<RawSchedule>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    pub kind: Option<String>,
+    pub warmup_steps: Option<u64>,
+    pub warmup_epochs: Option<f64>,
+    pub every_steps: Option<u64>,
+    pub every_epochs: Option<f64>,
+    pub gamma: Option<f64>,
+    pub min_lr: Option<f64>,
 }
 
 /// A validated run.
@@ -102,7 +125,8 @@ pub struct DataConfig {
 pub struct TrainConfig {
     pub epochs: NonZeroUsize,
     pub batch_size: NonZeroUsize,
-    pub lr: f32,
+    /// The learning rate of every step (its `base_lr` is `train.lr` after batch-size scaling).
+    pub schedule: Schedule,
     pub sampling: Sampling,
     pub steps_per_epoch: NonZeroUsize,
     pub shard_rows: NonZeroUsize,
@@ -403,6 +427,7 @@ impl RawConfig {
         if !(lr.is_finite() && lr > 0.0) {
             return Err(self.err("train.lr", format!("must be a finite number > 0, got {lr}")));
         }
+        let lr = lr * self.lr_scale(batch_size)?;
         let drop_last = raw.drop_last.unwrap_or(false);
         let sampling = match raw.sampling.as_deref().unwrap_or("shuffle") {
             "shuffle" => Sampling::Shuffle { drop_last },
@@ -452,24 +477,268 @@ impl RawConfig {
             })?,
             None => std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
         };
-        let optimizer = match raw.optimizer.as_deref().unwrap_or("sgd") {
-            "sgd" => OptimConfig::Sgd,
-            other => {
-                return Err(self.err(
-                    "train.optimizer",
-                    format!("unknown optimizer `{other}`; expected sgd"),
-                ));
-            }
-        };
+        let optimizer = self.validate_optimizer()?;
+        let total_steps = (epochs.get() * steps_per_epoch.get()) as u64;
+        let schedule = self.validate_schedule(lr as f32, steps_per_epoch.get(), total_steps)?;
         Ok(TrainConfig {
             epochs,
             batch_size,
-            lr: lr as f32,
+            schedule,
             sampling,
             steps_per_epoch,
             shard_rows,
             threads,
             optimizer,
+        })
+    }
+
+    /// The factor `train.lr_scaling` applies to `train.lr` for batch size B against
+    /// `train.reference_batch_size` (B0): none 1, linear B / B0, sqrt sqrt(B / B0).
+    fn lr_scale(&self, batch_size: NonZeroUsize) -> Result<f64> {
+        let raw = &self.train;
+        let reference = raw.reference_batch_size.unwrap_or(256);
+        if reference == 0 {
+            return Err(self.err("train.reference_batch_size", "must be at least 1"));
+        }
+        let ratio = batch_size.get() as f64 / reference as f64;
+        match raw.lr_scaling.as_deref().unwrap_or("none") {
+            "none" => {
+                if raw.reference_batch_size.is_some() {
+                    return Err(self.err(
+                        "train.reference_batch_size",
+                        "is only used with lr_scaling = \"linear\" or \"sqrt\"",
+                    ));
+                }
+                Ok(1.0)
+            }
+            "linear" => Ok(ratio),
+            "sqrt" => Ok(ratio.sqrt()),
+            other => Err(self.err(
+                "train.lr_scaling",
+                format!("unknown rule `{other}`; expected none, linear or sqrt"),
+            )),
+        }
+    }
+
+    fn validate_optimizer(&self) -> Result<OptimConfig> {
+        let raw = &self.train;
+        let name = raw.optimizer.as_deref().unwrap_or("sgd");
+        let unit =
+            |key: &'static str, value: Option<f64>, default: f64, closed: bool| -> Result<f32> {
+                let v = value.unwrap_or(default);
+                let ok = v.is_finite() && v >= 0.0 && (v < 1.0 || (closed && v == 1.0));
+                if ok {
+                    Ok(v as f32)
+                } else {
+                    let range = if closed { "[0, 1]" } else { "[0, 1)" };
+                    Err(self.err(key, format!("must be in {range}, got {v}")))
+                }
+            };
+        let only_for = |key: &'static str, value: Option<f64>, family: &str| -> Result<()> {
+            match value {
+                Some(_) => Err(self.err(
+                    key,
+                    format!("applies to {family} only, not to optimizer `{name}`"),
+                )),
+                None => Ok(()),
+            }
+        };
+        let weight_decay = raw.weight_decay.unwrap_or(0.0);
+        if !(weight_decay.is_finite() && weight_decay >= 0.0) {
+            return Err(self.err(
+                "train.weight_decay",
+                format!("must be finite and >= 0, got {weight_decay}"),
+            ));
+        }
+        let clip_norm = match raw.clip_norm {
+            None => None,
+            Some(c) if c.is_finite() && c > 0.0 => Some(c as f32),
+            Some(c) => {
+                return Err(self.err(
+                    "train.clip_norm",
+                    format!("must be finite and > 0, got {c}"),
+                ));
+            }
+        };
+        let kind = match name {
+            "sgd" | "momentum" | "nesterov" => {
+                for (key, value) in [
+                    ("train.beta1", raw.beta1),
+                    ("train.beta2", raw.beta2),
+                    ("train.eps", raw.eps),
+                ] {
+                    only_for(key, value, "adam and adamw")?;
+                }
+                let default_momentum = if name == "sgd" { 0.0 } else { 0.9 };
+                let momentum = unit("train.momentum", raw.momentum, default_momentum, false)?;
+                let dampening = unit("train.dampening", raw.dampening, 0.0, true)?;
+                if name != "sgd" && momentum == 0.0 {
+                    return Err(self.err(
+                        "train.momentum",
+                        format!("optimizer `{name}` needs momentum > 0"),
+                    ));
+                }
+                if name == "nesterov" && dampening != 0.0 {
+                    return Err(self.err(
+                        "train.dampening",
+                        "Nesterov momentum requires dampening = 0",
+                    ));
+                }
+                OptimKind::Sgd {
+                    momentum,
+                    dampening,
+                    nesterov: name == "nesterov",
+                }
+            }
+            "adam" | "adamw" => {
+                only_for("train.momentum", raw.momentum, "sgd, momentum and nesterov")?;
+                only_for(
+                    "train.dampening",
+                    raw.dampening,
+                    "sgd, momentum and nesterov",
+                )?;
+                let eps = raw.eps.unwrap_or(1e-8);
+                if !(eps.is_finite() && eps > 0.0) {
+                    return Err(self.err("train.eps", format!("must be finite and > 0, got {eps}")));
+                }
+                OptimKind::Adam {
+                    beta1: unit("train.beta1", raw.beta1, 0.9, false)?,
+                    beta2: unit("train.beta2", raw.beta2, 0.999, false)?,
+                    eps: eps as f32,
+                    decoupled: name == "adamw",
+                }
+            }
+            other => {
+                return Err(self.err(
+                    "train.optimizer",
+                    format!("unknown optimizer `{other}`; expected one of sgd, momentum, nesterov, adam, adamw"),
+                ));
+            }
+        };
+        Ok(OptimConfig {
+            kind,
+            weight_decay: weight_decay as f32,
+            clip_norm,
+        })
+    }
+
+    fn validate_schedule(
+        &self,
+        base_lr: f32,
+        steps_per_epoch: usize,
+        total_steps: u64,
+    ) -> Result<Schedule> {
+        let Some(raw) = &self.train.schedule else {
+            return Ok(Schedule {
+                total_steps,
+                ..Schedule::constant(base_lr)
+            });
+        };
+        // A duration in steps or in epochs (converted, rounded, at least 1 when given).
+        let steps = |key_steps: &'static str,
+                     s: Option<u64>,
+                     key_epochs: &'static str,
+                     e: Option<f64>|
+         -> Result<Option<u64>> {
+            match (s, e) {
+                (Some(_), Some(_)) => Err(self.err(
+                    key_epochs,
+                    format!("give `{key_steps}` or `{key_epochs}`, not both"),
+                )),
+                (Some(s), None) => Ok(Some(s)),
+                (None, Some(e)) if e.is_finite() && e >= 0.0 => {
+                    Ok(Some((e * steps_per_epoch as f64).round() as u64))
+                }
+                (None, Some(e)) => {
+                    Err(self.err(key_epochs, format!("must be finite and >= 0, got {e}")))
+                }
+                (None, None) => Ok(None),
+            }
+        };
+        let warmup_steps = steps(
+            "train.schedule.warmup_steps",
+            raw.warmup_steps,
+            "train.schedule.warmup_epochs",
+            raw.warmup_epochs,
+        )?
+        .unwrap_or(0);
+        if warmup_steps >= total_steps && warmup_steps > 0 {
+            return Err(self.err(
+                "train.schedule.warmup_steps",
+                format!(
+                    "{warmup_steps} warmup steps leave nothing of the run's {total_steps} steps"
+                ),
+            ));
+        }
+        let every = steps(
+            "train.schedule.every_steps",
+            raw.every_steps,
+            "train.schedule.every_epochs",
+            raw.every_epochs,
+        )?;
+        let gamma = match raw.gamma {
+            None => None,
+            Some(g) if g > 0.0 && g <= 1.0 => Some(g as f32),
+            Some(g) => {
+                return Err(self.err(
+                    "train.schedule.gamma",
+                    format!("must be in (0, 1], got {g}"),
+                ));
+            }
+        };
+        let kind = raw.kind.as_deref().unwrap_or("constant");
+        let unused = |key: &'static str, present: bool| -> Result<()> {
+            if present {
+                Err(self.err(key, format!("does not apply to schedule kind `{kind}`")))
+            } else {
+                Ok(())
+            }
+        };
+        let decay = match kind {
+            "constant" | "cosine" => {
+                unused("train.schedule.every_steps", every.is_some())?;
+                unused("train.schedule.gamma", gamma.is_some())?;
+                if kind == "constant" {
+                    unused("train.schedule.min_lr", raw.min_lr.is_some())?;
+                    Decay::Constant
+                } else {
+                    let min_lr = raw.min_lr.unwrap_or(0.0);
+                    if !(min_lr.is_finite() && min_lr >= 0.0 && (min_lr as f32) < base_lr) {
+                        return Err(self.err(
+                            "train.schedule.min_lr",
+                            format!("must be in [0, lr) = [0, {base_lr}), got {min_lr}"),
+                        ));
+                    }
+                    Decay::Cosine {
+                        min_lr: min_lr as f32,
+                    }
+                }
+            }
+            "step" | "exponential" => {
+                unused("train.schedule.min_lr", raw.min_lr.is_some())?;
+                let every = every.unwrap_or(steps_per_epoch as u64);
+                if every == 0 {
+                    return Err(self.err("train.schedule.every_steps", "must be at least 1 step"));
+                }
+                let gamma = gamma.unwrap_or(if kind == "step" { 0.1 } else { 0.9 });
+                if kind == "step" {
+                    Decay::Step { every, gamma }
+                } else {
+                    Decay::Exponential { every, gamma }
+                }
+            }
+            other => {
+                return Err(self.err(
+                    "train.schedule.kind",
+                    format!("unknown schedule `{other}`; expected one of constant, step, exponential, cosine"),
+                ));
+            }
+        };
+        Ok(Schedule {
+            base_lr,
+            decay,
+            warmup_steps,
+            total_steps,
         })
     }
 }

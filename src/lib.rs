@@ -33,6 +33,7 @@ pub mod optim;
 pub mod params;
 pub mod reduce;
 pub mod sampler;
+pub mod schedule;
 pub mod shard;
 pub mod train;
 

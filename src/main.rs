@@ -84,7 +84,7 @@ fn train(args: &TrainArgs, quiet: bool) -> Result<()> {
     let shards = minibatch::shard::n_shards(t.batch_size.get(), t.shard_rows);
     if !quiet {
         println!(
-            "{} ({n_params} params) | train {} x {}{} | B {} in {shards} shard{} of {} rows | {} thread{} | lr {}",
+            "{} ({n_params} params) | train {} x {}{} | B {} in {shards} shard{} of {} rows | {} thread{} | {}, {}",
             cfg.model.describe(),
             train.n(),
             train.d(),
@@ -97,7 +97,8 @@ fn train(args: &TrainArgs, quiet: bool) -> Result<()> {
             t.shard_rows.get().min(t.batch_size.get()),
             t.threads,
             if t.threads.get() == 1 { "" } else { "s" },
-            t.lr,
+            t.optimizer.describe(),
+            t.schedule.describe(),
         );
     }
     let report = trainer.fit(&train, valid.as_ref(), |epoch| {

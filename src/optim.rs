@@ -1,32 +1,129 @@
 //! The parameter update: one call per batch, on flat buffers.
 //!
 //! `Optimizer::step` receives the batch's gradient *sum* and its length and applies the mean
-//! once, so models and the reduction never divide. Any state (momentum, moments) is a flat
-//! buffer aligned element for element with the parameters. The update is elementwise, so it
-//! is split over parameter chunks in parallel when the model is large; the bits do not
-//! depend on the split.
+//! once, so models and the reduction never divide. State (momentum buffer, Adam moments) is a
+//! flat buffer aligned element for element with the parameters. The update is elementwise,
+//! so it is split over parameter chunks in parallel when the model is large; the bits do not
+//! depend on the split. The rules are PyTorch's `torch.optim` ones, so runs moved from
+//! PyTorch give the same numbers:
+//!
+//! - SGD (`SGD(momentum, dampening, nesterov, weight_decay)`), with g = mean gradient:
+//!   g += wd theta; b = g on the first step, else b = mu b + (1 - dampening) g;
+//!   g = g + mu b (Nesterov) or g = b (heavy ball); theta -= lr g.
+//! - Adam: g += wd theta (L2); m = b1 m + (1 - b1) g; v = b2 v + (1 - b2) g^2;
+//!   theta -= (lr / (1 - b1^t)) m / (sqrt(v) / sqrt(1 - b2^t) + eps).
+//! - AdamW: theta *= 1 - lr wd (decoupled), then Adam without the L2 term.
+//!
+//! Clipping by global L2 norm scales the mean gradient by min(1, c / (|g| + 1e-6)) before
+//! all of the above, as `clip_grad_norm_` does. The norm is summed in f64 over fixed chunks
+//! in chunk order, so it too is independent of the thread count.
 
 use rayon::prelude::*;
 
-/// Parameters per parallel task of the update.
+/// Parameters per parallel task of the update and of the norm.
 const UPDATE_CHUNK: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum OptimConfig {
-    /// theta <- theta - lr * g, g = (1/B) sum_i grad L_i.
-    Sgd,
+pub enum OptimKind {
+    /// Plain SGD when `momentum` is 0; heavy-ball momentum otherwise.
+    Sgd {
+        momentum: f32,
+        dampening: f32,
+        nesterov: bool,
+    },
+    /// Adam with L2 weight decay (`decoupled = false`) or AdamW (`decoupled = true`).
+    Adam {
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        decoupled: bool,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OptimConfig {
+    pub kind: OptimKind,
+    pub weight_decay: f32,
+    /// Maximum global L2 norm of the mean gradient, if clipping.
+    pub clip_norm: Option<f32>,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            kind: OptimKind::Sgd {
+                momentum: 0.0,
+                dampening: 0.0,
+                nesterov: false,
+            },
+            weight_decay: 0.0,
+            clip_norm: None,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// "sgd", "momentum 0.9", "adamw (0.9, 0.999)", ... for run headers.
+    pub fn describe(&self) -> String {
+        let mut text = match self.kind {
+            OptimKind::Sgd { momentum, .. } if momentum == 0.0 => "sgd".to_string(),
+            OptimKind::Sgd {
+                momentum, nesterov, ..
+            } => format!(
+                "{} {momentum}",
+                if nesterov { "nesterov" } else { "momentum" }
+            ),
+            OptimKind::Adam {
+                beta1,
+                beta2,
+                decoupled,
+                ..
+            } => format!(
+                "{} ({beta1}, {beta2})",
+                if decoupled { "adamw" } else { "adam" }
+            ),
+        };
+        if self.weight_decay > 0.0 {
+            text += &format!(" wd {}", self.weight_decay);
+        }
+        if let Some(c) = self.clip_norm {
+            text += &format!(" clip {c}");
+        }
+        text
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct Optimizer {
     config: OptimConfig,
+    /// Momentum buffer (SGD) or first moment (Adam); empty when unused.
+    m: Vec<f32>,
+    /// Second moment (Adam); empty otherwise.
+    v: Vec<f32>,
+    /// Per-chunk partial sums of squares for the clipping norm, reused every step.
+    norm_partials: Vec<f64>,
     /// Steps taken so far.
     t: u64,
 }
 
 impl Optimizer {
-    pub fn new(config: OptimConfig, _n_params: usize) -> Self {
-        Optimizer { config, t: 0 }
+    pub fn new(config: OptimConfig, n_params: usize) -> Self {
+        let (m_len, v_len) = match config.kind {
+            OptimKind::Sgd { momentum, .. } if momentum == 0.0 => (0, 0),
+            OptimKind::Sgd { .. } => (n_params, 0),
+            OptimKind::Adam { .. } => (n_params, n_params),
+        };
+        Optimizer {
+            config,
+            m: vec![0.0; m_len],
+            v: vec![0.0; v_len],
+            norm_partials: Vec::with_capacity(n_params.div_ceil(UPDATE_CHUNK)),
+            t: 0,
+        }
+    }
+
+    pub fn config(&self) -> &OptimConfig {
+        &self.config
     }
 
     pub fn steps_taken(&self) -> u64 {
@@ -35,17 +132,29 @@ impl Optimizer {
 
     /// theta <- update(theta, grad_sum / batch_len) with learning rate `lr`.
     pub fn step(&mut self, params: &mut [f32], grad_sum: &[f32], batch_len: usize, lr: f32) {
-        debug_assert_eq!(params.len(), grad_sum.len());
+        assert_eq!(
+            params.len(),
+            grad_sum.len(),
+            "gradient does not match the parameters"
+        );
         self.t += 1;
-        let scale = 1.0 / batch_len as f32;
-        match self.config {
-            OptimConfig::Sgd => {
+        let mut scale = 1.0 / batch_len as f32;
+        if let Some(max_norm) = self.config.clip_norm {
+            let norm = self.norm(grad_sum) * f64::from(scale);
+            let coef = (f64::from(max_norm) / (norm + 1e-6)).min(1.0);
+            scale *= coef as f32;
+        }
+        let wd = self.config.weight_decay;
+        let parallel = params.len() >= 2 * UPDATE_CHUNK;
+        match self.config.kind {
+            OptimKind::Sgd { momentum, .. } if momentum == 0.0 => {
                 let update = |(p, g): (&mut [f32], &[f32])| {
                     for (p, &g) in p.iter_mut().zip(g) {
-                        *p -= lr * (g * scale);
+                        let g = g * scale + wd * *p;
+                        *p -= lr * g;
                     }
                 };
-                if params.len() >= 2 * UPDATE_CHUNK {
+                if parallel {
                     params
                         .par_chunks_mut(UPDATE_CHUNK)
                         .zip(grad_sum.par_chunks(UPDATE_CHUNK))
@@ -54,6 +163,85 @@ impl Optimizer {
                     update((params, grad_sum));
                 }
             }
+            OptimKind::Sgd {
+                momentum,
+                dampening,
+                nesterov,
+            } => {
+                let first = self.t == 1;
+                let update = |((p, g), b): ((&mut [f32], &[f32]), &mut [f32])| {
+                    for ((p, &g), b) in p.iter_mut().zip(g).zip(b) {
+                        let g = g * scale + wd * *p;
+                        *b = if first {
+                            g
+                        } else {
+                            momentum * *b + (1.0 - dampening) * g
+                        };
+                        let step = if nesterov { g + momentum * *b } else { *b };
+                        *p -= lr * step;
+                    }
+                };
+                if parallel {
+                    params
+                        .par_chunks_mut(UPDATE_CHUNK)
+                        .zip(grad_sum.par_chunks(UPDATE_CHUNK))
+                        .zip(self.m.par_chunks_mut(UPDATE_CHUNK))
+                        .for_each(update);
+                } else {
+                    update(((params, grad_sum), &mut self.m));
+                }
+            }
+            OptimKind::Adam {
+                beta1,
+                beta2,
+                eps,
+                decoupled,
+            } => {
+                // Bias corrections in f64, as PyTorch computes them from a Python float step.
+                let t = self.t as f64;
+                let step_size = (f64::from(lr) / (1.0 - f64::from(beta1).powf(t))) as f32;
+                let bias_correction2_sqrt = (1.0 - f64::from(beta2).powf(t)).sqrt() as f32;
+                let update =
+                    |(((p, g), m), v): (((&mut [f32], &[f32]), &mut [f32]), &mut [f32])| {
+                        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                            let mut g = g * scale;
+                            if decoupled {
+                                *p *= 1.0 - lr * wd;
+                            } else {
+                                g += wd * *p;
+                            }
+                            *m = beta1 * *m + (1.0 - beta1) * g;
+                            *v = beta2 * *v + (1.0 - beta2) * g * g;
+                            let denom = v.sqrt() / bias_correction2_sqrt + eps;
+                            *p -= step_size * *m / denom;
+                        }
+                    };
+                if parallel {
+                    params
+                        .par_chunks_mut(UPDATE_CHUNK)
+                        .zip(grad_sum.par_chunks(UPDATE_CHUNK))
+                        .zip(self.m.par_chunks_mut(UPDATE_CHUNK))
+                        .zip(self.v.par_chunks_mut(UPDATE_CHUNK))
+                        .for_each(update);
+                } else {
+                    update((((params, grad_sum), &mut self.m), &mut self.v));
+                }
+            }
         }
+    }
+
+    /// |grad_sum|_2 in f64: chunk sums in parallel, added in chunk order.
+    fn norm(&mut self, grad_sum: &[f32]) -> f64 {
+        let sum_sq = |chunk: &[f32]| {
+            chunk
+                .iter()
+                .map(|&g| f64::from(g) * f64::from(g))
+                .sum::<f64>()
+        };
+        grad_sum
+            .par_chunks(UPDATE_CHUNK)
+            .map(sum_sq)
+            .collect_into_vec(&mut self.norm_partials);
+        self.norm_partials.iter().sum::<f64>().sqrt()
     }
 }

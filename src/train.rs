@@ -199,13 +199,14 @@ impl<M: Model> Trainer<M> {
             let start = Instant::now();
             let mut stats = Stats::default();
             while let Some(idx) = sampler.next_batch() {
-                let batch_stats = self.step_on_pool(train, idx, cfg.lr);
+                let lr = cfg.schedule.lr(self.steps_taken);
+                let batch_stats = self.step_on_pool(train, idx, lr);
                 if !batch_stats.loss_sum.is_finite() {
                     return Err(Error::NonFinite {
                         value: batch_stats.loss_sum,
                         epoch: epoch + 1,
                         step: self.steps_taken + 1,
-                        lr: cfg.lr,
+                        lr,
                         last_finite,
                     });
                 }

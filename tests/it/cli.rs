@@ -151,6 +151,90 @@ fn bad_configs_and_flags_name_the_key_and_exit_2() {
             "data.valid_fraction",
         ),
         ("n-zero", "[data]\nn = 0\n", &[], "data.n"),
+        (
+            "bad-optimizer",
+            SMALL,
+            &["--optimizer", "lbfgs"],
+            "expected one of sgd, momentum, nesterov, adam, adamw",
+        ),
+        (
+            "negative-momentum",
+            "[train]\noptimizer = \"momentum\"\nmomentum = -0.5\n",
+            &[],
+            "train.momentum`: must be in [0, 1), got -0.5",
+        ),
+        (
+            "beta-one",
+            "[train]\noptimizer = \"adam\"\nbeta2 = 1.0\n",
+            &[],
+            "train.beta2`: must be in [0, 1), got 1",
+        ),
+        (
+            "eps-zero",
+            "[train]\noptimizer = \"adam\"\neps = 0\n",
+            &[],
+            "train.eps",
+        ),
+        (
+            "beta-for-sgd",
+            "[train]\nbeta1 = 0.9\n",
+            &[],
+            "applies to adam and adamw only",
+        ),
+        (
+            "nesterov-dampening",
+            "[train]\noptimizer = \"nesterov\"\ndampening = 0.5\n",
+            &[],
+            "requires dampening = 0",
+        ),
+        (
+            "negative-decay",
+            "[train]\nweight_decay = -1\n",
+            &[],
+            "train.weight_decay",
+        ),
+        (
+            "clip-zero",
+            "[train]\nclip_norm = 0\n",
+            &[],
+            "train.clip_norm",
+        ),
+        (
+            "bad-schedule",
+            "[train.schedule]\nkind = \"linear\"\n",
+            &[],
+            "unknown schedule `linear`",
+        ),
+        (
+            "gamma-above-one",
+            "[train.schedule]\nkind = \"step\"\ngamma = 2\n",
+            &[],
+            "train.schedule.gamma`: must be in (0, 1]",
+        ),
+        (
+            "min-lr-above-lr",
+            "[train]\nlr = 0.1\n[train.schedule]\nkind = \"cosine\"\nmin_lr = 0.5\n",
+            &[],
+            "train.schedule.min_lr",
+        ),
+        (
+            "warmup-too-long",
+            "[data]\nsynthetic = \"linear\"\nn = 100\n[train]\nepochs = 1\nbatch_size = 50\n[train.schedule]\nwarmup_steps = 2\n",
+            &[],
+            "2 warmup steps leave nothing of the run's 2 steps",
+        ),
+        (
+            "both-durations",
+            "[train.schedule]\nkind = \"step\"\nevery_steps = 3\nevery_epochs = 1\n",
+            &[],
+            "not both",
+        ),
+        (
+            "bad-scaling",
+            "[train]\nlr_scaling = \"cubic\"\n",
+            &[],
+            "expected none, linear or sqrt",
+        ),
     ];
     for (name, toml_text, flags, expected) in cases {
         rejects(name, toml_text, flags, expected);

@@ -81,3 +81,29 @@ fn logistic_params_are_bit_identical_with_uniform_sampling_and_wide_reduction() 
         &[],
     );
 }
+
+#[test]
+fn every_optimizer_with_schedule_and_clipping_is_bit_identical_on_1_and_2_threads() {
+    for (optimizer, extra) in [
+        ("sgd", "weight_decay = 0.01\n"),
+        ("momentum", "dampening = 0.1\n"),
+        ("nesterov", ""),
+        ("adam", "weight_decay = 0.01\n"),
+        ("adamw", "weight_decay = 0.1\n"),
+    ] {
+        let toml_text = format!(
+            "seed = 5\n[data]\nsynthetic = \"teacher\"\nn = 600\nd = 12\nclasses = 3\n[model]\nhidden = [10]\n\
+             [train]\nepochs = 2\nbatch_size = 50\nshard_rows = 7\nlr = 0.01\noptimizer = \"{optimizer}\"\nclip_norm = 0.5\n{extra}\
+             [train.schedule]\nkind = \"cosine\"\nwarmup_steps = 5\nmin_lr = 0.001\n"
+        );
+        let dir = crate::common::temp_dir(&format!("det-optim-{optimizer}"));
+        let config = dir.join("cfg.toml");
+        std::fs::write(&config, &toml_text).unwrap();
+        let one = train_and_read(&config, 1, &dir, &[]);
+        let two = train_and_read(&config, 2, &dir, &[]);
+        assert!(
+            one == two,
+            "{optimizer}: parameters on 2 threads differ from 1 thread"
+        );
+    }
+}

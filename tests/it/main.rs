@@ -21,5 +21,11 @@ mod sampling;
 /// Full-batch descent reaches least squares; one step is exactly theta - lr g_B.
 mod convergence;
 
+/// Each optimizer against closed forms and an f64 transcription of PyTorch's rules.
+mod optim;
+
+/// Learning-rate schedules at chosen steps; epochs to steps; batch-size scaling.
+mod schedule;
+
 /// The binary: each bad input gets its message and exit code 2; --help explains.
 mod cli;
