@@ -20,6 +20,9 @@
 
 use rayon::prelude::*;
 
+/// One chunk of (parameters, gradient sum, first moment, second moment).
+type AdamChunk<'a> = (((&'a mut [f32], &'a [f32]), &'a mut [f32]), &'a mut [f32]);
+
 /// Parameters per parallel task of the update and of the norm.
 const UPDATE_CHUNK: usize = 16 * 1024;
 
@@ -66,7 +69,7 @@ impl OptimConfig {
     /// "sgd", "momentum 0.9", "adamw (0.9, 0.999)", ... for run headers.
     pub fn describe(&self) -> String {
         let mut text = match self.kind {
-            OptimKind::Sgd { momentum, .. } if momentum == 0.0 => "sgd".to_string(),
+            OptimKind::Sgd { momentum: 0.0, .. } => "sgd".to_string(),
             OptimKind::Sgd {
                 momentum, nesterov, ..
             } => format!(
@@ -109,7 +112,7 @@ pub struct Optimizer {
 impl Optimizer {
     pub fn new(config: OptimConfig, n_params: usize) -> Self {
         let (m_len, v_len) = match config.kind {
-            OptimKind::Sgd { momentum, .. } if momentum == 0.0 => (0, 0),
+            OptimKind::Sgd { momentum: 0.0, .. } => (0, 0),
             OptimKind::Sgd { .. } => (n_params, 0),
             OptimKind::Adam { .. } => (n_params, n_params),
         };
@@ -147,7 +150,7 @@ impl Optimizer {
         let wd = self.config.weight_decay;
         let parallel = params.len() >= 2 * UPDATE_CHUNK;
         match self.config.kind {
-            OptimKind::Sgd { momentum, .. } if momentum == 0.0 => {
+            OptimKind::Sgd { momentum: 0.0, .. } => {
                 let update = |(p, g): (&mut [f32], &[f32])| {
                     for (p, &g) in p.iter_mut().zip(g) {
                         let g = g * scale + wd * *p;
@@ -201,21 +204,20 @@ impl Optimizer {
                 let t = self.t as f64;
                 let step_size = (f64::from(lr) / (1.0 - f64::from(beta1).powf(t))) as f32;
                 let bias_correction2_sqrt = (1.0 - f64::from(beta2).powf(t)).sqrt() as f32;
-                let update =
-                    |(((p, g), m), v): (((&mut [f32], &[f32]), &mut [f32]), &mut [f32])| {
-                        for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
-                            let mut g = g * scale;
-                            if decoupled {
-                                *p *= 1.0 - lr * wd;
-                            } else {
-                                g += wd * *p;
-                            }
-                            *m = beta1 * *m + (1.0 - beta1) * g;
-                            *v = beta2 * *v + (1.0 - beta2) * g * g;
-                            let denom = v.sqrt() / bias_correction2_sqrt + eps;
-                            *p -= step_size * *m / denom;
+                let update = |(((p, g), m), v): AdamChunk| {
+                    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m).zip(v) {
+                        let mut g = g * scale;
+                        if decoupled {
+                            *p *= 1.0 - lr * wd;
+                        } else {
+                            g += wd * *p;
                         }
-                    };
+                        *m = beta1 * *m + (1.0 - beta1) * g;
+                        *v = beta2 * *v + (1.0 - beta2) * g * g;
+                        let denom = v.sqrt() / bias_correction2_sqrt + eps;
+                        *p -= step_size * *m / denom;
+                    }
+                };
                 if parallel {
                     params
                         .par_chunks_mut(UPDATE_CHUNK)
