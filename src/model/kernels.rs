@@ -5,9 +5,9 @@
 //! `z` pre-activations, `a` activations, `dz` = dL/dz, all `(rows, width)` row-major.
 //! Every product adds into or overwrites a caller-owned buffer; nothing here allocates.
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 
+use super::gemm::{Accumulate, GemmScratch, gemm};
 use super::{Activation, Head, Stats};
 
 /// z = x w + b, overwriting `z`.
@@ -16,21 +16,23 @@ pub(super) fn affine(
     w: ArrayView2<f32>,
     b: ArrayView1<f32>,
     mut z: ArrayViewMut2<f32>,
+    scratch: &mut GemmScratch,
 ) {
     for mut row in z.rows_mut() {
         row.assign(&b);
     }
-    general_mat_mul(1.0, &x, &w, 1.0, &mut z);
+    gemm(x, w, z, Accumulate::Add, scratch);
 }
 
 /// gw += x^T dz and gb += column sums of dz: the weight and bias gradients summed over rows.
 pub(super) fn affine_grad_add(
     x: ArrayView2<f32>,
     dz: ArrayView2<f32>,
-    mut gw: ArrayViewMut2<f32>,
+    gw: ArrayViewMut2<f32>,
     mut gb: ArrayViewMut1<f32>,
+    scratch: &mut GemmScratch,
 ) {
-    general_mat_mul(1.0, &x.t(), &dz, 1.0, &mut gw);
+    gemm(x.t(), dz, gw, Accumulate::Add, scratch);
     for row in dz.axis_iter(Axis(0)) {
         gb += &row;
     }
@@ -40,9 +42,10 @@ pub(super) fn affine_grad_add(
 pub(super) fn affine_input_grad(
     dz: ArrayView2<f32>,
     w: ArrayView2<f32>,
-    mut dx: ArrayViewMut2<f32>,
+    dx: ArrayViewMut2<f32>,
+    scratch: &mut GemmScratch,
 ) {
-    general_mat_mul(1.0, &dz, &w.t(), 0.0, &mut dx);
+    gemm(dz, w.t(), dx, Accumulate::Overwrite, scratch);
 }
 
 /// a = act(z) in place.

@@ -14,6 +14,7 @@ use ndarray_rand::RandomExt;
 use ndarray_rand::rand_distr::Normal;
 use rand::rngs::StdRng;
 
+use super::gemm::GemmScratch;
 use super::kernels::{
     activate, activation_backward, affine, affine_grad_add, affine_input_grad, head_loss,
 };
@@ -104,6 +105,7 @@ pub struct Mlp {
 pub struct MlpWorkspace {
     a: Vec<Array2<f32>>,
     dz: Vec<Array2<f32>>,
+    gemm: GemmScratch,
 }
 
 impl Mlp {
@@ -151,6 +153,7 @@ impl Mlp {
                 self.layout.matrix(w, params),
                 self.layout.vector(b, params),
                 z.view_mut(),
+                &mut ws.gemm,
             );
             if l < last {
                 activate(self.spec.activation, z);
@@ -198,6 +201,7 @@ impl Model for Mlp {
         MlpWorkspace {
             a: buffers(),
             dz: buffers(),
+            gemm: GemmScratch::default(),
         }
     }
 
@@ -228,7 +232,7 @@ impl Model for Mlp {
             };
             let dz = ws.dz[l].slice(s![..rows, ..]);
             let (gw, gb) = self.layout.linear_mut(w, b, grad);
-            affine_grad_add(input, dz, gw, gb);
+            affine_grad_add(input, dz, gw, gb, &mut ws.gemm);
             if l > 0 {
                 let (below, above) = ws.dz.split_at_mut(l);
                 let mut da = below[l - 1].slice_mut(s![..rows, ..]);
@@ -236,6 +240,7 @@ impl Model for Mlp {
                     above[0].slice(s![..rows, ..]),
                     self.layout.matrix(w, params),
                     da.view_mut(),
+                    &mut ws.gemm,
                 );
                 activation_backward(self.spec.activation, ws.a[l - 1].slice(s![..rows, ..]), da);
             }

@@ -8,6 +8,7 @@
 //! Built in: `Mlp`, a multi-layer perceptron of any depth (zero hidden layers gives linear,
 //! logistic and softmax regression) with an MSE, logistic or softmax head.
 
+pub mod gemm;
 mod kernels;
 mod mlp;
 
