@@ -47,12 +47,20 @@ fn benches(c: &mut Criterion) {
             let mut params = vec![0.0f32; n_params];
             model.init(&mut params, &mut rand::SeedableRng::seed_from_u64(1));
             let mut ws = model.workspace(rows);
+            let mut shared = model.shared();
+            model.prepare(&params, &mut shared);
             let mut grad = vec![0.0f32; n_params];
             group.throughput(Throughput::Elements(rows as u64));
             group.bench_function(BenchmarkId::new("shard_fwd_bwd", rows), |b| {
                 b.iter(|| {
                     grad.fill(0.0);
-                    black_box(model.loss_grad_sum(&params, train.rows(0..rows), &mut ws, &mut grad))
+                    black_box(model.loss_grad_sum(
+                        &params,
+                        &shared,
+                        train.rows(0..rows),
+                        &mut ws,
+                        &mut grad,
+                    ))
                 })
             });
 

@@ -77,6 +77,8 @@ pub struct Trainer<M: Model> {
     /// Shared so that `fit` can enter it while borrowing `self` mutably.
     pool: Arc<rayon::ThreadPool>,
     slots: Vec<ShardSlot<M::Workspace>>,
+    /// Derived from `params` by `Model::prepare` before each step and evaluation.
+    shared: M::Shared,
     /// `(max_shards, n_params)`: row i is shard i's gradient sum; row 0 ends as the batch's.
     grads: Array2<f32>,
     cfg: TrainConfig,
@@ -116,6 +118,7 @@ impl<M: Model> Trainer<M> {
         Ok(Trainer {
             optimizer: Optimizer::new(cfg.optimizer, n_params),
             grads: Array2::zeros((max_shards, n_params)),
+            shared: model.shared(),
             model,
             params,
             pool: Arc::new(pool),
@@ -275,7 +278,11 @@ impl<M: Model> Trainer<M> {
         let step_span = debug_span!("step", step = self.steps_taken + 1, batch_len, n_shards);
         let _step = step_span.enter();
         let n_params = self.params.len();
-        let (model, params) = (&self.model, &self.params[..]);
+        {
+            let _prepare = trace_span!("prepare").entered();
+            self.model.prepare(&self.params, &mut self.shared);
+        }
+        let (model, params, shared) = (&self.model, &self.params[..], &self.shared);
         let grads = self.grads.as_slice_mut().expect("grads are contiguous");
         let shard =
             |(shard_idx, (grad, slot)): (usize, (&mut [f32], &mut ShardSlot<M::Workspace>))| {
@@ -283,7 +290,7 @@ impl<M: Model> Trainer<M> {
                 let _shard =
                     trace_span!(parent: &step_span, "shard", shard = shard_idx, rows = range.len())
                         .entered();
-                run_shard(model, params, data, &idx[range], slot, grad);
+                run_shard(model, params, shared, data, &idx[range], slot, grad);
             };
         if n_shards == 1 || self.cfg.threads.get() == 1 {
             // Same per-shard function and order of sums, without dispatching to the pool.
@@ -336,7 +343,8 @@ impl<M: Model> Trainer<M> {
         let _eval = debug_span!("eval", rows = data.n()).entered();
         let block_rows = self.slots[0].x.nrows();
         let n_blocks = data.n().div_ceil(block_rows);
-        let (model, params) = (&self.model, &self.params[..]);
+        self.model.prepare(&self.params, &mut self.shared);
+        let (model, params, shared) = (&self.model, &self.params[..], &self.shared);
         let mut total = Stats::default();
         let n_slots = self.slots.len();
         for round_start in (0..n_blocks).step_by(n_slots) {
@@ -347,7 +355,7 @@ impl<M: Model> Trainer<M> {
                 .for_each(|(i, slot)| {
                     let start = (round_start + i) * block_rows;
                     let batch = data.rows(start..(start + block_rows).min(data.n()));
-                    slot.stats = model.loss_sum(params, batch, &mut slot.ws);
+                    slot.stats = model.loss_sum(params, shared, batch, &mut slot.ws);
                 });
             for slot in &self.slots[..round_blocks] {
                 total.add(&slot.stats);
@@ -374,6 +382,7 @@ impl<M: Model> Trainer<M> {
 fn run_shard<M: Model>(
     model: &M,
     params: &[f32],
+    shared: &M::Shared,
     data: &Dataset,
     idx: &[usize],
     slot: &mut ShardSlot<M::Workspace>,
@@ -396,5 +405,5 @@ fn run_shard<M: Model>(
         x: slot.x.slice(s![..rows, ..]),
         y: slot.y.slice(s![..rows]),
     };
-    slot.stats = model.loss_grad_sum(params, batch, &mut slot.ws, grad);
+    slot.stats = model.loss_grad_sum(params, shared, batch, &mut slot.ws, grad);
 }

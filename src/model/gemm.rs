@@ -37,17 +37,102 @@ pub enum Accumulate {
     Add,
 }
 
+/// A right-hand operand packed once and used by many products: the weights of a layer,
+/// packed before the shards of a step start, instead of once per shard.
+#[derive(Debug, Default, Clone)]
+pub struct PackedB {
+    data: Vec<f32>,
+    k: usize,
+    n: usize,
+    nr: usize,
+}
+
+impl PackedB {
+    /// Packs `b` (k x n, any strides) for the kernel this CPU will run. Allocates on the
+    /// first call for a shape only.
+    pub fn pack(&mut self, b: ArrayView2<f32>) {
+        let (k, n) = b.dim();
+        let nr = Isa::detect().nr();
+        let n_panels = n.div_ceil(nr);
+        grow(&mut self.data, n_panels * nr * k);
+        assert!(b.strides().iter().all(|&s| s >= 0), "negative strides");
+        let (b_rs, b_cs) = (b.strides()[0] as usize, b.strides()[1] as usize);
+        let mut k0 = 0;
+        while k0 < k {
+            let kc = KC.min(k - k0);
+            // SAFETY: `b` is a live view of k x n elements with these strides.
+            let dst = &mut self.data[k0 * n_panels * nr..];
+            unsafe {
+                match Isa::detect() {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => Avx512::pack_b(dst, b.as_ptr(), b_cs, b_rs, n, k0, kc),
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => Avx2::pack_b(dst, b.as_ptr(), b_cs, b_rs, n, k0, kc),
+                    _ => Scalar::pack_b(dst, b.as_ptr(), b_cs, b_rs, n, k0, kc),
+                }
+            };
+            k0 += kc;
+        }
+        (self.k, self.n, self.nr) = (k, n, nr);
+    }
+
+    pub fn dim(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+}
+
 /// C = A B or C += A B. Panics if the shapes do not chain or C's rows are not contiguous;
 /// both are bugs of the caller, never of user input.
 pub fn gemm(
     a: ArrayView2<f32>,
     b: ArrayView2<f32>,
+    c: ArrayViewMut2<f32>,
+    mode: Accumulate,
+    scratch: &mut GemmScratch,
+) {
+    assert!(b.strides().iter().all(|&s| s >= 0), "negative strides");
+    let rhs = Rhs::View {
+        ptr: b.as_ptr(),
+        rs: b.strides()[0] as usize,
+        cs: b.strides()[1] as usize,
+    };
+    gemm_with(a, b.dim(), rhs, c, mode, scratch);
+}
+
+/// `gemm` with B packed beforehand by `PackedB::pack`.
+pub fn gemm_packed(
+    a: ArrayView2<f32>,
+    b: &PackedB,
+    c: ArrayViewMut2<f32>,
+    mode: Accumulate,
+    scratch: &mut GemmScratch,
+) {
+    assert_eq!(b.nr, Isa::detect().nr(), "packed for another kernel");
+    gemm_with(a, b.dim(), Rhs::Packed(b.data.as_ptr()), c, mode, scratch);
+}
+
+/// Where the microkernel's B panels come from.
+#[derive(Clone, Copy)]
+enum Rhs {
+    /// A strided matrix, packed block by block into the scratch space.
+    View {
+        ptr: *const f32,
+        rs: usize,
+        cs: usize,
+    },
+    /// Panels packed in advance, every k-block one after the other.
+    Packed(*const f32),
+}
+
+fn gemm_with(
+    a: ArrayView2<f32>,
+    (k2, n): (usize, usize),
+    b: Rhs,
     mut c: ArrayViewMut2<f32>,
     mode: Accumulate,
     scratch: &mut GemmScratch,
 ) {
     let (m, k) = a.dim();
-    let (k2, n) = b.dim();
     assert_eq!(k, k2, "inner dimensions differ");
     assert_eq!(c.dim(), (m, n), "output shape");
     assert!(n <= 1 || c.strides()[1] == 1, "C must have contiguous rows");
@@ -59,7 +144,7 @@ pub fn gemm(
     }
     let ldc = c.strides()[0];
     assert!(
-        ldc >= 0 && a.strides().iter().chain(b.strides()).all(|&s| s >= 0),
+        ldc >= 0 && a.strides().iter().all(|&s| s >= 0),
         "negative strides"
     );
     let shape = Shape {
@@ -69,9 +154,7 @@ pub fn gemm(
         a: a.as_ptr(),
         a_rs: a.strides()[0] as usize,
         a_cs: a.strides()[1] as usize,
-        b: b.as_ptr(),
-        b_rs: b.strides()[0] as usize,
-        b_cs: b.strides()[1] as usize,
+        b,
         c: c.as_mut_ptr(),
         ldc: ldc as usize,
     };
@@ -110,6 +193,17 @@ impl Isa {
         Isa::Baseline
     }
 
+    /// Columns of the microkernel's tile, the width of packed B panels.
+    pub fn nr(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Avx512::NR,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Avx2::NR,
+            _ => Scalar::NR,
+        }
+    }
+
     /// f32 lanes of one vector register.
     pub fn lanes(self) -> usize {
         match self {
@@ -127,9 +221,7 @@ struct Shape {
     a: *const f32,
     a_rs: usize,
     a_cs: usize,
-    b: *const f32,
-    b_rs: usize,
-    b_cs: usize,
+    b: Rhs,
     c: *mut f32,
     ldc: usize,
 }
@@ -173,6 +265,58 @@ trait Microkernel {
         mr: usize,
         nr: usize,
     );
+
+    /// `pack` with W = MR (A panels) and W = NR (B panels).
+    unsafe fn pack_a(
+        dst: &mut [f32],
+        src: *const f32,
+        ls: usize,
+        ks: usize,
+        n: usize,
+        k0: usize,
+        kc: usize,
+    );
+    unsafe fn pack_b(
+        dst: &mut [f32],
+        src: *const f32,
+        ls: usize,
+        ks: usize,
+        n: usize,
+        k0: usize,
+        kc: usize,
+    );
+}
+
+/// The packing methods of a kernel with tile `$mr x $nr` (const generics cannot take a
+/// trait's associated constants yet, so each kernel names its widths).
+macro_rules! packers {
+    ($mr:literal, $nr:literal) => {
+        #[inline(always)]
+        unsafe fn pack_a(
+            dst: &mut [f32],
+            src: *const f32,
+            ls: usize,
+            ks: usize,
+            n: usize,
+            k0: usize,
+            kc: usize,
+        ) {
+            unsafe { pack::<$mr>(dst, src, ls, ks, n, k0, kc) }
+        }
+
+        #[inline(always)]
+        unsafe fn pack_b(
+            dst: &mut [f32],
+            src: *const f32,
+            ls: usize,
+            ks: usize,
+            n: usize,
+            k0: usize,
+            kc: usize,
+        ) {
+            unsafe { pack::<$nr>(dst, src, ls, ks, n, k0, kc) }
+        }
+    };
 }
 
 /// 8 x 32: sixteen zmm accumulators, two B loads and eight broadcasts per step.
@@ -183,6 +327,7 @@ struct Avx512;
 impl Microkernel for Avx512 {
     const MR: usize = 8;
     const NR: usize = 32;
+    packers!(8, 32);
 
     #[inline(always)]
     unsafe fn run(
@@ -242,6 +387,7 @@ struct Avx2;
 impl Microkernel for Avx2 {
     const MR: usize = 6;
     const NR: usize = 16;
+    packers!(6, 16);
 
     #[inline(always)]
     unsafe fn run(
@@ -286,6 +432,7 @@ struct Scalar;
 impl Microkernel for Scalar {
     const MR: usize = 4;
     const NR: usize = 8;
+    packers!(4, 8);
 
     #[inline(always)]
     unsafe fn run(
@@ -324,18 +471,26 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
     let kc_max = KC.min(s.k);
     let mc_max = MC.min(s.m);
     grow(&mut scratch.a, mc_max.div_ceil(mr_full) * mr_full * kc_max);
-    grow(&mut scratch.b, n_panels * nr_full * kc_max);
+    if let Rhs::View { .. } = s.b {
+        grow(&mut scratch.b, n_panels * nr_full * kc_max);
+    }
     let mut k0 = 0;
     while k0 < s.k {
         let kc = KC.min(s.k - k0);
-        unsafe { pack(&mut scratch.b, nr_full, s.b, s.b_cs, s.b_rs, s.n, k0, kc) };
+        let b_block = match s.b {
+            Rhs::View { ptr, rs, cs } => {
+                unsafe { K::pack_b(&mut scratch.b, ptr, cs, rs, s.n, k0, kc) };
+                scratch.b.as_ptr()
+            }
+            Rhs::Packed(ptr) => unsafe { ptr.add(k0 * n_panels * nr_full) },
+        };
         let mut m0 = 0;
         while m0 < s.m {
             let mc = MC.min(s.m - m0);
             let a_block = unsafe { s.a.add(m0 * s.a_rs) };
-            unsafe { pack(&mut scratch.a, mr_full, a_block, s.a_rs, s.a_cs, mc, k0, kc) };
+            unsafe { K::pack_a(&mut scratch.a, a_block, s.a_rs, s.a_cs, mc, k0, kc) };
             for q in 0..n_panels {
-                let b_panel = scratch.b[q * nr_full * kc..].as_ptr();
+                let b_panel = unsafe { b_block.add(q * nr_full * kc) };
                 let nr = nr_full.min(s.n - q * nr_full);
                 for p in 0..mc.div_ceil(mr_full) {
                     let a_panel = scratch.a[p * mr_full * kc..].as_ptr();
@@ -359,14 +514,12 @@ fn grow(buf: &mut Vec<f32>, len: usize) {
 }
 
 /// Packs `kc` steps along k (from `k0`) of `n_lines` lines (rows of A or columns of B) into
-/// panels of `w` lines: panel p holds, for each kk, the w values of lines pw..pw+w at
+/// panels of `W` lines: panel p holds, for each kk, the W values of lines pW..pW+W at
 /// k0 + kk, contiguous, zero past the last line. `line_stride` steps between lines,
 /// `k_stride` along k.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn pack(
+unsafe fn pack<const W: usize>(
     dst: &mut [f32],
-    w: usize,
     src: *const f32,
     line_stride: usize,
     k_stride: usize,
@@ -375,34 +528,39 @@ unsafe fn pack(
     kc: usize,
 ) {
     for (p, panel) in dst
-        .chunks_exact_mut(w * kc)
-        .take(n_lines.div_ceil(w))
+        .chunks_exact_mut(W * kc)
+        .take(n_lines.div_ceil(W))
         .enumerate()
     {
-        let lines = w.min(n_lines - p * w);
-        if lines < w {
+        let lines = W.min(n_lines - p * W);
+        if lines < W {
             panel.fill(0.0);
         }
         if line_stride == 1 {
             // Lines are adjacent at each k (B row-major, or A transposed): copy runs.
             for kk in 0..kc {
-                let run = unsafe {
-                    std::slice::from_raw_parts(src.add(p * w + (k0 + kk) * k_stride), lines)
-                };
-                panel[kk * w..kk * w + lines].copy_from_slice(run);
+                let run = unsafe { src.add(p * W + (k0 + kk) * k_stride) };
+                if lines == W {
+                    // A whole run of known length: inlined vector moves, not a memcpy call.
+                    let run = unsafe { &*(run as *const [f32; W]) };
+                    panel[kk * W..kk * W + W].copy_from_slice(run);
+                } else {
+                    let run = unsafe { std::slice::from_raw_parts(run, lines) };
+                    panel[kk * W..kk * W + lines].copy_from_slice(run);
+                }
             }
             continue;
         }
         for l in 0..lines {
-            let line = unsafe { src.add((p * w + l) * line_stride + k0 * k_stride) };
+            let line = unsafe { src.add((p * W + l) * line_stride + k0 * k_stride) };
             if k_stride == 1 {
                 let values = unsafe { std::slice::from_raw_parts(line, kc) };
                 for (kk, &v) in values.iter().enumerate() {
-                    panel[kk * w + l] = v;
+                    panel[kk * W + l] = v;
                 }
             } else {
                 for kk in 0..kc {
-                    panel[kk * w + l] = unsafe { *line.add(kk * k_stride) };
+                    panel[kk * W + l] = unsafe { *line.add(kk * k_stride) };
                 }
             }
         }

@@ -14,7 +14,7 @@ use ndarray_rand::RandomExt;
 use ndarray_rand::rand_distr::Normal;
 use rand::rngs::StdRng;
 
-use super::gemm::GemmScratch;
+use super::gemm::{GemmScratch, PackedB};
 use super::kernels::{
     activate, activation_backward, affine, affine_grad_add, affine_input_grad, head_loss,
 };
@@ -100,6 +100,13 @@ pub struct Mlp {
     layers: Vec<(ParamId, ParamId)>,
 }
 
+/// The weights packed for the matrix kernel, once per step: `w[l]` for the forward product
+/// x w, `wt[l]` (l >= 1) for the backward product dz w^T.
+pub struct MlpShared {
+    w: Vec<PackedB>,
+    wt: Vec<PackedB>,
+}
+
 /// Per-shard buffers: `a[l]` holds layer l's output (its pre-activation for the head) and
 /// `dz[l]` its gradient, each `(max_rows, d_{l+1})`; a block uses the first `rows` rows.
 pub struct MlpWorkspace {
@@ -137,10 +144,16 @@ impl Mlp {
     }
 
     /// Runs every layer on `x` and leaves the head's pre-activation in `ws.a[L-1]`.
-    fn forward(&self, params: &[f32], x: ArrayView2<f32>, ws: &mut MlpWorkspace) {
+    fn forward(
+        &self,
+        shared: &MlpShared,
+        x: ArrayView2<f32>,
+        params: &[f32],
+        ws: &mut MlpWorkspace,
+    ) {
         let rows = x.nrows();
         let last = self.n_layers() - 1;
-        for (l, &(w, b)) in self.layers.iter().enumerate() {
+        for (l, &(_, b)) in self.layers.iter().enumerate() {
             let (done, rest) = ws.a.split_at_mut(l);
             let input = if l == 0 {
                 x
@@ -150,7 +163,7 @@ impl Mlp {
             let mut z = rest[0].slice_mut(s![..rows, ..]);
             affine(
                 input,
-                self.layout.matrix(w, params),
+                &shared.w[l],
                 self.layout.vector(b, params),
                 z.view_mut(),
                 &mut ws.gemm,
@@ -164,6 +177,7 @@ impl Mlp {
 
 impl Model for Mlp {
     type Workspace = MlpWorkspace;
+    type Shared = MlpShared;
 
     fn layout(&self) -> &ParamLayout {
         &self.layout
@@ -205,15 +219,33 @@ impl Model for Mlp {
         }
     }
 
+    fn shared(&self) -> MlpShared {
+        MlpShared {
+            w: vec![PackedB::default(); self.n_layers()],
+            wt: vec![PackedB::default(); self.n_layers()],
+        }
+    }
+
+    fn prepare(&self, params: &[f32], shared: &mut MlpShared) {
+        for (l, &(w, _)) in self.layers.iter().enumerate() {
+            let w = self.layout.matrix(w, params);
+            shared.w[l].pack(w);
+            if l > 0 {
+                shared.wt[l].pack(w.t());
+            }
+        }
+    }
+
     fn loss_grad_sum(
         &self,
         params: &[f32],
+        shared: &MlpShared,
         batch: Batch<'_>,
         ws: &mut MlpWorkspace,
         grad: &mut [f32],
     ) -> Stats {
         let rows = batch.rows();
-        self.forward(params, batch.x, ws);
+        self.forward(shared, batch.x, params, ws);
         let last = self.n_layers() - 1;
         let stats = head_loss(
             self.spec.head,
@@ -238,7 +270,7 @@ impl Model for Mlp {
                 let mut da = below[l - 1].slice_mut(s![..rows, ..]);
                 affine_input_grad(
                     above[0].slice(s![..rows, ..]),
-                    self.layout.matrix(w, params),
+                    &shared.wt[l],
                     da.view_mut(),
                     &mut ws.gemm,
                 );
@@ -248,9 +280,15 @@ impl Model for Mlp {
         stats
     }
 
-    fn loss_sum(&self, params: &[f32], batch: Batch<'_>, ws: &mut MlpWorkspace) -> Stats {
+    fn loss_sum(
+        &self,
+        params: &[f32],
+        shared: &MlpShared,
+        batch: Batch<'_>,
+        ws: &mut MlpWorkspace,
+    ) -> Stats {
         let rows = batch.rows();
-        self.forward(params, batch.x, ws);
+        self.forward(shared, batch.x, params, ws);
         let last = self.n_layers() - 1;
         head_loss(
             self.spec.head,

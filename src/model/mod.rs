@@ -13,7 +13,7 @@ mod kernels;
 mod mlp;
 
 pub use kernels::{log_sum_exp, sigmoid, softplus};
-pub use mlp::{Activation, Head, Mlp, MlpSpec, MlpWorkspace};
+pub use mlp::{Activation, Head, Mlp, MlpShared, MlpSpec, MlpWorkspace};
 
 use ndarray::{ArrayView1, ArrayView2};
 use rand::rngs::StdRng;
@@ -65,6 +65,11 @@ pub trait Model: Send + Sync {
     /// step, so the hot path allocates nothing.
     type Workspace: Send;
 
+    /// Read-only state derived from the parameters once per step and shared by every shard
+    /// (the built-in model keeps its weights packed for the matrix kernel here). Use `()`
+    /// when there is none.
+    type Shared: Send + Sync;
+
     fn layout(&self) -> &ParamLayout;
 
     /// Seeded standard initialisation of a zeroed buffer of `layout().n_params()` elements.
@@ -73,18 +78,32 @@ pub trait Model: Send + Sync {
     /// Scratch space for blocks of at most `max_rows` rows.
     fn workspace(&self, max_rows: usize) -> Self::Workspace;
 
+    /// An empty `Shared`, filled by `prepare`.
+    fn shared(&self) -> Self::Shared;
+
+    /// Derives `shared` from `params`; called after every parameter change, before the
+    /// shards of the next step or evaluation run.
+    fn prepare(&self, params: &[f32], shared: &mut Self::Shared);
+
     /// Adds `sum_i dL_i/dtheta` over the rows of `batch` into `grad` (which the caller
     /// zeroed, or holds other rows' sums) and returns the sums of loss and correct answers.
     fn loss_grad_sum(
         &self,
         params: &[f32],
+        shared: &Self::Shared,
         batch: Batch<'_>,
         ws: &mut Self::Workspace,
         grad: &mut [f32],
     ) -> Stats;
 
     /// Forward only: the same `Stats` as `loss_grad_sum` without touching gradients.
-    fn loss_sum(&self, params: &[f32], batch: Batch<'_>, ws: &mut Self::Workspace) -> Stats;
+    fn loss_sum(
+        &self,
+        params: &[f32],
+        shared: &Self::Shared,
+        batch: Batch<'_>,
+        ws: &mut Self::Workspace,
+    ) -> Stats;
 
     /// Whether `Stats::n_correct` means anything (accuracy is reported for classifiers only).
     fn is_classifier(&self) -> bool;

@@ -1,8 +1,9 @@
 //! Helpers shared by the integration tests: seeded data, configs from TOML text, and an
 //! independent f64 reference of the built-in model's loss.
 
+use minibatch::Mlp;
 use minibatch::config::Config;
-use minibatch::model::{Activation, Head, MlpSpec};
+use minibatch::model::{Activation, Head, MlpShared, MlpSpec, Model};
 use minibatch::{Dataset, RawConfig};
 use ndarray::{Array1, Array2};
 use rand::rngs::StdRng;
@@ -75,4 +76,11 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// The model's per-step shared state for `params`, as the trainer prepares it.
+pub fn prepared(model: &Mlp, params: &[f32]) -> MlpShared {
+    let mut shared = model.shared();
+    model.prepare(params, &mut shared);
+    shared
 }

@@ -5,7 +5,7 @@ use minibatch::model::Model;
 use minibatch::{Mlp, Trainer};
 use ndarray::ArrayView1;
 
-use crate::common::{config, random_dataset};
+use crate::common::{config, prepared, random_dataset};
 
 /// Solves A x = b (A n x n, symmetric positive definite here) by Gaussian elimination with
 /// partial pivoting.
@@ -86,6 +86,7 @@ fn one_step_is_theta_minus_lr_times_the_mean_gradient() {
     let mut grad = vec![0.0f32; before.len()];
     model.loss_grad_sum(
         &before,
+        &prepared(&model, &before),
         minibatch::Batch {
             x: x.view(),
             y: ArrayView1::from(&y),

@@ -10,7 +10,7 @@ use minibatch::model::{Activation, Batch, Head, Mlp, MlpSpec, Model};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use crate::common::{random_dataset, reference_mean_loss};
+use crate::common::{prepared, random_dataset, reference_mean_loss};
 
 fn check(spec: MlpSpec, n_classes: Option<usize>, param_scale: f32, seed: u64) {
     let n = 7;
@@ -28,7 +28,13 @@ fn check(spec: MlpSpec, n_classes: Option<usize>, param_scale: f32, seed: u64) {
         x: data.x(),
         y: ndarray::ArrayView1::from(data.targets()),
     };
-    let stats = model.loss_grad_sum(&params, batch, &mut ws, &mut grad);
+    let stats = model.loss_grad_sum(
+        &params,
+        &prepared(&model, &params),
+        batch,
+        &mut ws,
+        &mut grad,
+    );
 
     let p64: Vec<f64> = params.iter().map(|&p| f64::from(p)).collect();
     let reference = reference_mean_loss(&spec, &p64, &data);

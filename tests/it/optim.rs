@@ -6,7 +6,7 @@ use minibatch::model::{Batch, Model};
 use minibatch::optim::{OptimConfig, OptimKind, Optimizer};
 use minibatch::{Mlp, Trainer};
 
-use crate::common::{config, random_dataset};
+use crate::common::{config, prepared, random_dataset};
 
 const SGD: OptimKind = OptimKind::Sgd {
     momentum: 0.0,
@@ -304,6 +304,7 @@ fn every_optimizer_follows_an_f64_reference_on_a_small_mlp() {
             let mut grad = vec![0.0f32; n];
             model.loss_grad_sum(
                 trainer.params(),
+                &prepared(&model, trainer.params()),
                 Batch {
                     x: data.x(),
                     y: ndarray::ArrayView1::from(data.targets()),

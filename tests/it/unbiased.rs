@@ -8,7 +8,7 @@ use ndarray::{Array1, Array2};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use crate::common::random_dataset;
+use crate::common::{prepared, random_dataset};
 
 #[test]
 fn minibatch_mean_over_all_batches_is_the_full_gradient() {
@@ -30,6 +30,7 @@ fn minibatch_mean_over_all_batches_is_the_full_gradient() {
         let mut grad = vec![0.0f32; params.len()];
         model.loss_grad_sum(
             &params,
+            &prepared(&model, &params),
             Batch {
                 x: x.view(),
                 y: y.view(),
@@ -85,9 +86,21 @@ fn a_single_batch_is_not_the_full_gradient() {
     model.init(&mut params, &mut StdRng::seed_from_u64(8));
     let mut ws = model.workspace(8);
     let mut full = vec![0.0f32; params.len()];
-    model.loss_grad_sum(&params, data.rows(0..8), &mut ws, &mut full);
+    model.loss_grad_sum(
+        &params,
+        &prepared(&model, &params),
+        data.rows(0..8),
+        &mut ws,
+        &mut full,
+    );
     let mut part = vec![0.0f32; params.len()];
-    model.loss_grad_sum(&params, data.rows(0..3), &mut ws, &mut part);
+    model.loss_grad_sum(
+        &params,
+        &prepared(&model, &params),
+        data.rows(0..3),
+        &mut ws,
+        &mut part,
+    );
     let differs = full
         .iter()
         .zip(&part)
