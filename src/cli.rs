@@ -37,6 +37,35 @@ pub enum Command {
     Train(TrainArgs),
     /// Print the parameter layout (tensor names, shapes, offsets) a config's model uses.
     Layout(ConfigArgs),
+    /// Measure training speed of the standard workloads against this machine's peak FMA
+    /// rate and memory bandwidth, both measured in the same run.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Workloads: w1 (MLP 784-256-256-10), w2 (logistic regression, d = 1000, N = 1M:
+    /// 4 GB of features), w3 (linear regression, d = 10, B = 1), or `all`.
+    #[arg(short, long, value_delimiter = ',', default_value = "w1,w3")]
+    pub workload: Vec<String>,
+    /// Batch sizes; default: each workload's standard ones (w1: 32,128,512,2048; w2:
+    /// 256,4096; w3: 1).
+    #[arg(short, long, value_delimiter = ',')]
+    pub batch_sizes: Vec<usize>,
+    /// Thread counts to compare; the speedup column is relative to 1 when 1 is listed.
+    /// Default: 1 and every core.
+    #[arg(short, long, value_delimiter = ',')]
+    pub threads: Vec<usize>,
+    /// Rows per shard instead of the default chosen from the batch size.
+    #[arg(long)]
+    pub shard_rows: Option<usize>,
+    /// Rows of each workload's dataset instead of its standard N (e.g. to fit w2 in less
+    /// memory).
+    #[arg(long)]
+    pub n: Option<usize>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -24,6 +24,7 @@
 //! - `optim`: the update on flat buffers; `train`: the `Trainer` that runs it all on its pool;
 //! - `checkpoint`: safetensors files for parameters.
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -11,7 +11,7 @@ use tracing_subscriber::EnvFilter;
 use minibatch::checkpoint::save_params;
 use minibatch::{Config, EpochReport, Mlp, Model, RawConfig, Result, Trainer, data};
 
-use cli::{Cli, Command, ConfigArgs, TrainArgs};
+use cli::{BenchArgs, Cli, Command, ConfigArgs, TrainArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -19,6 +19,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Train(args) => train(args, cli.quiet),
         Command::Layout(args) => layout(args),
+        Command::Bench(args) => bench(args, cli.quiet),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -154,4 +155,83 @@ fn epoch_line(r: &EpochReport) -> String {
     }
     line += &format!("  {:>10.0} ex/s  {:.2} s", r.examples_per_sec(), r.seconds);
     line
+}
+
+fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
+    let workloads = if args.workload.iter().any(|w| w == "all") {
+        minibatch::bench::WORKLOADS
+            .iter()
+            .map(|(w, _, _)| w.to_string())
+            .collect()
+    } else {
+        args.workload.clone()
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if args.threads.is_empty() {
+        vec![1, cores]
+    } else {
+        args.threads.clone()
+    };
+    let mut thread_counts = Vec::new();
+    for t in threads {
+        let t = std::num::NonZeroUsize::new(t).ok_or_else(|| {
+            minibatch::Error::config("--threads", "thread counts must be at least 1")
+        })?;
+        if !thread_counts.contains(&t) {
+            thread_counts.push(t);
+        }
+    }
+    if let Some(&b) = args.batch_sizes.iter().find(|&&b| b == 0) {
+        return Err(minibatch::Error::config(
+            "--batch-sizes",
+            format!("batch sizes must be at least 1, got {b}"),
+        ));
+    }
+    let plan = minibatch::bench::BenchPlan {
+        workloads,
+        batch_sizes: args.batch_sizes.clone(),
+        threads: thread_counts,
+        shard_rows: args.shard_rows,
+        n: args.n,
+    };
+    let report = minibatch::bench::run(&plan, |msg| {
+        if !quiet {
+            eprintln!("bench: {msg}");
+        }
+    })?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("plain data serialises")
+        );
+        return Ok(());
+    }
+    let limits = &report.limits;
+    println!("kernel: {}", limits.isa);
+    for ((t, peak), (_, bw)) in limits.peak_gflops.iter().zip(&limits.copy_gb_per_sec) {
+        println!("{t} thread(s): peak FMA {peak:.1} GFLOP/s, copy bandwidth {bw:.1} GB/s");
+    }
+    println!(
+        "\n| workload | B | threads | shard rows | examples/s | GFLOP/s | of peak FMA | feature GB/s | of bandwidth | reduce share | speedup |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &report.rows {
+        println!(
+            "| {} | {} | {} | {} | {:.0} | {:.1} | {:.0}% | {:.2} | {:.0}% | {:.1}% | {} |",
+            r.workload,
+            r.batch_size,
+            r.threads,
+            r.shard_rows,
+            r.examples_per_sec,
+            r.gflops,
+            100.0 * r.peak_fraction,
+            r.feature_gb_per_sec,
+            100.0 * r.bandwidth_fraction,
+            100.0 * r.reduce_fraction,
+            r.speedup
+                .map(|s| format!("{s:.2}x"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    Ok(())
 }

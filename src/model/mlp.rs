@@ -66,6 +66,21 @@ impl MlpSpec {
         widths
     }
 
+    /// Floating-point operations per example for forward and backward, counting a
+    /// multiply-add as 2: x w (2 d_in d_out per layer), x^T dz (the same) and dz w^T for every
+    /// layer but the first, whose input needs no gradient. Elementwise work is not counted.
+    pub fn flops_per_example(&self) -> f64 {
+        let widths = self.widths();
+        widths
+            .windows(2)
+            .enumerate()
+            .map(|(l, w)| {
+                let product = 2.0 * (w[0] * w[1]) as f64;
+                if l == 0 { 2.0 * product } else { 3.0 * product }
+            })
+            .sum()
+    }
+
     /// "mlp 784-256-256-10 relu softmax", "logistic 1000-1", ...
     pub fn describe(&self) -> String {
         let widths = self

@@ -1,0 +1,353 @@
+//! `minibatch bench`: training speed of the standard workloads, measured against this
+//! machine's own limits in the same run.
+//!
+//! For each workload (the configs in configs/, embedded), batch size and thread count it
+//! trains one epoch and reports examples/s, the effective GFLOP/s of the model's products,
+//! the share of that in the peak FMA rate of as many threads (measured here by a loop of
+//! independent fused multiply-adds in registers at the widest vector width), the feature
+//! bytes read per second against the memory bandwidth of as many threads (measured here by a
+//! large copy), the reduction's share of step time and the speedup over one thread. Because
+//! the limits are measured minutes apart from the runs, the ratios survive a noisy machine
+//! better than the raw figures.
+
+use std::hint::black_box;
+use std::num::NonZeroUsize;
+use std::time::Instant;
+
+use ndarray::Array2;
+use serde::Serialize;
+
+use crate::config::RawConfig;
+use crate::data;
+use crate::error::{Error, Result};
+use crate::model::Mlp;
+use crate::model::gemm::Isa;
+use crate::reduce::tree_reduce;
+use crate::shard::n_shards;
+use crate::train::Trainer;
+
+/// The standard workloads: name, description and config.
+pub const WORKLOADS: &[(&str, &str, &str)] = &[
+    (
+        "w1",
+        "MLP 784-256-256-10, N = 60,000",
+        include_str!("../configs/w1_mlp.toml"),
+    ),
+    (
+        "w2",
+        "logistic regression d = 1,000, N = 1,000,000",
+        include_str!("../configs/w2_logreg.toml"),
+    ),
+    (
+        "w3",
+        "linear regression d = 10, N = 100,000",
+        include_str!("../configs/w3_sgd1.toml"),
+    ),
+];
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct BenchPlan {
+    pub workloads: Vec<String>,
+    /// Empty: each workload's standard batch sizes.
+    pub batch_sizes: Vec<usize>,
+    pub threads: Vec<NonZeroUsize>,
+    /// Overrides the default shard size.
+    pub shard_rows: Option<usize>,
+    /// Rows of the dataset; `None` keeps the workload's N.
+    pub n: Option<usize>,
+}
+
+/// One measured configuration.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchRow {
+    pub workload: String,
+    pub batch_size: usize,
+    pub threads: usize,
+    pub shard_rows: usize,
+    pub examples_per_sec: f64,
+    pub gflops: f64,
+    /// Effective GFLOP/s over the peak FMA rate of the same thread count.
+    pub peak_fraction: f64,
+    /// Feature bytes read once per example, per second.
+    pub feature_gb_per_sec: f64,
+    /// Feature bandwidth over the measured copy bandwidth of the same thread count.
+    pub bandwidth_fraction: f64,
+    /// Time in the reduction over step time.
+    pub reduce_fraction: f64,
+    /// Examples/s over the 1-thread row of the same workload and batch size, if measured.
+    pub speedup: Option<f64>,
+}
+
+/// The machine's limits, measured in this process.
+#[derive(Debug, Clone, Serialize)]
+pub struct MachineLimits {
+    pub isa: String,
+    /// Per thread count: peak f32 GFLOP/s (FMA = 2 flops) with that many threads.
+    pub peak_gflops: Vec<(usize, f64)>,
+    /// Per thread count: copy bandwidth in GB/s (bytes read + written).
+    pub copy_gb_per_sec: Vec<(usize, f64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub limits: MachineLimits,
+    pub rows: Vec<BenchRow>,
+}
+
+fn standard_batch_sizes(workload: &str) -> &'static [usize] {
+    match workload {
+        "w1" => &[32, 128, 512, 2048],
+        "w2" => &[256, 4096],
+        _ => &[1],
+    }
+}
+
+pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchReport> {
+    for name in &plan.workloads {
+        if !WORKLOADS.iter().any(|(w, _, _)| w == name) {
+            return Err(Error::config(
+                "--workload",
+                format!("unknown workload `{name}`; expected w1, w2 or w3"),
+            ));
+        }
+    }
+    progress("measuring peak FMA rate and copy bandwidth");
+    let limits = MachineLimits {
+        isa: format!("{:?}", Isa::detect()),
+        peak_gflops: plan
+            .threads
+            .iter()
+            .map(|t| (t.get(), peak_gflops(t.get())))
+            .collect(),
+        copy_gb_per_sec: plan
+            .threads
+            .iter()
+            .map(|t| (t.get(), copy_bandwidth(t.get())))
+            .collect(),
+    };
+    let mut rows = Vec::new();
+    for &(name, _, toml_text) in WORKLOADS
+        .iter()
+        .filter(|(w, _, _)| plan.workloads.iter().any(|p| p == w))
+    {
+        let mut raw = RawConfig::from_toml(toml_text, std::path::Path::new(name))?;
+        if let Some(n) = plan.n {
+            raw.data.n = Some(n);
+        }
+        raw.train.epochs = Some(1);
+        let base = raw.validate()?;
+        progress(&format!(
+            "{name}: generating {} x {} features",
+            base.data.n_train, base.data.d
+        ));
+        let (train, _) = data::synthetic(&base.data, base.seed);
+        let batch_sizes = if plan.batch_sizes.is_empty() {
+            standard_batch_sizes(name).to_vec()
+        } else {
+            plan.batch_sizes.clone()
+        };
+        for &batch_size in &batch_sizes {
+            let mut one_thread = None;
+            for &threads in &plan.threads {
+                let mut raw = raw.clone();
+                raw.train.batch_size = Some(batch_size);
+                raw.train.threads = Some(threads.get());
+                raw.train.shard_rows = plan.shard_rows;
+                let cfg = raw.validate()?;
+                progress(&format!("{name}: B = {batch_size}, {threads} thread(s)"));
+                let model = Mlp::new(cfg.model.clone());
+                let flops = cfg.model.flops_per_example();
+                let mut trainer = Trainer::new(model, cfg.data.d, &cfg.train, cfg.seed)?;
+                // Warm-up: the first steps size every buffer.
+                let warm: Vec<usize> = (0..batch_size).collect();
+                for _ in 0..3 {
+                    trainer.step(&train, &warm, 0.0)?;
+                }
+                let report = trainer.fit(&train, None, |_| {})?;
+                let epoch = &report.epochs[0];
+                let examples_per_sec = epoch.examples_per_sec();
+                let step_seconds = epoch.seconds / report.steps.max(1) as f64;
+                let reduce_seconds = time_reduce(&trainer, batch_size, &cfg.train);
+                let peak = lookup(&limits.peak_gflops, threads.get());
+                let bandwidth = lookup(&limits.copy_gb_per_sec, threads.get());
+                let gflops = examples_per_sec * flops / 1e9;
+                let feature_gb_per_sec = examples_per_sec * (cfg.data.d * 4) as f64 / 1e9;
+                if threads.get() == 1 {
+                    one_thread = Some(examples_per_sec);
+                }
+                rows.push(BenchRow {
+                    workload: name.to_string(),
+                    batch_size,
+                    threads: threads.get(),
+                    shard_rows: cfg.train.shard_rows.get().min(batch_size),
+                    examples_per_sec,
+                    gflops,
+                    peak_fraction: gflops / peak,
+                    feature_gb_per_sec,
+                    bandwidth_fraction: feature_gb_per_sec / bandwidth,
+                    reduce_fraction: reduce_seconds / step_seconds,
+                    speedup: one_thread.map(|one| examples_per_sec / one),
+                });
+            }
+        }
+    }
+    Ok(BenchReport { limits, rows })
+}
+
+fn lookup(table: &[(usize, f64)], threads: usize) -> f64 {
+    table
+        .iter()
+        .find(|(t, _)| *t == threads)
+        .map(|(_, v)| *v)
+        .unwrap_or(f64::NAN)
+}
+
+/// Seconds of one `tree_reduce` of a full batch's shard buffers on the trainer's pool.
+fn time_reduce<M: crate::model::Model>(
+    trainer: &Trainer<M>,
+    batch_size: usize,
+    cfg: &crate::config::TrainConfig,
+) -> f64 {
+    let n_shards = n_shards(batch_size, cfg.shard_rows);
+    if n_shards <= 1 {
+        return 0.0;
+    }
+    let n_params = trainer.params().len();
+    let mut grads = Array2::<f32>::ones((n_shards, n_params));
+    trainer.install(|| {
+        tree_reduce(grads.view_mut(), n_shards);
+        let reps = 20;
+        let start = Instant::now();
+        for _ in 0..reps {
+            tree_reduce(black_box(grads.view_mut()), n_shards);
+        }
+        start.elapsed().as_secs_f64() / reps as f64
+    })
+}
+
+/// Peak f32 GFLOP/s of `threads` threads running independent FMA chains in registers.
+pub fn peak_gflops(threads: usize) -> f64 {
+    let per_thread_flops = 2e9; // about 10 ms per thread at AVX-512 speed
+    let start = Instant::now();
+    let total: f64 = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| scope.spawn(move || fma_loop(per_thread_flops)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("FMA loop thread"))
+            .sum()
+    });
+    // Best of the threads' own rates would overstate; total work over wall time is honest.
+    let seconds = start.elapsed().as_secs_f64();
+    // Repeat once to skip frequency ramp-up, keeping the better measurement.
+    let start2 = Instant::now();
+    let total2: f64 = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| scope.spawn(move || fma_loop(per_thread_flops)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("FMA loop thread"))
+            .sum()
+    });
+    let seconds2 = start2.elapsed().as_secs_f64();
+    (total / seconds).max(total2 / seconds2) / 1e9
+}
+
+/// Runs about `flops` flops of independent FMAs; returns the flops done.
+fn fma_loop(flops: f64) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        match Isa::detect() {
+            // SAFETY: the CPU has the instruction set, as just detected.
+            Isa::Avx512 => return unsafe { fma_loop_avx512(flops) },
+            Isa::Avx2 => return unsafe { fma_loop_avx2(flops) },
+            Isa::Baseline => {}
+        }
+    }
+    fma_loop_scalar(flops)
+}
+
+/// Twelve independent accumulator chains hide the 4-cycle FMA latency on two ports.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_loop_avx512(flops: f64) -> f64 {
+    use std::arch::x86_64::*;
+    let per_iter = 12.0 * 16.0 * 2.0;
+    let iters = (flops / per_iter) as usize;
+    let mut acc = [_mm512_set1_ps(1.0); 12];
+    let a = _mm512_set1_ps(0.999_999);
+    let b = _mm512_set1_ps(1e-7);
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm512_fmadd_ps(*v, a, b);
+        }
+    }
+    let mut sum = _mm512_setzero_ps();
+    for v in acc {
+        sum = _mm512_add_ps(sum, v);
+    }
+    black_box(_mm512_reduce_add_ps(sum));
+    iters as f64 * per_iter
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_loop_avx2(flops: f64) -> f64 {
+    use std::arch::x86_64::*;
+    let per_iter = 12.0 * 8.0 * 2.0;
+    let iters = (flops / per_iter) as usize;
+    let mut acc = [_mm256_set1_ps(1.0); 12];
+    let a = _mm256_set1_ps(0.999_999);
+    let b = _mm256_set1_ps(1e-7);
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_fmadd_ps(*v, a, b);
+        }
+    }
+    let mut out = [0.0f32; 8];
+    for v in acc {
+        // SAFETY: `out` holds 8 f32s.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr(), v) };
+        black_box(out);
+    }
+    iters as f64 * per_iter
+}
+
+fn fma_loop_scalar(flops: f64) -> f64 {
+    let per_iter = 8.0 * 2.0;
+    let iters = (flops / per_iter) as usize;
+    let mut acc = [1.0f32; 8];
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = *v * 0.999_999 + 1e-7;
+        }
+    }
+    black_box(acc);
+    iters as f64 * per_iter
+}
+
+/// GB/s (read + write) of `threads` threads each copying its own 128 MB buffer.
+pub fn copy_bandwidth(threads: usize) -> f64 {
+    let len = 32 * 1024 * 1024; // f32s: 128 MB per thread, far beyond the caches
+    let mut buffers: Vec<(Vec<f32>, Vec<f32>)> = (0..threads)
+        .map(|_| (vec![1.0f32; len], vec![0.0f32; len]))
+        .collect();
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let start = Instant::now();
+        std::thread::scope(|scope| {
+            for (src, dst) in buffers.iter_mut() {
+                scope.spawn(move || {
+                    dst.copy_from_slice(src);
+                    black_box(&dst);
+                });
+            }
+        });
+        let bytes = (threads * len * 4 * 2) as f64;
+        best = best.max(bytes / start.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
