@@ -204,7 +204,7 @@ impl Truth {
 
 fn generate(cfg: &DataConfig, truth: &Truth, n: usize, stream: u64) -> Dataset {
     let d = cfg.d;
-    let mut x = Array2::<f32>::zeros((n, d));
+    let mut x = feature_matrix(n, d);
     let mut y = Array1::<f32>::zeros(n);
     x.as_slice_mut()
         .expect("fresh arrays are contiguous")
@@ -237,3 +237,34 @@ pub fn mix(a: u64, b: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
+
+/// A zeroed `(n, d)` matrix whose pages, on Linux, are 2 MB huge pages where the kernel
+/// allows them. Training reads rows in shuffled order: with 4 KB pages nearly every row
+/// costs a TLB miss, and on a 4 GB dataset that halves the gather rate.
+pub fn feature_matrix(n: usize, d: usize) -> Array2<f32> {
+    let mut values = vec![0.0f32; n * d];
+    advise_huge_pages(&mut values);
+    Array2::from_shape_vec((n, d), values).expect("length is n * d")
+}
+
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(values: &mut [f32]) {
+    const HUGE: usize = 2 << 20;
+    let start = values.as_mut_ptr() as usize;
+    let end = start + std::mem::size_of_val(values);
+    let aligned = start.next_multiple_of(HUGE);
+    if end > aligned + HUGE {
+        // SAFETY: the range lies inside `values`, which we own; MADV_HUGEPAGE only changes
+        // how the kernel backs untouched pages, never their contents. Failure is harmless.
+        unsafe {
+            libc::madvise(
+                aligned as *mut libc::c_void,
+                (end - aligned) / HUGE * HUGE,
+                libc::MADV_HUGEPAGE,
+            );
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn advise_huge_pages(_values: &mut [f32]) {}
