@@ -1,0 +1,70 @@
+//! The hot path allocates nothing after warm-up: a counting global allocator sees zero
+//! allocations during a whole epoch of 100 steps, after a first epoch has sized every
+//! buffer. Its own binary, because the allocator counts every thread of the process.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use minibatch::{Dataset, Mlp, RawConfig, Trainer};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator, only counting calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made during the second epoch of a run of `toml_text` (100 steps per epoch).
+fn allocations_in_second_epoch(toml_text: &str) -> u64 {
+    let cfg = RawConfig::from_toml(toml_text, std::path::Path::new("alloc.toml"))
+        .and_then(|raw| raw.validate())
+        .expect("valid config");
+    let (train, _): (Dataset, _) = minibatch::data::synthetic(&cfg.data, cfg.seed);
+    let mut trainer = Trainer::new(Mlp::new(cfg.model.clone()), cfg.data.d, &cfg.train, cfg.seed).unwrap();
+    let mut at_epoch_end = Vec::with_capacity(4);
+    trainer
+        .fit(&train, None, |report| {
+            assert_eq!(report.train.rows, 100 * cfg.train.batch_size.get() as u64);
+            at_epoch_end.push(ALLOCATIONS.load(Ordering::SeqCst));
+        })
+        .unwrap();
+    at_epoch_end[1] - at_epoch_end[0]
+}
+
+#[test]
+fn a_hundred_steps_after_warm_up_allocate_nothing() {
+    let cases = [
+        // MLP, sharded over 2 threads, plain SGD.
+        "[data]\nsynthetic = \"teacher\"\nn = 6400\nd = 50\n[model]\nhidden = [32, 16]\n\
+         [train]\nepochs = 2\nbatch_size = 64\nshard_rows = 16\nthreads = 2\nlr = 0.05\n",
+        // Adam with clipping and a schedule, uniform sampling, 2 threads.
+        "[data]\nsynthetic = \"teacher\"\nn = 3200\nd = 30\n[model]\nhidden = [20]\n\
+         [train]\nepochs = 2\nbatch_size = 32\nshard_rows = 8\nthreads = 2\nlr = 0.01\noptimizer = \"adam\"\n\
+         clip_norm = 1.0\nsampling = \"uniform\"\nsteps_per_epoch = 100\n[train.schedule]\nkind = \"cosine\"\nwarmup_steps = 10\n",
+        // Pure SGD, B = 1, on one thread.
+        "[data]\nsynthetic = \"linear\"\nn = 100\nd = 10\n[train]\nepochs = 2\nbatch_size = 1\nthreads = 1\nlr = 0.01\n",
+    ];
+    for toml_text in cases {
+        let allocations = allocations_in_second_epoch(toml_text);
+        assert_eq!(allocations, 0, "allocations in 100 steps of:\n{toml_text}");
+    }
+}
