@@ -42,6 +42,8 @@ pub enum Accumulate {
 #[derive(Debug, Default, Clone)]
 pub struct PackedB {
     data: Vec<f32>,
+    /// Row-major copy of a small B, for `small_gemm`.
+    plain: Vec<f32>,
     k: usize,
     n: usize,
     nr: usize,
@@ -52,6 +54,13 @@ impl PackedB {
     /// first call for a shape only.
     pub fn pack(&mut self, b: ArrayView2<f32>) {
         let (k, n) = b.dim();
+        if k * n <= SMALL_B {
+            // Small operands are multiplied without packing; keep a plain copy only.
+            (self.k, self.n, self.nr) = (k, n, Isa::detect().nr());
+            self.plain.clear();
+            self.plain.extend(b.iter());
+            return;
+        }
         let nr = Isa::detect().nr();
         let n_panels = n.div_ceil(nr);
         grow(&mut self.data, n_panels * nr * k);
@@ -108,7 +117,16 @@ pub fn gemm_packed(
     scratch: &mut GemmScratch,
 ) {
     assert_eq!(b.nr, Isa::detect().nr(), "packed for another kernel");
-    gemm_with(a, b.dim(), Rhs::Packed(b.data.as_ptr()), c, mode, scratch);
+    let rhs = if b.k * b.n <= SMALL_B {
+        Rhs::View {
+            ptr: b.plain.as_ptr(),
+            rs: b.n,
+            cs: 1,
+        }
+    } else {
+        Rhs::Packed(b.data.as_ptr())
+    };
+    gemm_with(a, b.dim(), rhs, c, mode, scratch);
 }
 
 /// Where the microkernel's B panels come from.
@@ -161,10 +179,40 @@ fn gemm_with(
     // SAFETY: the pointers and strides come from live views of the asserted shapes, and C
     // is borrowed mutably for the duration of the call.
     unsafe {
+        if let Rhs::View { ptr, rs, cs } = shape.b
+            && m * n * k <= SMALL_FLOPS
+        {
+            return small_gemm(&shape, ptr, rs, cs);
+        }
         match Isa::detect() {
             Isa::Avx512 => gemm_avx512(&shape, scratch),
             Isa::Avx2 => gemm_avx2(&shape, scratch),
             Isa::Baseline => gemm_blocked::<Scalar>(&shape, scratch),
+        }
+    }
+}
+
+/// Products of at most this many multiply-adds skip packing: at B = 1 on a linear model
+/// the packing and tile bookkeeping would cost more than the arithmetic.
+const SMALL_FLOPS: usize = 8 * 1024;
+
+/// B operands of at most this many elements are kept unpacked by `PackedB`.
+const SMALL_B: usize = 1024;
+
+/// C += A B by plain loops, for tiny products. The order of additions is fixed by the
+/// shapes, like the blocked path's.
+///
+/// # Safety
+/// As for the blocked path: the shape describes live, non-overlapping matrices.
+unsafe fn small_gemm(s: &Shape, b: *const f32, b_rs: usize, b_cs: usize) {
+    for i in 0..s.m {
+        let c_row = unsafe { std::slice::from_raw_parts_mut(s.c.add(i * s.ldc), s.n) };
+        for kk in 0..s.k {
+            let a = unsafe { *s.a.add(i * s.a_rs + kk * s.a_cs) };
+            let b_row = unsafe { b.add(kk * b_rs) };
+            for (j, c) in c_row.iter_mut().enumerate() {
+                *c += a * unsafe { *b_row.add(j * b_cs) };
+            }
         }
     }
 }

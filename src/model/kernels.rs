@@ -86,19 +86,12 @@ pub(super) fn head_loss(
     };
     for (i, (z_row, &target)) in z.rows().into_iter().zip(y.iter()).enumerate() {
         match head {
-            Head::Mse => {
-                let diff = z_row[0] - target;
-                stats.loss_sum += f64::from(diff) * f64::from(diff);
+            Head::Mse | Head::Logistic => {
+                let (loss, grad, correct) = scalar_head(head, z_row[0], target);
+                stats.loss_sum += f64::from(loss);
+                stats.n_correct += u64::from(correct);
                 if let Some(dz) = dz.as_mut() {
-                    dz[[i, 0]] = 2.0 * diff;
-                }
-            }
-            Head::Logistic => {
-                let logit = z_row[0];
-                stats.loss_sum += f64::from(softplus(logit) - target * logit);
-                stats.n_correct += u64::from((logit > 0.0) == (target > 0.5));
-                if let Some(dz) = dz.as_mut() {
-                    dz[[i, 0]] = sigmoid(logit) - target;
+                    dz[[i, 0]] = grad;
                 }
             }
             Head::Softmax { .. } => {
@@ -124,6 +117,40 @@ pub(super) fn head_loss(
         }
     }
     stats
+}
+
+/// Loss, dL/dz and whether the answer is right, for a one-output head (MSE, logistic).
+#[inline(always)]
+pub(super) fn scalar_head(head: Head, z: f32, target: f32) -> (f32, f32, bool) {
+    match head {
+        Head::Logistic => (
+            softplus(z) - target * z,
+            sigmoid(z) - target,
+            (z > 0.0) == (target > 0.5),
+        ),
+        _ => {
+            let diff = z - target;
+            (diff * diff, 2.0 * diff, false)
+        }
+    }
+}
+
+/// sum_j a_j b_j with 16 partial sums (so it vectorises), combined in a fixed order: the
+/// result depends on the length only.
+#[inline(always)]
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut partial = [0.0f32; 16];
+    let (a_chunks, b_chunks) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (a_rest, b_rest) = (a_chunks.remainder(), b_chunks.remainder());
+    for (ac, bc) in a_chunks.zip(b_chunks) {
+        for j in 0..16 {
+            partial[j] += ac[j] * bc[j];
+        }
+    }
+    for (j, (&x, &y)) in a_rest.iter().zip(b_rest).enumerate() {
+        partial[j] += x * y;
+    }
+    partial.iter().sum()
 }
 
 /// 1 / (1 + e^-z) without overflow for large |z|.
