@@ -84,6 +84,31 @@ impl Sampler {
         self.step_in_epoch = 0;
     }
 
+    /// The next batch's row indices and, when already known, the rows of the epoch's later
+    /// batches in order (the shuffled order is fixed for the epoch, so the trainer can
+    /// prefetch them while it computes; uniform draws are not known in advance). `None` at
+    /// the epoch's end.
+    pub fn next_batch_and_upcoming(&mut self) -> Option<(&[usize], &[usize])> {
+        let step = self.step_in_epoch;
+        let batch_size = self.batch_size;
+        let steps = self.steps_per_epoch;
+        let shuffled = matches!(self.sampling, Sampling::Shuffle { .. });
+        self.next_batch()?;
+        let n = self.perm.len();
+        let current = match self.sampling {
+            Sampling::Shuffle { .. } => {
+                &self.perm[step * batch_size..((step + 1) * batch_size).min(n)]
+            }
+            Sampling::Uniform => &self.perm[..batch_size],
+        };
+        let upcoming = if shuffled && step + 1 < steps {
+            &self.perm[(step + 1) * batch_size..(steps * batch_size).min(n)]
+        } else {
+            &[]
+        };
+        Some((current, upcoming))
+    }
+
     /// The next batch's row indices, or `None` when the epoch is over.
     pub fn next_batch(&mut self) -> Option<&[usize]> {
         if self.step_in_epoch == self.steps_per_epoch {

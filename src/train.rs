@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ndarray::{Array1, Array2, Axis, s};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rayon::prelude::*;
@@ -201,7 +201,18 @@ impl<M: Model> Trainer<M> {
             sampler.start_epoch(epoch);
             let start = Instant::now();
             let mut stats = Stats::default();
-            while let Some(idx) = sampler.next_batch() {
+            while let Some((idx, upcoming)) = sampler.next_batch_and_upcoming() {
+                // Start fetching the next batch's first rows now (the shards prefetch the rest
+                // of their own rows as they gather). Tiny batches also reach further ahead,
+                // since one step is shorter than a memory access.
+                let batch_len = idx.len();
+                let ahead = upcoming.iter().take(GATHER_PREFETCH_ROWS.min(batch_len));
+                let far = (batch_len < GATHER_PREFETCH_ROWS)
+                    .then(|| upcoming.get(GATHER_PREFETCH_ROWS - 1))
+                    .flatten();
+                for &row in ahead.chain(far) {
+                    prefetch_row(&train.features()[row * train.d()..(row + 1) * train.d()]);
+                }
                 let lr = cfg.schedule.lr(self.steps_taken);
                 let batch_stats = self.step_on_pool(train, idx, lr);
                 if !batch_stats.loss_sum.is_finite() {
@@ -405,9 +416,11 @@ fn run_shard<M: Model>(
     }
     let _fwd_bwd = trace_span!("fwd_bwd").entered();
     grad.fill(0.0);
+    let d = slot.x.ncols();
+    let x = &slot.x.as_slice().expect("blocks are row-major")[..rows * d];
     let batch = Batch {
-        x: slot.x.slice(s![..rows, ..]),
-        y: slot.y.slice(s![..rows]),
+        x: ArrayView2::from_shape((rows, d), x).expect("rows * d values"),
+        y: ArrayView1::from(&slot.y.as_slice().expect("contiguous")[..rows]),
     };
     slot.stats = model.loss_grad_sum(params, shared, batch, &mut slot.ws, grad);
 }
