@@ -73,6 +73,15 @@ impl Dataset {
         self.x.view()
     }
 
+    pub fn y(&self) -> ndarray::ArrayView1<'_, f32> {
+        self.y.view()
+    }
+
+    /// Rows `idx`, in that order, without copying them.
+    pub fn indexed<'a>(&'a self, idx: &'a [usize]) -> Batch<'a> {
+        Batch::indexed(self.x.view(), self.y.view(), idx)
+    }
+
     pub fn n_classes(&self) -> Option<usize> {
         self.n_classes
     }
@@ -87,10 +96,10 @@ impl Dataset {
 
     /// Rows `range` as a batch, without copying.
     pub fn rows(&self, range: std::ops::Range<usize>) -> Batch<'_> {
-        Batch {
-            x: self.x.slice(ndarray::s![range.clone(), ..]),
-            y: self.y.slice(ndarray::s![range]),
-        }
+        Batch::block(
+            self.x.slice(ndarray::s![range.clone(), ..]),
+            self.y.slice(ndarray::s![range]),
+        )
     }
 }
 

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, Axis};
+use ndarray::{Array2, Axis};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rayon::prelude::*;
@@ -24,7 +24,7 @@ use tracing::{debug_span, info, info_span, trace_span};
 use crate::config::TrainConfig;
 use crate::data::{Dataset, mix};
 use crate::error::{Error, Result};
-use crate::model::{Batch, Model, Stats};
+use crate::model::{Model, PREFETCH_ROWS, Stats, prefetch_row};
 use crate::optim::Optimizer;
 use crate::reduce::tree_reduce;
 use crate::sampler::Sampler;
@@ -63,9 +63,6 @@ pub struct RunReport {
 
 /// One shard's buffers, reused every step.
 struct ShardSlot<W> {
-    /// Gathered rows `(shard_rows, d)`.
-    x: Array2<f32>,
-    y: Array1<f32>,
     ws: W,
     stats: Stats,
 }
@@ -82,6 +79,8 @@ pub struct Trainer<M: Model> {
     /// `(max_shards, n_params)`: row i is shard i's gradient sum; row 0 ends as the batch's.
     grads: Array2<f32>,
     cfg: TrainConfig,
+    /// Input width the model was built for.
+    d: usize,
     seed: u64,
     steps_taken: u64,
 }
@@ -109,8 +108,6 @@ impl<M: Model> Trainer<M> {
         let rows = cfg.shard_rows.get().min(cfg.batch_size.get());
         let slots = (0..n_slots)
             .map(|_| ShardSlot {
-                x: Array2::zeros((rows, d)),
-                y: Array1::zeros(rows),
                 ws: model.workspace(rows),
                 stats: Stats::default(),
             })
@@ -124,6 +121,7 @@ impl<M: Model> Trainer<M> {
             pool: Arc::new(pool),
             slots,
             cfg: cfg.clone(),
+            d,
             seed,
             steps_taken: 0,
         })
@@ -206,9 +204,9 @@ impl<M: Model> Trainer<M> {
                 // of their own rows as they gather). Tiny batches also reach further ahead,
                 // since one step is shorter than a memory access.
                 let batch_len = idx.len();
-                let ahead = upcoming.iter().take(GATHER_PREFETCH_ROWS.min(batch_len));
-                let far = (batch_len < GATHER_PREFETCH_ROWS)
-                    .then(|| upcoming.get(GATHER_PREFETCH_ROWS - 1))
+                let ahead = upcoming.iter().take(PREFETCH_ROWS.min(batch_len));
+                let far = (batch_len < PREFETCH_ROWS)
+                    .then(|| upcoming.get(PREFETCH_ROWS - 1))
                     .flatten();
                 for &row in ahead.chain(far) {
                     prefetch_row(&train.features()[row * train.d()..(row + 1) * train.d()]);
@@ -352,7 +350,7 @@ impl<M: Model> Trainer<M> {
 
     fn evaluate_on_pool(&mut self, data: &Dataset) -> Stats {
         let _eval = debug_span!("eval", rows = data.n()).entered();
-        let block_rows = self.slots[0].x.nrows();
+        let block_rows = self.cfg.shard_rows.get().min(self.cfg.batch_size.get());
         let n_blocks = data.n().div_ceil(block_rows);
         self.model.prepare(&self.params, &mut self.shared);
         let (model, params, shared) = (&self.model, &self.params[..], &self.shared);
@@ -376,7 +374,7 @@ impl<M: Model> Trainer<M> {
     }
 
     fn check_data(&self, data: &Dataset) -> Result<()> {
-        let d = self.slots[0].x.ncols();
+        let d = self.d;
         if data.d() != d {
             return Err(Error::Shape {
                 name: "features".into(),
@@ -388,8 +386,8 @@ impl<M: Model> Trainer<M> {
     }
 }
 
-/// Gathers the shard's rows into its block, zeroes its gradient row and adds the shard's
-/// gradient sum into it.
+/// Zeroes the shard's gradient row and adds the shard's gradient sum into it; the model
+/// reads the rows `idx` where they lie or gathers them, as suits it.
 fn run_shard<M: Model>(
     model: &M,
     params: &[f32],
@@ -399,48 +397,7 @@ fn run_shard<M: Model>(
     slot: &mut ShardSlot<M::Workspace>,
     grad: &mut [f32],
 ) {
-    let rows = idx.len();
-    {
-        let _gather = trace_span!("gather").entered();
-        let d = data.d();
-        let src = data.features();
-        let dst = slot.x.as_slice_mut().expect("blocks are row-major");
-        for (r, &i) in idx.iter().enumerate() {
-            // Shuffled rows defeat the hardware prefetcher: ask for a row a few ahead.
-            if let Some(&ahead) = idx.get(r + GATHER_PREFETCH_ROWS) {
-                prefetch_row(&src[ahead * d..(ahead + 1) * d]);
-            }
-            dst[r * d..(r + 1) * d].copy_from_slice(&src[i * d..(i + 1) * d]);
-            slot.y[r] = data.targets()[i];
-        }
-    }
     let _fwd_bwd = trace_span!("fwd_bwd").entered();
     grad.fill(0.0);
-    let d = slot.x.ncols();
-    let x = &slot.x.as_slice().expect("blocks are row-major")[..rows * d];
-    let batch = Batch {
-        x: ArrayView2::from_shape((rows, d), x).expect("rows * d values"),
-        y: ArrayView1::from(&slot.y.as_slice().expect("contiguous")[..rows]),
-    };
-    slot.stats = model.loss_grad_sum(params, shared, batch, &mut slot.ws, grad);
-}
-
-/// How far ahead of the row being copied the gather prefetches.
-const GATHER_PREFETCH_ROWS: usize = 4;
-
-/// Hints every cache line of `row` into L1.
-#[inline(always)]
-fn prefetch_row(row: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    for line in row.chunks(16) {
-        // SAFETY: prefetching is a hint; the address is inside a live slice.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch(
-                line.as_ptr().cast::<i8>(),
-                std::arch::x86_64::_MM_HINT_T0,
-            )
-        };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = row;
+    slot.stats = model.loss_grad_sum(params, shared, data.indexed(idx), &mut slot.ws, grad);
 }

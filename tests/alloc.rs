@@ -39,7 +39,13 @@ fn allocations_in_second_epoch(toml_text: &str) -> u64 {
         .and_then(|raw| raw.validate())
         .expect("valid config");
     let (train, _): (Dataset, _) = minibatch::data::synthetic(&cfg.data, cfg.seed);
-    let mut trainer = Trainer::new(Mlp::new(cfg.model.clone()), cfg.data.d, &cfg.train, cfg.seed).unwrap();
+    let mut trainer = Trainer::new(
+        Mlp::new(cfg.model.clone()),
+        cfg.data.d,
+        &cfg.train,
+        cfg.seed,
+    )
+    .unwrap();
     let mut at_epoch_end = Vec::with_capacity(4);
     trainer
         .fit(&train, None, |report| {

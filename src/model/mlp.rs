@@ -9,7 +9,7 @@
 //! width and d_L the head's width (1 for MSE and logistic, k for softmax). So `z = x w + b`
 //! with `x` row-major `(rows, d_{l-1})`.
 
-use ndarray::{Array2, ArrayView2, s};
+use ndarray::{Array1, Array2, ArrayView2, s};
 use ndarray_rand::RandomExt;
 use ndarray_rand::rand_distr::Normal;
 use rand::rngs::StdRng;
@@ -19,7 +19,7 @@ use super::kernels::{
     activate, activation_backward, affine, affine_grad_add, affine_input_grad, dot, head_loss,
     scalar_head,
 };
-use super::{Batch, Model, Stats};
+use super::{Batch, Model, PREFETCH_ROWS, Stats};
 use crate::params::{ParamId, ParamLayout};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +126,13 @@ pub struct MlpShared {
 /// Per-shard buffers: `a[l]` holds layer l's output (its pre-activation for the head) and
 /// `dz[l]` its gradient, each `(max_rows, d_{l+1})`; a block uses the first `rows` rows.
 pub struct MlpWorkspace {
+    /// An indexed batch's rows gathered `(max_rows, d_in)`, and their targets.
+    x: Array2<f32>,
+    y: Array1<f32>,
+    layers: LayerBuffers,
+}
+
+struct LayerBuffers {
     a: Vec<Array2<f32>>,
     dz: Vec<Array2<f32>>,
     gemm: GemmScratch,
@@ -185,8 +192,9 @@ impl Mlp {
             rows: batch.rows() as u64,
             ..Stats::default()
         };
-        for (x, &target) in batch.x.rows().into_iter().zip(batch.y.iter()) {
-            let x = x.to_slice().expect("batch rows are contiguous");
+        for r in 0..batch.rows() {
+            batch.prefetch(r + PREFETCH_ROWS);
+            let (x, target) = (batch.row(r), batch.target(r));
             let z = dot(x, w) + bias;
             let (loss, dz, correct) = scalar_head(self.spec.head, z, target);
             stats.loss_sum += f64::from(loss);
@@ -207,7 +215,7 @@ impl Mlp {
         shared: &MlpShared,
         x: ArrayView2<f32>,
         params: &[f32],
-        ws: &mut MlpWorkspace,
+        ws: &mut LayerBuffers,
     ) {
         let rows = x.nrows();
         let last = self.n_layers() - 1;
@@ -270,10 +278,20 @@ impl Model for Mlp {
                 .map(|&w| Array2::zeros((max_rows, w)))
                 .collect()
         };
+        // The single-output linear path reads rows where they lie and never gathers.
+        let gather_rows = if self.is_single_output_linear() {
+            0
+        } else {
+            max_rows
+        };
         MlpWorkspace {
-            a: buffers(),
-            dz: buffers(),
-            gemm: GemmScratch::default(),
+            x: Array2::zeros((gather_rows, self.spec.d_in)),
+            y: Array1::zeros(gather_rows),
+            layers: LayerBuffers {
+                a: buffers(),
+                dz: buffers(),
+                gemm: GemmScratch::default(),
+            },
         }
     }
 
@@ -309,12 +327,14 @@ impl Model for Mlp {
             return self.single_output_linear(params, batch, Some(grad));
         }
         let rows = batch.rows();
-        self.forward(shared, batch.x, params, ws);
+        let MlpWorkspace { x, y, layers: ws } = ws;
+        let (x, y) = batch.contiguous(x.view_mut(), y.view_mut());
+        self.forward(shared, x, params, ws);
         let last = self.n_layers() - 1;
         let stats = head_loss(
             self.spec.head,
             ws.a[last].slice(s![..rows, ..]),
-            batch.y,
+            y,
             Some(ws.dz[last].slice_mut(s![..rows, ..])),
         );
         // Backward: dz[l] is known; accumulate layer l's gradients, then push dz into layer
@@ -322,7 +342,7 @@ impl Model for Mlp {
         for l in (0..=last).rev() {
             let (w, b) = self.layers[l];
             let input = if l == 0 {
-                batch.x
+                x
             } else {
                 ws.a[l - 1].slice(s![..rows, ..])
             };
@@ -355,14 +375,11 @@ impl Model for Mlp {
             return self.single_output_linear(params, batch, None);
         }
         let rows = batch.rows();
-        self.forward(shared, batch.x, params, ws);
+        let MlpWorkspace { x, y, layers: ws } = ws;
+        let (x, y) = batch.contiguous(x.view_mut(), y.view_mut());
+        self.forward(shared, x, params, ws);
         let last = self.n_layers() - 1;
-        head_loss(
-            self.spec.head,
-            ws.a[last].slice(s![..rows, ..]),
-            batch.y,
-            None,
-        )
+        head_loss(self.spec.head, ws.a[last].slice(s![..rows, ..]), y, None)
     }
 
     fn is_classifier(&self) -> bool {

@@ -8,31 +8,18 @@
 //! Built in: `Mlp`, a multi-layer perceptron of any depth (zero hidden layers gives linear,
 //! logistic and softmax regression) with an MSE, logistic or softmax head.
 
+mod batch;
 pub mod gemm;
 mod kernels;
 mod mlp;
 
+pub use batch::{Batch, PREFETCH_ROWS, prefetch_row};
 pub use kernels::{log_sum_exp, sigmoid, softplus};
 pub use mlp::{Activation, Head, Mlp, MlpShared, MlpSpec, MlpWorkspace};
 
-use ndarray::{ArrayView1, ArrayView2};
 use rand::rngs::StdRng;
 
 use crate::params::ParamLayout;
-
-/// A block of rows: features `(rows, d)` and targets `(rows,)`. Class targets are the exact
-/// integers 0..k stored as f32.
-#[derive(Clone, Copy)]
-pub struct Batch<'a> {
-    pub x: ArrayView2<'a, f32>,
-    pub y: ArrayView1<'a, f32>,
-}
-
-impl Batch<'_> {
-    pub fn rows(&self) -> usize {
-        self.x.nrows()
-    }
-}
 
 /// Sums over the rows of a block, never means, so that blocks add up.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]

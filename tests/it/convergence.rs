@@ -87,10 +87,7 @@ fn one_step_is_theta_minus_lr_times_the_mean_gradient() {
     model.loss_grad_sum(
         &before,
         &prepared(&model, &before),
-        minibatch::Batch {
-            x: x.view(),
-            y: ArrayView1::from(&y),
-        },
+        minibatch::Batch::block(x.view(), ArrayView1::from(&y)),
         &mut ws,
         &mut grad,
     );

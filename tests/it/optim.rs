@@ -305,10 +305,7 @@ fn every_optimizer_follows_an_f64_reference_on_a_small_mlp() {
             model.loss_grad_sum(
                 trainer.params(),
                 &prepared(&model, trainer.params()),
-                Batch {
-                    x: data.x(),
-                    y: ndarray::ArrayView1::from(data.targets()),
-                },
+                Batch::block(data.x(), ndarray::ArrayView1::from(data.targets())),
                 &mut ws,
                 &mut grad,
             );

@@ -31,10 +31,7 @@ fn minibatch_mean_over_all_batches_is_the_full_gradient() {
         model.loss_grad_sum(
             &params,
             &prepared(&model, &params),
-            Batch {
-                x: x.view(),
-                y: y.view(),
-            },
+            Batch::block(x.view(), y.view()),
             ws,
             &mut grad,
         );
