@@ -20,7 +20,7 @@ pub struct Batch<'a> {
 }
 
 /// How many rows ahead a pass over an indexed batch prefetches.
-pub const PREFETCH_ROWS: usize = 4;
+pub const PREFETCH_ROWS: usize = 8;
 
 impl<'a> Batch<'a> {
     /// Every row of `x`, in order. Panics unless `x` is row-major and `y` has a target per row.
@@ -115,7 +115,7 @@ pub fn prefetch_row(row: &[f32]) {
         unsafe {
             std::arch::x86_64::_mm_prefetch(
                 line.as_ptr().cast::<i8>(),
-                std::arch::x86_64::_MM_HINT_T0,
+                std::arch::x86_64::_MM_HINT_T1,
             )
         };
     }
