@@ -9,8 +9,7 @@
 //!     sampler.start_epoch(epoch)                      // seeded permutation of 0..N
 //!     for idx in sampler batches of B:                // B = N: full batch, B = 1: pure SGD
 //!         for shard s of idx, in parallel:            // boundaries depend on B only
-//!             grads[s] = 0
-//!             grads[s] += sum_{i in s} grad L_i       // model.loss_grad_sum
+//!             grads[s] = sum_{i in s} grad L_i        // model.loss_grad_sum
 //!         tree_reduce(grads)                          // fixed pairwise order -> grads[0]
 //!         theta = optimizer.step(theta, grads[0] / B) // exactly one step per batch
 //! ```

@@ -1,8 +1,9 @@
 //! The training loop: fit -> epoch -> step, and the one place where work runs in parallel.
 //!
 //! A step takes the batch's row indices and
-//! 1. cuts them into shards (`shard.rs`); on the pool, each shard gathers its rows into its
-//!    own block, zeroes its own gradient row and adds its gradient sum into it;
+//! 1. cuts them into shards (`shard.rs`); on the pool, each shard's model call reads its
+//!    rows (in place or gathered into its own block) and writes their gradient sum into the
+//!    shard's own gradient row;
 //! 2. sums the shard rows with the fixed tree (`reduce.rs`), parallel over parameter chunks;
 //! 3. takes exactly one optimizer step with the sum and the batch length.
 //!
@@ -386,7 +387,7 @@ impl<M: Model> Trainer<M> {
     }
 }
 
-/// Zeroes the shard's gradient row and adds the shard's gradient sum into it; the model
+/// Writes the shard's gradient sum into its gradient row; the model
 /// reads the rows `idx` where they lie or gathers them, as suits it.
 fn run_shard<M: Model>(
     model: &M,
@@ -398,6 +399,5 @@ fn run_shard<M: Model>(
     grad: &mut [f32],
 ) {
     let _fwd_bwd = trace_span!("fwd_bwd").entered();
-    grad.fill(0.0);
     slot.stats = model.loss_grad_sum(params, shared, data.indexed(idx), &mut slot.ws, grad);
 }

@@ -154,7 +154,9 @@ fn gemm_with(
     assert_eq!(k, k2, "inner dimensions differ");
     assert_eq!(c.dim(), (m, n), "output shape");
     assert!(n <= 1 || c.strides()[1] == 1, "C must have contiguous rows");
-    if mode == Accumulate::Overwrite {
+    // The blocked path stores its first k-block without reading C; the others need zeros.
+    let small = matches!(b, Rhs::View { .. }) && m * n * k <= SMALL_FLOPS;
+    if mode == Accumulate::Overwrite && (small || k == 0) {
         c.fill(0.0);
     }
     if m == 0 || n == 0 || k == 0 {
@@ -175,13 +177,12 @@ fn gemm_with(
         b,
         c: c.as_mut_ptr(),
         ldc: ldc as usize,
+        overwrite: mode == Accumulate::Overwrite,
     };
     // SAFETY: the pointers and strides come from live views of the asserted shapes, and C
     // is borrowed mutably for the duration of the call.
     unsafe {
-        if let Rhs::View { ptr, rs, cs } = shape.b
-            && m * n * k <= SMALL_FLOPS
-        {
+        if let (Rhs::View { ptr, rs, cs }, true) = (shape.b, small) {
             return small_gemm(&shape, ptr, rs, cs);
         }
         match Isa::detect() {
@@ -272,6 +273,8 @@ struct Shape {
     b: Rhs,
     c: *mut f32,
     ldc: usize,
+    /// C = A B rather than C += A B.
+    overwrite: bool,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -303,7 +306,8 @@ trait Microkernel {
     const NR: usize;
     /// # Safety
     /// `a` and `b` hold `kc` steps of their panels; C has `mr <= MR` rows of `nr <= NR`
-    /// writable values, `ldc` apart; the CPU has the kernel's instruction set.
+    /// writable values, `ldc` apart; the CPU has the kernel's instruction set. With
+    /// `overwrite` the tile is stored without reading C.
     unsafe fn run(
         kc: usize,
         a: *const f32,
@@ -312,6 +316,7 @@ trait Microkernel {
         ldc: usize,
         mr: usize,
         nr: usize,
+        overwrite: bool,
     );
 
     /// `pack` with W = MR (A panels) and W = NR (B panels).
@@ -386,6 +391,7 @@ impl Microkernel for Avx512 {
         ldc: usize,
         mr: usize,
         nr: usize,
+        overwrite: bool,
     ) {
         use std::arch::x86_64::*;
         unsafe {
@@ -416,6 +422,11 @@ impl Microkernel for Avx512 {
             };
             for (i, acc_row) in acc.iter().enumerate().take(mr) {
                 let row = c.add(i * ldc);
+                if overwrite {
+                    _mm512_mask_storeu_ps(row, mask0, acc_row[0]);
+                    _mm512_mask_storeu_ps(row.add(16), mask1, acc_row[1]);
+                    continue;
+                }
                 let c0 = _mm512_maskz_loadu_ps(mask0, row);
                 _mm512_mask_storeu_ps(row, mask0, _mm512_add_ps(c0, acc_row[0]));
                 if mask1 != 0 {
@@ -446,6 +457,7 @@ impl Microkernel for Avx2 {
         ldc: usize,
         mr: usize,
         nr: usize,
+        overwrite: bool,
     ) {
         use std::arch::x86_64::*;
         unsafe {
@@ -466,7 +478,7 @@ impl Microkernel for Avx2 {
                 _mm256_storeu_ps(tile.as_mut_ptr().add(8), acc_row[1]);
                 let row = std::slice::from_raw_parts_mut(c.add(i * ldc), nr);
                 for (c, &v) in row.iter_mut().zip(&tile) {
-                    *c += v;
+                    *c = if overwrite { v } else { *c + v };
                 }
             }
         }
@@ -491,6 +503,7 @@ impl Microkernel for Scalar {
         ldc: usize,
         mr: usize,
         nr: usize,
+        overwrite: bool,
     ) {
         let mut acc = [[0.0f32; 8]; 4];
         for kk in 0..kc {
@@ -504,7 +517,7 @@ impl Microkernel for Scalar {
         for (i, acc_row) in acc.iter().enumerate().take(mr) {
             let row = unsafe { std::slice::from_raw_parts_mut(c.add(i * ldc), nr) };
             for (c, &v) in row.iter_mut().zip(acc_row) {
-                *c += v;
+                *c = if overwrite { v } else { *c + v };
             }
         }
     }
@@ -545,7 +558,16 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
                     let mr = mr_full.min(mc - p * mr_full);
                     unsafe {
                         let c = s.c.add((m0 + p * mr_full) * s.ldc + q * nr_full);
-                        K::run(kc, a_panel, b_panel, c, s.ldc, mr, nr);
+                        K::run(
+                            kc,
+                            a_panel,
+                            b_panel,
+                            c,
+                            s.ldc,
+                            mr,
+                            nr,
+                            s.overwrite && k0 == 0,
+                        );
                     }
                 }
             }

@@ -24,15 +24,16 @@ pub(super) fn affine(
     gemm_packed(x, w, z, Accumulate::Add, scratch);
 }
 
-/// gw += x^T dz and gb += column sums of dz: the weight and bias gradients summed over rows.
-pub(super) fn affine_grad_add(
+/// gw = x^T dz and gb = column sums of dz: the weight and bias gradients summed over rows.
+pub(super) fn affine_grad(
     x: ArrayView2<f32>,
     dz: ArrayView2<f32>,
     gw: ArrayViewMut2<f32>,
     mut gb: ArrayViewMut1<f32>,
     scratch: &mut GemmScratch,
 ) {
-    gemm(x.t(), dz, gw, Accumulate::Add, scratch);
+    gemm(x.t(), dz, gw, Accumulate::Overwrite, scratch);
+    gb.fill(0.0);
     for row in dz.axis_iter(Axis(0)) {
         gb += &row;
     }

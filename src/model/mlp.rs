@@ -16,7 +16,7 @@ use rand::rngs::StdRng;
 
 use super::gemm::{GemmScratch, PackedB};
 use super::kernels::{
-    activate, activation_backward, affine, affine_grad_add, affine_input_grad, dot, head_loss,
+    activate, activation_backward, affine, affine_grad, affine_input_grad, dot, head_loss,
     scalar_head,
 };
 use super::{Batch, Model, PREFETCH_ROWS, Stats};
@@ -192,6 +192,9 @@ impl Mlp {
             rows: batch.rows() as u64,
             ..Stats::default()
         };
+        if let Some(grad) = grad.as_deref_mut() {
+            grad.fill(0.0);
+        }
         for r in 0..batch.rows() {
             batch.prefetch(r + PREFETCH_ROWS);
             let (x, target) = (batch.row(r), batch.target(r));
@@ -348,7 +351,7 @@ impl Model for Mlp {
             };
             let dz = ws.dz[l].slice(s![..rows, ..]);
             let (gw, gb) = self.layout.linear_mut(w, b, grad);
-            affine_grad_add(input, dz, gw, gb, &mut ws.gemm);
+            affine_grad(input, dz, gw, gb, &mut ws.gemm);
             if l > 0 {
                 let (below, above) = ws.dz.split_at_mut(l);
                 let mut da = below[l - 1].slice_mut(s![..rows, ..]);

@@ -1,9 +1,9 @@
 //! The `Model` trait the trainer drives, and the built-in models behind it.
 //!
 //! A model owns no parameters: it knows their layout and computes, for a block of rows, the
-//! *sum* of per-example losses and the *sum* of their gradients, added into a flat gradient
-//! buffer the caller zeroed. The 1/B of the mean is applied once, by the optimizer step. This
-//! is what lets a batch be cut into shards whose sums add up, in a fixed order, to the batch's.
+//! *sum* of per-example losses and the *sum* of their gradients, written into a flat
+//! gradient buffer. The 1/B of the mean is applied once, by the optimizer step. This is what
+//! lets a batch be cut into shards whose sums add up, in a fixed order, to the batch's.
 //!
 //! Built in: `Mlp`, a multi-layer perceptron of any depth (zero hidden layers gives linear,
 //! logistic and softmax regression) with an MSE, logistic or softmax head.
@@ -72,8 +72,9 @@ pub trait Model: Send + Sync {
     /// shards of the next step or evaluation run.
     fn prepare(&self, params: &[f32], shared: &mut Self::Shared);
 
-    /// Adds `sum_i dL_i/dtheta` over the rows of `batch` into `grad` (which the caller
-    /// zeroed, or holds other rows' sums) and returns the sums of loss and correct answers.
+    /// Writes `sum_i dL_i/dtheta` over the rows of `batch` into `grad`, overwriting every
+    /// element (so nobody zeroes the buffer first: the product kernels store their first
+    /// block without reading it), and returns the sums of loss and correct answers.
     fn loss_grad_sum(
         &self,
         params: &[f32],

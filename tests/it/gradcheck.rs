@@ -23,7 +23,8 @@ fn check(spec: MlpSpec, n_classes: Option<usize>, param_scale: f32, seed: u64) {
         *p = *p * param_scale + 0.01 * ((i % 7) as f32 - 3.0);
     }
     let mut ws = model.workspace(n);
-    let mut grad = vec![0.0f32; params.len()];
+    // NaN everywhere: the model must overwrite every element, not add into it.
+    let mut grad = vec![f32::NAN; params.len()];
     let batch = Batch::block(data.x(), ndarray::ArrayView1::from(data.targets()));
     let stats = model.loss_grad_sum(
         &params,
