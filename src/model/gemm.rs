@@ -299,6 +299,17 @@ unsafe fn gemm_avx2(shape: &Shape, scratch: &mut GemmScratch) {
     unsafe { gemm_blocked::<Scalar>(shape, scratch) }
 }
 
+/// Where a microkernel puts its `mr x nr` result: C's top-left element, its row stride,
+/// and whether to overwrite C or add to it.
+#[derive(Clone, Copy)]
+struct Tile {
+    c: *mut f32,
+    ldc: usize,
+    mr: usize,
+    nr: usize,
+    overwrite: bool,
+}
+
 /// A register-tiled microkernel: C[..mr, ..nr] += (packed A panel) (packed B panel) over
 /// `kc` steps, the panels laid out as `pack` writes them (`MR` resp. `NR` values per step).
 trait Microkernel {
@@ -308,16 +319,7 @@ trait Microkernel {
     /// `a` and `b` hold `kc` steps of their panels; C has `mr <= MR` rows of `nr <= NR`
     /// writable values, `ldc` apart; the CPU has the kernel's instruction set. With
     /// `overwrite` the tile is stored without reading C.
-    unsafe fn run(
-        kc: usize,
-        a: *const f32,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        mr: usize,
-        nr: usize,
-        overwrite: bool,
-    );
+    unsafe fn run(kc: usize, a: *const f32, b: *const f32, tile: Tile);
 
     /// `pack` with W = MR (A panels) and W = NR (B panels).
     unsafe fn pack_a(
@@ -383,16 +385,14 @@ impl Microkernel for Avx512 {
     packers!(8, 32);
 
     #[inline(always)]
-    unsafe fn run(
-        kc: usize,
-        a: *const f32,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        mr: usize,
-        nr: usize,
-        overwrite: bool,
-    ) {
+    unsafe fn run(kc: usize, a: *const f32, b: *const f32, tile: Tile) {
+        let Tile {
+            c,
+            ldc,
+            mr,
+            nr,
+            overwrite,
+        } = tile;
         use std::arch::x86_64::*;
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); 2]; 8];
@@ -449,16 +449,14 @@ impl Microkernel for Avx2 {
     packers!(6, 16);
 
     #[inline(always)]
-    unsafe fn run(
-        kc: usize,
-        a: *const f32,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        mr: usize,
-        nr: usize,
-        overwrite: bool,
-    ) {
+    unsafe fn run(kc: usize, a: *const f32, b: *const f32, tile: Tile) {
+        let Tile {
+            c,
+            ldc,
+            mr,
+            nr,
+            overwrite,
+        } = tile;
         use std::arch::x86_64::*;
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); 2]; 6];
@@ -495,16 +493,14 @@ impl Microkernel for Scalar {
     packers!(4, 8);
 
     #[inline(always)]
-    unsafe fn run(
-        kc: usize,
-        a: *const f32,
-        b: *const f32,
-        c: *mut f32,
-        ldc: usize,
-        mr: usize,
-        nr: usize,
-        overwrite: bool,
-    ) {
+    unsafe fn run(kc: usize, a: *const f32, b: *const f32, tile: Tile) {
+        let Tile {
+            c,
+            ldc,
+            mr,
+            nr,
+            overwrite,
+        } = tile;
         let mut acc = [[0.0f32; 8]; 4];
         for kk in 0..kc {
             for (i, acc_row) in acc.iter_mut().enumerate() {
@@ -558,16 +554,14 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
                     let mr = mr_full.min(mc - p * mr_full);
                     unsafe {
                         let c = s.c.add((m0 + p * mr_full) * s.ldc + q * nr_full);
-                        K::run(
-                            kc,
-                            a_panel,
-                            b_panel,
+                        let tile = Tile {
                             c,
-                            s.ldc,
+                            ldc: s.ldc,
                             mr,
                             nr,
-                            s.overwrite && k0 == 0,
-                        );
+                            overwrite: s.overwrite && k0 == 0,
+                        };
+                        K::run(kc, a_panel, b_panel, tile);
                     }
                 }
             }
