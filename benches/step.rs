@@ -87,5 +87,44 @@ fn benches(c: &mut Criterion) {
     }
 }
 
-criterion_group!(step, benches);
+/// The matrix-multiply decision: our packed AVX-512 kernel (weights packed once, as the
+/// trainer does) against ndarray's `general_mat_mul` (the matrixmultiply crate, with its
+/// AVX-512 kernel enabled) on the W1 layer shapes, one thread.
+fn matmul(c: &mut Criterion) {
+    use minibatch::model::gemm::{Accumulate, GemmScratch, PackedB, gemm_packed};
+    let mut group = c.benchmark_group("matmul");
+    for &(m, k, n) in &[
+        (64, 784, 256),
+        (256, 784, 256),
+        (256, 256, 256),
+        (784, 256, 256),
+    ] {
+        let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j) % 13) as f32 * 0.1);
+        let b = Array2::from_shape_fn((k, n), |(i, j)| ((i + j * 3) % 11) as f32 * 0.1);
+        let mut out = Array2::<f32>::zeros((m, n));
+        group.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        let mut packed = PackedB::default();
+        packed.pack(b.view());
+        let mut scratch = GemmScratch::default();
+        let shape = format!("{m}x{k}x{n}");
+        group.bench_function(BenchmarkId::new("own_packed", &shape), |bench| {
+            bench.iter(|| {
+                gemm_packed(
+                    a.view(),
+                    &packed,
+                    out.view_mut(),
+                    Accumulate::Overwrite,
+                    &mut scratch,
+                )
+            })
+        });
+        group.bench_function(
+            BenchmarkId::new("ndarray_general_mat_mul", &shape),
+            |bench| bench.iter(|| ndarray::linalg::general_mat_mul(1.0, &a, &b, 0.0, &mut out)),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(step, benches, matmul);
 criterion_main!(step);

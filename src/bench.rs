@@ -77,6 +77,22 @@ pub struct BenchRow {
     pub reduce_fraction: f64,
     /// Examples/s over the 1-thread row of the same workload and batch size, if measured.
     pub speedup: Option<f64>,
+    /// Karp-Flatt experimentally determined serial fraction from `speedup` on `threads`.
+    pub serial_fraction: Option<f64>,
+}
+
+/// Karp-Flatt: e = (1/S - 1/p) / (1 - 1/p), the serial fraction that explains speedup S on p
+/// threads under Amdahl's law. `None` for p = 1.
+pub fn karp_flatt(speedup: f64, threads: usize) -> Option<f64> {
+    (threads > 1).then(|| {
+        let p = threads as f64;
+        (1.0 / speedup - 1.0 / p) / (1.0 - 1.0 / p)
+    })
+}
+
+/// Amdahl's law: the speedup on `threads` threads of a run whose serial fraction is `e`.
+pub fn amdahl(serial_fraction: f64, threads: usize) -> f64 {
+    1.0 / (serial_fraction + (1.0 - serial_fraction) / threads as f64)
 }
 
 /// The machine's limits, measured in this process.
@@ -188,6 +204,8 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
                     bandwidth_fraction: feature_gb_per_sec / bandwidth,
                     reduce_fraction: reduce_seconds / step_seconds,
                     speedup: one_thread.map(|one| examples_per_sec / one),
+                    serial_fraction: one_thread
+                        .and_then(|one| karp_flatt(examples_per_sec / one, threads.get())),
                 });
             }
         }
@@ -342,4 +360,22 @@ pub fn copy_bandwidth(threads: usize) -> f64 {
         best = best.max(bytes / start.elapsed().as_secs_f64() / 1e9);
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn karp_flatt_and_amdahl_invert_each_other() {
+        // Serial fraction 0.1 on 2 threads: S = 1 / (0.1 + 0.9 / 2) = 1 / 0.55.
+        let speedup = 1.0 / 0.55;
+        assert!((amdahl(0.1, 2) - speedup).abs() < 1e-12);
+        assert!((karp_flatt(speedup, 2).unwrap() - 0.1).abs() < 1e-12);
+        // Perfect scaling has no serial part; one thread has no estimate.
+        assert!(karp_flatt(4.0, 4).unwrap().abs() < 1e-12);
+        assert_eq!(karp_flatt(1.0, 1), None);
+        // 16 threads at e = 0.05: 1 / (0.05 + 0.95 / 16) = 9.14...
+        assert!((amdahl(0.05, 16) - 1.0 / (0.05 + 0.95 / 16.0)).abs() < 1e-12);
+    }
 }

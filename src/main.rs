@@ -233,5 +233,28 @@ fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
                 .unwrap_or_else(|| "-".into()),
         );
     }
+    let predictions: Vec<_> = report
+        .rows
+        .iter()
+        .filter_map(|r| r.serial_fraction.map(|e| (r, e.max(0.0))))
+        .collect();
+    if !predictions.is_empty() {
+        println!(
+            "\nScaling predicted by Amdahl's law from the measured (Karp-Flatt) serial fraction:"
+        );
+        println!("| workload | B | threads | serial fraction | 16 threads | 64 threads |");
+        println!("|---|---|---|---|---|---|");
+        for (r, e) in predictions {
+            println!(
+                "| {} | {} | {} | {:.3} | {:.1}x | {:.1}x |",
+                r.workload,
+                r.batch_size,
+                r.threads,
+                e,
+                minibatch::bench::amdahl(e, 16),
+                minibatch::bench::amdahl(e, 64)
+            );
+        }
+    }
     Ok(())
 }
