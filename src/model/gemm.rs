@@ -13,6 +13,7 @@
 //! only parallel layer, so nothing here spawns threads.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
+use rayon::prelude::*;
 
 /// Depth of one packed block: an `NR`-wide panel of B (KC x 32 x 4 bytes = 32 KB) stays in
 /// L1 while the A panels stream from L2.
@@ -66,22 +67,27 @@ impl PackedB {
         grow(&mut self.data, n_panels * nr * k);
         assert!(b.strides().iter().all(|&s| s >= 0), "negative strides");
         let (b_rs, b_cs) = (b.strides()[0] as usize, b.strides()[1] as usize);
-        let mut k0 = 0;
-        while k0 < k {
-            let kc = KC.min(k - k0);
-            // SAFETY: `b` is a live view of k x n elements with these strides.
-            let dst = &mut self.data[k0 * n_panels * nr..];
-            unsafe {
-                match Isa::detect() {
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512 => Avx512::pack_b(dst, b.as_ptr(), b_cs, b_rs, n, k0, kc),
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => Avx2::pack_b(dst, b.as_ptr(), b_cs, b_rs, n, k0, kc),
-                    _ => Scalar::pack_b(dst, b.as_ptr(), b_cs, b_rs, n, k0, kc),
-                }
-            };
-            k0 += kc;
-        }
+        // The k-blocks are independent copies: pack them in parallel (on the caller's pool;
+        // this runs once per step, between the parallel phases, and would otherwise be the
+        // largest serial part of a small-batch step).
+        let block_len = KC * n_panels * nr;
+        self.data[..n_panels * nr * k]
+            .par_chunks_mut(block_len)
+            .enumerate()
+            .for_each(|(block, dst)| {
+                let k0 = block * KC;
+                let kc = KC.min(k - k0);
+                // SAFETY: `b` is a live view of k x n elements with these strides.
+                unsafe {
+                    match Isa::detect() {
+                        #[cfg(target_arch = "x86_64")]
+                        Isa::Avx512 => Avx512::pack_b(dst, b.as_ptr(), b_cs, b_rs, n, k0, kc),
+                        #[cfg(target_arch = "x86_64")]
+                        Isa::Avx2 => Avx2::pack_b(dst, b.as_ptr(), b_cs, b_rs, n, k0, kc),
+                        _ => Scalar::pack_b(dst, b.as_ptr(), b_cs, b_rs, n, k0, kc),
+                    }
+                };
+            });
         (self.k, self.n, self.nr) = (k, n, nr);
     }
 

@@ -309,13 +309,20 @@ impl Model for Mlp {
         if self.is_single_output_linear() {
             return;
         }
-        for (l, &(w, _)) in self.layers.iter().enumerate() {
-            let w = self.layout.matrix(w, params);
-            shared.w[l].pack(w);
-            if l > 0 {
-                shared.wt[l].pack(w.t());
-            }
-        }
+        // Forward and backward copies side by side; each also splits its k-blocks.
+        let MlpShared { w, wt } = shared;
+        rayon::join(
+            || {
+                for (l, packed) in w.iter_mut().enumerate() {
+                    packed.pack(self.layout.matrix(self.layers[l].0, params));
+                }
+            },
+            || {
+                for (l, packed) in wt.iter_mut().enumerate().skip(1) {
+                    packed.pack(self.layout.matrix(self.layers[l].0, params).t());
+                }
+            },
+        );
     }
 
     fn loss_grad_sum(
