@@ -40,6 +40,29 @@ pub enum Command {
     /// Measure training speed of the standard workloads against this machine's peak FMA
     /// rate and memory bandwidth, both measured in the same run.
     Bench(BenchArgs),
+    /// Train a config on several thread counts and batch sizes and report speedup, parallel
+    /// efficiency, the Karp-Flatt serial fraction and the per-phase breakdown that explains
+    /// lost efficiency; writes scale.csv and scale.svg and predicts 16- and 64-core speedup.
+    Scale(ScaleArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ScaleArgs {
+    /// TOML config file (default: the built-in quickstart-like MLP).
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Thread counts, e.g. 1,2,4; default 1, 2, 4, ... up to every core.
+    #[arg(short, long, value_delimiter = ',')]
+    pub threads: Vec<usize>,
+    /// Batch sizes, e.g. 128,512; default the config's.
+    #[arg(short, long, value_delimiter = ',')]
+    pub batch_sizes: Vec<usize>,
+    /// Epochs per measurement (default 1).
+    #[arg(short, long, default_value_t = 1)]
+    pub epochs: usize,
+    /// Directory for scale.csv and scale.svg.
+    #[arg(short, long, default_value = "scale-out")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -85,6 +108,15 @@ pub struct TrainArgs {
     /// Write the final parameters to this safetensors file (readable by numpy and PyTorch).
     #[arg(long, value_name = "PATH")]
     pub save: Option<PathBuf>,
+    /// Write a Chrome trace-event JSON of every span (run, epoch, step, shard, reduce,
+    /// update, ...), one track per worker thread; open it in Perfetto (ui.perfetto.dev) or
+    /// chrome://tracing. Records every step: keep runs short.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Print a per-phase profile at the end: count, total, mean, p50, p99 and share of step
+    /// time per span, and each worker's busy and idle time.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 /// Flags that override config keys of the same name.

@@ -9,17 +9,28 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use minibatch::checkpoint::save_params;
+use minibatch::profile::Recorder;
 use minibatch::{Config, EpochReport, Mlp, Model, RawConfig, Result, Trainer, data};
 
-use cli::{BenchArgs, Cli, Command, ConfigArgs, TrainArgs};
+use cli::{BenchArgs, Cli, Command, ConfigArgs, ScaleArgs, TrainArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    install_subscriber(&cli);
+    let recorder = match &cli.command {
+        Command::Train(args) if args.trace.is_some() || args.profile => Some(Recorder::new()),
+        Command::Scale(_) => Some(Recorder::new()),
+        _ => None,
+    };
+    install_subscriber(&cli, recorder.clone());
     let result = match &cli.command {
-        Command::Train(args) => train(args, cli.quiet),
+        Command::Train(args) => train(args, cli.quiet, recorder.as_ref()),
         Command::Layout(args) => layout(args),
         Command::Bench(args) => bench(args, cli.quiet),
+        Command::Scale(args) => scale(
+            args,
+            cli.quiet,
+            recorder.as_ref().expect("installed for scale"),
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -30,7 +41,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn install_subscriber(cli: &Cli) {
+/// Log lines to stderr, filtered by RUST_LOG or -v/-q; and, for --trace/--profile, the span
+/// recorder, which listens to every span of this crate whatever the log filter says.
+fn install_subscriber(cli: &Cli, recorder: Option<Recorder>) {
+    use tracing_subscriber::prelude::*;
     let default = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (false, 0) => "warn",
@@ -39,9 +53,18 @@ fn install_subscriber(cli: &Cli) {
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let recording = recorder.map(|r| {
+        r.with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("minibatch", tracing::Level::TRACE),
+        )
+    });
+    tracing_subscriber::registry()
+        .with(log)
+        .with(recording)
         .init();
 }
 
@@ -75,7 +98,7 @@ fn layout(args: &ConfigArgs) -> Result<()> {
     Ok(())
 }
 
-fn train(args: &TrainArgs, quiet: bool) -> Result<()> {
+fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Result<()> {
     let (raw, cfg) = load_config(&args.config)?;
     let model = Mlp::new(cfg.model.clone());
     let n_params = model.layout().n_params();
@@ -121,6 +144,20 @@ fn train(args: &TrainArgs, quiet: bool) -> Result<()> {
                 .map(|v| format!(", valid loss {:.4}", v.mean_loss()))
                 .unwrap_or_default(),
         );
+    }
+    if let Some(recorder) = recorder {
+        if let Some(path) = &args.trace {
+            minibatch::profile::write_chrome_trace(path, recorder)?;
+            if !quiet {
+                println!(
+                    "wrote trace to {} (open in ui.perfetto.dev)",
+                    path.display()
+                );
+            }
+        }
+        if args.profile {
+            minibatch::profile::print_profile(&minibatch::profile::profile(recorder));
+        }
     }
     if let Some(path) = &args.save {
         let config_text = toml::to_string(&raw.recorded()).unwrap_or_default();
@@ -255,6 +292,71 @@ fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
                 minibatch::bench::amdahl(e, 64)
             );
         }
+    }
+    Ok(())
+}
+
+fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
+    let mut raw = match &args.config {
+        Some(path) => RawConfig::load(path)?,
+        None => RawConfig::default(),
+    };
+    raw.train.epochs = Some(args.epochs);
+    let threads = if args.threads.is_empty() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut t: Vec<usize> = std::iter::successors(Some(1usize), |t| Some(t * 2))
+            .take_while(|&t| t < cores)
+            .collect();
+        t.push(cores);
+        t
+    } else {
+        args.threads.clone()
+    };
+    if let Some(&b) = args.batch_sizes.iter().find(|&&b| b == 0) {
+        return Err(minibatch::Error::config(
+            "--batch-sizes",
+            format!("batch sizes must be at least 1, got {b}"),
+        ));
+    }
+    let rows = minibatch::scale::run(&raw, &threads, &args.batch_sizes, recorder, |msg| {
+        if !quiet {
+            eprintln!("scale: {msg}");
+        }
+    })?;
+    minibatch::scale::write_outputs(&args.out, &rows)?;
+    println!(
+        "| B | threads | examples/s | speedup | efficiency | serial fraction | prepare | shards | reduce | update | workers busy |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.0} | {:.2}x | {:.0}% | {} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.0}% |",
+            r.batch_size,
+            r.threads,
+            r.examples_per_sec,
+            r.speedup,
+            100.0 * r.efficiency,
+            r.serial_fraction
+                .map(|e| format!("{e:.3}"))
+                .unwrap_or_else(|| "-".into()),
+            100.0 * r.prepare_share,
+            100.0 * r.shards_share,
+            100.0 * r.reduce_share,
+            100.0 * r.update_share,
+            100.0 * r.worker_busy_share,
+        );
+    }
+    for (b, e, s16, s64) in minibatch::scale::predictions(&rows) {
+        println!(
+            "B = {b}: serial fraction {e:.3}; Amdahl's law predicts {s16:.1}x on 16 cores, {s64:.1}x on 64"
+        );
+    }
+    if !quiet {
+        println!(
+            "wrote {} and {}",
+            args.out.join("scale.csv").display(),
+            args.out.join("scale.svg").display()
+        );
     }
     Ok(())
 }

@@ -200,7 +200,11 @@ impl<M: Model> Trainer<M> {
             sampler.start_epoch(epoch);
             let start = Instant::now();
             let mut stats = Stats::default();
-            while let Some((idx, upcoming)) = sampler.next_batch_and_upcoming() {
+            loop {
+                let sample = trace_span!("sample").entered();
+                let Some((idx, upcoming)) = sampler.next_batch_and_upcoming() else {
+                    break;
+                };
                 // Start fetching the next batch's first rows now (the shards prefetch the rest
                 // of their own rows as they gather). Tiny batches also reach further ahead,
                 // since one step is shorter than a memory access.
@@ -212,6 +216,7 @@ impl<M: Model> Trainer<M> {
                 for &row in ahead.chain(far) {
                     prefetch_row(&train.features()[row * train.d()..(row + 1) * train.d()]);
                 }
+                drop(sample);
                 let lr = cfg.schedule.lr(self.steps_taken);
                 let batch_stats = self.step_on_pool(train, idx, lr);
                 if !batch_stats.loss_sum.is_finite() {
@@ -302,6 +307,7 @@ impl<M: Model> Trainer<M> {
                         .entered();
                 run_shard(model, params, shared, data, &idx[range], slot, grad);
             };
+        let shards_span = trace_span!("shards", n_shards).entered();
         if n_shards == 1 || self.cfg.threads.get() == 1 {
             // Same per-shard function and order of sums, without dispatching to the pool.
             grads
@@ -317,6 +323,7 @@ impl<M: Model> Trainer<M> {
                 .enumerate()
                 .for_each(shard);
         }
+        drop(shards_span);
         let mut stats = Stats::default();
         for slot in &self.slots[..n_shards] {
             stats.add(&slot.stats);

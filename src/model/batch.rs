@@ -89,6 +89,7 @@ impl<'a> Batch<'a> {
         let Some(idx) = self.idx else {
             return (self.x, self.y);
         };
+        let _gather = tracing::trace_span!("gather", rows = idx.len()).entered();
         let (rows, d) = (idx.len(), self.d());
         let dst = x_buf.as_slice_mut().expect("buffers are row-major");
         for r in 0..rows {

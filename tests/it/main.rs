@@ -27,5 +27,8 @@ mod optim;
 /// Learning-rate schedules at chosen steps; epochs to steps; batch-size scaling.
 mod schedule;
 
+/// --trace, --profile and scale: trace-event JSON, phases adding up, Karp-Flatt in the CSV.
+mod profile;
+
 /// The binary: each bad input gets its message and exit code 2; --help explains.
 mod cli;

@@ -1,0 +1,262 @@
+//! `minibatch scale`: how far more threads speed up one config, and what stops them.
+//!
+//! For each batch size and thread count it trains the config (validation off) with the span
+//! recorder listening, and reports examples/s, the speedup over the smallest thread count,
+//! parallel efficiency S/p, the Karp-Flatt serial fraction e = (1/S - 1/p) / (1 - 1/p), and
+//! the per-phase shares of step time from the recorded spans, which say where the lost
+//! efficiency goes (serial packing, the reduction, the update, idle workers). From e it
+//! predicts, by Amdahl's law, the speedup of 16 and 64 cores.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::bench::{amdahl, karp_flatt};
+use crate::checkpoint::write_atomic;
+use crate::config::RawConfig;
+use crate::data;
+use crate::error::{Error, Result};
+use crate::model::Mlp;
+use crate::profile::{Recorder, profile};
+use crate::train::Trainer;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ScaleRow {
+    pub batch_size: usize,
+    pub threads: usize,
+    pub examples_per_sec: f64,
+    pub speedup: f64,
+    pub efficiency: f64,
+    /// Karp-Flatt serial fraction; empty for the baseline thread count.
+    pub serial_fraction: Option<f64>,
+    pub prepare_share: f64,
+    pub shards_share: f64,
+    pub reduce_share: f64,
+    pub update_share: f64,
+    /// Mean share of step time the workers spent inside shards.
+    pub worker_busy_share: f64,
+}
+
+/// Runs the sweep. `recorder` must be installed as a layer of the global subscriber (the
+/// binary does this), so that spans on the pool's threads reach it.
+pub fn run(
+    raw: &RawConfig,
+    threads: &[usize],
+    batch_sizes: &[usize],
+    recorder: &Recorder,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<ScaleRow>> {
+    if threads.is_empty() || threads.contains(&0) {
+        return Err(Error::config(
+            "--threads",
+            "give one or more thread counts, each at least 1",
+        ));
+    }
+    let mut raw = raw.clone();
+    raw.data.valid_fraction = None;
+    let base = raw.validate()?;
+    progress(&format!(
+        "generating {} x {} features",
+        base.data.n_train, base.data.d
+    ));
+    let (train, _) = data::synthetic(&base.data, base.seed);
+    let batch_sizes = if batch_sizes.is_empty() {
+        vec![base.train.batch_size.get()]
+    } else {
+        batch_sizes.to_vec()
+    };
+    let mut rows = Vec::new();
+    for &batch_size in &batch_sizes {
+        let mut baseline: Option<(usize, f64)> = None;
+        for &t in threads {
+            let mut raw = raw.clone();
+            raw.train.batch_size = Some(batch_size);
+            raw.train.threads = Some(t);
+            let cfg = raw.validate()?;
+            progress(&format!("B = {batch_size}, {t} thread(s)"));
+            let mut trainer = Trainer::new(
+                Mlp::new(cfg.model.clone()),
+                cfg.data.d,
+                &cfg.train,
+                cfg.seed,
+            )?;
+            let warm: Vec<usize> = (0..batch_size).collect();
+            trainer.step(&train, &warm, 0.0)?;
+            recorder.clear();
+            let report = trainer.fit(&train, None, |_| {})?;
+            let seconds: f64 = report.epochs.iter().map(|e| e.seconds).sum();
+            let examples_per_sec = report.examples as f64 / seconds.max(1e-12);
+            let phases = profile(recorder);
+            let (p0, x0) = *baseline.get_or_insert((t, examples_per_sec));
+            let speedup = examples_per_sec / x0;
+            let relative_threads = t as f64 / p0 as f64;
+            rows.push(ScaleRow {
+                batch_size,
+                threads: t,
+                examples_per_sec,
+                speedup,
+                efficiency: speedup / relative_threads,
+                serial_fraction: if p0 == 1 {
+                    karp_flatt(speedup, t)
+                } else {
+                    None
+                },
+                prepare_share: phases.share("prepare"),
+                shards_share: phases.share("shards"),
+                reduce_share: phases.share("reduce"),
+                update_share: phases.share("update"),
+                worker_busy_share: phases.worker_busy_share(),
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// Amdahl's predictions (16 and 64 cores) from the serial fraction measured at the largest
+/// thread count of each batch size.
+pub fn predictions(rows: &[ScaleRow]) -> Vec<(usize, f64, f64, f64)> {
+    let mut out = Vec::new();
+    let mut batch_sizes: Vec<usize> = rows.iter().map(|r| r.batch_size).collect();
+    batch_sizes.dedup();
+    for b in batch_sizes {
+        if let Some(e) = rows
+            .iter()
+            .filter(|r| r.batch_size == b && r.serial_fraction.is_some())
+            .max_by_key(|r| r.threads)
+            .and_then(|r| r.serial_fraction)
+        {
+            let e = e.clamp(0.0, 1.0);
+            out.push((b, e, amdahl(e, 16), amdahl(e, 64)));
+        }
+    }
+    out
+}
+
+pub const CSV_HEADER: &str = "batch_size,threads,examples_per_sec,speedup,efficiency,karp_flatt,\
+prepare_share,shards_share,reduce_share,update_share,worker_busy_share";
+
+pub fn to_csv(rows: &[ScaleRow]) -> String {
+    let mut out = String::from(CSV_HEADER);
+    out.push('\n');
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{},{},{:.1},{:.4},{:.4},{},{:.4},{:.4},{:.4},{:.4},{:.4}",
+            r.batch_size,
+            r.threads,
+            r.examples_per_sec,
+            r.speedup,
+            r.efficiency,
+            r.serial_fraction
+                .map(|e| format!("{e:.4}"))
+                .unwrap_or_default(),
+            r.prepare_share,
+            r.shards_share,
+            r.reduce_share,
+            r.update_share,
+            r.worker_busy_share
+        );
+    }
+    out
+}
+
+/// Speedup against threads, one line per batch size, with the ideal line: a plain SVG.
+pub fn to_svg(rows: &[ScaleRow]) -> String {
+    let (width, height, margin) = (640.0, 420.0, 60.0);
+    let max_threads = rows.iter().map(|r| r.threads).max().unwrap_or(1).max(2) as f64;
+    let max_speedup = rows.iter().map(|r| r.speedup).fold(max_threads, f64::max);
+    let x = |t: f64| margin + (t - 1.0) / (max_threads - 1.0) * (width - 2.0 * margin);
+    let y = |s: f64| {
+        height
+            - margin
+            - (s - 1.0).max(0.0) / (max_speedup - 1.0).max(1e-9) * (height - 2.0 * margin)
+    };
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">Speedup over 1 thread</text>\n",
+        width / 2.0
+    );
+    // Axes and ticks.
+    let _ = writeln!(
+        svg,
+        "<line x1=\"{m}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"black\"/><line x1=\"{m}\" y1=\"{b}\" x2=\"{m}\" y2=\"{m}\" stroke=\"black\"/>",
+        m = margin,
+        b = height - margin,
+        r = width - margin
+    );
+    for t in 1..=max_threads as usize {
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{t}</text>",
+            x(t as f64),
+            height - margin + 18.0
+        );
+    }
+    let _ = writeln!(
+        svg,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">threads</text>",
+        width / 2.0,
+        height - 12.0
+    );
+    for s in [1.0, max_speedup / 2.0, max_speedup] {
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{s:.1}x</text>",
+            margin - 6.0,
+            y(s) + 4.0
+        );
+    }
+    // The ideal line.
+    let _ = writeln!(
+        svg,
+        "<line x1=\"{:.1}\" y1=\"{:.1}\" x2=\"{:.1}\" y2=\"{:.1}\" stroke=\"gray\" stroke-dasharray=\"6 4\"/>",
+        x(1.0),
+        y(1.0),
+        x(max_threads),
+        y(max_threads)
+    );
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+    ];
+    let mut batch_sizes: Vec<usize> = rows.iter().map(|r| r.batch_size).collect();
+    batch_sizes.dedup();
+    for (i, b) in batch_sizes.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let points: Vec<String> = rows
+            .iter()
+            .filter(|r| r.batch_size == *b)
+            .map(|r| format!("{:.1},{:.1}", x(r.threads as f64), y(r.speedup)))
+            .collect();
+        let _ = writeln!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            points.join(" ")
+        );
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{color}\">B = {b}</text>",
+            margin + 10.0,
+            margin + 16.0 * (i as f64 + 1.0)
+        );
+    }
+    let _ = writeln!(
+        svg,
+        "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"gray\">ideal</text>",
+        margin + 10.0,
+        margin + 16.0 * (batch_sizes.len() as f64 + 1.0)
+    );
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Writes `scale.csv` and `scale.svg` into `dir` (created if missing).
+pub fn write_outputs(dir: &Path, rows: &[ScaleRow]) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    write_atomic(&dir.join("scale.csv"), to_csv(rows).as_bytes())?;
+    write_atomic(&dir.join("scale.svg"), to_svg(rows).as_bytes())
+}

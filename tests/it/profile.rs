@@ -1,0 +1,190 @@
+//! Seeing where the time goes: the Chrome trace is valid trace-event JSON with the loop's
+//! spans nested and one track per worker; the profile's phases add up to the step time;
+//! `scale` writes the CSV its columns promise, with Karp-Flatt values that follow from the
+//! measured speedups.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::common::temp_dir;
+
+const SMALL_MLP: &str = "seed = 1\n[data]\nsynthetic = \"teacher\"\nn = 4000\nd = 64\nclasses = 4\n\
+[model]\nhidden = [64]\n[train]\nepochs = 2\nbatch_size = 256\nshard_rows = 64\nthreads = 2\nlr = 0.05\n";
+
+fn minibatch(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(args)
+        .output()
+        .expect("binary runs");
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+#[test]
+fn trace_is_chrome_json_with_nested_spans_and_a_track_per_worker() {
+    let dir = temp_dir("profile-trace");
+    let config = dir.join("c.toml");
+    std::fs::write(&config, SMALL_MLP).unwrap();
+    let trace = dir.join("trace.json");
+    minibatch(&[
+        "train",
+        "-q",
+        "--config",
+        config.to_str().unwrap(),
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    let json: Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).expect("valid JSON");
+    let events = json["traceEvents"].as_array().expect("traceEvents array");
+
+    let thread_names: Vec<(u64, String)> = events
+        .iter()
+        .filter(|e| e["ph"] == "M" && e["name"] == "thread_name")
+        .map(|e| {
+            (
+                e["tid"].as_u64().unwrap(),
+                e["args"]["name"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let spans: Vec<&Value> = events.iter().filter(|e| e["ph"] == "X").collect();
+    for name in [
+        "run", "epoch", "sample", "step", "prepare", "shards", "shard", "fwd_bwd", "gather",
+        "reduce", "update",
+    ] {
+        assert!(spans.iter().any(|e| e["name"] == name), "no `{name}` span");
+    }
+    for e in &spans {
+        assert!(e["ts"].is_number() && e["dur"].as_f64().unwrap() >= 0.0 && e["tid"].is_u64());
+    }
+    // 2 steps per epoch x ... : 4000 / 256 = 16 steps per epoch, 2 epochs.
+    assert_eq!(spans.iter().filter(|e| e["name"] == "step").count(), 32);
+    // Shards ran on both workers, each a named track.
+    let shard_tids: std::collections::BTreeSet<u64> = spans
+        .iter()
+        .filter(|e| e["name"] == "shard")
+        .map(|e| e["tid"].as_u64().unwrap())
+        .collect();
+    assert_eq!(shard_tids.len(), 2, "shards on {shard_tids:?}");
+    for tid in &shard_tids {
+        let name = &thread_names
+            .iter()
+            .find(|(t, _)| t == tid)
+            .expect("named track")
+            .1;
+        assert!(name.starts_with("minibatch-worker-"), "{name}");
+    }
+    // Nesting by time: every shard inside a step, every fwd_bwd inside a shard of its thread.
+    let within = |inner: &Value, outer: &Value| {
+        let (s, d) = (
+            inner["ts"].as_f64().unwrap(),
+            inner["dur"].as_f64().unwrap(),
+        );
+        let (os, od) = (
+            outer["ts"].as_f64().unwrap(),
+            outer["dur"].as_f64().unwrap(),
+        );
+        s >= os - 1e-3 && s + d <= os + od + 1e-3
+    };
+    for shard in spans.iter().filter(|e| e["name"] == "shard") {
+        assert!(
+            spans
+                .iter()
+                .any(|s| s["name"] == "step" && within(shard, s)),
+            "shard outside every step"
+        );
+    }
+    for inner in spans.iter().filter(|e| e["name"] == "fwd_bwd") {
+        assert!(
+            spans
+                .iter()
+                .any(|s| s["name"] == "shard" && s["tid"] == inner["tid"] && within(inner, s)),
+            "fwd_bwd outside its thread's shard"
+        );
+    }
+}
+
+/// The `total ms` column of the profile table, by phase name.
+fn profile_totals(stderr: &str) -> std::collections::HashMap<String, f64> {
+    stderr
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| phase") && !l.starts_with("| worker"))
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            Some((cells[1].to_string(), cells.get(3)?.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn profile_phases_add_up_to_the_step_time() {
+    let dir = temp_dir("profile-sum");
+    let config = dir.join("c.toml");
+    std::fs::write(&config, SMALL_MLP.replace("epochs = 2", "epochs = 4")).unwrap();
+    let out = minibatch(&[
+        "train",
+        "-q",
+        "--config",
+        config.to_str().unwrap(),
+        "--profile",
+    ]);
+    let totals = profile_totals(&String::from_utf8_lossy(&out.stderr));
+    let step = totals["step"];
+    let parts: f64 = ["prepare", "shards", "reduce", "update"]
+        .iter()
+        .map(|p| totals[*p])
+        .sum();
+    // The step is these four phases plus a few instructions of glue between them.
+    assert!(step > 0.0);
+    assert!(
+        (parts - step).abs() <= 0.05 * step,
+        "phases {parts} ms vs step {step} ms"
+    );
+}
+
+#[test]
+fn scale_writes_its_csv_and_karp_flatt_follows_from_the_speedups() {
+    let dir = temp_dir("profile-scale");
+    let config = dir.join("c.toml");
+    std::fs::write(&config, SMALL_MLP).unwrap();
+    let out_dir = dir.join("out");
+    let out = minibatch(&[
+        "scale",
+        "-q",
+        "--config",
+        config.to_str().unwrap(),
+        "--threads",
+        "1,2",
+        "--batch-sizes",
+        "128,512",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("on 16 cores"));
+    let csv = std::fs::read_to_string(out_dir.join("scale.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(lines.next().unwrap(), minibatch::scale::CSV_HEADER);
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 4);
+    for row in &rows {
+        let threads: f64 = row[1].parse().unwrap();
+        let speedup: f64 = row[3].parse().unwrap();
+        let efficiency: f64 = row[4].parse().unwrap();
+        assert!((efficiency - speedup / threads).abs() < 1e-3);
+        if threads == 1.0 {
+            assert_eq!(row[5], "");
+            assert!((speedup - 1.0).abs() < 1e-9);
+        } else {
+            let e: f64 = row[5].parse().unwrap();
+            let expected = (1.0 / speedup - 1.0 / threads) / (1.0 - 1.0 / threads);
+            assert!((e - expected).abs() < 1e-3, "karp-flatt {e} vs {expected}");
+        }
+    }
+    let svg = std::fs::read_to_string(out_dir.join("scale.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("polyline") && svg.contains("ideal"));
+}
