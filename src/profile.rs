@@ -47,16 +47,19 @@ pub struct Recorder {
 struct Shared {
     origin: Instant,
     /// Every thread's buffer and name, registered on its first span.
-    threads: Mutex<Vec<(String, Arc<Mutex<Vec<SpanEvent>>>)>>,
+    threads: Mutex<Vec<(String, ThreadBuffer)>>,
     /// Distinguishes recorders, so a thread's cached buffer is only used with its own.
     id: usize,
 }
+
+/// One thread's recorded intervals; only that thread pushes, the reader locks at the end.
+type ThreadBuffer = Arc<Mutex<Vec<SpanEvent>>>;
 
 static RECORDER_IDS: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     /// (recorder id, thread number, buffer) of the recorder this thread last wrote to.
-    static BUFFER: std::cell::RefCell<Option<(usize, usize, Arc<Mutex<Vec<SpanEvent>>>)>> =
+    static BUFFER: std::cell::RefCell<Option<(usize, usize, ThreadBuffer)>> =
         const { std::cell::RefCell::new(None) };
 }
 
