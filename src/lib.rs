@@ -44,4 +44,4 @@ pub use data::Dataset;
 pub use error::{Error, Result};
 pub use model::{Batch, Mlp, Model, Stats};
 pub use params::ParamLayout;
-pub use train::{EpochReport, RunReport, Trainer};
+pub use train::{EpochReport, Observer, Progress, RunReport, Trainer};

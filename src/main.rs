@@ -3,14 +3,20 @@
 
 mod cli;
 
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
+use std::sync::OnceLock;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use minibatch::checkpoint::save_params;
 use minibatch::profile::Recorder;
-use minibatch::{Config, EpochReport, Mlp, Model, RawConfig, Result, Trainer, data};
+use minibatch::{
+    Config, EpochReport, Mlp, Model, Observer, Progress, RawConfig, Result, Trainer, data,
+};
 
 use cli::{BenchArgs, Cli, Command, ConfigArgs, ScaleArgs, TrainArgs};
 
@@ -54,7 +60,7 @@ fn install_subscriber(cli: &Cli, recorder: Option<Recorder>) {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let log = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogLine(Vec::new()))
         .with_filter(filter);
     let recording = recorder.map(|r| {
         r.with_filter(
@@ -125,11 +131,16 @@ fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Result<(
             t.schedule.describe(),
         );
     }
-    let report = trainer.fit(&train, valid.as_ref(), |epoch| {
-        if !quiet {
-            println!("{}", epoch_line(epoch));
-        }
-    })?;
+    let bar = progress_bar(quiet, t.epochs.get() * t.steps_per_epoch.get());
+    let report = trainer.fit_observed(
+        &train,
+        valid.as_ref(),
+        TrainOutput {
+            quiet,
+            bar: bar.clone(),
+        },
+    )?;
+    bar.finish_and_clear();
     if !quiet {
         let last = report.epochs.last().expect("at least one epoch");
         println!(
@@ -172,6 +183,75 @@ fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Result<(
         }
     }
     Ok(())
+}
+
+/// The live progress bar of `train`, if any, so log lines can step around it.
+static BAR: OnceLock<ProgressBar> = OnceLock::new();
+
+/// A bar over all steps of the run (rate, ETA, current loss) on stderr; hidden with
+/// `--quiet` or when stderr is not a terminal.
+fn progress_bar(quiet: bool, total_steps: usize) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total_steps as u64), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps, {per_sec}, ETA {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let _ = BAR.set(bar.clone());
+    bar
+}
+
+/// One log event's text, written to stderr in one piece, above the progress bar if one is
+/// drawn.
+struct LogLine(Vec<u8>);
+
+impl Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        let write = || {
+            let _ = std::io::stderr().write_all(&self.0);
+        };
+        match BAR.get() {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+    }
+}
+
+/// Prints epoch lines (around the bar) and moves the bar.
+struct TrainOutput {
+    quiet: bool,
+    bar: ProgressBar,
+}
+
+impl Observer for TrainOutput {
+    fn epoch(&mut self, report: &EpochReport) {
+        if !self.quiet {
+            self.bar.suspend(|| println!("{}", epoch_line(report)));
+        }
+    }
+
+    fn progress(&mut self, p: Progress) {
+        self.bar
+            .set_position(((p.epoch - 1) * p.steps_per_epoch + p.step_in_epoch) as u64);
+        self.bar.set_message(format!(
+            "epoch {}/{} loss {:.4}",
+            p.epoch, p.epochs, p.mean_loss
+        ));
+    }
 }
 
 fn epoch_line(r: &EpochReport) -> String {

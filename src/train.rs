@@ -62,6 +62,34 @@ pub struct RunReport {
     pub seconds: f64,
 }
 
+/// Where a running `fit` reports to.
+pub trait Observer {
+    /// An epoch ended.
+    fn epoch(&mut self, report: &EpochReport);
+    /// Part of an epoch is done (called about a hundred times per epoch).
+    fn progress(&mut self, _progress: Progress) {}
+}
+
+/// An `Observer` that only wants epoch reports.
+struct OnEpoch<F>(F);
+
+impl<F: FnMut(&EpochReport)> Observer for OnEpoch<F> {
+    fn epoch(&mut self, report: &EpochReport) {
+        (self.0)(report)
+    }
+}
+
+/// How far the current epoch has come.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    pub epoch: usize,
+    pub epochs: usize,
+    pub step_in_epoch: usize,
+    pub steps_per_epoch: usize,
+    /// Mean training loss of the epoch's batches so far.
+    pub mean_loss: f64,
+}
+
 /// One shard's buffers, reused every step.
 struct ShardSlot<W> {
     ws: W,
@@ -159,7 +187,17 @@ impl<M: Model> Trainer<M> {
         &mut self,
         train: &Dataset,
         valid: Option<&Dataset>,
-        mut on_epoch: impl FnMut(&EpochReport) + Send,
+        on_epoch: impl FnMut(&EpochReport) + Send,
+    ) -> Result<RunReport> {
+        self.fit_observed(train, valid, OnEpoch(on_epoch))
+    }
+
+    /// `fit`, reporting epochs and progress within epochs to `observer`.
+    pub fn fit_observed(
+        &mut self,
+        train: &Dataset,
+        valid: Option<&Dataset>,
+        mut observer: impl Observer + Send,
     ) -> Result<RunReport> {
         self.check_data(train)?;
         if let Some(valid) = valid {
@@ -175,14 +213,14 @@ impl<M: Model> Trainer<M> {
         );
         let _run = run_span.enter();
         let pool = Arc::clone(&self.pool);
-        pool.install(|| self.fit_on_pool(train, valid, &mut on_epoch))
+        pool.install(|| self.fit_on_pool(train, valid, &mut observer))
     }
 
     fn fit_on_pool(
         &mut self,
         train: &Dataset,
         valid: Option<&Dataset>,
-        on_epoch: &mut (impl FnMut(&EpochReport) + Send),
+        observer: &mut (impl Observer + Send),
     ) -> Result<RunReport> {
         let cfg = self.cfg.clone();
         let mut sampler = Sampler::new(
@@ -193,6 +231,9 @@ impl<M: Model> Trainer<M> {
             mix(self.seed, 3),
         );
         let run_start = Instant::now();
+        let steps_per_epoch = cfg.steps_per_epoch.get();
+        // About a hundred progress calls per epoch, whatever its length.
+        let progress_stride = (steps_per_epoch / 100).max(1);
         let mut reports = Vec::with_capacity(cfg.epochs.get());
         let mut last_finite = f64::NAN;
         for epoch in 0..cfg.epochs.get() {
@@ -200,6 +241,7 @@ impl<M: Model> Trainer<M> {
             sampler.start_epoch(epoch);
             let start = Instant::now();
             let mut stats = Stats::default();
+            let mut step_in_epoch = 0;
             loop {
                 let sample = trace_span!("sample").entered();
                 let Some((idx, upcoming)) = sampler.next_batch_and_upcoming() else {
@@ -230,6 +272,16 @@ impl<M: Model> Trainer<M> {
                 }
                 last_finite = batch_stats.mean_loss();
                 stats.add(&batch_stats);
+                step_in_epoch += 1;
+                if step_in_epoch % progress_stride == 0 {
+                    observer.progress(Progress {
+                        epoch: epoch + 1,
+                        epochs: cfg.epochs.get(),
+                        step_in_epoch,
+                        steps_per_epoch,
+                        mean_loss: stats.mean_loss(),
+                    });
+                }
             }
             let seconds = start.elapsed().as_secs_f64();
             let valid_stats = valid.map(|v| self.evaluate_on_pool(v));
@@ -248,7 +300,7 @@ impl<M: Model> Trainer<M> {
                 examples_per_sec = report.examples_per_sec(),
                 "epoch done"
             );
-            on_epoch(&report);
+            observer.epoch(&report);
             reports.push(report);
         }
         Ok(RunReport {
