@@ -167,7 +167,7 @@ fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Result<(
             }
         }
         if args.profile {
-            minibatch::profile::print_profile(&minibatch::profile::profile(recorder));
+            minibatch::profile::print_profile(&minibatch::profile::profile(recorder), recorder);
         }
     }
     if let Some(path) = &args.save {

@@ -359,8 +359,68 @@ pub fn format_profile(p: &Profile) -> String {
     out
 }
 
-/// Writes `text` to standard error in one piece (the profile is a report, not a log line).
-pub fn print_profile(p: &Profile) {
+/// Writes the profile and a timeline of a typical step to standard error in one piece
+/// (the profile is a report, not a log line).
+pub fn print_profile(p: &Profile, recorder: &Recorder) {
     let mut stderr = std::io::stderr().lock();
     let _ = stderr.write_all(format_profile(p).as_bytes());
+    let _ = stderr.write_all(format_timeline(recorder, 96).as_bytes());
+}
+
+/// A text picture of the step of median duration: one row per thread, one column per
+/// 1/width of the step, each cell the innermost span running there (P prepare, G gather,
+/// F forward/backward, S shard outside those, R reduce, U update, . inside the step but in
+/// none of them, blank elsewhere).
+pub fn format_timeline(recorder: &Recorder, width: usize) -> String {
+    let (events, threads) = recorder.events();
+    let mut steps: Vec<&SpanEvent> = events.iter().filter(|e| e.name == "step").collect();
+    if steps.is_empty() || width == 0 {
+        return String::new();
+    }
+    steps.sort_by_key(|e| e.dur_ns);
+    let step = steps[steps.len() / 2];
+    let (t0, dur) = (step.start_ns, step.dur_ns.max(1));
+    let code = |name: &str| match name {
+        "prepare" => Some((0, 'P')),
+        "shard" => Some((1, 'S')),
+        "fwd_bwd" => Some((2, 'F')),
+        "gather" => Some((3, 'G')),
+        "reduce" => Some((1, 'R')),
+        "update" => Some((1, 'U')),
+        _ => None,
+    };
+    let mut rows = vec![vec![(0usize, ' '); width]; threads.len()];
+    rows[step.tid].iter_mut().for_each(|cell| *cell = (0, '.'));
+    for e in events
+        .iter()
+        .filter(|e| e.start_ns < t0 + dur && e.start_ns + e.dur_ns > t0)
+    {
+        let Some((depth, c)) = code(e.name) else {
+            continue;
+        };
+        let first = ((e.start_ns.max(t0) - t0) as u128 * width as u128 / dur as u128) as usize;
+        let last = (((e.start_ns + e.dur_ns).min(t0 + dur) - t0) as u128 * width as u128)
+            .div_ceil(dur as u128) as usize;
+        for cell in &mut rows[e.tid][first.min(width - 1)..last.clamp(first + 1, width)] {
+            if depth + 1 > cell.0 {
+                *cell = (depth + 1, c);
+            }
+        }
+    }
+    let mut out = format!(
+        "\nThe step of median duration ({:.1} us), one column = {:.1} us:\n",
+        dur as f64 / 1e3,
+        dur as f64 / 1e3 / width as f64
+    );
+    let name_width = threads.iter().map(String::len).max().unwrap_or(0);
+    for (tid, row) in rows.iter().enumerate() {
+        if row.iter().all(|&(_, c)| c == ' ') {
+            continue;
+        }
+        let line: String = row.iter().map(|&(_, c)| c).collect();
+        out += &format!("{:>name_width$} |{line}|\n", threads[tid]);
+    }
+    out +=
+        "P prepare  S shard  F forward/backward  G gather  R reduce  U update  . other step work\n";
+    out
 }
