@@ -142,7 +142,7 @@ pub fn to_csv(rows: &[ScaleRow]) -> String {
     for r in rows {
         let _ = writeln!(
             out,
-            "{},{},{:.1},{:.4},{:.4},{},{:.4},{:.4},{:.4},{:.4},{:.4}",
+            "{},{},{:.1},{:.6},{:.6},{},{:.4},{:.4},{:.4},{:.4},{:.4}",
             r.batch_size,
             r.threads,
             r.examples_per_sec,
