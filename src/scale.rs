@@ -149,7 +149,7 @@ pub fn to_csv(rows: &[ScaleRow]) -> String {
             r.speedup,
             r.efficiency,
             r.serial_fraction
-                .map(|e| format!("{e:.4}"))
+                .map(|e| format!("{e:.6}"))
                 .unwrap_or_default(),
             r.prepare_share,
             r.shards_share,
