@@ -64,13 +64,18 @@ fn trace_is_chrome_json_with_nested_spans_and_a_track_per_worker() {
     }
     // 2 steps per epoch x ... : 4000 / 256 = 16 steps per epoch, 2 epochs.
     assert_eq!(spans.iter().filter(|e| e["name"] == "step").count(), 32);
-    // Shards ran on both workers, each a named track.
+    // Shards ran on the workers, each worker a named track.
     let shard_tids: std::collections::BTreeSet<u64> = spans
         .iter()
         .filter(|e| e["name"] == "shard")
         .map(|e| e["tid"].as_u64().unwrap())
         .collect();
-    assert_eq!(shard_tids.len(), 2, "shards on {shard_tids:?}");
+    // Which worker takes which shard is rayon's choice (on a loaded machine one worker may
+    // take them all), but there are at most as many worker tracks as threads.
+    assert!(
+        (1..=2).contains(&shard_tids.len()),
+        "shards on {shard_tids:?}"
+    );
     for tid in &shard_tids {
         let name = &thread_names
             .iter()
