@@ -130,7 +130,14 @@ fn profile_totals(stderr: &str) -> std::collections::HashMap<String, f64> {
 fn profile_phases_add_up_to_the_step_time() {
     let dir = temp_dir("profile-sum");
     let config = dir.join("c.toml");
-    std::fs::write(&config, SMALL_MLP.replace("epochs = 2", "epochs = 4")).unwrap();
+    // Big enough (about 0.2 s of steps) that one preemption between two spans of a step
+    // cannot move the totals by the 5% allowed below.
+    let text = SMALL_MLP
+        .replace("epochs = 2", "epochs = 4")
+        .replace("d = 64", "d = 256")
+        .replace("n = 4000", "n = 8000")
+        .replace("hidden = [64]", "hidden = [256]");
+    std::fs::write(&config, text).unwrap();
     let out = minibatch(&[
         "train",
         "-q",
