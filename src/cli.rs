@@ -147,6 +147,22 @@ pub struct Overrides {
     /// `sgd`, `momentum`, `nesterov`, `adam` or `adamw` (`train.optimizer`).
     #[arg(long, value_name = "NAME")]
     pub optimizer: Option<String>,
+    /// Momentum mu in [0, 1) for momentum/nesterov (`train.momentum`).
+    #[arg(long, value_name = "MU")]
+    pub momentum: Option<f64>,
+    /// Weight decay >= 0: L2, or decoupled for adamw (`train.weight_decay`).
+    #[arg(long, value_name = "WD")]
+    pub weight_decay: Option<f64>,
+    /// Clip the mean gradient's global L2 norm to this (`train.clip_norm`).
+    #[arg(long, value_name = "C")]
+    pub clip_norm: Option<f64>,
+    /// Learning-rate schedule: constant, step, exponential or cosine
+    /// (`train.schedule.kind`; its other keys come from the config).
+    #[arg(long, value_name = "KIND")]
+    pub schedule: Option<String>,
+    /// Linear warmup steps before the schedule (`train.schedule.warmup_steps`).
+    #[arg(long, value_name = "STEPS")]
+    pub warmup_steps: Option<u64>,
     /// Drop each epoch's short last batch (`train.drop_last`).
     #[arg(long)]
     pub drop_last: bool,
@@ -195,6 +211,35 @@ impl Overrides {
             "train.optimizer",
             "--optimizer"
         );
+        set!(
+            raw.train.momentum,
+            self.momentum,
+            "train.momentum",
+            "--momentum"
+        );
+        set!(
+            raw.train.weight_decay,
+            self.weight_decay,
+            "train.weight_decay",
+            "--weight-decay"
+        );
+        set!(
+            raw.train.clip_norm,
+            self.clip_norm,
+            "train.clip_norm",
+            "--clip-norm"
+        );
+        if let Some(kind) = &self.schedule {
+            raw.train.schedule.get_or_insert_with(Default::default).kind = Some(kind.clone());
+            raw.mark_overridden("train.schedule.kind", "--schedule");
+        }
+        if let Some(steps) = self.warmup_steps {
+            raw.train
+                .schedule
+                .get_or_insert_with(Default::default)
+                .warmup_steps = Some(steps);
+            raw.mark_overridden("train.schedule.warmup_steps", "--warmup-steps");
+        }
         set!(
             raw.train.drop_last,
             self.drop_last.then_some(true),

@@ -235,6 +235,24 @@ fn bad_configs_and_flags_name_the_key_and_exit_2() {
             &[],
             "expected none, linear or sqrt",
         ),
+        (
+            "momentum-flag",
+            SMALL,
+            &["--optimizer", "momentum", "--momentum", "1.5"],
+            "config `train.momentum` (set by --momentum): must be in [0, 1)",
+        ),
+        (
+            "schedule-flag",
+            SMALL,
+            &["--schedule", "triangle"],
+            "config `train.schedule.kind` (set by --schedule): unknown schedule `triangle`",
+        ),
+        (
+            "clip-flag",
+            SMALL,
+            &["--clip-norm", "-1"],
+            "train.clip_norm",
+        ),
     ];
     for (name, toml_text, flags, expected) in cases {
         rejects(name, toml_text, flags, expected);
