@@ -250,8 +250,8 @@ fn bad_configs_and_flags_name_the_key_and_exit_2() {
         (
             "clip-flag",
             SMALL,
-            &["--clip-norm", "-1"],
-            "train.clip_norm",
+            &["--clip-norm=-1"],
+            "config `train.clip_norm` (set by --clip-norm)",
         ),
     ];
     for (name, toml_text, flags, expected) in cases {
