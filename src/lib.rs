@@ -29,6 +29,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod model;
+pub mod noise;
 pub mod optim;
 pub mod params;
 pub mod profile;

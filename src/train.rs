@@ -26,6 +26,7 @@ use crate::config::TrainConfig;
 use crate::data::{Dataset, mix};
 use crate::error::{Error, Result};
 use crate::model::{Model, PREFETCH_ROWS, Stats, prefetch_row};
+use crate::noise::{NoiseScale, squared_norm};
 use crate::optim::Optimizer;
 use crate::reduce::tree_reduce;
 use crate::sampler::Sampler;
@@ -45,6 +46,8 @@ pub struct EpochReport {
     /// Training time of the epoch, without evaluation.
     pub seconds: f64,
     pub is_classifier: bool,
+    /// The gradient noise scale at the epoch's end, when tracked.
+    pub noise_scale: Option<f64>,
 }
 
 impl EpochReport {
@@ -93,6 +96,8 @@ pub struct Progress {
 /// One shard's buffers, reused every step.
 struct ShardSlot<W> {
     ws: W,
+    /// |shard gradient sum|^2, on steps that estimate the noise scale.
+    grad_sq: f64,
     stats: Stats,
 }
 
@@ -112,6 +117,15 @@ pub struct Trainer<M: Model> {
     d: usize,
     seed: u64,
     steps_taken: u64,
+    /// The gradient noise scale estimate, when tracked.
+    noise: Option<NoiseTracker>,
+}
+
+/// How and how often steps feed the noise-scale estimate.
+struct NoiseTracker {
+    estimate: NoiseScale,
+    /// Measure every `period` steps: the norms cost about as much as the reduction.
+    period: u64,
 }
 
 impl<M: Model> Trainer<M> {
@@ -138,6 +152,7 @@ impl<M: Model> Trainer<M> {
         let slots = (0..n_slots)
             .map(|_| ShardSlot {
                 ws: model.workspace(rows),
+                grad_sq: 0.0,
                 stats: Stats::default(),
             })
             .collect();
@@ -153,7 +168,22 @@ impl<M: Model> Trainer<M> {
             d,
             seed,
             steps_taken: 0,
+            noise: None,
         })
+    }
+
+    /// Estimates the gradient noise scale every `period` steps from then on, smoothed with
+    /// moving-average weight `decay` (see `noise.rs`). Needs batches of at least two shards.
+    pub fn track_noise_scale(&mut self, period: u64, decay: f64) {
+        self.noise = Some(NoiseTracker {
+            estimate: NoiseScale::new(decay),
+            period: period.max(1),
+        });
+    }
+
+    /// The current noise-scale estimate, if tracked and estimable.
+    pub fn noise_scale(&self) -> Option<&NoiseScale> {
+        self.noise.as_ref().map(|n| &n.estimate)
     }
 
     pub fn model(&self) -> &M {
@@ -293,6 +323,7 @@ impl<M: Model> Trainer<M> {
                 valid: valid_stats,
                 seconds,
                 is_classifier: self.model.is_classifier(),
+                noise_scale: self.noise.as_ref().and_then(|n| n.estimate.b_noise()),
             };
             info!(
                 epoch = report.epoch,
@@ -350,6 +381,11 @@ impl<M: Model> Trainer<M> {
             self.model.prepare(&self.params, &mut self.shared);
         }
         let (model, params, shared) = (&self.model, &self.params[..], &self.shared);
+        let measure_noise = n_shards >= 2
+            && self
+                .noise
+                .as_ref()
+                .is_some_and(|n| self.steps_taken % n.period == 0);
         let grads = self.grads.as_slice_mut().expect("grads are contiguous");
         let shard =
             |(shard_idx, (grad, slot)): (usize, (&mut [f32], &mut ShardSlot<M::Workspace>))| {
@@ -358,6 +394,9 @@ impl<M: Model> Trainer<M> {
                     trace_span!(parent: &step_span, "shard", shard = shard_idx, rows = range.len())
                         .entered();
                 run_shard(model, params, shared, data, &idx[range], slot, grad);
+                if measure_noise {
+                    slot.grad_sq = squared_norm(grad);
+                }
             };
         let shards_span = trace_span!("shards", n_shards).entered();
         if n_shards == 1 || self.cfg.threads.get() == 1 {
@@ -387,6 +426,9 @@ impl<M: Model> Trainer<M> {
             let _reduce = trace_span!("reduce", n_shards).entered();
             tree_reduce(self.grads.view_mut(), n_shards);
         }
+        if measure_noise {
+            self.update_noise_scale(batch_len, n_shards);
+        }
         {
             let _update = trace_span!("update").entered();
             let grad_sum = self.grads.index_axis(Axis(0), 0);
@@ -398,6 +440,27 @@ impl<M: Model> Trainer<M> {
         }
         self.steps_taken += 1;
         stats
+    }
+
+    /// Folds this step's shard and batch gradient norms into the noise-scale estimate. Only
+    /// full shards count, so every small batch has the same size b.
+    fn update_noise_scale(&mut self, batch_len: usize, n_shards: usize) {
+        let b = self.cfg.shard_rows.get();
+        let full =
+            (0..n_shards).filter(|&s| shard_range(s, batch_len, self.cfg.shard_rows).len() == b);
+        let (count, sum) = full.fold((0usize, 0.0f64), |(c, sum), s| {
+            (c + 1, sum + self.slots[s].grad_sq)
+        });
+        if count == 0 {
+            return;
+        }
+        let small_sq = sum / count as f64 / (b * b) as f64;
+        let total = self.grads.index_axis(Axis(0), 0);
+        let big_sq =
+            squared_norm(total.as_slice().expect("contiguous")) / (batch_len * batch_len) as f64;
+        if let Some(noise) = &mut self.noise {
+            noise.estimate.update(small_sq, b, big_sq, batch_len);
+        }
     }
 
     /// Loss (and correct answers) summed over every row of `data` with the current

@@ -30,5 +30,8 @@ mod schedule;
 /// --trace, --profile and scale: trace-event JSON, phases adding up, Karp-Flatt in the CSV.
 mod profile;
 
+/// The gradient noise scale estimator against the exact value on linear regression.
+mod noise;
+
 /// The binary: each bad input gets its message and exit code 2; --help explains.
 mod cli;
