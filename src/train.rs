@@ -303,7 +303,7 @@ impl<M: Model> Trainer<M> {
                 last_finite = batch_stats.mean_loss();
                 stats.add(&batch_stats);
                 step_in_epoch += 1;
-                if step_in_epoch % progress_stride == 0 {
+                if step_in_epoch.is_multiple_of(progress_stride) {
                     observer.progress(Progress {
                         epoch: epoch + 1,
                         epochs: cfg.epochs.get(),
@@ -385,7 +385,7 @@ impl<M: Model> Trainer<M> {
             && self
                 .noise
                 .as_ref()
-                .is_some_and(|n| self.steps_taken % n.period == 0);
+                .is_some_and(|n| self.steps_taken.is_multiple_of(n.period));
         let grads = self.grads.as_slice_mut().expect("grads are contiguous");
         let shard =
             |(shard_idx, (grad, slot)): (usize, (&mut [f32], &mut ShardSlot<M::Workspace>))| {
