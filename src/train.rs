@@ -271,7 +271,7 @@ impl<M: Model> Trainer<M> {
             sampler.start_epoch(epoch);
             let start = Instant::now();
             let mut stats = Stats::default();
-            let mut step_in_epoch = 0;
+            let mut step_in_epoch = 0usize;
             loop {
                 let sample = trace_span!("sample").entered();
                 let Some((idx, upcoming)) = sampler.next_batch_and_upcoming() else {
