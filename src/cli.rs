@@ -44,6 +44,39 @@ pub enum Command {
     /// efficiency, the Karp-Flatt serial fraction and the per-phase breakdown that explains
     /// lost efficiency; writes scale.csv and scale.svg and predicts 16- and 64-core speedup.
     Scale(ScaleArgs),
+    /// Recommend a batch size: measure throughput per batch size, estimate the gradient
+    /// noise scale while training the config, and minimise the time to a given loss;
+    /// optionally train each candidate to a target loss. Writes tune.csv and tune.svg.
+    Tune(TuneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TuneArgs {
+    /// TOML config file; its batch size and learning rate are the reference B0 and lr0.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Candidate batch sizes; default powers of two from 8 to N/8.
+    #[arg(short, long, value_delimiter = ',')]
+    pub batch_sizes: Vec<usize>,
+    /// Thread counts to compare; default the config's.
+    #[arg(short, long, value_delimiter = ',')]
+    pub threads: Vec<usize>,
+    /// Also train each candidate until its (smoothed) training loss reaches this value.
+    #[arg(long, value_name = "LOSS")]
+    pub target_loss: Option<f64>,
+    /// Also train each candidate for this many examples (alone or as a cap with --target-loss).
+    #[arg(long, value_name = "EXAMPLES")]
+    pub budget: Option<u64>,
+    /// How a candidate's learning rate follows from the config's: noise (McCandlish et al.,
+    /// the default), linear, sqrt or none.
+    #[arg(long, default_value = "noise")]
+    pub lr_rule: String,
+    /// Seconds of training per throughput measurement.
+    #[arg(long, default_value_t = 0.3)]
+    pub seconds: f64,
+    /// Directory for tune.csv and tune.svg.
+    #[arg(short, long, default_value = "tune-out")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -39,6 +39,7 @@ pub mod scale;
 pub mod schedule;
 pub mod shard;
 pub mod train;
+pub mod tune;
 
 pub use config::{Config, RawConfig};
 pub use data::Dataset;

@@ -18,7 +18,7 @@ use minibatch::{
     Config, EpochReport, Mlp, Model, Observer, Progress, RawConfig, Result, Trainer, data,
 };
 
-use cli::{BenchArgs, Cli, Command, ConfigArgs, ScaleArgs, TrainArgs};
+use cli::{BenchArgs, Cli, Command, ConfigArgs, ScaleArgs, TrainArgs, TuneArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Train(args) => train(args, cli.quiet, recorder.as_ref()),
         Command::Layout(args) => layout(args),
         Command::Bench(args) => bench(args, cli.quiet),
+        Command::Tune(args) => tune(args, cli.quiet),
         Command::Scale(args) => scale(
             args,
             cli.quiet,
@@ -436,6 +437,114 @@ fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
             "wrote {} and {}",
             args.out.join("scale.csv").display(),
             args.out.join("scale.svg").display()
+        );
+    }
+    Ok(())
+}
+
+fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
+    let raw = match &args.config {
+        Some(path) => RawConfig::load(path)?,
+        None => RawConfig::default(),
+    };
+    if !(args.seconds.is_finite() && args.seconds > 0.0) {
+        return Err(minibatch::Error::config(
+            "--seconds",
+            "must be a positive number of seconds",
+        ));
+    }
+    if let Some(t) = args.target_loss
+        && !t.is_finite()
+    {
+        return Err(minibatch::Error::config(
+            "--target-loss",
+            "must be a finite loss",
+        ));
+    }
+    let plan = minibatch::tune::TunePlan {
+        batch_sizes: args.batch_sizes.clone(),
+        threads: args.threads.clone(),
+        target_loss: args.target_loss,
+        budget_examples: args.budget,
+        lr_rule: minibatch::tune::LrRule::parse(&args.lr_rule)?,
+        measure_seconds: args.seconds,
+    };
+    let report = minibatch::tune::run(&raw, &plan, |msg| {
+        if !quiet {
+            eprintln!("tune: {msg}");
+        }
+    })?;
+    minibatch::tune::write_outputs(&args.out, &report)?;
+    println!(
+        "gradient noise scale while training B = {}:",
+        report.base_batch_size
+    );
+    for (epoch, loss, b_noise) in &report.noise_history {
+        println!("  epoch {epoch}: train loss {loss:.4}, B_noise {b_noise:.1}");
+    }
+    println!(
+        "(the estimator added {:.1}% to the step time at B = {})\n",
+        100.0 * report.estimator_overhead,
+        report.base_batch_size
+    );
+    println!(
+        "| B | threads | examples/s | steps/s | predicted time | lr | steps to target | seconds to target | train loss | valid loss | B > 2 B_noise |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let opt = |v: Option<f64>, digits: usize| {
+        v.map(|v| format!("{v:.digits$}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    for r in &report.rows {
+        let steps = match (r.steps_to_target, r.reached_target) {
+            (Some(s), Some(false)) => format!("> {s}"),
+            (Some(s), _) => s.to_string(),
+            (None, _) => "-".into(),
+        };
+        println!(
+            "| {} | {} | {:.0} | {:.1} | {:.2}x | {:.4} | {} | {} | {} | {} | {} |",
+            r.batch_size,
+            r.threads,
+            r.examples_per_sec,
+            r.steps_per_sec,
+            r.predicted_time,
+            r.lr,
+            steps,
+            opt(r.seconds_to_target, 2),
+            opt(r.final_train_loss, 4),
+            opt(r.valid_loss, 4),
+            if r.above_twice_noise_scale { "yes" } else { "" },
+        );
+    }
+    if let Some((s_min, e_min)) = report.tradeoff {
+        println!(
+            "\nfitted S = S_min (1 + B_crit / B): S_min = {s_min:.0} steps, E_min = {e_min:.0} examples, B_crit = {:.0}",
+            e_min / s_min
+        );
+    }
+    println!("\nrecommended: {}", report.reason);
+    println!(
+        "learning rate at B = {}: {:.5} (from {:.5} at B = {}, scaled by (B1/B0)(B0 + B_noise)/(B1 + B_noise)){}",
+        report.recommended_batch_size,
+        report.suggested_lr,
+        report.base_lr,
+        report.base_batch_size,
+        if report.suggest_warmup {
+            "; more than 2x the reference: warm up to it"
+        } else {
+            ""
+        }
+    );
+    if report.recommended_batch_size as f64 > 2.0 * report.b_noise {
+        println!(
+            "note: B > 2 B_noise, the large-batch regime where minima tend to be sharp and generalise worse; compare the validation loss column"
+        );
+    }
+    if !quiet {
+        println!(
+            "wrote {} and {}",
+            args.out.join("tune.csv").display(),
+            args.out.join("tune.svg").display()
         );
     }
     Ok(())

@@ -8,6 +8,8 @@
 //! order of additions untouched.
 
 use ndarray::{ArrayViewMut2, Axis, Zip};
+
+use crate::noise::squared_norm;
 use rayon::prelude::*;
 
 /// Parameters per parallel task: small enough that a chunk of every shard row stays in L2
@@ -29,6 +31,29 @@ pub fn tree_reduce(grads: ArrayViewMut2<f32>, n_rows: usize) {
     } else {
         tree_reduce_serial(rows);
     }
+}
+
+/// `tree_reduce`, also returning |row 0|^2 after the sum (for the noise-scale estimate),
+/// computed per chunk while the chunk is in cache and added in chunk order. `partials` is
+/// scratch reused across calls.
+pub fn tree_reduce_with_norm(
+    grads: ArrayViewMut2<f32>,
+    n_rows: usize,
+    partials: &mut Vec<f64>,
+) -> f64 {
+    let mut grads = grads;
+    let mut rows = grads.slice_mut(ndarray::s![..n_rows.max(1), ..]);
+    let chunk_norm = |mut chunk: ArrayViewMut2<f32>| {
+        if chunk.nrows() > 1 {
+            tree_reduce_serial(chunk.view_mut());
+        }
+        squared_norm(chunk.row(0).as_slice().expect("rows are contiguous"))
+    };
+    rows.axis_chunks_iter_mut(Axis(1), REDUCE_CHUNK)
+        .into_par_iter()
+        .map(chunk_norm)
+        .collect_into_vec(partials);
+    partials.iter().sum()
 }
 
 fn tree_reduce_serial(mut rows: ArrayViewMut2<f32>) {

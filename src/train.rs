@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::model::{Model, PREFETCH_ROWS, Stats, prefetch_row};
 use crate::noise::{NoiseScale, squared_norm};
 use crate::optim::Optimizer;
-use crate::reduce::tree_reduce;
+use crate::reduce::{REDUCE_CHUNK, tree_reduce, tree_reduce_with_norm};
 use crate::sampler::Sampler;
 use crate::shard::{n_shards, shard_range};
 
@@ -71,6 +71,23 @@ pub trait Observer {
     fn epoch(&mut self, report: &EpochReport);
     /// Part of an epoch is done (called about a hundred times per epoch).
     fn progress(&mut self, _progress: Progress) {}
+    /// Asked after each `progress`: true ends the run there (the epoch so far is reported).
+    fn should_stop(&mut self) -> bool {
+        false
+    }
+}
+
+/// A borrowed observer observes too, so callers can read it after the run.
+impl<O: Observer> Observer for &mut O {
+    fn epoch(&mut self, report: &EpochReport) {
+        (**self).epoch(report)
+    }
+    fn progress(&mut self, p: Progress) {
+        (**self).progress(p)
+    }
+    fn should_stop(&mut self) -> bool {
+        (**self).should_stop()
+    }
 }
 
 /// An `Observer` that only wants epoch reports.
@@ -91,6 +108,10 @@ pub struct Progress {
     pub steps_per_epoch: usize,
     /// Mean training loss of the epoch's batches so far.
     pub mean_loss: f64,
+    /// Mean loss of the latest batch.
+    pub batch_loss: f64,
+    /// Steps since the start of the run.
+    pub steps: u64,
 }
 
 /// One shard's buffers, reused every step.
@@ -119,6 +140,8 @@ pub struct Trainer<M: Model> {
     steps_taken: u64,
     /// The gradient noise scale estimate, when tracked.
     noise: Option<NoiseTracker>,
+    /// Per-chunk norms of the reduced gradient, reused by noise-scale steps.
+    norm_partials: Vec<f64>,
 }
 
 /// How and how often steps feed the noise-scale estimate.
@@ -169,6 +192,7 @@ impl<M: Model> Trainer<M> {
             seed,
             steps_taken: 0,
             noise: None,
+            norm_partials: Vec::with_capacity(n_params.div_ceil(REDUCE_CHUNK)),
         })
     }
 
@@ -266,6 +290,7 @@ impl<M: Model> Trainer<M> {
         let progress_stride = (steps_per_epoch / 100).max(1);
         let mut reports = Vec::with_capacity(cfg.epochs.get());
         let mut last_finite = f64::NAN;
+        let mut stopped = false;
         for epoch in 0..cfg.epochs.get() {
             let _epoch = info_span!("epoch", epoch = epoch + 1).entered();
             sampler.start_epoch(epoch);
@@ -310,7 +335,13 @@ impl<M: Model> Trainer<M> {
                         step_in_epoch,
                         steps_per_epoch,
                         mean_loss: stats.mean_loss(),
+                        batch_loss: last_finite,
+                        steps: self.steps_taken,
                     });
+                    if observer.should_stop() {
+                        stopped = true;
+                        break;
+                    }
                 }
             }
             let seconds = start.elapsed().as_secs_f64();
@@ -333,6 +364,9 @@ impl<M: Model> Trainer<M> {
             );
             observer.epoch(&report);
             reports.push(report);
+            if stopped {
+                break;
+            }
         }
         Ok(RunReport {
             steps: self.steps_taken,
@@ -424,10 +458,13 @@ impl<M: Model> Trainer<M> {
         }
         {
             let _reduce = trace_span!("reduce", n_shards).entered();
-            tree_reduce(self.grads.view_mut(), n_shards);
-        }
-        if measure_noise {
-            self.update_noise_scale(batch_len, n_shards);
+            if measure_noise {
+                let total_sq =
+                    tree_reduce_with_norm(self.grads.view_mut(), n_shards, &mut self.norm_partials);
+                self.update_noise_scale(batch_len, n_shards, total_sq);
+            } else {
+                tree_reduce(self.grads.view_mut(), n_shards);
+            }
         }
         {
             let _update = trace_span!("update").entered();
@@ -444,7 +481,7 @@ impl<M: Model> Trainer<M> {
 
     /// Folds this step's shard and batch gradient norms into the noise-scale estimate. Only
     /// full shards count, so every small batch has the same size b.
-    fn update_noise_scale(&mut self, batch_len: usize, n_shards: usize) {
+    fn update_noise_scale(&mut self, batch_len: usize, n_shards: usize, total_sq: f64) {
         let b = self.cfg.shard_rows.get();
         let full =
             (0..n_shards).filter(|&s| shard_range(s, batch_len, self.cfg.shard_rows).len() == b);
@@ -455,9 +492,7 @@ impl<M: Model> Trainer<M> {
             return;
         }
         let small_sq = sum / count as f64 / (b * b) as f64;
-        let total = self.grads.index_axis(Axis(0), 0);
-        let big_sq =
-            squared_norm(total.as_slice().expect("contiguous")) / (batch_len * batch_len) as f64;
+        let big_sq = total_sq / (batch_len * batch_len) as f64;
         if let Some(noise) = &mut self.noise {
             noise.estimate.update(small_sq, b, big_sq, batch_len);
         }

@@ -281,11 +281,31 @@ fn bad_flag_values_are_usage_errors() {
 }
 
 #[test]
+fn bad_tune_and_bench_options_exit_2_with_the_option_named() {
+    for (args, expected) in [
+        (vec!["tune", "--lr-rule", "cubic"], "--lr-rule"),
+        (vec!["tune", "--seconds", "0"], "--seconds"),
+        (vec!["tune", "--batch-sizes", "0"], "--batch-sizes"),
+        (vec!["bench", "--workload", "w9"], "unknown workload `w9`"),
+        (vec!["bench", "--threads", "0"], "--threads"),
+        (vec!["scale", "--threads", "0"], "--threads"),
+    ] {
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn help_explains_every_subcommand() {
     for (args, expected) in [
         (vec!["--help"], "train"),
         (vec!["train", "--help"], "--batch-size"),
         (vec!["layout", "--help"], "--config"),
+        (vec!["bench", "--help"], "--workload"),
+        (vec!["scale", "--help"], "--batch-sizes"),
+        (vec!["tune", "--help"], "--target-loss"),
     ] {
         let out = run(&args);
         assert!(out.status.success());

@@ -33,5 +33,8 @@ mod profile;
 /// The gradient noise scale estimator against the exact value on linear regression.
 mod noise;
 
+/// tune end to end: CSV, SVG, and a recommendation consistent with its own table.
+mod tune;
+
 /// The binary: each bad input gets its message and exit code 2; --help explains.
 mod cli;

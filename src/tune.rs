@@ -1,0 +1,694 @@
+//! `minibatch tune`: the batch size with the shortest wall-clock time to a given loss, from
+//! measurements on this machine and these data.
+//!
+//! Two sides (McCandlish et al. 2018). Hardware: the steady-state throughput T(B) of each
+//! candidate batch size (and thread count). Statistics: the gradient noise scale B_noise,
+//! estimated while training the config. Steps to a loss grow as S_min (1 + B_noise / B), so
+//! the time to it is proportional to (B + B_noise) / T(B): the recommendation minimises
+//! that. Optionally each candidate also trains to a target loss (or an example budget) with
+//! its learning rate scaled, which measures the time directly and, with two or more batch
+//! sizes reaching the target, fits the paper's S = S_min (1 + B_crit / B).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::checkpoint::write_atomic;
+use crate::config::{Config, RawConfig};
+use crate::data::{self, Dataset};
+use crate::error::{Error, Result};
+use crate::model::Mlp;
+use crate::train::{EpochReport, Observer, Progress, Trainer};
+
+/// How a candidate's learning rate follows from the config's (lr0 at B0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LrRule {
+    /// lr0 (B / B0) (B0 + B_noise) / (B + B_noise): the paper's rule, linear while B is
+    /// well below the noise scale and flat above it.
+    NoiseScale,
+    Linear,
+    Sqrt,
+    Constant,
+}
+
+impl LrRule {
+    pub fn parse(name: &str) -> Result<Self> {
+        match name {
+            "noise" => Ok(LrRule::NoiseScale),
+            "linear" => Ok(LrRule::Linear),
+            "sqrt" => Ok(LrRule::Sqrt),
+            "none" => Ok(LrRule::Constant),
+            other => Err(Error::config(
+                "--lr-rule",
+                format!("unknown rule `{other}`; expected noise, linear, sqrt or none"),
+            )),
+        }
+    }
+
+    pub fn scale(self, b0: usize, b: usize, b_noise: f64) -> f64 {
+        let ratio = b as f64 / b0 as f64;
+        match self {
+            LrRule::NoiseScale => ratio * (b0 as f64 + b_noise) / (b as f64 + b_noise),
+            LrRule::Linear => ratio,
+            LrRule::Sqrt => ratio.sqrt(),
+            LrRule::Constant => 1.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TunePlan {
+    /// Empty: powers of two from 8 to N / 8.
+    pub batch_sizes: Vec<usize>,
+    /// Empty: the config's thread count.
+    pub threads: Vec<usize>,
+    pub target_loss: Option<f64>,
+    pub budget_examples: Option<u64>,
+    pub lr_rule: LrRule,
+    /// Seconds of training per throughput measurement.
+    pub measure_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TuneRow {
+    pub batch_size: usize,
+    pub threads: usize,
+    pub examples_per_sec: f64,
+    pub steps_per_sec: f64,
+    /// (B + B_noise) / T(B), relative to the best candidate (1 = fastest to a given loss).
+    pub predicted_time: f64,
+    pub lr: f64,
+    pub steps_to_target: Option<u64>,
+    pub examples_to_target: Option<u64>,
+    pub seconds_to_target: Option<f64>,
+    pub reached_target: Option<bool>,
+    pub final_train_loss: Option<f64>,
+    pub valid_loss: Option<f64>,
+    /// B > 2 B_noise: the large-batch regime the seed warns generalises worse.
+    pub above_twice_noise_scale: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TuneReport {
+    pub rows: Vec<TuneRow>,
+    /// (epoch, training loss, B_noise) while training the config.
+    pub noise_history: Vec<(usize, f64, f64)>,
+    pub b_noise: f64,
+    pub base_batch_size: usize,
+    pub base_lr: f64,
+    pub recommended_batch_size: usize,
+    pub recommended_threads: usize,
+    pub reason: String,
+    /// The learning rate to use at the recommended B, and whether to warm up to it.
+    pub suggested_lr: f64,
+    pub suggest_warmup: bool,
+    /// Step time added by the noise-scale estimator at the config's batch size.
+    pub estimator_overhead: f64,
+    /// (S_min, E_min) fitted to the steps-to-target runs, when at least two reached it.
+    pub tradeoff: Option<(f64, f64)>,
+}
+
+pub fn run(raw: &RawConfig, plan: &TunePlan, mut progress: impl FnMut(&str)) -> Result<TuneReport> {
+    let base = raw.validate()?;
+    progress(&format!(
+        "generating {} x {} features",
+        base.data.n_train, base.data.d
+    ));
+    let (train, valid) = data::synthetic(&base.data, base.seed);
+    let n = train.n();
+    let b0 = base.train.batch_size.get();
+    let base_lr = f64::from(base.train.schedule.base_lr);
+
+    // Statistics: train the config itself, estimating the noise scale as the loss falls.
+    progress(&format!("estimating the gradient noise scale at B = {b0}"));
+    // The estimate needs two or more shards per batch: keep the config's shards if it has
+    // them, else cut each batch in eight.
+    let mut stat_raw = raw.clone();
+    if crate::shard::n_shards(b0, base.train.shard_rows) < 2 {
+        stat_raw.train.shard_rows = Some(b0.div_ceil(8).max(1));
+    }
+    let stat_cfg = stat_raw.validate()?;
+    let mut trainer = trainer_for(&stat_cfg)?;
+    trainer.track_noise_scale(NOISE_PERIOD, NOISE_DECAY);
+    let mut noise_history = Vec::new();
+    trainer.fit(&train, None, |r: &EpochReport| {
+        if let Some(b_noise) = r.noise_scale {
+            noise_history.push((r.epoch, r.train.mean_loss(), b_noise));
+        }
+    })?;
+    let b_noise = noise_history.last().map(|h| h.2).ok_or_else(|| {
+        Error::config(
+            "train.batch_size",
+            format!("B = {b0} is too small to estimate the noise scale (it needs at least 2 rows per batch)"),
+        )
+    })?;
+
+    // Its cost: the config's step with and without the estimator.
+    let stat_rows = Some(stat_cfg.train.shard_rows.get());
+    let t0 = base.train.threads.get();
+    // Best of three alternating runs each: the machine's noise is larger than the cost.
+    let (mut plain, mut tracked) = (0.0f64, 0.0f64);
+    for _ in 0..3 {
+        plain = plain.max(throughput(
+            &base,
+            b0,
+            t0,
+            stat_rows,
+            &train,
+            plan.measure_seconds,
+            false,
+        )?);
+        tracked = tracked.max(throughput(
+            &base,
+            b0,
+            t0,
+            stat_rows,
+            &train,
+            plan.measure_seconds,
+            true,
+        )?);
+    }
+    let estimator_overhead = (plain / tracked - 1.0).max(0.0);
+
+    // Hardware: steady-state throughput per candidate.
+    let batch_sizes: Vec<usize> = if plan.batch_sizes.is_empty() {
+        std::iter::successors(Some(8usize), |b| Some(b * 2))
+            .take_while(|&b| b <= (n / 8).max(8))
+            .collect()
+    } else {
+        plan.batch_sizes.clone()
+    };
+    if let Some(&b) = batch_sizes.iter().find(|&&b| b == 0 || b > n) {
+        return Err(Error::config(
+            "--batch-sizes",
+            format!("{b} is not in 1..={n} (the training rows)"),
+        ));
+    }
+    let threads = if plan.threads.is_empty() {
+        vec![base.train.threads.get()]
+    } else {
+        plan.threads.clone()
+    };
+    if threads.contains(&0) {
+        return Err(Error::config(
+            "--threads",
+            "thread counts must be at least 1",
+        ));
+    }
+    let mut rows = Vec::new();
+    for &b in &batch_sizes {
+        for &t in &threads {
+            progress(&format!("throughput at B = {b}, {t} thread(s)"));
+            let examples_per_sec =
+                throughput(&base, b, t, None, &train, plan.measure_seconds, false)?;
+            rows.push(TuneRow {
+                batch_size: b,
+                threads: t,
+                examples_per_sec,
+                steps_per_sec: examples_per_sec / b as f64,
+                predicted_time: (b as f64 + b_noise) / examples_per_sec,
+                lr: base_lr * plan.lr_rule.scale(b0, b, b_noise),
+                steps_to_target: None,
+                examples_to_target: None,
+                seconds_to_target: None,
+                reached_target: None,
+                final_train_loss: None,
+                valid_loss: None,
+                above_twice_noise_scale: b as f64 > 2.0 * b_noise,
+            });
+        }
+    }
+    let best_predicted = rows
+        .iter()
+        .map(|r| r.predicted_time)
+        .fold(f64::INFINITY, f64::min);
+    for r in &mut rows {
+        r.predicted_time /= best_predicted;
+    }
+
+    // Optionally, the time to a target loss, measured.
+    let mut tradeoff = None;
+    if plan.target_loss.is_some() || plan.budget_examples.is_some() {
+        for r in rows.iter_mut() {
+            progress(&format!(
+                "training to target at B = {}, {} thread(s)",
+                r.batch_size, r.threads
+            ));
+            let outcome = to_target(raw, r, plan, &train, valid.as_ref())?;
+            r.steps_to_target = Some(outcome.steps);
+            r.examples_to_target = Some(outcome.steps * r.batch_size as u64);
+            r.seconds_to_target = Some(outcome.seconds);
+            r.reached_target = plan.target_loss.map(|_| outcome.reached);
+            r.final_train_loss = Some(outcome.train_loss);
+            r.valid_loss = outcome.valid_loss;
+        }
+        tradeoff = fit_tradeoff(&rows);
+    }
+
+    // The recommendation: measured time to target where every candidate reached it, else
+    // the prediction.
+    let measured =
+        plan.target_loss.is_some() && rows.iter().all(|r| r.reached_target == Some(true));
+    let key = |r: &TuneRow| {
+        if measured {
+            r.seconds_to_target.unwrap_or(f64::INFINITY)
+        } else {
+            r.predicted_time
+        }
+    };
+    let best = rows
+        .iter()
+        .min_by(|a, b| key(a).total_cmp(&key(b)))
+        .expect("at least one candidate");
+    let reason = if measured {
+        format!(
+            "B = {} on {} thread(s) reached loss {} fastest ({:.2} s); the noise scale is {:.0}",
+            best.batch_size,
+            best.threads,
+            plan.target_loss.unwrap_or_default(),
+            best.seconds_to_target.unwrap_or_default(),
+            b_noise
+        )
+    } else {
+        format!(
+            "B = {} on {} thread(s) minimises (B + B_noise) / throughput with B_noise = {:.0} and {:.0} examples/s",
+            best.batch_size, best.threads, b_noise, best.examples_per_sec
+        )
+    };
+    let suggested_lr = base_lr * LrRule::NoiseScale.scale(b0, best.batch_size, b_noise);
+    Ok(TuneReport {
+        recommended_batch_size: best.batch_size,
+        recommended_threads: best.threads,
+        reason,
+        suggested_lr,
+        suggest_warmup: suggested_lr > 2.0 * base_lr,
+        rows,
+        noise_history,
+        b_noise,
+        base_batch_size: b0,
+        base_lr,
+        estimator_overhead,
+        tradeoff,
+    })
+}
+
+/// Steps between noise-scale measurements, and the weight of each in the moving averages:
+/// about thirty measurements (260 steps) of smoothing, as single steps' estimates are noisy,
+/// and the norms cost about a reduction each time they are taken.
+const NOISE_PERIOD: u64 = 8;
+const NOISE_DECAY: f64 = 0.03;
+
+fn trainer_for(cfg: &Config) -> Result<Trainer<Mlp>> {
+    Trainer::new(
+        Mlp::new(cfg.model.clone()),
+        cfg.data.d,
+        &cfg.train,
+        cfg.seed,
+    )
+}
+
+/// Examples/s of steady training at batch size `b` on `threads` threads (in shards of
+/// `shard_rows`, or the default for `b`), tracking the noise scale or not: a few warm-up
+/// steps, then about `seconds` of uniformly sampled steps.
+fn throughput(
+    base: &Config,
+    b: usize,
+    threads: usize,
+    shard_rows: Option<usize>,
+    train: &Dataset,
+    seconds: f64,
+    noise: bool,
+) -> Result<f64> {
+    let mut cfg = base.clone();
+    cfg.train.batch_size = std::num::NonZeroUsize::new(b).expect("checked >= 1");
+    cfg.train.threads = std::num::NonZeroUsize::new(threads).expect("checked >= 1");
+    cfg.train.shard_rows = match shard_rows.and_then(std::num::NonZeroUsize::new) {
+        Some(rows) => rows,
+        None => crate::shard::auto_shard_rows(cfg.train.batch_size),
+    };
+    cfg.train.sampling = crate::sampler::Sampling::Uniform;
+    let mut trainer = trainer_for(&cfg)?;
+    if noise {
+        trainer.track_noise_scale(NOISE_PERIOD, NOISE_DECAY);
+    }
+    let idx: Vec<usize> = (0..b)
+        .map(|i| i * (train.n() / b).max(1) % train.n())
+        .collect();
+    let start = Instant::now();
+    let mut probes = 0u32;
+    while probes < 3 || (start.elapsed().as_secs_f64() < 0.05 && probes < 1000) {
+        trainer.step(train, &idx, 0.0)?;
+        probes += 1;
+    }
+    let per_step = start.elapsed().as_secs_f64() / f64::from(probes);
+    let steps = ((seconds / per_step) as usize).clamp(5, 10_000_000);
+    cfg.train.steps_per_epoch = std::num::NonZeroUsize::new(steps).expect(">= 5");
+    cfg.train.epochs = std::num::NonZeroUsize::MIN;
+    let mut trainer = trainer_for(&cfg)?;
+    if noise {
+        trainer.track_noise_scale(NOISE_PERIOD, NOISE_DECAY);
+    }
+    trainer.step(train, &idx, 0.0)?;
+    let report = trainer.fit(train, None, |_| {})?;
+    Ok(report.examples as f64 / report.epochs[0].seconds.max(1e-12))
+}
+
+struct Outcome {
+    steps: u64,
+    seconds: f64,
+    reached: bool,
+    train_loss: f64,
+    valid_loss: Option<f64>,
+}
+
+/// Stops when a moving average of batch losses reaches the target or the budget is spent.
+struct TargetWatch {
+    target: Option<f64>,
+    budget_steps: Option<u64>,
+    smoothed: Option<f64>,
+    reached: bool,
+    budget_spent: bool,
+}
+
+impl Observer for TargetWatch {
+    fn epoch(&mut self, _report: &EpochReport) {}
+
+    fn progress(&mut self, p: Progress) {
+        let s = self
+            .smoothed
+            .map_or(p.batch_loss, |s| 0.7 * s + 0.3 * p.batch_loss);
+        self.smoothed = Some(s);
+        if self.target.is_some_and(|t| s <= t) {
+            self.reached = true;
+        }
+        if self.budget_steps.is_some_and(|b| p.steps >= b) {
+            self.budget_spent = true;
+        }
+    }
+
+    fn should_stop(&mut self) -> bool {
+        self.reached || self.budget_spent
+    }
+}
+
+fn to_target(
+    raw: &RawConfig,
+    row: &TuneRow,
+    plan: &TunePlan,
+    train: &Dataset,
+    valid: Option<&Dataset>,
+) -> Result<Outcome> {
+    let mut raw = raw.clone();
+    raw.train.batch_size = Some(row.batch_size);
+    raw.train.threads = Some(row.threads);
+    raw.train.lr = Some(row.lr);
+    raw.train.lr_scaling = None;
+    raw.train.reference_batch_size = None;
+    raw.train.shard_rows = None;
+    let budget_steps = plan
+        .budget_examples
+        .map(|e| e.div_ceil(row.batch_size as u64).max(1));
+    if plan.target_loss.is_some() || budget_steps.is_some() {
+        // Enough epochs to spend the budget (or a generous cap when only a target is given).
+        let steps_per_epoch = train.n().div_ceil(row.batch_size) as u64;
+        let epochs = budget_steps.map_or(200, |s| s.div_ceil(steps_per_epoch).max(1));
+        raw.train.epochs = Some(epochs as usize);
+    }
+    let cfg = raw.validate()?;
+    let mut trainer = trainer_for(&cfg)?;
+    let mut watch = TargetWatch {
+        target: plan.target_loss,
+        budget_steps,
+        smoothed: None,
+        reached: false,
+        budget_spent: false,
+    };
+    let start = Instant::now();
+    let report = trainer.fit_observed(train, None, &mut watch)?;
+    let seconds = start.elapsed().as_secs_f64();
+    let valid_loss = match valid {
+        Some(v) => Some(trainer.evaluate(v)?.mean_loss()),
+        None => None,
+    };
+    Ok(Outcome {
+        steps: report.steps,
+        seconds,
+        reached: watch.reached,
+        train_loss: watch.smoothed.unwrap_or(f64::NAN),
+        valid_loss,
+    })
+}
+
+/// Least squares of S = S_min + (S_min B_crit) / B over the candidates that reached the
+/// target: returns (S_min, E_min = S_min B_crit), when there are two or more and the fit is
+/// physical (both positive).
+pub fn fit_tradeoff(rows: &[TuneRow]) -> Option<(f64, f64)> {
+    let points: Vec<(f64, f64)> = rows
+        .iter()
+        .filter(|r| r.reached_target == Some(true))
+        .filter_map(|r| Some((1.0 / r.batch_size as f64, r.steps_to_target? as f64)))
+        .collect();
+    if points.len() < 2 {
+        return None;
+    }
+    let n = points.len() as f64;
+    let (mx, my) = (
+        points.iter().map(|p| p.0).sum::<f64>() / n,
+        points.iter().map(|p| p.1).sum::<f64>() / n,
+    );
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if sxx == 0.0 {
+        return None;
+    }
+    let slope = points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx;
+    let s_min = my - slope * mx;
+    (s_min > 0.0 && slope > 0.0).then_some((s_min, slope))
+}
+
+pub const CSV_HEADER: &str = "batch_size,threads,examples_per_sec,steps_per_sec,b_noise,predicted_time,lr,\
+steps_to_target,examples_to_target,seconds_to_target,reached_target,final_train_loss,valid_loss,above_twice_noise_scale";
+
+pub fn to_csv(report: &TuneReport) -> String {
+    let opt = |v: Option<f64>| v.map(|v| format!("{v:.6}")).unwrap_or_default();
+    let mut out = String::from(CSV_HEADER);
+    out.push('\n');
+    for r in &report.rows {
+        let _ = writeln!(
+            out,
+            "{},{},{:.1},{:.2},{:.3},{:.6},{:.6},{},{},{},{},{},{},{}",
+            r.batch_size,
+            r.threads,
+            r.examples_per_sec,
+            r.steps_per_sec,
+            report.b_noise,
+            r.predicted_time,
+            r.lr,
+            r.steps_to_target.map(|s| s.to_string()).unwrap_or_default(),
+            r.examples_to_target
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            opt(r.seconds_to_target),
+            r.reached_target.map(|b| b.to_string()).unwrap_or_default(),
+            opt(r.final_train_loss),
+            opt(r.valid_loss),
+            r.above_twice_noise_scale
+        );
+    }
+    out
+}
+
+/// Throughput and (predicted or measured) time to target against B on log axes, with the
+/// noise scale marked.
+pub fn to_svg(report: &TuneReport) -> String {
+    let (width, height, margin) = (680.0, 420.0, 64.0);
+    let rows: Vec<&TuneRow> = {
+        // One point per batch size: its best thread count.
+        let mut best: Vec<&TuneRow> = Vec::new();
+        for r in &report.rows {
+            match best.iter_mut().find(|b| b.batch_size == r.batch_size) {
+                Some(b) if r.examples_per_sec > b.examples_per_sec => *b = r,
+                Some(_) => {}
+                None => best.push(r),
+            }
+        }
+        best
+    };
+    let (bmin, bmax) = rows.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), r| {
+        (lo.min(r.batch_size as f64), hi.max(r.batch_size as f64))
+    });
+    let (lo, hi) = (bmin.log2() - 0.5, bmax.log2().max(bmin.log2() + 1.0) + 0.5);
+    let x = |b: f64| margin + (b.log2() - lo) / (hi - lo) * (width - 2.0 * margin);
+    let series = |values: Vec<f64>| -> Vec<f64> {
+        let (vmin, vmax) = values
+            .iter()
+            .filter(|v| v.is_finite() && **v > 0.0)
+            .fold((f64::INFINITY, 0.0f64), |(a, b), &v| (a.min(v), b.max(v)));
+        let (l, h) = (
+            vmin.log10() - 0.1,
+            vmax.log10().max(vmin.log10() + 0.2) + 0.1,
+        );
+        values
+            .iter()
+            .map(|v| height - margin - (v.log10() - l) / (h - l) * (height - 2.0 * margin))
+            .collect()
+    };
+    let throughput = series(rows.iter().map(|r| r.examples_per_sec).collect());
+    let measured = rows.iter().all(|r| r.seconds_to_target.is_some());
+    let time_values = rows
+        .iter()
+        .map(|r| {
+            if measured {
+                r.seconds_to_target.unwrap_or(f64::NAN)
+            } else {
+                r.predicted_time
+            }
+        })
+        .collect();
+    let time = series(time_values);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">Batch size: throughput and time to a loss (log scales)</text>\n\
+         <line x1=\"{margin}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"black\"/>\n",
+        width / 2.0,
+        b = height - margin,
+        r = width - margin
+    );
+    for r in &rows {
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
+            x(r.batch_size as f64),
+            height - margin + 18.0,
+            r.batch_size
+        );
+    }
+    let _ = writeln!(
+        svg,
+        "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">batch size B</text>",
+        width / 2.0,
+        height - 14.0
+    );
+    let line = |ys: &[f64], color: &str, label: &str, row: f64, svg: &mut String| {
+        let points: Vec<String> = rows
+            .iter()
+            .zip(ys)
+            .filter(|(_, y)| y.is_finite())
+            .map(|(r, y)| format!("{:.1},{:.1}", x(r.batch_size as f64), y))
+            .collect();
+        let _ = writeln!(
+            svg,
+            "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"/>",
+            points.join(" ")
+        );
+        for p in &points {
+            let (px, py) = p.split_once(',').expect("x,y");
+            let _ = writeln!(
+                svg,
+                "<circle cx=\"{px}\" cy=\"{py}\" r=\"3\" fill=\"{color}\"/>"
+            );
+        }
+        let _ = writeln!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{color}\">{label}</text>",
+            margin + 8.0,
+            margin + 16.0 * row
+        );
+    };
+    line(&throughput, "#1f77b4", "examples/s", 1.0, &mut svg);
+    let time_label = if measured {
+        "seconds to target"
+    } else {
+        "predicted time to a loss, (B + B_noise) / T(B)"
+    };
+    line(&time, "#d62728", time_label, 2.0, &mut svg);
+    let on_axis = report.b_noise > 0.0 && report.b_noise.log2() > lo && report.b_noise.log2() < hi;
+    if on_axis {
+        let bx = x(report.b_noise);
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{bx:.1}\" y1=\"{margin}\" x2=\"{bx:.1}\" y2=\"{:.1}\" stroke=\"gray\" stroke-dasharray=\"6 4\"/>",
+            height - margin
+        );
+    }
+    let _ = writeln!(
+        svg,
+        "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"gray\">B_noise = {:.0}{}</text>",
+        margin + 8.0,
+        margin + 64.0,
+        report.b_noise,
+        if on_axis {
+            " (dashed)"
+        } else {
+            " (beyond the axis)"
+        }
+    );
+    let _ = writeln!(
+        svg,
+        "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"black\">recommended: B = {}</text>",
+        margin + 8.0,
+        margin + 48.0,
+        report.recommended_batch_size
+    );
+    svg.push_str("</svg>\n");
+    svg
+}
+
+/// Writes `tune.csv` and `tune.svg` into `dir`.
+pub fn write_outputs(dir: &Path, report: &TuneReport) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    write_atomic(&dir.join("tune.csv"), to_csv(report).as_bytes())?;
+    write_atomic(&dir.join("tune.svg"), to_svg(report).as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(batch_size: usize, steps: u64) -> TuneRow {
+        TuneRow {
+            batch_size,
+            threads: 1,
+            examples_per_sec: 1.0,
+            steps_per_sec: 1.0,
+            predicted_time: 1.0,
+            lr: 0.1,
+            steps_to_target: Some(steps),
+            examples_to_target: Some(steps * batch_size as u64),
+            seconds_to_target: Some(1.0),
+            reached_target: Some(true),
+            final_train_loss: None,
+            valid_loss: None,
+            above_twice_noise_scale: false,
+        }
+    }
+
+    #[test]
+    fn tradeoff_fit_recovers_s_min_and_e_min_from_exact_steps() {
+        // S = S_min (1 + B_crit / B) with S_min = 100, B_crit = 50: E_min = 5000.
+        let rows: Vec<TuneRow> = [10, 25, 50, 200]
+            .iter()
+            .map(|&b| row(b, (100.0 * (1.0 + 50.0 / b as f64)) as u64))
+            .collect();
+        let (s_min, e_min) = fit_tradeoff(&rows).unwrap();
+        assert!((s_min - 100.0).abs() < 1.0, "{s_min}");
+        assert!((e_min - 5000.0).abs() < 50.0, "{e_min}");
+        assert_eq!(fit_tradeoff(&rows[..1]), None);
+    }
+
+    #[test]
+    fn noise_rule_is_linear_below_the_noise_scale_and_flat_above() {
+        // (B1/B0)(B0 + Bn)/(B1 + Bn): Bn -> infinity gives B1/B0; Bn = 0 gives 1.
+        assert!((LrRule::NoiseScale.scale(64, 256, 1e12) - 4.0).abs() < 1e-6);
+        assert!((LrRule::NoiseScale.scale(64, 256, 0.0) - 1.0).abs() < 1e-12);
+        // By hand: B0 = 100, B1 = 300, Bn = 200: 3 * 300 / 500 = 1.8.
+        assert!((LrRule::NoiseScale.scale(100, 300, 200.0) - 1.8).abs() < 1e-12);
+        assert!((LrRule::Sqrt.scale(100, 400, 7.0) - 2.0).abs() < 1e-12);
+        assert!((LrRule::Linear.scale(100, 400, 7.0) - 4.0).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,128 @@
+//! `minibatch tune` end to end on a tiny config: it writes its CSV, and its recommendation
+//! is the minimum of its own table (predicted time, or measured time to target when every
+//! candidate reached it).
+
+use std::process::Command;
+
+use crate::common::temp_dir;
+
+const TINY: &str = "seed = 3\n[data]\nsynthetic = \"teacher\"\nn = 3000\nd = 20\nclasses = 3\nvalid_fraction = 0.1\n\
+[model]\nhidden = [16]\n[train]\nepochs = 2\nbatch_size = 32\nlr = 0.1\nthreads = 2\n";
+
+/// Runs tune with `extra` flags; returns stdout and the CSV rows as maps.
+fn tune(name: &str, extra: &[&str]) -> (String, Vec<std::collections::HashMap<String, String>>) {
+    let dir = temp_dir(name);
+    let config = dir.join("c.toml");
+    std::fs::write(&config, TINY).unwrap();
+    let out_dir = dir.join("out");
+    let mut args = vec![
+        "tune",
+        "-q",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    let out = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(&args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = std::fs::read_to_string(out_dir.join("tune.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<String> = lines.next().unwrap().split(',').map(String::from).collect();
+    assert_eq!(header.join(","), minibatch::tune::CSV_HEADER);
+    let rows = lines
+        .map(|l| {
+            header
+                .iter()
+                .cloned()
+                .zip(l.split(',').map(String::from))
+                .collect()
+        })
+        .collect();
+    let svg = std::fs::read_to_string(out_dir.join("tune.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("B_noise"));
+    (String::from_utf8_lossy(&out.stdout).into_owned(), rows)
+}
+
+fn recommended(stdout: &str) -> usize {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("recommended: B = "))
+        .expect("a recommendation");
+    line["recommended: B = ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn argmin(rows: &[std::collections::HashMap<String, String>], column: &str) -> usize {
+    rows.iter()
+        .min_by(|a, b| {
+            a[column]
+                .parse::<f64>()
+                .unwrap()
+                .total_cmp(&b[column].parse::<f64>().unwrap())
+        })
+        .unwrap()["batch_size"]
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn tune_recommends_the_minimum_of_its_predicted_times() {
+    let (stdout, rows) = tune(
+        "tune-predicted",
+        &["--batch-sizes", "8,32,128", "--seconds", "0.05"],
+    );
+    assert_eq!(rows.len(), 3);
+    let b_noise: f64 = rows[0]["b_noise"].parse().unwrap();
+    assert!(b_noise > 0.0 && b_noise.is_finite());
+    let times: Vec<f64> = rows
+        .iter()
+        .map(|r| r["predicted_time"].parse().unwrap())
+        .collect();
+    assert!(
+        times.iter().all(|&t| t >= 1.0 - 1e-9) && times.iter().any(|&t| (t - 1.0).abs() < 1e-9)
+    );
+    assert_eq!(recommended(&stdout), argmin(&rows, "predicted_time"));
+    assert!(stdout.contains("B_noise"));
+}
+
+#[test]
+fn tune_with_a_target_reports_steps_and_validation_loss_per_batch_size() {
+    let (stdout, rows) = tune(
+        "tune-target",
+        &[
+            "--batch-sizes",
+            "16,64",
+            "--seconds",
+            "0.05",
+            "--target-loss",
+            "0.9",
+            "--budget",
+            "20000",
+        ],
+    );
+    for r in &rows {
+        assert!(!r["steps_to_target"].is_empty() && !r["valid_loss"].is_empty());
+        let steps: u64 = r["steps_to_target"].parse().unwrap();
+        let b: u64 = r["batch_size"].parse().unwrap();
+        assert_eq!(r["examples_to_target"].parse::<u64>().unwrap(), steps * b);
+    }
+    let all_reached = rows.iter().all(|r| r["reached_target"] == "true");
+    let column = if all_reached {
+        "seconds_to_target"
+    } else {
+        "predicted_time"
+    };
+    assert_eq!(recommended(&stdout), argmin(&rows, column));
+}
