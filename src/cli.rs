@@ -48,6 +48,45 @@ pub enum Command {
     /// noise scale while training the config, and minimise the time to a given loss;
     /// optionally train each candidate to a target loss. Writes tune.csv and tune.svg.
     Tune(TuneArgs),
+    /// Draw smooth (full-batch) and jittery (mini-batch) descent paths on the loss bowl of
+    /// a two-parameter linear regression, trained by the engine: descent.svg, and
+    /// descent.html with a batch-size slider and a Refresh button.
+    Descent(DescentArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DescentArgs {
+    /// Batch size of the jittery path, 1..=N.
+    #[arg(short, long, default_value_t = 4)]
+    pub batch_size: usize,
+    /// Examples of the dataset (y = w x + b + noise).
+    #[arg(long, default_value_t = 128)]
+    pub n: usize,
+    /// Steps per path.
+    #[arg(long, default_value_t = 150)]
+    pub steps: usize,
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.1)]
+    pub lr: f32,
+    /// Seed of the data and of the first jittery path.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Recorded jittery paths per batch size (Refresh cycles through them).
+    #[arg(long, default_value_t = 8)]
+    pub seeds: usize,
+    /// How many of them the SVG draws at once (more than one shows the paths scattering
+    /// around the smooth one: noisy but unbiased).
+    #[arg(long, default_value_t = 1)]
+    pub show_seeds: usize,
+    /// Standard deviation of the targets' noise.
+    #[arg(long, default_value_t = 0.5)]
+    pub noise: f32,
+    /// Also print the picture as text (o full batch, * mini-batch, S start, X minimum).
+    #[arg(long)]
+    pub text: bool,
+    /// Directory for descent.svg and descent.html.
+    #[arg(short, long, default_value = "descent-out")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

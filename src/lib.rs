@@ -27,6 +27,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod descent;
 pub mod error;
 pub mod model;
 pub mod noise;

@@ -18,7 +18,7 @@ use minibatch::{
     Config, EpochReport, Mlp, Model, Observer, Progress, RawConfig, Result, Trainer, data,
 };
 
-use cli::{BenchArgs, Cli, Command, ConfigArgs, ScaleArgs, TrainArgs, TuneArgs};
+use cli::{BenchArgs, Cli, Command, ConfigArgs, DescentArgs, ScaleArgs, TrainArgs, TuneArgs};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::Layout(args) => layout(args),
         Command::Bench(args) => bench(args, cli.quiet),
         Command::Tune(args) => tune(args, cli.quiet),
+        Command::Descent(args) => descent(args, cli.quiet),
         Command::Scale(args) => scale(
             args,
             cli.quiet,
@@ -545,6 +546,44 @@ fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
             "wrote {} and {}",
             args.out.join("tune.csv").display(),
             args.out.join("tune.svg").display()
+        );
+    }
+    Ok(())
+}
+
+fn descent(args: &DescentArgs, quiet: bool) -> Result<()> {
+    if !(args.noise.is_finite() && args.noise >= 0.0) {
+        return Err(minibatch::Error::config(
+            "--noise",
+            "must be finite and >= 0",
+        ));
+    }
+    let plan = minibatch::descent::DescentPlan {
+        n: args.n,
+        batch_size: args.batch_size,
+        steps: args.steps,
+        lr: args.lr,
+        seed: args.seed,
+        seeds: args.seeds,
+        shown_seeds: args.show_seeds,
+        noise: args.noise,
+    };
+    let descent = minibatch::descent::run(&plan)?;
+    minibatch::descent::write_outputs(&args.out, &descent)?;
+    if args.text {
+        print!("{}", minibatch::descent::to_text(&descent, 64, 24));
+    }
+    if !quiet {
+        let (w, b) = descent.bowl.minimum();
+        let end = descent.full_batch.last().copied().unwrap_or(descent.start);
+        println!(
+            "least squares at w = {w:.4}, b = {b:.4}; full batch ended at w = {:.4}, b = {:.4} after {} steps",
+            end.0, end.1, plan.steps
+        );
+        println!(
+            "wrote {} and {} (open the page in a browser; it needs no network)",
+            args.out.join("descent.svg").display(),
+            args.out.join("descent.html").display()
         );
     }
     Ok(())

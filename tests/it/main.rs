@@ -36,5 +36,11 @@ mod noise;
 /// tune end to end: CSV, SVG, and a recommendation consistent with its own table.
 mod tune;
 
+/// descent: engine paths vs plain gradient descent, unbiased B = 1 steps, the SVG.
+mod descent;
+
+/// descent.html in headless Chromium: slider and Refresh redraw, no page errors.
+mod browser;
+
 /// The binary: each bad input gets its message and exit code 2; --help explains.
 mod cli;

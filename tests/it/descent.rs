@@ -1,0 +1,162 @@
+//! The descent picture is the engine's: the full-batch path is plain gradient descent
+//! (computed here independently in f64), B = N gives the same path, and at B = 1 the mean
+//! first step over many seeds points along the full gradient (unbiased). The SVG is
+//! well-formed with both paths and the contours; a real headless Chromium moves the page's
+//! slider and clicks Refresh.
+
+use minibatch::descent::{DescentPlan, dataset, record_path, run, to_svg};
+
+fn plan() -> DescentPlan {
+    DescentPlan {
+        n: 64,
+        batch_size: 4,
+        steps: 40,
+        lr: 0.1,
+        seed: 5,
+        seeds: 3,
+        shown_seeds: 3,
+        noise: 0.5,
+    }
+}
+
+/// Plain gradient descent on the mean squared error, in f64, from the data.
+fn reference_path(plan: &DescentPlan, start: (f64, f64)) -> Vec<(f64, f64)> {
+    let data = dataset(plan);
+    let (x, y) = (data.features(), data.targets());
+    let mut theta = start;
+    let mut path = vec![theta];
+    for _ in 0..plan.steps {
+        let (mut gw, mut gb) = (0.0, 0.0);
+        for (&x, &y) in x.iter().zip(y) {
+            let r = 2.0 * (theta.0 * f64::from(x) + theta.1 - f64::from(y));
+            gw += r * f64::from(x);
+            gb += r;
+        }
+        let n = x.len() as f64;
+        theta = (
+            theta.0 - f64::from(plan.lr) * gw / n,
+            theta.1 - f64::from(plan.lr) * gb / n,
+        );
+        path.push(theta);
+    }
+    path
+}
+
+fn assert_close(a: &[(f64, f64)], b: &[(f64, f64)], what: &str) {
+    assert_eq!(a.len(), b.len());
+    for (i, (p, q)) in a.iter().zip(b).enumerate() {
+        // f32 parameters after up to 40 steps of O(1) updates: 1e-4 is loose for rounding
+        // and far below one step's size (lr |g| ~ 0.1).
+        assert!(
+            (p.0 - q.0).abs() < 1e-4 && (p.1 - q.1).abs() < 1e-4,
+            "{what}, step {i}: {p:?} vs {q:?}"
+        );
+    }
+}
+
+#[test]
+fn full_batch_path_is_plain_gradient_descent_and_b_equal_n_matches_it() {
+    let plan = plan();
+    let d = run(&plan).unwrap();
+    assert_close(
+        &d.full_batch,
+        &reference_path(&plan, d.start),
+        "full batch vs reference",
+    );
+    let data = dataset(&plan);
+    let again = record_path(&plan, &data, d.start, plan.n, 12345).unwrap();
+    assert_close(&again, &d.full_batch, "B = N with another seed");
+    // And the mini-batch path is not the full-batch one (so the comparison above can fail).
+    let jittery = &d.minibatch.iter().find(|(b, _)| *b == 4).unwrap().1[0];
+    assert!(
+        jittery
+            .iter()
+            .zip(&d.full_batch)
+            .any(|(p, q)| (p.0 - q.0).abs() > 1e-3)
+    );
+}
+
+#[test]
+fn pure_sgd_first_steps_average_to_the_full_gradient_step() {
+    let plan = DescentPlan { steps: 1, ..plan() };
+    let data = dataset(&plan);
+    let start = (-1.0, 2.0);
+    let full = reference_path(&plan, start)[1];
+    let expected = (full.0 - start.0, full.1 - start.1);
+    // Per-example steps -lr g_i: their spread gives the standard error of the mean.
+    let steps: Vec<(f64, f64)> = (0..data.n())
+        .map(|i| {
+            let (x, y) = (f64::from(data.features()[i]), f64::from(data.targets()[i]));
+            let r = 2.0 * (start.0 * x + start.1 - y);
+            (-f64::from(plan.lr) * r * x, -f64::from(plan.lr) * r)
+        })
+        .collect();
+    let sd = |f: fn(&(f64, f64)) -> f64| {
+        let m = steps.iter().map(f).sum::<f64>() / steps.len() as f64;
+        (steps.iter().map(|s| (f(s) - m).powi(2)).sum::<f64>() / steps.len() as f64).sqrt()
+    };
+    let k = 2000;
+    let mut mean = (0.0, 0.0);
+    for seed in 0..k {
+        let path = record_path(&plan, &data, start, 1, seed).unwrap();
+        mean.0 += (path[1].0 - start.0) / k as f64;
+        mean.1 += (path[1].1 - start.1) / k as f64;
+    }
+    // Within 4 standard errors per coordinate (a 1-in-15,000 chance of failing by luck).
+    let (se_w, se_b) = (
+        sd(|s| s.0) / (k as f64).sqrt(),
+        sd(|s| s.1) / (k as f64).sqrt(),
+    );
+    assert!(
+        (mean.0 - expected.0).abs() < 4.0 * se_w,
+        "w: mean step {} vs {}",
+        mean.0,
+        expected.0
+    );
+    assert!(
+        (mean.1 - expected.1).abs() < 4.0 * se_b,
+        "b: mean step {} vs {}",
+        mean.1,
+        expected.1
+    );
+}
+
+/// Tags open and close in order (a small well-formedness check for the SVG we write).
+fn balanced(svg: &str) -> bool {
+    let mut stack = Vec::new();
+    let mut rest = svg;
+    while let Some(open) = rest.find('<') {
+        let close = match rest[open..].find('>') {
+            Some(c) => open + c,
+            None => return false,
+        };
+        let tag = &rest[open + 1..close];
+        if let Some(name) = tag.strip_prefix('/') {
+            if stack.pop() != Some(name.trim().to_string()) {
+                return false;
+            }
+        } else if !tag.ends_with('/') && !tag.starts_with('?') && !tag.starts_with('!') {
+            stack.push(tag.split_whitespace().next().unwrap_or("").to_string());
+        }
+        rest = &rest[close + 1..];
+    }
+    stack.is_empty()
+}
+
+#[test]
+fn svg_is_well_formed_with_both_paths_and_contours() {
+    let d = run(&plan()).unwrap();
+    let svg = to_svg(&d);
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(balanced(&svg), "unbalanced tags");
+    assert!(svg.contains("id=\"smooth\""));
+    assert_eq!(svg.matches("class=\"jitter\"").count(), 3);
+    assert!(svg.matches("class=\"contour\"").count() >= 5);
+    assert!(
+        svg.contains("B = 4")
+            && svg.contains("seed 5")
+            && svg.contains("minimum")
+            && svg.contains("start")
+    );
+    assert!(!balanced("<svg><g></svg>"));
+}
