@@ -1,4 +1,4 @@
-//! Saved parameters: safetensors files that numpy and PyTorch read directly.
+//! Saved parameters and checkpoints: safetensors files that numpy and PyTorch read directly.
 //!
 //! One tensor per layout entry, under the layout's name and shape, little-endian f32; the
 //! header's string metadata carries `format` (`minibatch-params-v1`), the model description
@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
+use crate::optim::OptimizerState;
 use crate::params::ParamLayout;
+use crate::train::{Position, TrainState};
 
 pub const FORMAT: &str = "minibatch-params-v1";
 
@@ -34,33 +36,176 @@ pub fn save_params(
         layout.n_params(),
         "buffer does not match its layout"
     );
+    let tensors: Vec<(&str, &[usize], &[f32])> = layout
+        .entries()
+        .iter()
+        .map(|e| (e.name.as_str(), e.shape.as_slice(), &params[e.range()]))
+        .collect();
+    write_tensors(path, &tensors, FORMAT, metadata)
+}
+
+/// Writes named f32 tensors, in the given order, with `format` and `metadata` in the header.
+fn write_tensors(
+    path: &Path,
+    tensors: &[(&str, &[usize], &[f32])],
+    format: &str,
+    metadata: &[(&str, String)],
+) -> Result<()> {
     let mut info: BTreeMap<&str, &str> = metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    info.insert("format", FORMAT);
+    info.insert("format", format);
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!(info));
-    for entry in layout.entries() {
-        let start = entry.offset * 4;
+    let mut offset = 0;
+    for (name, shape, values) in tensors {
         header.insert(
-            entry.name.clone(),
-            serde_json::json!({
-                "dtype": "F32",
-                "shape": entry.shape,
-                "data_offsets": [start, start + entry.len() * 4],
-            }),
+            name.to_string(),
+            serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + values.len() * 4]}),
         );
+        offset += values.len() * 4;
     }
     let mut header =
         serde_json::to_string(&header).expect("a map of strings and numbers serialises");
     while !header.len().is_multiple_of(8) {
         header.push(' ');
     }
-    let mut bytes = Vec::with_capacity(8 + header.len() + params.len() * 4);
+    let mut bytes = Vec::with_capacity(8 + header.len() + offset);
     bytes.extend_from_slice(&(header.len() as u64).to_le_bytes());
     bytes.extend_from_slice(header.as_bytes());
-    for v in params {
-        bytes.extend_from_slice(&v.to_le_bytes());
+    for (_, _, values) in tensors {
+        for v in *values {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
     }
     write_atomic(path, &bytes)
+}
+
+pub const CHECKPOINT_FORMAT: &str = "minibatch-checkpoint-v1";
+
+/// Everything a run needs to continue with the same bits: parameters, optimizer state,
+/// position and the schedule's step count, plus the config that produced it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpoint {
+    pub params: Vec<f32>,
+    pub optimizer: OptimizerState,
+    pub position: Position,
+    pub steps: u64,
+    /// The run's config as TOML (without the thread count, which does not change results).
+    pub config: String,
+}
+
+/// Writes a checkpoint atomically: the parameters under their layout names (so it also
+/// loads as a parameter file, in numpy and PyTorch too), the optimizer buffers as
+/// `optimizer.m` and `optimizer.v`, the rest in the header's metadata.
+pub fn save_checkpoint(
+    path: &Path,
+    layout: &ParamLayout,
+    state: &TrainState<'_>,
+    config: &str,
+) -> Result<()> {
+    let (m, v) = state.optimizer.buffers();
+    let (m_shape, v_shape) = ([m.len()], [v.len()]);
+    let mut tensors: Vec<(&str, &[usize], &[f32])> = layout
+        .entries()
+        .iter()
+        .map(|e| {
+            (
+                e.name.as_str(),
+                e.shape.as_slice(),
+                &state.params[e.range()],
+            )
+        })
+        .collect();
+    if !m.is_empty() {
+        tensors.push(("optimizer.m", &m_shape, m));
+    }
+    if !v.is_empty() {
+        tensors.push(("optimizer.v", &v_shape, v));
+    }
+    let metadata = [
+        ("epoch", state.position.epoch.to_string()),
+        ("step_in_epoch", state.position.step_in_epoch.to_string()),
+        ("steps", state.steps.to_string()),
+        ("optimizer_t", state.optimizer.steps_taken().to_string()),
+        ("config", config.to_string()),
+    ];
+    write_tensors(path, &tensors, CHECKPOINT_FORMAT, &metadata)
+}
+
+/// The config a checkpoint was written with (to rebuild its model before loading it).
+pub fn checkpoint_config(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::Parse {
+        path: path.to_path_buf(),
+        msg: format!("not a valid safetensors file: {e}"),
+    })?;
+    let info = meta.metadata().clone().unwrap_or_default();
+    match (info.get("format").map(String::as_str), info.get("config")) {
+        (Some(CHECKPOINT_FORMAT), Some(config)) => Ok(config.clone()),
+        (format, _) => Err(Error::Parse {
+            path: path.to_path_buf(),
+            msg: format!("is not a checkpoint (format {format:?}, expected {CHECKPOINT_FORMAT})"),
+        }),
+    }
+}
+
+/// Reads a checkpoint written by `save_checkpoint` for a model with `layout`.
+pub fn load_checkpoint(path: &Path, layout: &ParamLayout) -> Result<Checkpoint> {
+    let params = load_params(path, layout)?;
+    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let corrupt = |msg: String| Error::Parse {
+        path: path.to_path_buf(),
+        msg,
+    };
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| corrupt(format!("unreadable header: {e}")))?;
+    let info = meta.metadata().clone().unwrap_or_default();
+    if info.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
+        return Err(corrupt(format!(
+            "is not a checkpoint (format {:?}, expected {CHECKPOINT_FORMAT})",
+            info.get("format")
+        )));
+    }
+    let number = |key: &str| -> Result<u64> {
+        info.get(key)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| corrupt(format!("metadata `{key}` is missing or not a number")))
+    };
+    let buffer = |name: &str| -> Result<Vec<f32>> {
+        match file.tensor(name) {
+            Ok(t) if t.dtype() == Dtype::F32 => Ok(t
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect()),
+            Ok(t) => Err(corrupt(format!(
+                "tensor `{name}` is {:?}, expected F32",
+                t.dtype()
+            ))),
+            Err(_) => Ok(Vec::new()),
+        }
+    };
+    Ok(Checkpoint {
+        params,
+        optimizer: OptimizerState {
+            m: buffer("optimizer.m")?,
+            v: buffer("optimizer.v")?,
+            t: number("optimizer_t")?,
+        },
+        position: Position {
+            epoch: number("epoch")? as usize,
+            step_in_epoch: number("step_in_epoch")? as usize,
+        },
+        steps: number("steps")?,
+        config: info.get("config").cloned().unwrap_or_default(),
+    })
 }
 
 /// Reads a parameter file written by `save_params` (or any safetensors file with the same

@@ -189,6 +189,25 @@ pub struct TrainArgs {
     /// time per span, and each worker's busy and idle time.
     #[arg(long)]
     pub profile: bool,
+    /// Write checkpoints (parameters, optimizer state, position, config) into this
+    /// directory: at the end of every epoch, every --checkpoint-every steps, at the end of
+    /// the run and on Ctrl-C. Each is written to a temporary file and renamed.
+    #[arg(long, value_name = "DIR")]
+    pub checkpoint: Option<PathBuf>,
+    /// Also checkpoint every this many steps.
+    #[arg(long, value_name = "STEPS")]
+    pub checkpoint_every: Option<u64>,
+    /// Checkpoints to keep in the directory (the newest).
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub keep: usize,
+    /// Continue the run saved in this checkpoint (its config, unless --config is given;
+    /// flags still override). The final parameters are the same bits as an uninterrupted run.
+    #[arg(long, value_name = "PATH", conflicts_with = "init")]
+    pub resume: Option<PathBuf>,
+    /// Start from the parameters in this file (a --save file or a checkpoint); names and
+    /// shapes must match the model.
+    #[arg(long, value_name = "PATH")]
+    pub init: Option<PathBuf>,
 }
 
 /// Flags that override config keys of the same name.

@@ -41,6 +41,13 @@ pub enum Error {
         expected: Vec<usize>,
         got: Vec<usize>,
     },
+    /// The run was stopped by SIGINT or SIGTERM after writing a checkpoint.
+    #[error("interrupted at epoch {epoch}, step {step}; checkpoint written to {}; resume with: minibatch train --resume {}", .checkpoint.display(), .checkpoint.display())]
+    Interrupted {
+        checkpoint: PathBuf,
+        epoch: usize,
+        step: u64,
+    },
     /// Training diverged.
     #[error(
         "loss became {value} at epoch {epoch}, step {step} (lr {lr}, last finite batch loss {last_finite}); \
@@ -72,6 +79,7 @@ impl Error {
             | Error::Read { .. }
             | Error::Shape { .. } => 2,
             Error::Write { .. } | Error::NonFinite { .. } => 1,
+            Error::Interrupted { .. } => 130,
         }
     }
 }

@@ -47,4 +47,4 @@ pub use data::Dataset;
 pub use error::{Error, Result};
 pub use model::{Batch, Mlp, Model, Stats};
 pub use params::ParamLayout;
-pub use train::{EpochReport, Observer, Progress, RunReport, Trainer};
+pub use train::{EpochReport, Observer, Position, Progress, RunReport, TrainState, Trainer};

@@ -4,6 +4,7 @@
 mod cli;
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::OnceLock;
 
@@ -12,10 +13,11 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use minibatch::checkpoint::save_params;
+use minibatch::checkpoint::{checkpoint_config, load_checkpoint, save_checkpoint, save_params};
 use minibatch::profile::Recorder;
 use minibatch::{
-    Config, EpochReport, Mlp, Model, Observer, Progress, RawConfig, Result, Trainer, data,
+    Config, EpochReport, Mlp, Model, Observer, Progress, RawConfig, Result, TrainState, Trainer,
+    data,
 };
 
 use cli::{BenchArgs, Cli, Command, ConfigArgs, DescentArgs, ScaleArgs, TrainArgs, TuneArgs};
@@ -107,10 +109,45 @@ fn layout(args: &ConfigArgs) -> Result<()> {
 }
 
 fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Result<()> {
-    let (raw, cfg) = load_config(&args.config)?;
+    let (raw, cfg) = match (&args.resume, &args.config.config) {
+        (Some(path), None) => {
+            // The checkpoint's own config, with the command line's overrides on top.
+            let mut raw = RawConfig::from_toml(&checkpoint_config(path)?, path)?;
+            args.config.overrides.apply(&mut raw);
+            let cfg = raw.validate()?;
+            (raw, cfg)
+        }
+        _ => load_config(&args.config)?,
+    };
     let model = Mlp::new(cfg.model.clone());
     let n_params = model.layout().n_params();
     let mut trainer = Trainer::new(model, cfg.data.d, &cfg.train, cfg.seed)?;
+    if let Some(path) = &args.resume {
+        let checkpoint = load_checkpoint(path, trainer.model().layout())?;
+        trainer.restore(
+            &checkpoint.params,
+            checkpoint.optimizer,
+            checkpoint.position,
+            checkpoint.steps,
+        )?;
+        if !quiet {
+            println!(
+                "resuming {} at epoch {}, step {} of it ({} steps done)",
+                path.display(),
+                checkpoint.position.epoch + 1,
+                checkpoint.position.step_in_epoch,
+                checkpoint.steps
+            );
+        }
+    }
+    if let Some(path) = &args.init {
+        let params = minibatch::checkpoint::load_params(path, trainer.model().layout())?;
+        trainer.set_params(&params)?;
+    }
+    let config_text = toml::to_string(&raw.recorded()).unwrap_or_default();
+    let checkpoints = CheckpointPolicy::new(args, &config_text, trainer.model().layout().clone())?;
+    let _ = INTERRUPT_CONTEXT.set((config_text.clone(), trainer.model().layout().clone()));
+    interrupt::install();
     let (train, valid) = trainer.install(|| data::synthetic(&cfg.data, cfg.seed));
     let t = &cfg.train;
     let shards = minibatch::shard::n_shards(t.batch_size.get(), t.shard_rows);
@@ -134,17 +171,36 @@ fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Result<(
         );
     }
     let bar = progress_bar(quiet, t.epochs.get() * t.steps_per_epoch.get());
-    let report = trainer.fit_observed(
-        &train,
-        valid.as_ref(),
-        TrainOutput {
-            quiet,
-            bar: bar.clone(),
-        },
-    )?;
+    let mut output = TrainOutput {
+        quiet,
+        bar: bar.clone(),
+        checkpoints,
+        steps_per_epoch: t.steps_per_epoch.get(),
+        failure: None,
+        interrupted: None,
+    };
+    let report = trainer.fit_observed(&train, valid.as_ref(), &mut output);
     bar.finish_and_clear();
-    if !quiet {
-        let last = report.epochs.last().expect("at least one epoch");
+    let report = report?;
+    if let Some(err) = output.failure.take() {
+        return Err(err);
+    }
+    if let Some(interrupted) = output.interrupted.take() {
+        return Err(interrupted);
+    }
+    if let Some(policy) = &mut output.checkpoints {
+        let state = TrainState {
+            params: trainer.params(),
+            optimizer: trainer.optimizer(),
+            position: trainer.position(),
+            steps: report.steps,
+        };
+        let path = policy.write(&state)?;
+        if !quiet {
+            println!("checkpoint {}", path.display());
+        }
+    }
+    if !quiet && let Some(last) = report.epochs.last() {
         println!(
             "done: {} epochs, {} steps, {} examples in {:.2} s ({:.0} examples/s); final train loss {:.4}{}",
             report.epochs.len(),
@@ -233,10 +289,16 @@ impl Drop for LogLine {
     }
 }
 
-/// Prints epoch lines (around the bar) and moves the bar.
+/// Prints epoch lines (around the bar), moves the bar, writes checkpoints and stops the run
+/// on SIGINT/SIGTERM after checkpointing.
 struct TrainOutput {
     quiet: bool,
     bar: ProgressBar,
+    checkpoints: Option<CheckpointPolicy>,
+    steps_per_epoch: usize,
+    /// A checkpoint that could not be written; the run stops and reports it.
+    failure: Option<minibatch::Error>,
+    interrupted: Option<minibatch::Error>,
 }
 
 impl Observer for TrainOutput {
@@ -244,6 +306,37 @@ impl Observer for TrainOutput {
         if !self.quiet {
             self.bar.suspend(|| println!("{}", epoch_line(report)));
         }
+    }
+
+    fn after_step(&mut self, state: &TrainState<'_>) -> bool {
+        if interrupt::requested() {
+            let policy = self
+                .checkpoints
+                .get_or_insert_with(CheckpointPolicy::interrupted);
+            match policy.write(state) {
+                Ok(path) => {
+                    self.interrupted = Some(minibatch::Error::Interrupted {
+                        checkpoint: path,
+                        epoch: state.position.epoch + 1,
+                        step: state.steps,
+                    })
+                }
+                Err(err) => self.failure = Some(err),
+            }
+            return true;
+        }
+        let Some(policy) = &mut self.checkpoints else {
+            return false;
+        };
+        let epoch_end = state.position.step_in_epoch == self.steps_per_epoch;
+        let periodic = policy.every.is_some_and(|k| state.steps.is_multiple_of(k));
+        if (epoch_end || periodic)
+            && let Err(err) = policy.write(state)
+        {
+            self.failure = Some(err);
+            return true;
+        }
+        false
     }
 
     fn progress(&mut self, p: Progress) {
@@ -587,4 +680,111 @@ fn descent(args: &DescentArgs, quiet: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where and how often `train` writes checkpoints, and which it keeps.
+struct CheckpointPolicy {
+    dir: PathBuf,
+    every: Option<u64>,
+    keep: usize,
+    config: String,
+    layout: minibatch::ParamLayout,
+}
+
+impl CheckpointPolicy {
+    fn new(args: &TrainArgs, config: &str, layout: minibatch::ParamLayout) -> Result<Option<Self>> {
+        let Some(dir) = &args.checkpoint else {
+            if args.checkpoint_every.is_some() {
+                return Err(minibatch::Error::config(
+                    "--checkpoint-every",
+                    "needs --checkpoint DIR",
+                ));
+            }
+            return Ok(None);
+        };
+        if args.checkpoint_every == Some(0) || args.keep == 0 {
+            return Err(minibatch::Error::config(
+                "--checkpoint-every",
+                "--checkpoint-every and --keep must be at least 1",
+            ));
+        }
+        std::fs::create_dir_all(dir).map_err(|source| minibatch::Error::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Some(CheckpointPolicy {
+            dir: dir.clone(),
+            every: args.checkpoint_every,
+            keep: args.keep,
+            config: config.to_string(),
+            layout,
+        }))
+    }
+
+    /// For a Ctrl-C without --checkpoint: one file in the current directory.
+    fn interrupted() -> Self {
+        let (config, layout) = INTERRUPT_CONTEXT.get().cloned().unwrap_or_default();
+        CheckpointPolicy {
+            dir: PathBuf::from("."),
+            every: None,
+            keep: usize::MAX,
+            config,
+            layout,
+        }
+    }
+
+    /// Writes `step-NNNNNNNNN.safetensors` atomically and removes the oldest beyond `keep`.
+    fn write(&mut self, state: &TrainState<'_>) -> Result<PathBuf> {
+        let path = self
+            .dir
+            .join(format!("step-{:09}.safetensors", state.steps));
+        save_checkpoint(&path, &self.layout, state, &self.config)?;
+        if self.keep != usize::MAX
+            && let Ok(entries) = std::fs::read_dir(&self.dir)
+        {
+            let mut steps: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("step-") && n.ends_with(".safetensors"))
+                })
+                .collect();
+            steps.sort();
+            let excess = steps.len().saturating_sub(self.keep);
+            for old in &steps[..excess] {
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        Ok(path)
+    }
+}
+
+/// Config and layout for a checkpoint written on Ctrl-C when no --checkpoint was given.
+static INTERRUPT_CONTEXT: OnceLock<(String, minibatch::ParamLayout)> = OnceLock::new();
+
+/// SIGINT and SIGTERM set a flag that the training loop checks after every step, so the
+/// current step finishes and a checkpoint is written before the process exits with 130.
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_signal(_: libc::c_int) {
+        // Only an atomic store: async-signal-safe.
+        REQUESTED.store(true, Ordering::SeqCst);
+    }
+
+    pub fn install() {
+        let handler = on_signal as extern "C" fn(libc::c_int);
+        // SAFETY: the handler only stores to an atomic.
+        unsafe {
+            libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+            libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+        }
+    }
+
+    pub fn requested() -> bool {
+        REQUESTED.load(Ordering::Relaxed)
+    }
 }

@@ -96,6 +96,14 @@ impl OptimConfig {
     }
 }
 
+/// An optimizer's state, detached for a checkpoint: the flat buffers and the step count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OptimizerState {
+    pub m: Vec<f32>,
+    pub v: Vec<f32>,
+    pub t: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct Optimizer {
     config: OptimConfig,
@@ -131,6 +139,31 @@ impl Optimizer {
 
     pub fn steps_taken(&self) -> u64 {
         self.t
+    }
+
+    /// The first and second state buffers (empty when the optimizer keeps none).
+    pub fn buffers(&self) -> (&[f32], &[f32]) {
+        (&self.m, &self.v)
+    }
+
+    /// Takes over a checkpoint's state; the buffers must match this optimizer's.
+    pub fn restore(&mut self, state: OptimizerState) -> crate::error::Result<()> {
+        for (name, have, got) in [
+            ("optimizer.m", self.m.len(), state.m.len()),
+            ("optimizer.v", self.v.len(), state.v.len()),
+        ] {
+            if have != got {
+                return Err(crate::error::Error::Shape {
+                    name: name.into(),
+                    expected: vec![have],
+                    got: vec![got],
+                });
+            }
+        }
+        self.m = state.m;
+        self.v = state.v;
+        self.t = state.t;
+        Ok(())
     }
 
     /// theta <- update(theta, grad_sum / batch_len) with learning rate `lr`.

@@ -27,7 +27,7 @@ use crate::data::{Dataset, mix};
 use crate::error::{Error, Result};
 use crate::model::{Model, PREFETCH_ROWS, Stats, prefetch_row};
 use crate::noise::{NoiseScale, squared_norm};
-use crate::optim::Optimizer;
+use crate::optim::{Optimizer, OptimizerState};
 use crate::reduce::{REDUCE_CHUNK, tree_reduce, tree_reduce_with_norm};
 use crate::sampler::Sampler;
 use crate::shard::{n_shards, shard_range};
@@ -75,6 +75,28 @@ pub trait Observer {
     fn should_stop(&mut self) -> bool {
         false
     }
+    /// After every step, with the state a checkpoint needs; true ends the run there.
+    fn after_step(&mut self, _state: &TrainState<'_>) -> bool {
+        false
+    }
+}
+
+/// Where the run is: the epoch (0-based) of the next step and the steps already taken in
+/// it. With the seed, it determines the sampler's state, so it is all a resume needs
+/// besides parameters and optimizer state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    pub epoch: usize,
+    pub step_in_epoch: usize,
+}
+
+/// What a checkpoint holds, borrowed from the trainer between steps.
+pub struct TrainState<'a> {
+    pub params: &'a [f32],
+    pub optimizer: &'a Optimizer,
+    pub position: Position,
+    /// Steps taken since the start of the run (the schedule's clock).
+    pub steps: u64,
 }
 
 /// A borrowed observer observes too, so callers can read it after the run.
@@ -87,6 +109,9 @@ impl<O: Observer> Observer for &mut O {
     }
     fn should_stop(&mut self) -> bool {
         (**self).should_stop()
+    }
+    fn after_step(&mut self, state: &TrainState<'_>) -> bool {
+        (**self).after_step(state)
     }
 }
 
@@ -142,6 +167,8 @@ pub struct Trainer<M: Model> {
     noise: Option<NoiseTracker>,
     /// Per-chunk norms of the reduced gradient, reused by noise-scale steps.
     norm_partials: Vec<f64>,
+    /// Where the next `fit` starts.
+    position: Position,
 }
 
 /// How and how often steps feed the noise-scale estimate.
@@ -193,6 +220,7 @@ impl<M: Model> Trainer<M> {
             steps_taken: 0,
             noise: None,
             norm_partials: Vec::with_capacity(n_params.div_ceil(REDUCE_CHUNK)),
+            position: Position::default(),
         })
     }
 
@@ -216,6 +244,31 @@ impl<M: Model> Trainer<M> {
 
     pub fn params(&self) -> &[f32] {
         &self.params
+    }
+
+    /// Continues a run from a checkpoint: parameters, optimizer state, and where the next
+    /// `fit` starts. Training then gives the same bits as the run that was interrupted.
+    pub fn restore(
+        &mut self,
+        params: &[f32],
+        optimizer: OptimizerState,
+        position: Position,
+        steps: u64,
+    ) -> Result<()> {
+        self.set_params(params)?;
+        self.optimizer.restore(optimizer)?;
+        self.position = position;
+        self.steps_taken = steps;
+        Ok(())
+    }
+
+    /// Where the next `fit` starts.
+    pub fn position(&self) -> Position {
+        self.position
+    }
+
+    pub fn optimizer(&self) -> &Optimizer {
+        &self.optimizer
     }
 
     /// Replaces the initial parameters (e.g. to start from given values).
@@ -291,12 +344,20 @@ impl<M: Model> Trainer<M> {
         let mut reports = Vec::with_capacity(cfg.epochs.get());
         let mut last_finite = f64::NAN;
         let mut stopped = false;
-        for epoch in 0..cfg.epochs.get() {
+        let resume = self.position;
+        for epoch in resume.epoch..cfg.epochs.get() {
             let _epoch = info_span!("epoch", epoch = epoch + 1).entered();
             sampler.start_epoch(epoch);
+            let mut step_in_epoch = 0usize;
+            if epoch == resume.epoch {
+                // Resuming mid-epoch: replay the sampler to the next batch. Its state is a
+                // function of (seed, epoch, batches drawn), so this gives the same batches.
+                while step_in_epoch < resume.step_in_epoch && sampler.next_batch().is_some() {
+                    step_in_epoch += 1;
+                }
+            }
             let start = Instant::now();
             let mut stats = Stats::default();
-            let mut step_in_epoch = 0usize;
             loop {
                 let sample = trace_span!("sample").entered();
                 let Some((idx, upcoming)) = sampler.next_batch_and_upcoming() else {
@@ -328,6 +389,20 @@ impl<M: Model> Trainer<M> {
                 last_finite = batch_stats.mean_loss();
                 stats.add(&batch_stats);
                 step_in_epoch += 1;
+                self.position = Position {
+                    epoch,
+                    step_in_epoch,
+                };
+                let state = TrainState {
+                    params: &self.params,
+                    optimizer: &self.optimizer,
+                    position: self.position,
+                    steps: self.steps_taken,
+                };
+                if observer.after_step(&state) {
+                    stopped = true;
+                    break;
+                }
                 if step_in_epoch.is_multiple_of(progress_stride) {
                     observer.progress(Progress {
                         epoch: epoch + 1,
@@ -362,6 +437,12 @@ impl<M: Model> Trainer<M> {
                 examples_per_sec = report.examples_per_sec(),
                 "epoch done"
             );
+            if !stopped {
+                self.position = Position {
+                    epoch: epoch + 1,
+                    step_in_epoch: 0,
+                };
+            }
             observer.epoch(&report);
             reports.push(report);
             if stopped {

@@ -42,5 +42,8 @@ mod descent;
 /// descent.html in headless Chromium: slider and Refresh redraw, no page errors.
 mod browser;
 
+/// Checkpoints: byte-identical resume for every optimizer, SIGKILL safety, Ctrl-C, bad files.
+mod resume;
+
 /// The binary: each bad input gets its message and exit code 2; --help explains.
 mod cli;

@@ -1,0 +1,265 @@
+//! Stopping and resuming: a run resumed from any checkpoint ends with the same bytes as the
+//! uninterrupted run, for every optimizer; SIGKILL while checkpointing never leaves a corrupt
+//! checkpoint; Ctrl-C checkpoints and exits 130; bad checkpoints and --init files are errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use minibatch::checkpoint::load_checkpoint;
+use minibatch::{Mlp, Model, RawConfig};
+
+use crate::common::temp_dir;
+
+const CONFIG: &str = "seed = 9\n[data]\nsynthetic = \"teacher\"\nn = 1200\nd = 16\nclasses = 3\n\
+[model]\nhidden = [12]\n[train]\nepochs = 2\nbatch_size = 50\nshard_rows = 16\nlr = 0.02\nclip_norm = 2.0\n\
+[train.schedule]\nkind = \"cosine\"\nwarmup_steps = 5\n";
+
+fn minibatch(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+fn checkpoints(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .starts_with("step-")
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+fn layout(config: &str) -> minibatch::ParamLayout {
+    let cfg = RawConfig::from_toml(config, Path::new("c.toml"))
+        .unwrap()
+        .validate()
+        .unwrap();
+    Mlp::new(cfg.model).layout().clone()
+}
+
+#[test]
+fn resuming_from_any_checkpoint_gives_the_uninterrupted_bytes_for_every_optimizer() {
+    for optimizer in ["sgd", "momentum", "nesterov", "adam", "adamw"] {
+        let dir = temp_dir(&format!("resume-{optimizer}"));
+        let config = dir.join("c.toml");
+        std::fs::write(
+            &config,
+            CONFIG.replace(
+                "lr = 0.02",
+                &format!("lr = 0.02\noptimizer = \"{optimizer}\""),
+            ),
+        )
+        .unwrap();
+        let straight = dir.join("straight.safetensors");
+        let ckpt_dir = dir.join("ckpt");
+        let out = minibatch(&[
+            "train",
+            "-q",
+            "--config",
+            config.to_str().unwrap(),
+            "--save",
+            straight.to_str().unwrap(),
+            "--checkpoint",
+            ckpt_dir.to_str().unwrap(),
+            "--checkpoint-every",
+            "7",
+            "--keep",
+            "100",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let all = checkpoints(&ckpt_dir);
+        // 24 steps per epoch: checkpoints every 7 steps, at both epoch ends and at the end.
+        assert!(all.len() >= 7, "{all:?}");
+        // The end of epoch 1 (a stop after one epoch), and a step in the middle of epoch 2.
+        for resume_from in [
+            ckpt_dir.join("step-000000024.safetensors"),
+            ckpt_dir.join("step-000000035.safetensors"),
+        ] {
+            let resumed = dir.join("resumed.safetensors");
+            let out = minibatch(&[
+                "train",
+                "-q",
+                "--resume",
+                resume_from.to_str().unwrap(),
+                "--threads",
+                "1",
+                "--save",
+                resumed.to_str().unwrap(),
+            ]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                std::fs::read(&straight).unwrap() == std::fs::read(&resumed).unwrap(),
+                "{optimizer}: resumed from {} differs from the straight run",
+                resume_from.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn sigkill_while_checkpointing_never_leaves_a_corrupt_checkpoint() {
+    let dir = temp_dir("resume-kill");
+    let config = dir.join("c.toml");
+    // Many epochs and a checkpoint after every step: the process is nearly always writing.
+    std::fs::write(&config, CONFIG.replace("epochs = 2", "epochs = 400")).unwrap();
+    let ckpt_dir = dir.join("ckpt");
+    let layout = layout(&CONFIG.replace("epochs = 2", "epochs = 400"));
+    let mut kills = 0;
+    let mut checked = 0;
+    for round in 0..25u64 {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+            .args([
+                "train",
+                "-q",
+                "--config",
+                config.to_str().unwrap(),
+                "--checkpoint",
+                ckpt_dir.to_str().unwrap(),
+            ])
+            .args(["--checkpoint-every", "1", "--keep", "4"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // A pseudo-random moment between 30 and 130 ms in.
+        std::thread::sleep(Duration::from_millis(30 + (round * 37) % 100));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        kills += 1;
+        for path in checkpoints(&ckpt_dir) {
+            load_checkpoint(&path, &layout).unwrap_or_else(|e| panic!("after kill {kills}: {e}"));
+            checked += 1;
+        }
+    }
+    assert_eq!(kills, 25);
+    assert!(checked > 0, "no checkpoint was ever written");
+}
+
+#[test]
+fn ctrl_c_finishes_the_step_checkpoints_and_exits_130() {
+    let dir = temp_dir("resume-sigint");
+    let config = dir.join("c.toml");
+    std::fs::write(&config, CONFIG.replace("epochs = 2", "epochs = 100000")).unwrap();
+    let ckpt_dir = dir.join("ckpt");
+    let child = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args([
+            "train",
+            "-q",
+            "--config",
+            config.to_str().unwrap(),
+            "--checkpoint",
+            ckpt_dir.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while checkpoints(&ckpt_dir).is_empty() {
+        assert!(Instant::now() < deadline, "no checkpoint within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("resume with: minibatch train --resume"),
+        "{stderr}"
+    );
+    let newest = checkpoints(&ckpt_dir).pop().unwrap();
+    assert!(stderr.contains(newest.to_str().unwrap()), "{stderr}");
+    load_checkpoint(&newest, &layout(CONFIG)).unwrap();
+}
+
+#[test]
+fn bad_checkpoints_and_init_files_are_errors_naming_the_file() {
+    let dir = temp_dir("resume-bad");
+    let config = dir.join("c.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let ckpt_dir = dir.join("ckpt");
+    let saved = dir.join("params.safetensors");
+    let out = minibatch(&[
+        "train",
+        "-q",
+        "--config",
+        config.to_str().unwrap(),
+        "--checkpoint",
+        ckpt_dir.to_str().unwrap(),
+        "--save",
+        saved.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let good = checkpoints(&ckpt_dir).pop().unwrap();
+
+    let truncated = dir.join("truncated.safetensors");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let garbage = dir.join("garbage.safetensors");
+    std::fs::write(&garbage, b"not a checkpoint at all").unwrap();
+    for (path, expected) in [
+        (truncated.clone(), "truncated.safetensors"),
+        (garbage.clone(), "garbage.safetensors"),
+        (saved.clone(), "is not a checkpoint"),
+        (dir.join("missing.safetensors"), "missing.safetensors"),
+    ] {
+        let out = minibatch(&["train", "-q", "--resume", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", path.display());
+        assert!(
+            stderr.contains(expected) && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+    // --init with the right shapes works; with another model's it names the tensor.
+    let out = minibatch(&[
+        "train",
+        "-q",
+        "--config",
+        config.to_str().unwrap(),
+        "--init",
+        saved.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let other = dir.join("other.toml");
+    std::fs::write(&other, CONFIG.replace("hidden = [12]", "hidden = [13]")).unwrap();
+    let out = minibatch(&[
+        "train",
+        "-q",
+        "--config",
+        other.to_str().unwrap(),
+        "--init",
+        saved.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("`w1` has shape [16, 12], expected [16, 13]"),
+        "{stderr}"
+    );
+}
