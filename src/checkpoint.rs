@@ -133,6 +133,15 @@ pub fn save_checkpoint(
 
 /// The config a checkpoint was written with (to rebuild its model before loading it).
 pub fn checkpoint_config(path: &Path) -> Result<String> {
+    file_config(path, &[CHECKPOINT_FORMAT])
+}
+
+/// The config a parameter file or checkpoint was written with.
+pub fn model_config(path: &Path) -> Result<String> {
+    file_config(path, &[FORMAT, CHECKPOINT_FORMAT])
+}
+
+fn file_config(path: &Path, formats: &[&str]) -> Result<String> {
     let bytes = std::fs::read(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
@@ -143,10 +152,17 @@ pub fn checkpoint_config(path: &Path) -> Result<String> {
     })?;
     let info = meta.metadata().clone().unwrap_or_default();
     match (info.get("format").map(String::as_str), info.get("config")) {
-        (Some(CHECKPOINT_FORMAT), Some(config)) => Ok(config.clone()),
+        (Some(format), Some(config)) if formats.contains(&format) => Ok(config.clone()),
         (format, _) => Err(Error::Parse {
             path: path.to_path_buf(),
-            msg: format!("is not a checkpoint (format {format:?}, expected {CHECKPOINT_FORMAT})"),
+            msg: format!(
+                "is not a {} (format {format:?})",
+                if formats.len() == 1 {
+                    "checkpoint"
+                } else {
+                    "minibatch model file"
+                }
+            ),
         }),
     }
 }

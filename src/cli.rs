@@ -52,6 +52,32 @@ pub enum Command {
     /// a two-parameter linear regression, trained by the engine: descent.svg, and
     /// descent.html with a batch-size slider and a Refresh button.
     Descent(DescentArgs),
+    /// Evaluate a saved model (a --save file or a checkpoint) on its config's data: loss,
+    /// accuracy and a confusion matrix for classifiers, MSE and R^2 for regression.
+    Eval(EvalArgs),
+    /// Write a saved model's predictions for its config's data as CSV.
+    Predict(PredictArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The model: a file written by `train --save` or a checkpoint.
+    #[arg(short, long, value_name = "PATH")]
+    pub model: PathBuf,
+    /// Data to evaluate on, as a config (default: the config saved with the model). The
+    /// validation split is used when the config has one, else the training rows.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    #[command(flatten)]
+    pub eval: EvalArgs,
+    /// CSV file to write: row, target, prediction (the class, or the value), and for
+    /// classifiers each class's probability.
+    #[arg(short, long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

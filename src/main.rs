@@ -20,7 +20,10 @@ use minibatch::{
     data,
 };
 
-use cli::{BenchArgs, Cli, Command, ConfigArgs, DescentArgs, ScaleArgs, TrainArgs, TuneArgs};
+use cli::{
+    BenchArgs, Cli, Command, ConfigArgs, DescentArgs, EvalArgs, PredictArgs, ScaleArgs, TrainArgs,
+    TuneArgs,
+};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -36,6 +39,8 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench(args, cli.quiet),
         Command::Tune(args) => tune(args, cli.quiet),
         Command::Descent(args) => descent(args, cli.quiet),
+        Command::Eval(args) => eval(args),
+        Command::Predict(args) => predict(args, cli.quiet),
         Command::Scale(args) => scale(
             args,
             cli.quiet,
@@ -787,4 +792,104 @@ mod interrupt {
     pub fn requested() -> bool {
         REQUESTED.load(Ordering::Relaxed)
     }
+}
+
+/// The saved model, its parameters and the rows to evaluate on.
+fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, minibatch::Dataset)> {
+    let model_raw = RawConfig::from_toml(
+        &minibatch::checkpoint::model_config(&args.model)?,
+        &args.model,
+    )?;
+    let model_cfg = model_raw.validate()?;
+    let model = Mlp::new(model_cfg.model.clone());
+    let params = minibatch::checkpoint::load_params(&args.model, model.layout())?;
+    let data_cfg = match &args.config {
+        Some(path) => RawConfig::load(path)?.validate()?,
+        None => model_cfg,
+    };
+    if data_cfg.data.d != model.spec().d_in {
+        return Err(minibatch::Error::Shape {
+            name: "features".into(),
+            expected: vec![model.spec().d_in],
+            got: vec![data_cfg.data.d],
+        });
+    }
+    let (train, valid) = data::synthetic(&data_cfg.data, data_cfg.seed);
+    Ok((model, params, valid.unwrap_or(train)))
+}
+
+fn eval(args: &EvalArgs) -> Result<()> {
+    let (model, params, data) = saved_model(args)?;
+    let m = minibatch::metrics::evaluate(&model, &params, &data);
+    println!(
+        "{} on {} rows: mean loss {:.4}",
+        model.spec().describe(),
+        m.rows,
+        m.mean_loss
+    );
+    if let (Some(mse), Some(r2)) = (m.mse, m.r2) {
+        println!("MSE {mse:.4}, R^2 {r2:.4}");
+    }
+    if let (Some(accuracy), Some(confusion)) = (m.accuracy, &m.confusion) {
+        println!(
+            "accuracy {:.2}%\nconfusion matrix (rows: target class, columns: predicted):",
+            100.0 * accuracy
+        );
+        print!("      ");
+        for p in 0..confusion.len() {
+            print!("{p:>7}");
+        }
+        println!();
+        for (t, row) in confusion.iter().enumerate() {
+            print!("{t:>5} ");
+            for count in row {
+                print!("{count:>7}");
+            }
+            println!();
+        }
+    }
+    Ok(())
+}
+
+fn predict(args: &PredictArgs, quiet: bool) -> Result<()> {
+    let (model, params, data) = saved_model(&args.eval)?;
+    let head = model.spec().head;
+    let outputs = model.outputs(&params, data.x());
+    let mut csv = String::from("row,target,prediction");
+    let n_classes = match head {
+        minibatch::model::Head::Softmax { n_classes } => n_classes,
+        minibatch::model::Head::Logistic => 2,
+        minibatch::model::Head::Mse => 0,
+    };
+    for c in 0..n_classes {
+        csv += &format!(",p{c}");
+    }
+    csv.push('\n');
+    for (i, (z, &y)) in outputs.rows().into_iter().zip(data.targets()).enumerate() {
+        let z = z.as_slice().expect("row-major");
+        match head {
+            minibatch::model::Head::Mse => csv += &format!("{i},{y},{}\n", z[0]),
+            minibatch::model::Head::Logistic => {
+                let p1 = minibatch::model::sigmoid(z[0]);
+                csv += &format!("{i},{y},{},{},{}\n", usize::from(z[0] > 0.0), 1.0 - p1, p1);
+            }
+            minibatch::model::Head::Softmax { .. } => {
+                let lse = minibatch::model::log_sum_exp(ndarray::ArrayView1::from(z));
+                csv += &format!("{i},{y},{}", minibatch::metrics::predicted_class(head, z));
+                for v in z {
+                    csv += &format!(",{}", (v - lse).exp());
+                }
+                csv.push('\n');
+            }
+        }
+    }
+    minibatch::checkpoint::write_atomic(&args.out, csv.as_bytes())?;
+    if !quiet {
+        println!(
+            "wrote {} predictions to {}",
+            outputs.nrows(),
+            args.out.display()
+        );
+    }
+    Ok(())
 }

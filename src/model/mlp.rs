@@ -158,6 +158,38 @@ impl Mlp {
         }
     }
 
+    /// The head's outputs (logits, or the regression value) for every row of `x`,
+    /// `(rows, n_outputs)`, computed in blocks. For evaluation and prediction, not training:
+    /// it allocates its result and workspace.
+    pub fn outputs(&self, params: &[f32], x: ArrayView2<f32>) -> Array2<f32> {
+        const BLOCK: usize = 1024;
+        let mut shared = self.shared();
+        self.prepare(params, &mut shared);
+        let mut ws = self.workspace(BLOCK.min(x.nrows().max(1)));
+        let last = self.n_layers() - 1;
+        let mut out = Array2::zeros((x.nrows(), self.spec.head.n_outputs()));
+        for start in (0..x.nrows()).step_by(BLOCK) {
+            let end = (start + BLOCK).min(x.nrows());
+            let block = x.slice(s![start..end, ..]);
+            if self.is_single_output_linear() {
+                let (w, b) = self.layers[0];
+                let (w, bias) = (
+                    self.layout.slice(w, params),
+                    self.layout.slice(b, params)[0],
+                );
+                for (r, row) in block.rows().into_iter().enumerate() {
+                    out[[start + r, 0]] = dot(row.as_slice().expect("row-major"), w) + bias;
+                }
+            } else {
+                let rows = end - start;
+                self.forward(&shared, block, params, &mut ws.layers);
+                out.slice_mut(s![start..end, ..])
+                    .assign(&ws.layers.a[last].slice(s![..rows, ..]));
+            }
+        }
+        out
+    }
+
     pub fn spec(&self) -> &MlpSpec {
         &self.spec
     }

@@ -45,5 +45,8 @@ mod browser;
 /// Checkpoints: byte-identical resume for every optimizer, SIGKILL safety, Ctrl-C, bad files.
 mod resume;
 
+/// eval and predict reproduce what the trainer computed before saving.
+mod evaluate;
+
 /// The binary: each bad input gets its message and exit code 2; --help explains.
 mod cli;
