@@ -37,12 +37,36 @@ pub struct RawConfig {
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawData {
+    /// A data file (CSV, LIBSVM or the features .npy) instead of a synthetic set.
+    pub path: Option<std::path::PathBuf>,
+    pub format: Option<String>,
+    /// The targets .npy, for format = "npy".
+    pub labels: Option<std::path::PathBuf>,
+    /// CSV label column: a name (with a header) or a 0-based index; default the last.
+    pub label: Option<LabelKey>,
+    pub header: Option<bool>,
+    pub delimiter: Option<String>,
+    /// "classification" (default) or "regression".
+    pub task: Option<String>,
+    /// A separate validation file (and its labels .npy), in the same format.
+    pub valid_path: Option<std::path::PathBuf>,
+    pub valid_labels: Option<std::path::PathBuf>,
+    /// Standardise each feature with the training rows' mean and standard deviation.
+    pub standardize: Option<bool>,
     pub synthetic: Option<String>,
     pub n: Option<usize>,
     pub d: Option<usize>,
     pub classes: Option<usize>,
     pub noise: Option<f64>,
     pub valid_fraction: Option<f64>,
+}
+
+/// A CSV label column, by name or by 0-based index.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum LabelKey {
+    Index(usize),
+    Name(String),
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -112,6 +136,8 @@ pub enum Synthetic {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DataConfig {
+    /// The data read from files, when `data.path` is given (then `synthetic` is unused).
+    pub file: Option<std::sync::Arc<crate::data::LoadedData>>,
     pub synthetic: Synthetic,
     pub n_train: usize,
     pub n_valid: usize,
@@ -195,6 +221,21 @@ impl RawConfig {
 
     fn validate_data(&self) -> Result<DataConfig> {
         let raw = &self.data;
+        if raw.path.is_some() {
+            return self.validate_file_data();
+        }
+        for (key, given) in [
+            ("data.format", raw.format.is_some()),
+            ("data.labels", raw.labels.is_some()),
+            ("data.label", raw.label.is_some()),
+            ("data.header", raw.header.is_some()),
+            ("data.valid_path", raw.valid_path.is_some()),
+            ("data.standardize", raw.standardize.is_some()),
+        ] {
+            if given {
+                return Err(self.err(key, "applies to data read from a file; set data.path"));
+            }
+        }
         let synthetic = match raw.synthetic.as_deref().unwrap_or("teacher") {
             "teacher" => Synthetic::Teacher,
             "logistic" => Synthetic::Logistic,
@@ -265,6 +306,7 @@ impl RawConfig {
             return Err(self.err("data.valid_fraction", "leaves no training rows"));
         }
         Ok(DataConfig {
+            file: None,
             synthetic,
             n_train,
             n_valid,
@@ -274,12 +316,166 @@ impl RawConfig {
         })
     }
 
+    /// Reads the data files now, so the model can be checked against their shape and
+    /// classes; errors name the file, line and column.
+    fn validate_file_data(&self) -> Result<DataConfig> {
+        use crate::io::{CsvOptions, LabelColumn, Task};
+        let raw = &self.data;
+        let path = raw.path.clone().expect("checked by the caller");
+        for (key, given) in [
+            ("data.synthetic", raw.synthetic.is_some()),
+            ("data.n", raw.n.is_some()),
+            ("data.classes", raw.classes.is_some()),
+            ("data.noise", raw.noise.is_some()),
+        ] {
+            if given {
+                return Err(self.err(key, "applies to synthetic data, not to data.path"));
+            }
+        }
+        let task = match raw.task.as_deref().unwrap_or("classification") {
+            "classification" => Task::Classification,
+            "regression" => Task::Regression,
+            other => {
+                return Err(self.err(
+                    "data.task",
+                    format!("unknown task `{other}`; expected classification or regression"),
+                ));
+            }
+        };
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let format = raw
+            .format
+            .clone()
+            .unwrap_or_else(|| match extension.as_str() {
+                "npy" => "npy".into(),
+                "svm" | "libsvm" | "svmlight" => "libsvm".into(),
+                _ => "csv".into(),
+            });
+        let delimiter = match raw.delimiter.as_deref() {
+            None => b',',
+            Some(d) if d.len() == 1 => d.as_bytes()[0],
+            Some("\\t") | Some("\t") => b'\t',
+            Some(d) => {
+                return Err(self.err(
+                    "data.delimiter",
+                    format!("must be one character, got `{d}`"),
+                ));
+            }
+        };
+        let csv = CsvOptions {
+            header: raw.header,
+            label: match &raw.label {
+                None => LabelColumn::Last,
+                Some(LabelKey::Index(i)) => LabelColumn::Index(*i),
+                Some(LabelKey::Name(n)) => LabelColumn::Name(n.clone()),
+            },
+            delimiter,
+            task,
+        };
+        let mut class_names = None;
+        let mut read = |path: &std::path::Path,
+                        labels: Option<&std::path::PathBuf>,
+                        labels_key: &'static str|
+         -> Result<crate::data::Dataset> {
+            match format.as_str() {
+                "csv" => crate::io::read_csv(path, &csv, &mut class_names),
+                "libsvm" => crate::io::read_libsvm(path, raw.d, task),
+                "npy" => {
+                    let labels = labels.ok_or_else(|| {
+                        self.err(labels_key, "format = \"npy\" needs the targets' .npy file")
+                    })?;
+                    crate::io::read_npy_pair(path, labels, task)
+                }
+                other => Err(self.err(
+                    "data.format",
+                    format!("unknown format `{other}`; expected csv, libsvm or npy"),
+                )),
+            }
+        };
+        let train = read(&path, raw.labels.as_ref(), "data.labels")?;
+        let valid = match &raw.valid_path {
+            Some(valid_path) => Some(read(
+                valid_path,
+                raw.valid_labels.as_ref(),
+                "data.valid_labels",
+            )?),
+            None => None,
+        };
+        let valid_fraction = raw.valid_fraction.unwrap_or(0.0);
+        if !(0.0..1.0).contains(&valid_fraction) {
+            return Err(self.err(
+                "data.valid_fraction",
+                format!("must be in [0, 1), got {valid_fraction}"),
+            ));
+        }
+        if valid.is_some() && valid_fraction > 0.0 {
+            return Err(self.err(
+                "data.valid_fraction",
+                "give data.valid_path or data.valid_fraction, not both",
+            ));
+        }
+        let loaded = crate::data::LoadedData::new(
+            train,
+            valid,
+            valid_fraction,
+            self.seed.unwrap_or(0),
+            raw.standardize.unwrap_or(false),
+        )
+        .map_err(|msg| Error::Data {
+            path: path.clone(),
+            line: 0,
+            msg,
+        })?;
+        if let Some(d) = raw.d
+            && d != loaded.train.d()
+        {
+            return Err(self.err(
+                "data.d",
+                format!(
+                    "is {d}, but {} has {} features",
+                    path.display(),
+                    loaded.train.d()
+                ),
+            ));
+        }
+        if let Some(v) = &loaded.valid
+            && (v.d() != loaded.train.d() || v.n_classes() != loaded.train.n_classes())
+        {
+            return Err(self.err(
+                "data.valid_path",
+                format!(
+                    "has {} features and {:?} classes; the training file has {} and {:?}",
+                    v.d(),
+                    v.n_classes(),
+                    loaded.train.d(),
+                    loaded.train.n_classes()
+                ),
+            ));
+        }
+        Ok(DataConfig {
+            synthetic: Synthetic::Teacher,
+            n_train: loaded.train.n(),
+            n_valid: loaded.valid.as_ref().map_or(0, |v| v.n()),
+            d: loaded.train.d(),
+            n_classes: loaded.train.n_classes(),
+            noise: 0.0,
+            file: Some(std::sync::Arc::new(loaded)),
+        })
+    }
+
     fn validate_model(&self, data: &DataConfig) -> Result<MlpSpec> {
         let raw = &self.model;
-        let default_kind = match data.synthetic {
-            Synthetic::Teacher => "mlp",
-            Synthetic::Logistic => "logistic",
-            Synthetic::Linear => "linear",
+        let default_kind = match (&data.file, data.synthetic, data.n_classes) {
+            (Some(_), _, None) => "linear",
+            (Some(_), _, Some(2)) => "logistic",
+            (Some(_), _, Some(_)) => "softmax",
+            (None, Synthetic::Teacher, _) => "mlp",
+            (None, Synthetic::Logistic, _) => "logistic",
+            (None, Synthetic::Linear, _) => "linear",
         };
         let kind = raw.kind.as_deref().unwrap_or(default_kind);
         let head_for_data = match data.n_classes {

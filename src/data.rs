@@ -10,6 +10,7 @@ use ndarray::{Array1, Array2, ArrayView2, Axis};
 use ndarray_rand::RandomExt;
 use ndarray_rand::rand_distr::{Distribution, StandardNormal};
 use rand::rngs::{SmallRng, StdRng};
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
@@ -100,6 +101,66 @@ impl Dataset {
             self.x.slice(ndarray::s![range.clone(), ..]),
             self.y.slice(ndarray::s![range]),
         )
+    }
+}
+
+/// Datasets read from files by the config: the training rows and, from a separate file or
+/// a seeded split, the validation rows, both standardised with the training statistics
+/// when asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedData {
+    pub train: Dataset,
+    pub valid: Option<Dataset>,
+}
+
+impl LoadedData {
+    pub fn new(
+        train: Dataset,
+        valid: Option<Dataset>,
+        valid_fraction: f64,
+        seed: u64,
+        standardize: bool,
+    ) -> Result<Self, String> {
+        let (mut train, mut valid) = if valid_fraction > 0.0 {
+            let n_valid = (train.n() as f64 * valid_fraction).round() as usize;
+            if n_valid == 0 || n_valid >= train.n() {
+                return Err(format!(
+                    "a validation fraction of {valid_fraction} of {} rows leaves an empty split",
+                    train.n()
+                ));
+            }
+            let mut order: Vec<usize> = (0..train.n()).collect();
+            order.shuffle(&mut StdRng::seed_from_u64(mix(seed, 5)));
+            let pick = |rows: &[usize]| {
+                let x = train.x.select(Axis(0), rows);
+                let y = train.y.select(Axis(0), rows);
+                Dataset::new(x, y, train.n_classes).expect("rows of a valid dataset")
+            };
+            (pick(&order[n_valid..]), Some(pick(&order[..n_valid])))
+        } else {
+            (train, valid)
+        };
+        if standardize {
+            let (mean, std) = (
+                train.x.mean_axis(Axis(0)).expect("non-empty"),
+                train.x.std_axis(Axis(0), 0.0),
+            );
+            let std = std.mapv(|s| if s > 0.0 { s } else { 1.0 });
+            for data in std::iter::once(&mut train).chain(valid.as_mut()) {
+                data.x -= &mean;
+                data.x /= &std;
+            }
+        }
+        Ok(LoadedData { train, valid })
+    }
+}
+
+/// The training and validation sets a config describes: read from files at validation, or
+/// generated now.
+pub fn load(cfg: &DataConfig, seed: u64) -> (Dataset, Option<Dataset>) {
+    match &cfg.file {
+        Some(loaded) => (loaded.train.clone(), loaded.valid.clone()),
+        None => synthetic(cfg, seed),
     }
 }
 

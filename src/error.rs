@@ -20,6 +20,13 @@ pub enum Error {
     /// A file could be read but its content is malformed (TOML syntax, wrong types, ...).
     #[error("{}: {msg}", .path.display())]
     Parse { path: PathBuf, msg: String },
+    /// A data file is malformed at a line (0: the file as a whole).
+    #[error("{}{}: {msg}", .path.display(), if *.line > 0 { format!(":{}", .line) } else { String::new() })]
+    Data {
+        path: PathBuf,
+        line: usize,
+        msg: String,
+    },
     /// A file the user named cannot be read.
     #[error("cannot read {}: {source}", .path.display())]
     Read {
@@ -76,6 +83,7 @@ impl Error {
         match self {
             Error::Config { .. }
             | Error::Parse { .. }
+            | Error::Data { .. }
             | Error::Read { .. }
             | Error::Shape { .. } => 2,
             Error::Write { .. } | Error::NonFinite { .. } => 1,

@@ -29,6 +29,7 @@ pub mod config;
 pub mod data;
 pub mod descent;
 pub mod error;
+pub mod io;
 pub mod metrics;
 pub mod model;
 pub mod noise;

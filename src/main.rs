@@ -153,7 +153,7 @@ fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Result<(
     let checkpoints = CheckpointPolicy::new(args, &config_text, trainer.model().layout().clone())?;
     let _ = INTERRUPT_CONTEXT.set((config_text.clone(), trainer.model().layout().clone()));
     interrupt::install();
-    let (train, valid) = trainer.install(|| data::synthetic(&cfg.data, cfg.seed));
+    let (train, valid) = trainer.install(|| data::load(&cfg.data, cfg.seed));
     let t = &cfg.train;
     let shards = minibatch::shard::n_shards(t.batch_size.get(), t.shard_rows);
     if !quiet {
@@ -814,7 +814,7 @@ fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, minibatch::Dataset)> {
             got: vec![data_cfg.data.d],
         });
     }
-    let (train, valid) = data::synthetic(&data_cfg.data, data_cfg.seed);
+    let (train, valid) = data::load(&data_cfg.data, data_cfg.seed);
     Ok((model, params, valid.unwrap_or(train)))
 }
 

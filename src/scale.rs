@@ -60,7 +60,7 @@ pub fn run(
         "generating {} x {} features",
         base.data.n_train, base.data.d
     ));
-    let (train, _) = data::synthetic(&base.data, base.seed);
+    let (train, _) = data::load(&base.data, base.seed);
     let batch_sizes = if batch_sizes.is_empty() {
         vec![base.train.batch_size.get()]
     } else {

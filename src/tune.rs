@@ -116,7 +116,7 @@ pub fn run(raw: &RawConfig, plan: &TunePlan, mut progress: impl FnMut(&str)) -> 
         "generating {} x {} features",
         base.data.n_train, base.data.d
     ));
-    let (train, valid) = data::synthetic(&base.data, base.seed);
+    let (train, valid) = data::load(&base.data, base.seed);
     let n = train.n();
     let b0 = base.train.batch_size.get();
     let base_lr = f64::from(base.train.schedule.base_lr);

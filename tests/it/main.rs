@@ -48,5 +48,8 @@ mod resume;
 /// eval and predict reproduce what the trainer computed before saving.
 mod evaluate;
 
+/// Data files: CSV, LIBSVM and .npy agree; every malformed file names file, line, column.
+mod files;
+
 /// The binary: each bad input gets its message and exit code 2; --help explains.
 mod cli;

@@ -1,0 +1,508 @@
+//! Datasets from files: CSV, LIBSVM/svmlight text and NumPy `.npy`.
+//!
+//! Every reader returns rows of f32 features and a target per row, or an error that names
+//! the file, the line (or byte offset) and the column, and what was expected. CSV is parsed
+//! in parallel: the file is cut into chunks at line ends and each chunk parsed on its own;
+//! line numbers come from counting the newlines before each chunk. Labels may be numbers or
+//! words; words become class ids in sorted order.
+
+use std::path::Path;
+
+use ndarray::{Array1, Array2};
+use rayon::prelude::*;
+
+use crate::data::Dataset;
+use crate::error::{Error, Result};
+
+/// Which column holds the target.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LabelColumn {
+    Index(usize),
+    Name(String),
+    Last,
+}
+
+/// Whether targets are classes or real values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Task {
+    Classification,
+    Regression,
+}
+
+fn parse_err(path: &Path, line: usize, msg: String) -> Error {
+    Error::Data {
+        path: path.to_path_buf(),
+        line,
+        msg,
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    if path.is_dir() {
+        return Err(Error::Read {
+            path: path.to_path_buf(),
+            source: std::io::Error::other("is a directory, expected a data file"),
+        });
+    }
+    std::fs::read(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Raw targets as read: numbers, or words to map to classes.
+enum Targets {
+    Numbers(Vec<f32>),
+    Words(Vec<String>),
+}
+
+/// Turns targets into a dataset: words become classes in sorted order; numbers are classes
+/// (0..k, integers) for classification or values for regression.
+fn finish(
+    path: &Path,
+    x: Vec<f32>,
+    d: usize,
+    targets: Targets,
+    task: Task,
+    class_names: &mut Option<Vec<String>>,
+) -> Result<Dataset> {
+    let n = x.len() / d.max(1);
+    let (y, n_classes) = match (targets, task) {
+        (Targets::Words(words), _) => {
+            let names = class_names.get_or_insert_with(|| {
+                let mut names = words.clone();
+                names.sort();
+                names.dedup();
+                names
+            });
+            let mut y = Vec::with_capacity(words.len());
+            for (i, w) in words.iter().enumerate() {
+                match names.binary_search(w) {
+                    Ok(class) => y.push(class as f32),
+                    Err(_) => {
+                        return Err(parse_err(
+                            path,
+                            0,
+                            format!(
+                                "data row {}: label `{w}` is not a class of the training data {names:?}",
+                                i + 1
+                            ),
+                        ));
+                    }
+                }
+            }
+            let k = names.len();
+            (y, Some(k))
+        }
+        (Targets::Numbers(y), Task::Regression) => (y, None),
+        (Targets::Numbers(y), Task::Classification) => {
+            let mut max = 0usize;
+            for (i, &v) in y.iter().enumerate() {
+                if !(v >= 0.0 && v.fract() == 0.0 && v < 1e6) {
+                    return Err(parse_err(
+                        path,
+                        0,
+                        format!(
+                            "data row {}: label {v} is not a class id (a whole number >= 0); set task = \"regression\" for real targets",
+                            i + 1
+                        ),
+                    ));
+                }
+                max = max.max(v as usize);
+            }
+            (y, Some((max + 1).max(2)))
+        }
+    };
+    let x = Array2::from_shape_vec((n, d), x).expect("n * d values");
+    Dataset::new(x, Array1::from(y), n_classes).map_err(|msg| parse_err(path, 0, msg))
+}
+
+/// CSV options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CsvOptions {
+    pub header: Option<bool>,
+    pub label: LabelColumn,
+    pub delimiter: u8,
+    pub task: Task,
+}
+
+/// Reads a CSV file of numeric features and one label column.
+pub fn read_csv(
+    path: &Path,
+    opts: &CsvOptions,
+    class_names: &mut Option<Vec<String>>,
+) -> Result<Dataset> {
+    let bytes = read(path)?;
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let line = bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        parse_err(path, line, "is not UTF-8 text".into())
+    })?;
+    let mut lines = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty());
+    let Some((first_no, first)) = lines.next() else {
+        return Err(parse_err(
+            path,
+            1,
+            "is empty; expected a header or rows of numbers".into(),
+        ));
+    };
+    let delim = opts.delimiter as char;
+    let first_fields: Vec<&str> = first.split(delim).map(str::trim).collect();
+    let header = opts.header.unwrap_or_else(|| {
+        // A header if any field of the first line, other than a word label, is not a number.
+        first_fields.iter().any(|f| f.parse::<f32>().is_err())
+            && !matches!(opts.label, LabelColumn::Last | LabelColumn::Index(_))
+            || first_fields
+                .iter()
+                .filter(|f| f.parse::<f32>().is_err())
+                .count()
+                > 1
+            || first_fields.iter().all(|f| f.parse::<f32>().is_err())
+    });
+    let n_cols = first_fields.len();
+    if n_cols < 2 {
+        return Err(parse_err(
+            path,
+            first_no + 1,
+            format!("has {n_cols} column; expected features and a label"),
+        ));
+    }
+    let label = match &opts.label {
+        LabelColumn::Last => n_cols - 1,
+        LabelColumn::Index(i) if *i < n_cols => *i,
+        LabelColumn::Index(i) => {
+            return Err(parse_err(
+                path,
+                first_no + 1,
+                format!("label column {i} does not exist ({n_cols} columns, counted from 0)"),
+            ));
+        }
+        LabelColumn::Name(name) => {
+            if !header {
+                return Err(parse_err(
+                    path,
+                    1,
+                    format!("label column `{name}` given by name, but the file has no header"),
+                ));
+            }
+            first_fields.iter().position(|f| f == name).ok_or_else(|| {
+                parse_err(
+                    path,
+                    first_no + 1,
+                    format!("no column named `{name}` in the header {first_fields:?}"),
+                )
+            })?
+        }
+    };
+    // Data starts after the header; cut the rest into chunks at line ends and parse them in
+    // parallel, each knowing the number of its first line.
+    let data_start = if header {
+        first.as_ptr() as usize - text.as_ptr() as usize + first.len()
+    } else {
+        0
+    };
+    let body = &text[data_start..];
+    // The body starts right after the header text, at its line end: that remainder counts
+    // as the header's own line, so data lines keep their numbers.
+    let first_line = if header { first_no + 1 } else { 1 };
+    let n_chunks = (body.len() / (4 << 20)).max(1);
+    let mut cuts = vec![0];
+    for c in 1..n_chunks {
+        let at = body.len() * c / n_chunks;
+        if let Some(nl) = body[at..].find('\n') {
+            cuts.push(at + nl + 1);
+        }
+    }
+    cuts.push(body.len());
+    cuts.dedup();
+    let chunks: Vec<&str> = cuts.windows(2).map(|w| &body[w[0]..w[1]]).collect();
+    let newlines: Vec<usize> = chunks
+        .par_iter()
+        .map(|c| c.bytes().filter(|&b| b == b'\n').count())
+        .collect();
+    let starts: Vec<usize> = newlines
+        .iter()
+        .scan(first_line, |line, &n| {
+            let start = *line;
+            *line += n;
+            Some(start)
+        })
+        .collect();
+    type Parsed = (Vec<f32>, Vec<f32>, Vec<String>);
+    let parsed: Vec<Result<Parsed>> = chunks
+        .par_iter()
+        .zip(&starts)
+        .map(|(chunk, &start)| {
+            let (mut x, mut y, mut words) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, line) in chunk.lines().enumerate() {
+                let line_no = start + i;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let mut cols = 0;
+                for (c, field) in line.split(delim).enumerate() {
+                    cols += 1;
+                    let field = field.trim();
+                    if c == label {
+                        match field.parse::<f32>() {
+                            Ok(v) if v.is_finite() && words.is_empty() => y.push(v),
+                            _ if field.is_empty() => {
+                                return Err(parse_err(path, line_no, format!("column {c}: the label is empty")));
+                            }
+                            _ => {
+                                if !y.is_empty() && words.is_empty() {
+                                    return Err(parse_err(path, line_no, format!("column {c}: label `{field}` is a word, earlier labels were numbers")));
+                                }
+                                words.push(field.to_string());
+                            }
+                        }
+                    } else {
+                        let v: f32 = field.parse().map_err(|_| {
+                            let shown = if field.starts_with('"') { " (quoted fields are not supported)" } else { "" };
+                            parse_err(path, line_no, format!("column {c}: expected a number, found `{field}`{shown}"))
+                        })?;
+                        if !v.is_finite() {
+                            return Err(parse_err(path, line_no, format!("column {c}: {field} is not a finite number")));
+                        }
+                        x.push(v);
+                    }
+                }
+                if cols != n_cols {
+                    return Err(parse_err(path, line_no, format!("has {cols} columns, expected {n_cols} like line {}", first_no + 1)));
+                }
+            }
+            Ok((x, y, words))
+        })
+        .collect();
+    let (mut x, mut y, mut words) = (Vec::new(), Vec::new(), Vec::new());
+    for part in parsed {
+        let (px, py, pw) = part?;
+        x.extend(px);
+        y.extend(py);
+        words.extend(pw);
+    }
+    if !y.is_empty() && !words.is_empty() {
+        return Err(parse_err(path, 0, "labels mix numbers and words".into()));
+    }
+    if x.is_empty() {
+        return Err(parse_err(
+            path,
+            first_line,
+            "has a header but no rows".into(),
+        ));
+    }
+    let targets = if words.is_empty() {
+        Targets::Numbers(y)
+    } else {
+        Targets::Words(words)
+    };
+    finish(path, x, n_cols - 1, targets, opts.task, class_names)
+}
+
+/// Reads LIBSVM/svmlight text: `label index:value ...` with 1-based feature indices, rows
+/// densified to `d` columns (the largest index when not given). Labels -1/+1 become 0/1.
+pub fn read_libsvm(path: &Path, d: Option<usize>, task: Task) -> Result<Dataset> {
+    let bytes = read(path)?;
+    let text = String::from_utf8_lossy(&bytes);
+    let mut rows: Vec<(f32, Vec<(usize, f32)>)> = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line_no = i + 1;
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let label_text = fields.next().expect("non-empty line");
+        let label: f32 = label_text.parse().map_err(|_| {
+            parse_err(
+                path,
+                line_no,
+                format!("column 1: expected a numeric label, found `{label_text}`"),
+            )
+        })?;
+        let mut features = Vec::new();
+        for (c, pair) in fields.enumerate() {
+            let (index, value) = pair.split_once(':').ok_or_else(|| {
+                parse_err(
+                    path,
+                    line_no,
+                    format!("column {}: expected index:value, found `{pair}`", c + 2),
+                )
+            })?;
+            let index: usize = index.parse().ok().filter(|&i| i >= 1).ok_or_else(|| {
+                parse_err(
+                    path,
+                    line_no,
+                    format!(
+                        "column {}: feature index `{index}` is not a number >= 1",
+                        c + 2
+                    ),
+                )
+            })?;
+            let value: f32 = value
+                .parse()
+                .ok()
+                .filter(|v: &f32| v.is_finite())
+                .ok_or_else(|| {
+                    parse_err(
+                        path,
+                        line_no,
+                        format!("column {}: `{value}` is not a finite number", c + 2),
+                    )
+                })?;
+            if let Some(d) = d
+                && index > d
+            {
+                return Err(parse_err(
+                    path,
+                    line_no,
+                    format!("column {}: feature index {index} exceeds d = {d}", c + 2),
+                ));
+            }
+            features.push((index - 1, value));
+        }
+        rows.push((label, features));
+    }
+    if rows.is_empty() {
+        return Err(parse_err(
+            path,
+            1,
+            "is empty; expected lines of `label index:value ...`".into(),
+        ));
+    }
+    let d = d.unwrap_or_else(|| {
+        rows.iter()
+            .flat_map(|(_, f)| f.iter().map(|(i, _)| i + 1))
+            .max()
+            .unwrap_or(1)
+    });
+    let mut x = vec![0.0f32; rows.len() * d];
+    let binary_pm = rows.iter().all(|(l, _)| *l == 1.0 || *l == -1.0);
+    let y: Vec<f32> = rows
+        .iter()
+        .enumerate()
+        .map(|(r, (label, features))| {
+            for &(i, v) in features {
+                x[r * d + i] = v;
+            }
+            if binary_pm {
+                f32::from(*label > 0.0)
+            } else {
+                *label
+            }
+        })
+        .collect();
+    finish(path, x, d, Targets::Numbers(y), task, &mut None)
+}
+
+/// Reads a 1-D or 2-D little-endian f32/f64 (or, for labels, integer) `.npy` array in C order.
+fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
+    let bytes = read(path)?;
+    let bad = |msg: String| Error::Parse {
+        path: path.to_path_buf(),
+        msg,
+    };
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err(bad("is not a .npy file (no \\x93NUMPY magic)".into()));
+    }
+    let (header_len, header_start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(bad(format!("has unsupported .npy version {v}"))),
+    };
+    let data_start = header_start + header_len;
+    if bytes.len() < data_start {
+        return Err(bad("is truncated inside its header".into()));
+    }
+    let header = String::from_utf8_lossy(&bytes[header_start..data_start]);
+    let field = |key: &str| -> Option<String> {
+        let at = header.find(&format!("'{key}':"))? + key.len() + 3;
+        Some(header[at..].trim_start().to_string())
+    };
+    let descr = field("descr").ok_or_else(|| bad("header has no 'descr'".into()))?;
+    let dtype = descr
+        .trim_start_matches('\'')
+        .split('\'')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    if field("fortran_order").is_some_and(|f| f.starts_with("True")) {
+        return Err(bad(
+            "is in Fortran order; save it with np.ascontiguousarray".into(),
+        ));
+    }
+    let shape_text = field("shape").ok_or_else(|| bad("header has no 'shape'".into()))?;
+    let shape_text = shape_text.trim_start_matches('(');
+    let shape: Vec<usize> = shape_text[..shape_text.find(')').unwrap_or(0)]
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse().map_err(|_| bad(format!("bad shape entry `{s}`"))))
+        .collect::<Result<_>>()?;
+    let count: usize = shape.iter().product();
+    let width = match dtype.as_str() {
+        "<f4" | "<i4" => 4,
+        "<f8" | "<i8" => 8,
+        other => {
+            return Err(bad(format!(
+                "has dtype {other}; expected <f4 or <f8 (or <i4/<i8 for labels)"
+            )));
+        }
+    };
+    let data = &bytes[data_start..];
+    if data.len() < count * width {
+        return Err(bad(format!(
+            "is truncated: {} bytes of data for shape {shape:?} of {dtype}, expected {}",
+            data.len(),
+            count * width
+        )));
+    }
+    let values = data[..count * width]
+        .chunks_exact(width)
+        .map(|b| match dtype.as_str() {
+            "<f4" => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            "<i4" => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32,
+            "<f8" => f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32,
+            _ => i64::from_le_bytes(b.try_into().expect("8 bytes")) as f32,
+        })
+        .collect();
+    Ok((shape, values))
+}
+
+/// Features from one `.npy` (2-D) and targets from another (1-D).
+pub fn read_npy_pair(x_path: &Path, y_path: &Path, task: Task) -> Result<Dataset> {
+    let (x_shape, x) = read_npy(x_path)?;
+    let (y_shape, y) = read_npy(y_path)?;
+    if x_shape.len() != 2 {
+        return Err(Error::Parse {
+            path: x_path.to_path_buf(),
+            msg: format!("has shape {x_shape:?}; expected a 2-D (rows, features) array"),
+        });
+    }
+    if y_shape != [x_shape[0]] {
+        return Err(Error::Parse {
+            path: y_path.to_path_buf(),
+            msg: format!(
+                "has shape {y_shape:?}; expected ({},) to match the features",
+                x_shape[0]
+            ),
+        });
+    }
+    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        return Err(parse_err(
+            x_path,
+            i / x_shape[1] + 1,
+            format!("column {}: not a finite number", i % x_shape[1]),
+        ));
+    }
+    finish(x_path, x, x_shape[1], Targets::Numbers(y), task, &mut None)
+}

@@ -1,0 +1,271 @@
+//! Data from files: the CSV, LIBSVM and .npy readers agree on the same data, and every
+//! malformed input is an error naming the file, line and column (exit code 2, no panic).
+
+use std::path::Path;
+use std::process::Command;
+
+use minibatch::RawConfig;
+
+use crate::common::temp_dir;
+
+/// Writes a little-endian .npy with `descr` and `shape` (as Python writes them).
+fn write_npy(path: &Path, descr: &str, shape: &str, data: &[u8]) {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn f64_bytes(values: &[f64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn load(toml_text: &str) -> minibatch::Result<minibatch::Config> {
+    RawConfig::from_toml(toml_text, Path::new("c.toml"))?.validate()
+}
+
+#[test]
+fn csv_libsvm_and_npy_readers_agree_on_the_same_data() {
+    let dir = temp_dir("files-agree");
+    let rows = [
+        ([0.5f64, -1.25, 0.0], 1.0),
+        ([2.0, 0.0, 3.5], 0.0),
+        ([-0.75, 1.0, 0.25], 1.0),
+        ([0.0, 0.0, 1.0], 0.0),
+    ];
+    let csv: String = std::iter::once("f1,f2,f3,y\n".to_string())
+        .chain(
+            rows.iter()
+                .map(|(x, y)| format!("{},{},{},{}\n", x[0], x[1], x[2], y)),
+        )
+        .collect();
+    std::fs::write(dir.join("d.csv"), csv).unwrap();
+    let svm: String = rows
+        .iter()
+        .map(|(x, y)| {
+            let features: Vec<String> = x
+                .iter()
+                .enumerate()
+                .filter(|(_, v)| **v != 0.0)
+                .map(|(j, v)| format!("{}:{v}", j + 1))
+                .collect();
+            format!(
+                "{} {}\n",
+                if *y > 0.0 { "+1" } else { "-1" },
+                features.join(" ")
+            )
+        })
+        .collect();
+    std::fs::write(dir.join("d.svm"), svm).unwrap();
+    let flat: Vec<f64> = rows.iter().flat_map(|(x, _)| x.iter().copied()).collect();
+    write_npy(&dir.join("x.npy"), "<f8", "(4, 3)", &f64_bytes(&flat));
+    write_npy(
+        &dir.join("y.npy"),
+        "<f8",
+        "(4,)",
+        &f64_bytes(&rows.map(|(_, y)| y)),
+    );
+    let datasets: Vec<minibatch::Dataset> = [
+        format!(
+            "[data]\npath = \"{}\"\n[train]\nbatch_size = 2\n",
+            dir.join("d.csv").display()
+        ),
+        format!(
+            "[data]\npath = \"{}\"\nd = 3\n[train]\nbatch_size = 2\n",
+            dir.join("d.svm").display()
+        ),
+        format!(
+            "[data]\npath = \"{}\"\nlabels = \"{}\"\n[train]\nbatch_size = 2\n",
+            dir.join("x.npy").display(),
+            dir.join("y.npy").display()
+        ),
+    ]
+    .iter()
+    .map(|t| minibatch::data::load(&load(t).unwrap().data, 0).0)
+    .collect();
+    for d in &datasets[1..] {
+        assert_eq!(d, &datasets[0]);
+    }
+    assert_eq!(datasets[0].n_classes(), Some(2));
+}
+
+#[test]
+fn malformed_data_files_name_the_file_line_and_column() {
+    let dir = temp_dir("files-bad");
+    let csv = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let good_x = f64_bytes(&[1.0, 2.0, 3.0, 4.0]);
+    write_npy(&dir.join("x.npy"), "<f8", "(2, 2)", &good_x);
+    write_npy(&dir.join("y.npy"), "<f8", "(2,)", &f64_bytes(&[0.0, 1.0]));
+    write_npy(&dir.join("short.npy"), "<f8", "(2, 2)", &good_x[..20]);
+    write_npy(&dir.join("ints8.npy"), "|u1", "(2, 2)", &[1, 2, 3, 4]);
+    write_npy(
+        &dir.join("y3.npy"),
+        "<f8",
+        "(3,)",
+        &f64_bytes(&[0.0, 1.0, 1.0]),
+    );
+    std::fs::write(dir.join("junk.npy"), b"PK\x03\x04 not numpy").unwrap();
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!(
+                "path = \"{}\"",
+                csv("ragged.csv", "a,b,y\n1,2,0\n3,0\n").display()
+            ),
+            "ragged.csv:3: has 2 columns, expected 3",
+        ),
+        (
+            format!(
+                "path = \"{}\"",
+                csv("word.csv", "a,b,y\n1,2,0\n3,x,1\n").display()
+            ),
+            "word.csv:3: column 1: expected a number, found `x`",
+        ),
+        (
+            format!(
+                "path = \"{}\"",
+                csv("nan.csv", "a,b,y\n1,NaN,0\n").display()
+            ),
+            "nan.csv:2: column 1: NaN is not a finite number",
+        ),
+        (
+            format!(
+                "path = \"{}\"",
+                csv("inf.csv", "a,b,y\n1,2,0\ninf,2,1\n").display()
+            ),
+            "inf.csv:3: column 0: inf is not a finite number",
+        ),
+        (
+            format!("path = \"{}\"", csv("empty.csv", "").display()),
+            "empty.csv:1: is empty",
+        ),
+        (
+            format!("path = \"{}\"", csv("onlyheader.csv", "a,b,y\n").display()),
+            "has a header but no rows",
+        ),
+        (
+            format!(
+                "path = \"{}\"\nlabel = \"target\"",
+                csv("nolabel.csv", "a,b,y\n1,2,0\n").display()
+            ),
+            "no column named `target`",
+        ),
+        (
+            format!(
+                "path = \"{}\"\nlabel = 7",
+                csv("badindex.csv", "1,2,0\n").display()
+            ),
+            "label column 7 does not exist",
+        ),
+        (
+            format!(
+                "path = \"{}\"",
+                csv("fraction.csv", "a,b,y\n1,2,0.5\n").display()
+            ),
+            "fraction.csv: data row 1: label 0.5 is not a class id",
+        ),
+        (
+            format!(
+                "path = \"{}\"",
+                csv("quoted.csv", "a,b,y\n\"1\",2,0\n").display()
+            ),
+            "quoted fields are not supported",
+        ),
+        (
+            format!("path = \"{}\"", csv("bad.svm", "+1 1:0.5 2:x\n").display()),
+            "bad.svm:1: column 3: `x` is not a finite number",
+        ),
+        (
+            format!("path = \"{}\"", csv("pair.svm", "+1 1:0.5 7\n").display()),
+            "pair.svm:1: column 3: expected index:value",
+        ),
+        (
+            format!(
+                "path = \"{}\"\nlabels = \"{}\"",
+                dir.join("short.npy").display(),
+                dir.join("y.npy").display()
+            ),
+            "short.npy: is truncated",
+        ),
+        (
+            format!(
+                "path = \"{}\"\nlabels = \"{}\"",
+                dir.join("ints8.npy").display(),
+                dir.join("y.npy").display()
+            ),
+            "has dtype |u1",
+        ),
+        (
+            format!(
+                "path = \"{}\"\nlabels = \"{}\"",
+                dir.join("junk.npy").display(),
+                dir.join("y.npy").display()
+            ),
+            "is not a .npy file",
+        ),
+        (
+            format!(
+                "path = \"{}\"\nlabels = \"{}\"",
+                dir.join("x.npy").display(),
+                dir.join("y3.npy").display()
+            ),
+            "y3.npy: has shape [3]; expected (2,)",
+        ),
+        (
+            format!("path = \"{}\"", dir.join("x.npy").display()),
+            "config `data.labels`: format = \"npy\" needs",
+        ),
+        (format!("path = \"{}\"", dir.display()), "is a directory"),
+        (
+            format!("path = \"{}\"", dir.join("nowhere.csv").display()),
+            "nowhere.csv",
+        ),
+        (
+            format!(
+                "path = \"{}\"\nsynthetic = \"teacher\"",
+                dir.join("x.npy").display()
+            ),
+            "config `data.synthetic`: applies to synthetic data",
+        ),
+        (
+            format!(
+                "path = \"{}\"\nd = 9",
+                csv("d.csv", "a,b,y\n1,2,0\n3,4,1\n").display()
+            ),
+            "config `data.d`: is 9, but",
+        ),
+    ];
+    for (i, (data_section, expected)) in cases.iter().enumerate() {
+        let config = dir.join(format!("case{i}.toml"));
+        std::fs::write(
+            &config,
+            format!("[data]\n{data_section}\n[train]\nbatch_size = 1\n"),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+            .args(["train", "-q", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "case {i} ({expected}): {stderr}"
+        );
+        assert!(
+            stderr.contains(expected),
+            "case {i}: expected `{expected}` in: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "case {i}: {stderr}");
+    }
+}
