@@ -349,3 +349,45 @@ fn train_prints_epochs_and_saves_a_readable_file() {
     assert_eq!(params.len(), 10 * 8 + 8 + 8 * 3 + 3);
     assert!(params.iter().all(|p| p.is_finite()));
 }
+
+#[test]
+fn a_diverging_run_stops_with_the_step_and_a_hint_and_keeps_its_checkpoints() {
+    let dir = temp_dir("cli-nan");
+    let cfg = dir.join("c.toml");
+    std::fs::write(&cfg, "[data]\nsynthetic = \"linear\"\nn = 2000\nd = 10\n[train]\nepochs = 50\nbatch_size = 10\nlr = 5.0\n").unwrap();
+    let ckpt = dir.join("ckpt");
+    let out = run(&[
+        "train",
+        "-q",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--checkpoint-every",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("loss became") && stderr.contains("try a smaller learning rate"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("last finite batch loss"), "{stderr}");
+    // Every checkpoint left behind holds finite parameters.
+    let layout = minibatch::Mlp::new(minibatch::model::MlpSpec {
+        d_in: 10,
+        hidden: vec![],
+        activation: minibatch::model::Activation::Relu,
+        head: minibatch::model::Head::Mse,
+    });
+    let files: Vec<_> = std::fs::read_dir(&ckpt)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!files.is_empty());
+    for f in files {
+        let c =
+            minibatch::checkpoint::load_checkpoint(&f, minibatch::Model::layout(&layout)).unwrap();
+        assert!(c.params.iter().all(|p| p.is_finite()), "{}", f.display());
+    }
+}

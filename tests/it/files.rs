@@ -269,3 +269,76 @@ fn malformed_data_files_name_the_file_line_and_column() {
         assert!(!stderr.contains("panicked"), "case {i}: {stderr}");
     }
 }
+
+/// Seeded random corruption of valid files: every reader must return a dataset or an error,
+/// never panic, whatever the bytes (a stand-in for a fuzzer that runs in `cargo test`).
+#[test]
+fn readers_never_panic_on_corrupted_input() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let dir = temp_dir("files-corrupt");
+    let csv = b"a,b,label\n1.5,2,cat\n-3,4e2,dog\n0.25,NaN,cat\n".to_vec();
+    let svm = b"+1 1:0.5 3:2\n-1 2:1.5\n+1 1:-2 2:0.25 3:1\n".to_vec();
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    let header = "{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2), }          \n";
+    npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    npy.extend_from_slice(header.as_bytes());
+    npy.extend(f64_bytes(&[1.0, 2.0, 3.0, 4.0]));
+    write_npy(&dir.join("y.npy"), "<f8", "(2,)", &f64_bytes(&[0.0, 1.0]));
+    let opts = minibatch::io::CsvOptions {
+        header: None,
+        label: minibatch::io::LabelColumn::Last,
+        delimiter: b',',
+        task: minibatch::io::Task::Classification,
+    };
+    let mut rng = StdRng::seed_from_u64(77);
+    let mut outcomes = [0usize; 2];
+    for round in 0..3000 {
+        let (name, original) = match round % 3 {
+            0 => ("c.csv", &csv),
+            1 => ("s.svm", &svm),
+            _ => ("x.npy", &npy),
+        };
+        let mut bytes = original.clone();
+        for _ in 0..rng.random_range(1..6) {
+            match rng.random_range(0..4) {
+                0 if !bytes.is_empty() => {
+                    let i = rng.random_range(0..bytes.len());
+                    bytes[i] = rng.random();
+                }
+                1 if !bytes.is_empty() => {
+                    let i = rng.random_range(0..bytes.len());
+                    bytes.truncate(i);
+                }
+                2 => {
+                    let i = rng.random_range(0..=bytes.len());
+                    let alphabet = b",:\n9e-. x\"\x93";
+                    let b = alphabet[rng.random_range(0..alphabet.len())];
+                    bytes.insert(i, b);
+                }
+                _ if bytes.len() > 1 => {
+                    let i = rng.random_range(0..bytes.len() - 1);
+                    bytes.swap(i, i + 1);
+                }
+                _ => {}
+            }
+        }
+        let path = dir.join(name);
+        std::fs::write(&path, &bytes).unwrap();
+        let result = match round % 3 {
+            0 => minibatch::io::read_csv(&path, &opts, &mut None),
+            1 => minibatch::io::read_libsvm(&path, None, minibatch::io::Task::Classification),
+            _ => minibatch::io::read_npy_pair(
+                &path,
+                &dir.join("y.npy"),
+                minibatch::io::Task::Classification,
+            ),
+        };
+        outcomes[usize::from(result.is_ok())] += 1;
+    }
+    // Both outcomes occur, so the corruption is neither too mild nor too wild to mean much.
+    assert!(
+        outcomes[0] > 100 && outcomes[1] > 100,
+        "errors / successes: {outcomes:?}"
+    );
+}
