@@ -149,26 +149,21 @@ pub fn run(raw: &RawConfig, plan: &TunePlan, mut progress: impl FnMut(&str)) -> 
     let stat_rows = Some(stat_cfg.train.shard_rows.get());
     let t0 = base.train.threads.get();
     // Best of three alternating runs each: the machine's noise is larger than the cost.
+    let measure = |noise| {
+        throughput(
+            &base,
+            b0,
+            t0,
+            stat_rows,
+            &train,
+            plan.measure_seconds,
+            noise,
+        )
+    };
     let (mut plain, mut tracked) = (0.0f64, 0.0f64);
     for _ in 0..3 {
-        plain = plain.max(throughput(
-            &base,
-            b0,
-            t0,
-            stat_rows,
-            &train,
-            plan.measure_seconds,
-            false,
-        )?);
-        tracked = tracked.max(throughput(
-            &base,
-            b0,
-            t0,
-            stat_rows,
-            &train,
-            plan.measure_seconds,
-            true,
-        )?);
+        plain = plain.max(measure(false)?);
+        tracked = tracked.max(measure(true)?);
     }
     let estimator_overhead = (plain / tracked - 1.0).max(0.0);
 
