@@ -48,7 +48,7 @@ fn benches(c: &mut Criterion) {
             model.init(&mut params, &mut rand::SeedableRng::seed_from_u64(1));
             let mut ws = model.workspace(rows);
             let mut shared = model.shared();
-            model.prepare(&params, &mut shared);
+            model.prepare(&params, &mut shared, true);
             let mut grad = vec![0.0f32; n_params];
             group.throughput(Throughput::Elements(rows as u64));
             group.bench_function(BenchmarkId::new("shard_fwd_bwd", rows), |b| {
@@ -104,7 +104,7 @@ fn matmul(c: &mut Criterion) {
         let mut out = Array2::<f32>::zeros((m, n));
         group.throughput(Throughput::Elements((2 * m * k * n) as u64));
         let mut packed = PackedB::default();
-        packed.pack(b.view());
+        packed.pack(b.view(), true);
         let mut scratch = GemmScratch::default();
         let shape = format!("{m}x{k}x{n}");
         group.bench_function(BenchmarkId::new("own_packed", &shape), |bench| {

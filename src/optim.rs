@@ -115,9 +115,18 @@ pub struct Optimizer {
     norm_partials: Vec<f64>,
     /// Steps taken so far.
     t: u64,
+    /// Whether a large update may be split over the pool (see `set_parallel`).
+    parallel: bool,
 }
 
 impl Optimizer {
+    /// Allows or forbids splitting the update over the pool; the trainer forbids it for
+    /// steps that ran as one shard, where the other workers are asleep and waking them
+    /// costs more than the update. The result is the same either way.
+    pub fn set_parallel(&mut self, parallel: bool) {
+        self.parallel = parallel;
+    }
+
     pub fn new(config: OptimConfig, n_params: usize) -> Self {
         let (m_len, v_len) = match config.kind {
             OptimKind::Sgd { momentum: 0.0, .. } => (0, 0),
@@ -130,6 +139,7 @@ impl Optimizer {
             v: vec![0.0; v_len],
             norm_partials: Vec::with_capacity(n_params.div_ceil(UPDATE_CHUNK)),
             t: 0,
+            parallel: true,
         }
     }
 
@@ -181,7 +191,7 @@ impl Optimizer {
             scale *= coef as f32;
         }
         let wd = self.config.weight_decay;
-        let parallel = params.len() >= 2 * UPDATE_CHUNK;
+        let parallel = self.parallel && params.len() >= 2 * UPDATE_CHUNK;
         match self.config.kind {
             OptimKind::Sgd { momentum: 0.0, .. } => {
                 let update = |(p, g): (&mut [f32], &[f32])| {

@@ -488,12 +488,15 @@ impl<M: Model> Trainer<M> {
             n_shards <= self.grads.nrows(),
             "batch of {batch_len} exceeds the configured batch size"
         );
+        // One shard runs on this thread alone: keep the other phases here too.
+        let parallel = n_shards > 1 && self.cfg.threads.get() > 1;
+        self.optimizer.set_parallel(parallel);
         let step_span = debug_span!("step", step = self.steps_taken + 1, batch_len, n_shards);
         let _step = step_span.enter();
         let n_params = self.params.len();
         {
             let _prepare = trace_span!("prepare").entered();
-            self.model.prepare(&self.params, &mut self.shared);
+            self.model.prepare(&self.params, &mut self.shared, parallel);
         }
         let (model, params, shared) = (&self.model, &self.params[..], &self.shared);
         let measure_noise = n_shards >= 2
@@ -591,7 +594,7 @@ impl<M: Model> Trainer<M> {
         let _eval = debug_span!("eval", rows = data.n()).entered();
         let block_rows = self.cfg.shard_rows.get().min(self.cfg.batch_size.get());
         let n_blocks = data.n().div_ceil(block_rows);
-        self.model.prepare(&self.params, &mut self.shared);
+        self.model.prepare(&self.params, &mut self.shared, true);
         let (model, params, shared) = (&self.model, &self.params[..], &self.shared);
         let mut total = Stats::default();
         let n_slots = self.slots.len();

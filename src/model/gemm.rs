@@ -53,7 +53,7 @@ pub struct PackedB {
 impl PackedB {
     /// Packs `b` (k x n, any strides) for the kernel this CPU will run. Allocates on the
     /// first call for a shape only.
-    pub fn pack(&mut self, b: ArrayView2<f32>) {
+    pub fn pack(&mut self, b: ArrayView2<f32>, parallel: bool) {
         let (k, n) = b.dim();
         if k * n <= SMALL_B {
             // Small operands are multiplied without packing; keep a plain copy only.
@@ -71,23 +71,32 @@ impl PackedB {
         // this runs once per step, between the parallel phases, and would otherwise be the
         // largest serial part of a small-batch step).
         let block_len = KC * n_panels * nr;
-        self.data[..n_panels * nr * k]
-            .par_chunks_mut(block_len)
-            .enumerate()
-            .for_each(|(block, dst)| {
-                let k0 = block * KC;
-                let kc = KC.min(k - k0);
-                // SAFETY: `b` is a live view of k x n elements with these strides.
-                unsafe {
-                    match Isa::detect() {
-                        #[cfg(target_arch = "x86_64")]
-                        Isa::Avx512 => Avx512::pack_b(dst, b.as_ptr(), b_cs, b_rs, n, k0, kc),
-                        #[cfg(target_arch = "x86_64")]
-                        Isa::Avx2 => Avx2::pack_b(dst, b.as_ptr(), b_cs, b_rs, n, k0, kc),
-                        _ => Scalar::pack_b(dst, b.as_ptr(), b_cs, b_rs, n, k0, kc),
-                    }
-                };
-            });
+        let pack_block = |(block, dst): (usize, &mut [f32])| {
+            let k0 = block * KC;
+            let kc = KC.min(k - k0);
+            // SAFETY: `b` is a live view of k x n elements with these strides.
+            unsafe {
+                match Isa::detect() {
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx512 => Avx512::pack_b(dst, b.as_ptr(), b_cs, b_rs, n, k0, kc),
+                    #[cfg(target_arch = "x86_64")]
+                    Isa::Avx2 => Avx2::pack_b(dst, b.as_ptr(), b_cs, b_rs, n, k0, kc),
+                    _ => Scalar::pack_b(dst, b.as_ptr(), b_cs, b_rs, n, k0, kc),
+                }
+            };
+        };
+        let packed = &mut self.data[..n_panels * nr * k];
+        if parallel {
+            packed
+                .par_chunks_mut(block_len)
+                .enumerate()
+                .for_each(pack_block);
+        } else {
+            packed
+                .chunks_mut(block_len)
+                .enumerate()
+                .for_each(pack_block);
+        }
         (self.k, self.n, self.nr) = (k, n, nr);
     }
 

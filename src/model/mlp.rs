@@ -164,7 +164,7 @@ impl Mlp {
     pub fn outputs(&self, params: &[f32], x: ArrayView2<f32>) -> Array2<f32> {
         const BLOCK: usize = 1024;
         let mut shared = self.shared();
-        self.prepare(params, &mut shared);
+        self.prepare(params, &mut shared, true);
         let mut ws = self.workspace(BLOCK.min(x.nrows().max(1)));
         let last = self.n_layers() - 1;
         let mut out = Array2::zeros((x.nrows(), self.spec.head.n_outputs()));
@@ -337,24 +337,28 @@ impl Model for Mlp {
         }
     }
 
-    fn prepare(&self, params: &[f32], shared: &mut MlpShared) {
+    fn prepare(&self, params: &[f32], shared: &mut MlpShared, parallel: bool) {
         if self.is_single_output_linear() {
             return;
         }
-        // Forward and backward copies side by side; each also splits its k-blocks.
         let MlpShared { w, wt } = shared;
-        rayon::join(
-            || {
-                for (l, packed) in w.iter_mut().enumerate() {
-                    packed.pack(self.layout.matrix(self.layers[l].0, params));
-                }
-            },
-            || {
-                for (l, packed) in wt.iter_mut().enumerate().skip(1) {
-                    packed.pack(self.layout.matrix(self.layers[l].0, params).t());
-                }
-            },
-        );
+        let forward = |w: &mut Vec<PackedB>| {
+            for (l, packed) in w.iter_mut().enumerate() {
+                packed.pack(self.layout.matrix(self.layers[l].0, params), parallel);
+            }
+        };
+        let backward = |wt: &mut Vec<PackedB>| {
+            for (l, packed) in wt.iter_mut().enumerate().skip(1) {
+                packed.pack(self.layout.matrix(self.layers[l].0, params).t(), parallel);
+            }
+        };
+        if parallel {
+            // Forward and backward copies side by side; each also splits its k-blocks.
+            rayon::join(|| forward(w), || backward(wt));
+        } else {
+            forward(w);
+            backward(wt);
+        }
     }
 
     fn loss_grad_sum(

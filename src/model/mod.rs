@@ -69,8 +69,10 @@ pub trait Model: Send + Sync {
     fn shared(&self) -> Self::Shared;
 
     /// Derives `shared` from `params`; called after every parameter change, before the
-    /// shards of the next step or evaluation run.
-    fn prepare(&self, params: &[f32], shared: &mut Self::Shared);
+    /// shards of the next step or evaluation run. `parallel` says whether to split the work
+    /// over the pool: it is false when the step runs as one shard, where waking idle
+    /// workers would cost more than it saves.
+    fn prepare(&self, params: &[f32], shared: &mut Self::Shared, parallel: bool);
 
     /// Writes `sum_i dL_i/dtheta` over the rows of `batch` into `grad`, overwriting every
     /// element (so nobody zeroes the buffer first: the product kernels store their first

@@ -81,6 +81,6 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
 /// The model's per-step shared state for `params`, as the trainer prepares it.
 pub fn prepared(model: &Mlp, params: &[f32]) -> MlpShared {
     let mut shared = model.shared();
-    model.prepare(params, &mut shared);
+    model.prepare(params, &mut shared, true);
     shared
 }
