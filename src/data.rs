@@ -5,6 +5,8 @@
 //! `BLOCK_ROWS` in parallel; each block has its own RNG seeded from (seed, split, block), so
 //! the data do not depend on the thread count and N = 1,000,000 x 1,000 takes seconds.
 
+use std::sync::Arc;
+
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 use ndarray_rand::RandomExt;
@@ -109,8 +111,8 @@ impl Dataset {
 /// when asked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadedData {
-    pub train: Dataset,
-    pub valid: Option<Dataset>,
+    pub train: Arc<Dataset>,
+    pub valid: Option<Arc<Dataset>>,
 }
 
 impl LoadedData {
@@ -151,16 +153,22 @@ impl LoadedData {
                 data.x /= &std;
             }
         }
-        Ok(LoadedData { train, valid })
+        Ok(LoadedData {
+            train: Arc::new(train),
+            valid: valid.map(Arc::new),
+        })
     }
 }
 
-/// The training and validation sets a config describes: read from files at validation, or
-/// generated now.
-pub fn load(cfg: &DataConfig, seed: u64) -> (Dataset, Option<Dataset>) {
+/// The training and validation sets a config describes: read from files at validation
+/// (shared, not copied), or generated now.
+pub fn load(cfg: &DataConfig, seed: u64) -> (Arc<Dataset>, Option<Arc<Dataset>>) {
     match &cfg.file {
-        Some(loaded) => (loaded.train.clone(), loaded.valid.clone()),
-        None => synthetic(cfg, seed),
+        Some(loaded) => (Arc::clone(&loaded.train), loaded.valid.clone()),
+        None => {
+            let (train, valid) = synthetic(cfg, seed);
+            (Arc::new(train), valid.map(Arc::new))
+        }
     }
 }
 

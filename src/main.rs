@@ -184,7 +184,7 @@ fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Result<(
         failure: None,
         interrupted: None,
     };
-    let report = trainer.fit_observed(&train, valid.as_ref(), &mut output);
+    let report = trainer.fit_observed(&train, valid.as_deref(), &mut output);
     bar.finish_and_clear();
     let report = report?;
     if let Some(err) = output.failure.take() {
@@ -795,7 +795,7 @@ mod interrupt {
 }
 
 /// The saved model, its parameters and the rows to evaluate on.
-fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, minibatch::Dataset)> {
+fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, std::sync::Arc<minibatch::Dataset>)> {
     let model_raw = RawConfig::from_toml(
         &minibatch::checkpoint::model_config(&args.model)?,
         &args.model,

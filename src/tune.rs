@@ -231,7 +231,7 @@ pub fn run(raw: &RawConfig, plan: &TunePlan, mut progress: impl FnMut(&str)) -> 
                 "training to target at B = {}, {} thread(s)",
                 r.batch_size, r.threads
             ));
-            let outcome = to_target(raw, r, plan, &train, valid.as_ref())?;
+            let outcome = to_target(raw, r, plan, &train, valid.as_deref())?;
             r.steps_to_target = Some(outcome.steps);
             r.examples_to_target = Some(outcome.steps * r.batch_size as u64);
             r.seconds_to_target = Some(outcome.seconds);

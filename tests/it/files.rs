@@ -87,7 +87,7 @@ fn csv_libsvm_and_npy_readers_agree_on_the_same_data() {
         ),
     ]
     .iter()
-    .map(|t| minibatch::data::load(&load(t).unwrap().data, 0).0)
+    .map(|t| (*minibatch::data::load(&load(t).unwrap().data, 0).0).clone())
     .collect();
     for d in &datasets[1..] {
         assert_eq!(d, &datasets[0]);
