@@ -1,0 +1,8 @@
+//! The subcommands, one module per concern: `train` (training, progress, checkpoints,
+//! Ctrl-C), `report` (bench, scale and tune: measuring and printing tables), `model`
+//! (layout, eval, predict and the descent picture). Each turns parsed arguments into calls
+//! of the library and prints; errors go back to `main`, which owns the exit code.
+
+pub mod model;
+pub mod report;
+pub mod train;

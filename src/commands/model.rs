@@ -1,0 +1,164 @@
+//! `minibatch layout`, `eval`, `predict` and `descent`: what a model is, how good a saved one
+//! is, what it predicts, and the picture of its descent.
+
+use minibatch::{Mlp, Model, RawConfig, Result, data};
+
+use crate::cli::{ConfigArgs, DescentArgs, EvalArgs, PredictArgs};
+use crate::load_config;
+
+pub fn layout(args: &ConfigArgs) -> Result<()> {
+    let (_, cfg) = load_config(args)?;
+    let model = Mlp::new(cfg.model.clone());
+    println!(
+        "{} ({} parameters)",
+        cfg.model.describe(),
+        model.layout().n_params()
+    );
+    for entry in model.layout().entries() {
+        println!(
+            "  {:<4} {:<14} offset {}",
+            entry.name,
+            format!("{:?}", entry.shape),
+            entry.offset
+        );
+    }
+    Ok(())
+}
+
+pub fn descent(args: &DescentArgs, quiet: bool) -> Result<()> {
+    if !(args.noise.is_finite() && args.noise >= 0.0) {
+        return Err(minibatch::Error::config(
+            "--noise",
+            "must be finite and >= 0",
+        ));
+    }
+    let plan = minibatch::descent::DescentPlan {
+        n: args.n,
+        batch_size: args.batch_size,
+        steps: args.steps,
+        lr: args.lr,
+        seed: args.seed,
+        seeds: args.seeds,
+        shown_seeds: args.show_seeds,
+        noise: args.noise,
+    };
+    let descent = minibatch::descent::run(&plan)?;
+    minibatch::descent::write_outputs(&args.out, &descent)?;
+    if args.text {
+        print!("{}", minibatch::descent::to_text(&descent, 64, 24));
+    }
+    if !quiet {
+        let (w, b) = descent.bowl.minimum();
+        let end = descent.full_batch.last().copied().unwrap_or(descent.start);
+        println!(
+            "least squares at w = {w:.4}, b = {b:.4}; full batch ended at w = {:.4}, b = {:.4} after {} steps",
+            end.0, end.1, plan.steps
+        );
+        println!(
+            "wrote {} and {} (open the page in a browser; it needs no network)",
+            args.out.join("descent.svg").display(),
+            args.out.join("descent.html").display()
+        );
+    }
+    Ok(())
+}
+
+/// The saved model, its parameters and the rows to evaluate on.
+fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, std::sync::Arc<minibatch::Dataset>)> {
+    let model_raw = RawConfig::from_toml(
+        &minibatch::checkpoint::model_config(&args.model)?,
+        &args.model,
+    )?;
+    let model_cfg = model_raw.validate()?;
+    let model = Mlp::new(model_cfg.model.clone());
+    let params = minibatch::checkpoint::load_params(&args.model, model.layout())?;
+    let data_cfg = match &args.config {
+        Some(path) => RawConfig::load(path)?.validate()?,
+        None => model_cfg,
+    };
+    if data_cfg.data.d != model.spec().d_in {
+        return Err(minibatch::Error::Shape {
+            name: "features".into(),
+            expected: vec![model.spec().d_in],
+            got: vec![data_cfg.data.d],
+        });
+    }
+    let (train, valid) = data::load(&data_cfg.data, data_cfg.seed);
+    Ok((model, params, valid.unwrap_or(train)))
+}
+
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    let (model, params, data) = saved_model(args)?;
+    let m = minibatch::metrics::evaluate(&model, &params, &data);
+    println!(
+        "{} on {} rows: mean loss {:.4}",
+        model.spec().describe(),
+        m.rows,
+        m.mean_loss
+    );
+    if let (Some(mse), Some(r2)) = (m.mse, m.r2) {
+        println!("MSE {mse:.4}, R^2 {r2:.4}");
+    }
+    if let (Some(accuracy), Some(confusion)) = (m.accuracy, &m.confusion) {
+        println!(
+            "accuracy {:.2}%\nconfusion matrix (rows: target class, columns: predicted):",
+            100.0 * accuracy
+        );
+        print!("      ");
+        for p in 0..confusion.len() {
+            print!("{p:>7}");
+        }
+        println!();
+        for (t, row) in confusion.iter().enumerate() {
+            print!("{t:>5} ");
+            for count in row {
+                print!("{count:>7}");
+            }
+            println!();
+        }
+    }
+    Ok(())
+}
+
+pub fn predict(args: &PredictArgs, quiet: bool) -> Result<()> {
+    let (model, params, data) = saved_model(&args.eval)?;
+    let head = model.spec().head;
+    let outputs = model.outputs(&params, data.x());
+    let mut csv = String::from("row,target,prediction");
+    let n_classes = match head {
+        minibatch::model::Head::Softmax { n_classes } => n_classes,
+        minibatch::model::Head::Logistic => 2,
+        minibatch::model::Head::Mse => 0,
+    };
+    for c in 0..n_classes {
+        csv += &format!(",p{c}");
+    }
+    csv.push('\n');
+    for (i, (z, &y)) in outputs.rows().into_iter().zip(data.targets()).enumerate() {
+        let z = z.as_slice().expect("row-major");
+        match head {
+            minibatch::model::Head::Mse => csv += &format!("{i},{y},{}\n", z[0]),
+            minibatch::model::Head::Logistic => {
+                let p1 = minibatch::model::sigmoid(z[0]);
+                csv += &format!("{i},{y},{},{},{}\n", usize::from(z[0] > 0.0), 1.0 - p1, p1);
+            }
+            minibatch::model::Head::Softmax { .. } => {
+                let lse = minibatch::model::log_sum_exp(ndarray::ArrayView1::from(z));
+                csv += &format!("{i},{y},{}", minibatch::metrics::predicted_class(head, z));
+                for v in z {
+                    csv += &format!(",{}", (v - lse).exp());
+                }
+                csv.push('\n');
+            }
+        }
+    }
+    minibatch::checkpoint::write_atomic(&args.out, csv.as_bytes())?;
+    if !quiet {
+        println!(
+            "wrote {} predictions to {}",
+            outputs.nrows(),
+            args.out.display()
+        );
+    }
+    Ok(())
+}

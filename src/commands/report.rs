@@ -1,0 +1,282 @@
+//! `minibatch bench`, `scale` and `tune`: run the library's measurements and print their
+//! tables, CSV and SVG.
+
+use minibatch::profile::Recorder;
+use minibatch::{RawConfig, Result};
+
+use crate::cli::{BenchArgs, ScaleArgs, TuneArgs};
+
+pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
+    let workloads = if args.workload.iter().any(|w| w == "all") {
+        minibatch::bench::WORKLOADS
+            .iter()
+            .map(|(w, _, _)| w.to_string())
+            .collect()
+    } else {
+        args.workload.clone()
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = if args.threads.is_empty() {
+        vec![1, cores]
+    } else {
+        args.threads.clone()
+    };
+    let mut thread_counts = Vec::new();
+    for t in threads {
+        let t = std::num::NonZeroUsize::new(t).ok_or_else(|| {
+            minibatch::Error::config("--threads", "thread counts must be at least 1")
+        })?;
+        if !thread_counts.contains(&t) {
+            thread_counts.push(t);
+        }
+    }
+    if let Some(&b) = args.batch_sizes.iter().find(|&&b| b == 0) {
+        return Err(minibatch::Error::config(
+            "--batch-sizes",
+            format!("batch sizes must be at least 1, got {b}"),
+        ));
+    }
+    let plan = minibatch::bench::BenchPlan {
+        workloads,
+        batch_sizes: args.batch_sizes.clone(),
+        threads: thread_counts,
+        shard_rows: args.shard_rows,
+        n: args.n,
+    };
+    let report = minibatch::bench::run(&plan, |msg| {
+        if !quiet {
+            eprintln!("bench: {msg}");
+        }
+    })?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("plain data serialises")
+        );
+        return Ok(());
+    }
+    let limits = &report.limits;
+    println!("kernel: {}", limits.isa);
+    for ((t, peak), (_, bw)) in limits.peak_gflops.iter().zip(&limits.copy_gb_per_sec) {
+        println!("{t} thread(s): peak FMA {peak:.1} GFLOP/s, copy bandwidth {bw:.1} GB/s");
+    }
+    println!(
+        "\n| workload | B | threads | shard rows | examples/s | GFLOP/s | of peak FMA | feature GB/s | of bandwidth | reduce share | speedup |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &report.rows {
+        println!(
+            "| {} | {} | {} | {} | {:.0} | {:.1} | {:.0}% | {:.2} | {:.0}% | {:.1}% | {} |",
+            r.workload,
+            r.batch_size,
+            r.threads,
+            r.shard_rows,
+            r.examples_per_sec,
+            r.gflops,
+            100.0 * r.peak_fraction,
+            r.feature_gb_per_sec,
+            100.0 * r.bandwidth_fraction,
+            100.0 * r.reduce_fraction,
+            r.speedup
+                .map(|s| format!("{s:.2}x"))
+                .unwrap_or_else(|| "-".into()),
+        );
+    }
+    let predictions: Vec<_> = report
+        .rows
+        .iter()
+        .filter_map(|r| r.serial_fraction.map(|e| (r, e.max(0.0))))
+        .collect();
+    if !predictions.is_empty() {
+        println!(
+            "\nScaling predicted by Amdahl's law from the measured (Karp-Flatt) serial fraction:"
+        );
+        println!("| workload | B | threads | serial fraction | 16 threads | 64 threads |");
+        println!("|---|---|---|---|---|---|");
+        for (r, e) in predictions {
+            println!(
+                "| {} | {} | {} | {:.3} | {:.1}x | {:.1}x |",
+                r.workload,
+                r.batch_size,
+                r.threads,
+                e,
+                minibatch::bench::amdahl(e, 16),
+                minibatch::bench::amdahl(e, 64)
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
+    let mut raw = match &args.config {
+        Some(path) => RawConfig::load(path)?,
+        None => RawConfig::default(),
+    };
+    raw.train.epochs = Some(args.epochs);
+    let threads = if args.threads.is_empty() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut t: Vec<usize> = std::iter::successors(Some(1usize), |t| Some(t * 2))
+            .take_while(|&t| t < cores)
+            .collect();
+        t.push(cores);
+        t
+    } else {
+        args.threads.clone()
+    };
+    if let Some(&b) = args.batch_sizes.iter().find(|&&b| b == 0) {
+        return Err(minibatch::Error::config(
+            "--batch-sizes",
+            format!("batch sizes must be at least 1, got {b}"),
+        ));
+    }
+    let rows = minibatch::scale::run(&raw, &threads, &args.batch_sizes, recorder, |msg| {
+        if !quiet {
+            eprintln!("scale: {msg}");
+        }
+    })?;
+    minibatch::scale::write_outputs(&args.out, &rows)?;
+    println!(
+        "| B | threads | examples/s | speedup | efficiency | serial fraction | prepare | shards | reduce | update | workers busy |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.0} | {:.2}x | {:.0}% | {} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.0}% |",
+            r.batch_size,
+            r.threads,
+            r.examples_per_sec,
+            r.speedup,
+            100.0 * r.efficiency,
+            r.serial_fraction
+                .map(|e| format!("{e:.3}"))
+                .unwrap_or_else(|| "-".into()),
+            100.0 * r.prepare_share,
+            100.0 * r.shards_share,
+            100.0 * r.reduce_share,
+            100.0 * r.update_share,
+            100.0 * r.worker_busy_share,
+        );
+    }
+    for (b, e, s16, s64) in minibatch::scale::predictions(&rows) {
+        println!(
+            "B = {b}: serial fraction {e:.3}; Amdahl's law predicts {s16:.1}x on 16 cores, {s64:.1}x on 64"
+        );
+    }
+    if !quiet {
+        println!(
+            "wrote {} and {}",
+            args.out.join("scale.csv").display(),
+            args.out.join("scale.svg").display()
+        );
+    }
+    Ok(())
+}
+
+pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
+    let raw = match &args.config {
+        Some(path) => RawConfig::load(path)?,
+        None => RawConfig::default(),
+    };
+    if !(args.seconds.is_finite() && args.seconds > 0.0) {
+        return Err(minibatch::Error::config(
+            "--seconds",
+            "must be a positive number of seconds",
+        ));
+    }
+    if let Some(t) = args.target_loss
+        && !t.is_finite()
+    {
+        return Err(minibatch::Error::config(
+            "--target-loss",
+            "must be a finite loss",
+        ));
+    }
+    let plan = minibatch::tune::TunePlan {
+        batch_sizes: args.batch_sizes.clone(),
+        threads: args.threads.clone(),
+        target_loss: args.target_loss,
+        budget_examples: args.budget,
+        lr_rule: minibatch::tune::LrRule::parse(&args.lr_rule)?,
+        measure_seconds: args.seconds,
+    };
+    let report = minibatch::tune::run(&raw, &plan, |msg| {
+        if !quiet {
+            eprintln!("tune: {msg}");
+        }
+    })?;
+    minibatch::tune::write_outputs(&args.out, &report)?;
+    println!(
+        "gradient noise scale while training B = {}:",
+        report.base_batch_size
+    );
+    for (epoch, loss, b_noise) in &report.noise_history {
+        println!("  epoch {epoch}: train loss {loss:.4}, B_noise {b_noise:.1}");
+    }
+    println!(
+        "(the estimator added {:.1}% to the step time at B = {})\n",
+        100.0 * report.estimator_overhead,
+        report.base_batch_size
+    );
+    println!(
+        "| B | threads | examples/s | steps/s | predicted time | lr | steps to target | seconds to target | train loss | valid loss | B > 2 B_noise |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let opt = |v: Option<f64>, digits: usize| {
+        v.map(|v| format!("{v:.digits$}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    for r in &report.rows {
+        let steps = match (r.steps_to_target, r.reached_target) {
+            (Some(s), Some(false)) => format!("> {s}"),
+            (Some(s), _) => s.to_string(),
+            (None, _) => "-".into(),
+        };
+        println!(
+            "| {} | {} | {:.0} | {:.1} | {:.2}x | {:.4} | {} | {} | {} | {} | {} |",
+            r.batch_size,
+            r.threads,
+            r.examples_per_sec,
+            r.steps_per_sec,
+            r.predicted_time,
+            r.lr,
+            steps,
+            opt(r.seconds_to_target, 2),
+            opt(r.final_train_loss, 4),
+            opt(r.valid_loss, 4),
+            if r.above_twice_noise_scale { "yes" } else { "" },
+        );
+    }
+    if let Some((s_min, e_min)) = report.tradeoff {
+        println!(
+            "\nfitted S = S_min (1 + B_crit / B): S_min = {s_min:.0} steps, E_min = {e_min:.0} examples, B_crit = {:.0}",
+            e_min / s_min
+        );
+    }
+    println!("\nrecommended: {}", report.reason);
+    println!(
+        "learning rate at B = {}: {:.5} (from {:.5} at B = {}, scaled by (B1/B0)(B0 + B_noise)/(B1 + B_noise)){}",
+        report.recommended_batch_size,
+        report.suggested_lr,
+        report.base_lr,
+        report.base_batch_size,
+        if report.suggest_warmup {
+            "; more than 2x the reference: warm up to it"
+        } else {
+            ""
+        }
+    );
+    if report.recommended_batch_size as f64 > 2.0 * report.b_noise {
+        println!(
+            "note: B > 2 B_noise, the large-batch regime where minima tend to be sharp and generalise worse; compare the validation loss column"
+        );
+    }
+    if !quiet {
+        println!(
+            "wrote {} and {}",
+            args.out.join("tune.csv").display(),
+            args.out.join("tune.svg").display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! `minibatch train`: runs a config (or resumes a checkpoint), prints epochs around a progress
+//! bar, writes checkpoints, and stops cleanly on Ctrl-C.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use minibatch::checkpoint::{checkpoint_config, load_checkpoint, save_checkpoint, save_params};
+use minibatch::profile::Recorder;
+use minibatch::{
+    EpochReport, Mlp, Model, Observer, Progress, RawConfig, Result, TrainState, Trainer, data,
+};
+
+use crate::cli::TrainArgs;
+use crate::{BAR, load_config};
+
+pub fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Result<()> {
+    let (raw, cfg) = match (&args.resume, &args.config.config) {
+        (Some(path), None) => {
+            // The checkpoint's own config, with the command line's overrides on top.
+            let mut raw = RawConfig::from_toml(&checkpoint_config(path)?, path)?;
+            args.config.overrides.apply(&mut raw);
+            let cfg = raw.validate()?;
+            (raw, cfg)
+        }
+        _ => load_config(&args.config)?,
+    };
+    let model = Mlp::new(cfg.model.clone());
+    let n_params = model.layout().n_params();
+    let mut trainer = Trainer::new(model, cfg.data.d, &cfg.train, cfg.seed)?;
+    if let Some(path) = &args.resume {
+        let checkpoint = load_checkpoint(path, trainer.model().layout())?;
+        trainer.restore(
+            &checkpoint.params,
+            checkpoint.optimizer,
+            checkpoint.position,
+            checkpoint.steps,
+        )?;
+        if !quiet {
+            println!(
+                "resuming {} at epoch {}, step {} of it ({} steps done)",
+                path.display(),
+                checkpoint.position.epoch + 1,
+                checkpoint.position.step_in_epoch,
+                checkpoint.steps
+            );
+        }
+    }
+    if let Some(path) = &args.init {
+        let params = minibatch::checkpoint::load_params(path, trainer.model().layout())?;
+        trainer.set_params(&params)?;
+    }
+    let config_text = toml::to_string(&raw.recorded()).unwrap_or_default();
+    let checkpoints = CheckpointPolicy::new(args, &config_text, trainer.model().layout().clone())?;
+    let _ = INTERRUPT_CONTEXT.set((config_text.clone(), trainer.model().layout().clone()));
+    interrupt::install();
+    let (train, valid) = trainer.install(|| data::load(&cfg.data, cfg.seed));
+    let t = &cfg.train;
+    let shards = minibatch::shard::n_shards(t.batch_size.get(), t.shard_rows);
+    if !quiet {
+        println!(
+            "{} ({n_params} params) | train {} x {}{} | B {} in {shards} shard{} of {} rows | {} thread{} | {}, {}",
+            cfg.model.describe(),
+            train.n(),
+            train.d(),
+            valid
+                .as_ref()
+                .map(|v| format!(", valid {}", v.n()))
+                .unwrap_or_default(),
+            t.batch_size,
+            if shards == 1 { "" } else { "s" },
+            t.shard_rows.get().min(t.batch_size.get()),
+            t.threads,
+            if t.threads.get() == 1 { "" } else { "s" },
+            t.optimizer.describe(),
+            t.schedule.describe(),
+        );
+    }
+    let bar = progress_bar(quiet, t.epochs.get() * t.steps_per_epoch.get());
+    let mut output = TrainOutput {
+        quiet,
+        bar: bar.clone(),
+        checkpoints,
+        steps_per_epoch: t.steps_per_epoch.get(),
+        failure: None,
+        interrupted: None,
+    };
+    let report = trainer.fit_observed(&train, valid.as_deref(), &mut output);
+    bar.finish_and_clear();
+    let report = report?;
+    if let Some(err) = output.failure.take() {
+        return Err(err);
+    }
+    if let Some(interrupted) = output.interrupted.take() {
+        return Err(interrupted);
+    }
+    if let Some(policy) = &mut output.checkpoints {
+        let state = TrainState {
+            params: trainer.params(),
+            optimizer: trainer.optimizer(),
+            position: trainer.position(),
+            steps: report.steps,
+        };
+        let path = policy.write(&state)?;
+        if !quiet {
+            println!("checkpoint {}", path.display());
+        }
+    }
+    if !quiet && let Some(last) = report.epochs.last() {
+        println!(
+            "done: {} epochs, {} steps, {} examples in {:.2} s ({:.0} examples/s); final train loss {:.4}{}",
+            report.epochs.len(),
+            report.steps,
+            report.examples,
+            report.seconds,
+            report.examples as f64 / report.seconds.max(1e-12),
+            last.train.mean_loss(),
+            last.valid
+                .map(|v| format!(", valid loss {:.4}", v.mean_loss()))
+                .unwrap_or_default(),
+        );
+    }
+    if let Some(recorder) = recorder {
+        if let Some(path) = &args.trace {
+            minibatch::profile::write_chrome_trace(path, recorder)?;
+            if !quiet {
+                println!(
+                    "wrote trace to {} (open in ui.perfetto.dev)",
+                    path.display()
+                );
+            }
+        }
+        if args.profile {
+            minibatch::profile::print_profile(&minibatch::profile::profile(recorder), recorder);
+        }
+    }
+    if let Some(path) = &args.save {
+        let config_text = toml::to_string(&raw.recorded()).unwrap_or_default();
+        save_params(
+            path,
+            trainer.model().layout(),
+            trainer.params(),
+            &[("model", cfg.model.describe()), ("config", config_text)],
+        )?;
+        if !quiet {
+            println!("saved parameters to {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// A bar over all steps of the run (rate, ETA, current loss) on stderr; hidden with
+/// `--quiet` or when stderr is not a terminal.
+fn progress_bar(quiet: bool, total_steps: usize) -> ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::with_draw_target(Some(total_steps as u64), ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps, {per_sec}, ETA {eta}")
+            .expect("static template")
+            .progress_chars("=> "),
+    );
+    let _ = BAR.set(bar.clone());
+    bar
+}
+
+/// Prints epoch lines (around the bar), moves the bar, writes checkpoints and stops the run
+/// on SIGINT/SIGTERM after checkpointing.
+struct TrainOutput {
+    quiet: bool,
+    bar: ProgressBar,
+    checkpoints: Option<CheckpointPolicy>,
+    steps_per_epoch: usize,
+    /// A checkpoint that could not be written; the run stops and reports it.
+    failure: Option<minibatch::Error>,
+    interrupted: Option<minibatch::Error>,
+}
+
+impl Observer for TrainOutput {
+    fn epoch(&mut self, report: &EpochReport) {
+        if !self.quiet {
+            self.bar.suspend(|| println!("{}", epoch_line(report)));
+        }
+    }
+
+    fn after_step(&mut self, state: &TrainState<'_>) -> bool {
+        if interrupt::requested() {
+            let policy = self
+                .checkpoints
+                .get_or_insert_with(CheckpointPolicy::interrupted);
+            match policy.write(state) {
+                Ok(path) => {
+                    self.interrupted = Some(minibatch::Error::Interrupted {
+                        checkpoint: path,
+                        epoch: state.position.epoch + 1,
+                        step: state.steps,
+                    })
+                }
+                Err(err) => self.failure = Some(err),
+            }
+            return true;
+        }
+        let Some(policy) = &mut self.checkpoints else {
+            return false;
+        };
+        let epoch_end = state.position.step_in_epoch == self.steps_per_epoch;
+        let periodic = policy.every.is_some_and(|k| state.steps.is_multiple_of(k));
+        if (epoch_end || periodic)
+            && let Err(err) = policy.write(state)
+        {
+            self.failure = Some(err);
+            return true;
+        }
+        false
+    }
+
+    fn progress(&mut self, p: Progress) {
+        self.bar
+            .set_position(((p.epoch - 1) * p.steps_per_epoch + p.step_in_epoch) as u64);
+        self.bar.set_message(format!(
+            "epoch {}/{} loss {:.4}",
+            p.epoch, p.epochs, p.mean_loss
+        ));
+    }
+}
+
+fn epoch_line(r: &EpochReport) -> String {
+    let mut line = format!(
+        "epoch {:>3}/{}  train loss {:.4}",
+        r.epoch,
+        r.epochs,
+        r.train.mean_loss()
+    );
+    if r.is_classifier {
+        line += &format!(" acc {:5.2}%", 100.0 * r.train.accuracy());
+    }
+    if let Some(v) = r.valid {
+        line += &format!("  valid loss {:.4}", v.mean_loss());
+        if r.is_classifier {
+            line += &format!(" acc {:5.2}%", 100.0 * v.accuracy());
+        }
+    }
+    line += &format!("  {:>10.0} ex/s  {:.2} s", r.examples_per_sec(), r.seconds);
+    line
+}
+
+/// Where and how often `train` writes checkpoints, and which it keeps.
+struct CheckpointPolicy {
+    dir: PathBuf,
+    every: Option<u64>,
+    keep: usize,
+    config: String,
+    layout: minibatch::ParamLayout,
+}
+
+impl CheckpointPolicy {
+    fn new(args: &TrainArgs, config: &str, layout: minibatch::ParamLayout) -> Result<Option<Self>> {
+        let Some(dir) = &args.checkpoint else {
+            if args.checkpoint_every.is_some() {
+                return Err(minibatch::Error::config(
+                    "--checkpoint-every",
+                    "needs --checkpoint DIR",
+                ));
+            }
+            return Ok(None);
+        };
+        if args.checkpoint_every == Some(0) || args.keep == 0 {
+            return Err(minibatch::Error::config(
+                "--checkpoint-every",
+                "--checkpoint-every and --keep must be at least 1",
+            ));
+        }
+        std::fs::create_dir_all(dir).map_err(|source| minibatch::Error::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(Some(CheckpointPolicy {
+            dir: dir.clone(),
+            every: args.checkpoint_every,
+            keep: args.keep,
+            config: config.to_string(),
+            layout,
+        }))
+    }
+
+    /// For a Ctrl-C without --checkpoint: one file in the current directory.
+    fn interrupted() -> Self {
+        let (config, layout) = INTERRUPT_CONTEXT.get().cloned().unwrap_or_default();
+        CheckpointPolicy {
+            dir: PathBuf::from("."),
+            every: None,
+            keep: usize::MAX,
+            config,
+            layout,
+        }
+    }
+
+    /// Writes `step-NNNNNNNNN.safetensors` atomically and removes the oldest beyond `keep`.
+    fn write(&mut self, state: &TrainState<'_>) -> Result<PathBuf> {
+        let path = self
+            .dir
+            .join(format!("step-{:09}.safetensors", state.steps));
+        save_checkpoint(&path, &self.layout, state, &self.config)?;
+        if self.keep != usize::MAX
+            && let Ok(entries) = std::fs::read_dir(&self.dir)
+        {
+            let mut steps: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with("step-") && n.ends_with(".safetensors"))
+                })
+                .collect();
+            steps.sort();
+            let excess = steps.len().saturating_sub(self.keep);
+            for old in &steps[..excess] {
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        Ok(path)
+    }
+}
+
+/// Config and layout for a checkpoint written on Ctrl-C when no --checkpoint was given.
+static INTERRUPT_CONTEXT: OnceLock<(String, minibatch::ParamLayout)> = OnceLock::new();
+
+/// SIGINT and SIGTERM set a flag that the training loop checks after every step, so the
+/// current step finishes and a checkpoint is written before the process exits with 130.
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static REQUESTED: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_signal(_: libc::c_int) {
+        // Only an atomic store: async-signal-safe.
+        REQUESTED.store(true, Ordering::SeqCst);
+    }
+
+    pub fn install() {
+        let handler = on_signal as extern "C" fn(libc::c_int);
+        // SAFETY: the handler only stores to an atomic.
+        unsafe {
+            libc::signal(libc::SIGINT, handler as libc::sighandler_t);
+            libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
+        }
+    }
+
+    pub fn requested() -> bool {
+        REQUESTED.load(Ordering::Relaxed)
+    }
+}
