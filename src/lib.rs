@@ -14,14 +14,21 @@
 //!         theta = optimizer.step(theta, grads[0] / B) // exactly one step per batch
 //! ```
 //!
-//! Where things live:
-//! - `config`: TOML + overrides -> validated `Config`;
-//! - `data`: `Dataset` and the synthetic workloads; `sampler`: which rows each step sees;
-//! - `params`: the flat buffer layout (names, shapes, offsets);
-//! - `model`: the `Model` trait and the built-in `Mlp` (linear, logistic, softmax, MLP);
+//! Where things live. The engine:
+//! - `train`: the `Trainer` (fit -> epoch -> step) on its own pool; start here;
 //! - `shard` and `reduce`: cutting a batch and summing it back, deterministically;
-//! - `optim`: the update on flat buffers; `train`: the `Trainer` that runs it all on its pool;
-//! - `checkpoint`: safetensors files for parameters.
+//! - `model`: the `Model` trait, the built-in `Mlp` (linear, logistic, softmax, MLP), the
+//!   batch view and the matrix kernel (`model::gemm`);
+//! - `params`: the flat buffer layout (names, shapes, offsets);
+//! - `optim` and `schedule`: the update on flat buffers and the learning rate per step;
+//! - `sampler`: which rows each step sees;
+//! - `config`: TOML + overrides -> validated `Config`.
+//!
+//! Around it: `data` (datasets, synthetic workloads) and `io` (CSV, LIBSVM, .npy);
+//! `checkpoint` (safetensors parameters and checkpoints); `metrics` (evaluation);
+//! `profile` (the span recorder behind --trace and --profile); `bench`, `scale`, `tune` and
+//! `noise` (speed against the machine, thread scaling, batch size, the gradient noise
+//! scale); `descent` (the picture of smooth and jittery paths).
 
 pub mod bench;
 pub mod checkpoint;
