@@ -183,7 +183,8 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
                 let report = trainer.fit(&train, None, |_| {})?;
                 let epoch = &report.epochs[0];
                 let examples_per_sec = epoch.examples_per_sec();
-                let step_seconds = epoch.seconds / report.steps.max(1) as f64;
+                // `report.steps` counts the three warm-up steps too; the epoch's time does not.
+                let step_seconds = epoch.seconds / report.steps.saturating_sub(3).max(1) as f64;
                 let reduce_seconds = time_reduce(&trainer, batch_size, &cfg.train);
                 let peak = lookup(&limits.peak_gflops, threads.get());
                 let bandwidth = lookup(&limits.copy_gb_per_sec, threads.get());

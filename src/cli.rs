@@ -173,7 +173,7 @@ pub struct BenchArgs {
     /// 256,4096; w3: 1).
     #[arg(short, long, value_delimiter = ',')]
     pub batch_sizes: Vec<usize>,
-    /// Thread counts to compare; the speedup column is relative to 1 when 1 is listed.
+    /// Thread counts to compare; the speedup column is relative to 1 when 1 is listed first.
     /// Default: 1 and every core.
     #[arg(short, long, value_delimiter = ',')]
     pub threads: Vec<usize>,

@@ -398,11 +398,16 @@ impl RawConfig {
         };
         let train = read(&path, raw.labels.as_ref(), "data.labels")?;
         let valid = match &raw.valid_path {
-            Some(valid_path) => Some(read(
-                valid_path,
-                raw.valid_labels.as_ref(),
-                "data.valid_labels",
-            )?),
+            Some(valid_path) => {
+                let valid = read(valid_path, raw.valid_labels.as_ref(), "data.valid_labels")?;
+                // Classes are the training file's: the validation file may lack some.
+                let classes = train.n_classes();
+                Some(valid.with_classes(classes).map_err(|msg| Error::Data {
+                    path: valid_path.clone(),
+                    line: 0,
+                    msg: format!("{msg} (the training file has {classes:?} classes)"),
+                })?)
+            }
             None => None,
         };
         let valid_fraction = raw.valid_fraction.unwrap_or(0.0);
@@ -624,6 +629,12 @@ impl RawConfig {
             return Err(self.err("train.lr", format!("must be a finite number > 0, got {lr}")));
         }
         let lr = lr * self.lr_scale(batch_size)?;
+        if !((lr as f32).is_finite() && lr as f32 > 0.0) {
+            return Err(self.err(
+                "train.lr",
+                format!("{lr} (after batch-size scaling) is not a positive f32"),
+            ));
+        }
         let drop_last = raw.drop_last.unwrap_or(false);
         let sampling = match raw.sampling.as_deref().unwrap_or("shuffle") {
             "shuffle" => Sampling::Shuffle { drop_last },
@@ -674,7 +685,15 @@ impl RawConfig {
             None => std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN),
         };
         let optimizer = self.validate_optimizer()?;
-        let total_steps = (epochs.get() * steps_per_epoch.get()) as u64;
+        let total_steps = epochs
+            .get()
+            .checked_mul(steps_per_epoch.get())
+            .ok_or_else(|| {
+                self.err(
+                    "train.epochs",
+                    format!("{epochs} epochs of {steps_per_epoch} steps are too many"),
+                )
+            })? as u64;
         let schedule = self.validate_schedule(lr as f32, steps_per_epoch.get(), total_steps)?;
         Ok(TrainConfig {
             epochs,
@@ -722,9 +741,11 @@ impl RawConfig {
         let unit =
             |key: &'static str, value: Option<f64>, default: f64, closed: bool| -> Result<f32> {
                 let v = value.unwrap_or(default);
-                let ok = v.is_finite() && v >= 0.0 && (v < 1.0 || (closed && v == 1.0));
+                // Checked as the f32 the optimizer will use: 0.99999999 rounds to 1.
+                let v32 = v as f32;
+                let ok = v32.is_finite() && v32 >= 0.0 && (v32 < 1.0 || (closed && v32 == 1.0));
                 if ok {
-                    Ok(v as f32)
+                    Ok(v32)
                 } else {
                     let range = if closed { "[0, 1]" } else { "[0, 1)" };
                     Err(self.err(key, format!("must be in {range}, got {v}")))
@@ -794,7 +815,7 @@ impl RawConfig {
                     "sgd, momentum and nesterov",
                 )?;
                 let eps = raw.eps.unwrap_or(1e-8);
-                if !(eps.is_finite() && eps > 0.0) {
+                if !((eps as f32).is_finite() && eps as f32 > 0.0) {
                     return Err(self.err("train.eps", format!("must be finite and > 0, got {eps}")));
                 }
                 OptimKind::Adam {

@@ -63,6 +63,12 @@ impl Dataset {
         Ok(Dataset { x, y, n_classes })
     }
 
+    /// The same rows with `n_classes` classes (a validation file may lack the top classes
+    /// of its training file); an error if a label is out of range.
+    pub fn with_classes(self, n_classes: Option<usize>) -> Result<Self, String> {
+        Dataset::new(self.x, self.y, n_classes)
+    }
+
     /// Features as one row-major slice of n * d values.
     pub fn features(&self) -> &[f32] {
         self.x.as_slice().expect("datasets are row-major")

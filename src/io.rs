@@ -215,7 +215,9 @@ pub fn read_csv(
     let mut cuts = vec![0];
     for c in 1..n_chunks {
         let at = body.len() * c / n_chunks;
-        if let Some(nl) = body[at..].find('\n') {
+        // Search bytes, not characters: `at` may fall inside a multi-byte character, and
+        // the byte after a newline is always a character boundary.
+        if let Some(nl) = body.as_bytes()[at..].iter().position(|&b| b == b'\n') {
             cuts.push(at + nl + 1);
         }
     }
@@ -234,12 +236,13 @@ pub fn read_csv(
             Some(start)
         })
         .collect();
-    type Parsed = (Vec<f32>, Vec<f32>, Vec<String>);
+    /// Features, numeric labels (NaN where a word was), and the words with row and line.
+    type Parsed = (Vec<f32>, Vec<f32>, Vec<(usize, usize, String)>);
     let parsed: Vec<Result<Parsed>> = chunks
         .par_iter()
         .zip(&starts)
         .map(|(chunk, &start)| {
-            let (mut x, mut y, mut words) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut x, mut y, mut words): Parsed = (Vec::new(), Vec::new(), Vec::new());
             for (i, line) in chunk.lines().enumerate() {
                 let line_no = start + i;
                 if line.trim().is_empty() {
@@ -251,30 +254,52 @@ pub fn read_csv(
                     let field = field.trim();
                     if c == label {
                         match field.parse::<f32>() {
-                            Ok(v) if v.is_finite() && words.is_empty() => y.push(v),
+                            Ok(v) if v.is_finite() => y.push(v),
                             _ if field.is_empty() => {
-                                return Err(parse_err(path, line_no, format!("column {c}: the label is empty")));
+                                return Err(parse_err(
+                                    path,
+                                    line_no,
+                                    format!("column {c}: the label is empty"),
+                                ));
                             }
                             _ => {
-                                if !y.is_empty() && words.is_empty() {
-                                    return Err(parse_err(path, line_no, format!("column {c}: label `{field}` is a word, earlier labels were numbers")));
-                                }
-                                words.push(field.to_string());
+                                // A word: remember where, and keep the row's place in `y`.
+                                words.push((y.len(), line_no, field.to_string()));
+                                y.push(f32::NAN);
                             }
                         }
                     } else {
                         let v: f32 = field.parse().map_err(|_| {
-                            let shown = if field.starts_with('"') { " (quoted fields are not supported)" } else { "" };
-                            parse_err(path, line_no, format!("column {c}: expected a number, found `{field}`{shown}"))
+                            let shown = if field.starts_with('"') {
+                                " (quoted fields are not supported)"
+                            } else {
+                                ""
+                            };
+                            parse_err(
+                                path,
+                                line_no,
+                                format!("column {c}: expected a number, found `{field}`{shown}"),
+                            )
                         })?;
                         if !v.is_finite() {
-                            return Err(parse_err(path, line_no, format!("column {c}: {field} is not a finite number")));
+                            return Err(parse_err(
+                                path,
+                                line_no,
+                                format!("column {c}: {field} is not a finite number"),
+                            ));
                         }
                         x.push(v);
                     }
                 }
                 if cols != n_cols {
-                    return Err(parse_err(path, line_no, format!("has {cols} columns, expected {n_cols} like line {}", first_no + 1)));
+                    return Err(parse_err(
+                        path,
+                        line_no,
+                        format!(
+                            "has {cols} columns, expected {n_cols} like line {}",
+                            first_no + 1
+                        ),
+                    ));
                 }
             }
             Ok((x, y, words))
@@ -283,12 +308,17 @@ pub fn read_csv(
     let (mut x, mut y, mut words) = (Vec::new(), Vec::new(), Vec::new());
     for part in parsed {
         let (px, py, pw) = part?;
+        let offset = y.len();
         x.extend(px);
         y.extend(py);
-        words.extend(pw);
+        words.extend(pw.into_iter().map(|(row, line, w)| (offset + row, line, w)));
     }
-    if !y.is_empty() && !words.is_empty() {
-        return Err(parse_err(path, 0, "labels mix numbers and words".into()));
+    if let (Some((_, line, word)), Task::Regression) = (words.first(), opts.task) {
+        return Err(parse_err(
+            path,
+            *line,
+            format!("label `{word}` is not a number (task = \"regression\")"),
+        ));
     }
     if x.is_empty() {
         return Err(parse_err(
@@ -300,7 +330,12 @@ pub fn read_csv(
     let targets = if words.is_empty() {
         Targets::Numbers(y)
     } else {
-        Targets::Words(words)
+        // Any word makes every label a class name, numbers included ("1" is a name then).
+        let mut names: Vec<String> = y.iter().map(|v| v.to_string()).collect();
+        for (row, _, word) in words {
+            names[row] = word;
+        }
+        Targets::Words(names)
     };
     finish(path, x, n_cols - 1, targets, opts.task, class_names)
 }
@@ -382,7 +417,25 @@ pub fn read_libsvm(path: &Path, d: Option<usize>, task: Task) -> Result<Dataset>
             .max()
             .unwrap_or(1)
     });
-    let mut x = vec![0.0f32; rows.len() * d];
+    // Densifying allocates rows x d values: refuse sizes no machine could hold rather than
+    // abort on the allocation (hashed feature indices can run into the billions).
+    const MAX_DENSE: usize = 1 << 31;
+    let cells = rows.len().checked_mul(d).filter(|&c| c <= MAX_DENSE).ok_or_else(|| {
+        parse_err(
+            path,
+            0,
+            format!("{} rows x {d} features is too large to densify; set data.d or drop the sparse tail", rows.len()),
+        )
+    })?;
+    let mut x = Vec::new();
+    x.try_reserve_exact(cells).map_err(|_| {
+        parse_err(
+            path,
+            0,
+            format!("{} rows x {d} features do not fit in memory", rows.len()),
+        )
+    })?;
+    x.resize(cells, 0.0f32);
     let binary_pm = rows.iter().all(|(l, _)| *l == 1.0 || *l == -1.0);
     let y: Vec<f32> = rows
         .iter()
@@ -448,7 +501,11 @@ fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().map_err(|_| bad(format!("bad shape entry `{s}`"))))
         .collect::<Result<_>>()?;
-    let count: usize = shape.iter().product();
+    let count = shape
+        .iter()
+        .try_fold(1usize, |n, &s| n.checked_mul(s))
+        .filter(|n| n.checked_mul(8).is_some())
+        .ok_or_else(|| bad(format!("has an impossible shape {shape:?}")))?;
     let width = match dtype.as_str() {
         "<f4" | "<i4" => 4,
         "<f8" | "<i8" => 8,
@@ -482,10 +539,10 @@ fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
 pub fn read_npy_pair(x_path: &Path, y_path: &Path, task: Task) -> Result<Dataset> {
     let (x_shape, x) = read_npy(x_path)?;
     let (y_shape, y) = read_npy(y_path)?;
-    if x_shape.len() != 2 {
+    if x_shape.len() != 2 || x_shape[0] == 0 || x_shape[1] == 0 {
         return Err(Error::Parse {
             path: x_path.to_path_buf(),
-            msg: format!("has shape {x_shape:?}; expected a 2-D (rows, features) array"),
+            msg: format!("has shape {x_shape:?}; expected a non-empty 2-D (rows, features) array"),
         });
     }
     if y_shape != [x_shape[0]] {

@@ -51,10 +51,11 @@ impl NoiseScale {
         })
     }
 
-    /// B_noise, when |G|^2 is estimated positive.
+    /// B_noise, when both |G|^2 and tr(Sigma) are estimated positive (early in a noisy run
+    /// either can come out negative, and then there is no estimate yet).
     pub fn b_noise(&self) -> Option<f64> {
         self.estimates()
-            .and_then(|(g2, trace)| (g2 > 0.0).then(|| trace / g2))
+            .and_then(|(g2, trace)| (g2 > 0.0 && trace > 0.0).then(|| trace / g2))
     }
 }
 

@@ -70,10 +70,6 @@ impl Sampler {
         }
     }
 
-    pub fn steps_per_epoch(&self) -> usize {
-        self.steps_per_epoch
-    }
-
     /// Resets to the first batch of `epoch` (0-based).
     pub fn start_epoch(&mut self, epoch: usize) {
         self.rng = StdRng::seed_from_u64(mix(self.seed, 0x5A3B_1E00 + epoch as u64));

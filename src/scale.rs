@@ -1,7 +1,7 @@
 //! `minibatch scale`: how far more threads speed up one config, and what stops them.
 //!
 //! For each batch size and thread count it trains the config (validation off) with the span
-//! recorder listening, and reports examples/s, the speedup over the smallest thread count,
+//! recorder listening, and reports examples/s, the speedup over the first thread count given,
 //! parallel efficiency S/p, the Karp-Flatt serial fraction e = (1/S - 1/p) / (1 - 1/p), and
 //! the per-phase shares of step time from the recorded spans, which say where the lost
 //! efficiency goes (serial packing, the reduction, the update, idle workers). From e it

@@ -11,7 +11,8 @@
 //! serially in shard order, so the thread count changes the speed and nothing else.
 //!
 //! The pool is owned by the trainer and entered once per `fit`; every buffer the step touches
-//! is sized in `new`, so steps allocate nothing.
+//! is sized in `new` or grows on the first step, so later steps allocate nothing (tested by
+//! tests/alloc.rs).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -29,7 +30,7 @@ use crate::model::{Model, PREFETCH_ROWS, Stats, prefetch_row};
 use crate::noise::{NoiseScale, squared_norm};
 use crate::optim::{Optimizer, OptimizerState};
 use crate::reduce::{REDUCE_CHUNK, tree_reduce, tree_reduce_with_norm};
-use crate::sampler::Sampler;
+use crate::sampler::{Sampler, Sampling, default_steps_per_epoch};
 use crate::shard::{n_shards, shard_range};
 
 /// What one epoch did, handed to `fit`'s callback.
@@ -330,21 +331,47 @@ impl<M: Model> Trainer<M> {
         observer: &mut (impl Observer + Send),
     ) -> Result<RunReport> {
         let cfg = self.cfg.clone();
+        if cfg.batch_size.get() > train.n() {
+            return Err(Error::config(
+                "train.batch_size",
+                format!(
+                    "{} is larger than the training set ({} rows)",
+                    cfg.batch_size,
+                    train.n()
+                ),
+            ));
+        }
+        // A shuffled epoch is one pass over the rows given here, whatever the config assumed.
+        let epoch_steps = match cfg.sampling {
+            Sampling::Shuffle { .. } => {
+                default_steps_per_epoch(train.n(), cfg.batch_size, cfg.sampling)
+            }
+            Sampling::Uniform => cfg.steps_per_epoch,
+        };
         let mut sampler = Sampler::new(
             train.n(),
             cfg.batch_size,
             cfg.sampling,
-            cfg.steps_per_epoch,
+            epoch_steps,
             mix(self.seed, 3),
         );
         let run_start = Instant::now();
-        let steps_per_epoch = cfg.steps_per_epoch.get();
+        let steps_per_epoch = epoch_steps.get();
         // About a hundred progress calls per epoch, whatever its length.
         let progress_stride = (steps_per_epoch / 100).max(1);
-        let mut reports = Vec::with_capacity(cfg.epochs.get());
+        // Reserved (up to a bound) so that recording an epoch's report allocates nothing.
+        let mut reports = Vec::with_capacity(cfg.epochs.get().min(1024));
         let mut last_finite = f64::NAN;
         let mut stopped = false;
-        let resume = self.position;
+        // A checkpoint taken at an epoch's end resumes at the next epoch's start.
+        let resume = if self.position.step_in_epoch >= steps_per_epoch {
+            Position {
+                epoch: self.position.epoch + 1,
+                step_in_epoch: 0,
+            }
+        } else {
+            self.position
+        };
         for epoch in resume.epoch..cfg.epochs.get() {
             let _epoch = info_span!("epoch", epoch = epoch + 1).entered();
             sampler.start_epoch(epoch);

@@ -83,6 +83,25 @@ fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, std::sync::Arc<minibat
             got: vec![data_cfg.data.d],
         });
     }
+    let head = model.spec().head;
+    let wanted = match head {
+        minibatch::model::Head::Mse => None,
+        minibatch::model::Head::Logistic => Some(2),
+        minibatch::model::Head::Softmax { n_classes } => Some(n_classes),
+    };
+    if data_cfg.data.n_classes != wanted {
+        return Err(minibatch::Error::config(
+            "data",
+            format!(
+                "the model expects {}, the data has {}",
+                wanted.map_or("real targets".into(), |k| format!("{k} classes")),
+                data_cfg
+                    .data
+                    .n_classes
+                    .map_or("real targets".into(), |k| format!("{k} classes"))
+            ),
+        ));
+    }
     let (train, valid) = data::load(&data_cfg.data, data_cfg.seed);
     Ok((model, params, valid.unwrap_or(train)))
 }

@@ -267,10 +267,13 @@ impl CheckpointPolicy {
             }
             return Ok(None);
         };
-        if args.checkpoint_every == Some(0) || args.keep == 0 {
+        if args.keep == 0 {
+            return Err(minibatch::Error::config("--keep", "must be at least 1"));
+        }
+        if args.checkpoint_every == Some(0) {
             return Err(minibatch::Error::config(
                 "--checkpoint-every",
-                "--checkpoint-every and --keep must be at least 1",
+                "must be at least 1",
             ));
         }
         std::fs::create_dir_all(dir).map_err(|source| minibatch::Error::Write {

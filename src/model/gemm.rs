@@ -10,7 +10,8 @@
 //! written with `std::arch` intrinsics, and a portable one; the widest the CPU supports is
 //! chosen at run time by feature detection. So a binary built without `target-cpu` flags
 //! runs at AVX-512 speed where the CPU has it and correctly everywhere else. Shards are the
-//! only parallel layer, so nothing here spawns threads.
+//! only parallel layer for products, so `gemm` is single-threaded; only `PackedB::pack`
+//! may split its copy over the caller's pool.
 
 use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
@@ -267,15 +268,6 @@ impl Isa {
             _ => Scalar::NR,
         }
     }
-
-    /// f32 lanes of one vector register.
-    pub fn lanes(self) -> usize {
-        match self {
-            Isa::Avx512 => 16,
-            Isa::Avx2 => 8,
-            Isa::Baseline => 4,
-        }
-    }
 }
 
 struct Shape {
@@ -439,7 +431,9 @@ impl Microkernel for Avx512 {
                 let row = c.add(i * ldc);
                 if overwrite {
                     _mm512_mask_storeu_ps(row, mask0, acc_row[0]);
-                    _mm512_mask_storeu_ps(row.add(16), mask1, acc_row[1]);
+                    if mask1 != 0 {
+                        _mm512_mask_storeu_ps(row.add(16), mask1, acc_row[1]);
+                    }
                     continue;
                 }
                 let c0 = _mm512_maskz_loadu_ps(mask0, row);
@@ -499,7 +493,6 @@ impl Microkernel for Avx2 {
 }
 
 /// Portable fallback: plain loops the compiler vectorises as the target allows.
-#[allow(dead_code)]
 struct Scalar;
 
 impl Microkernel for Scalar {

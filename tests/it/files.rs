@@ -342,3 +342,107 @@ fn readers_never_panic_on_corrupted_input() {
         "errors / successes: {outcomes:?}"
     );
 }
+
+#[test]
+fn review_cases_load_or_fail_cleanly() {
+    let dir = temp_dir("files-review");
+    // A CSV large enough to be parsed in several chunks, with multi-byte class names: the
+    // chunk cuts must not land inside a character.
+    let mut big = String::from("a,b,label\n");
+    let mut i = 0u64;
+    while big.len() < 9 << 20 {
+        let label = ["café", "naïve", "日本"][(i % 3) as usize];
+        big.push_str(&format!("{}.5,{},{label}\n", i % 97, i % 13));
+        i += 1;
+    }
+    std::fs::write(dir.join("big.csv"), &big).unwrap();
+    let cfg = load(&format!(
+        "[data]\npath = \"{}\"\n",
+        dir.join("big.csv").display()
+    ))
+    .unwrap();
+    assert_eq!(cfg.data.n_classes, Some(3));
+    assert_eq!(cfg.data.n_train as u64, i);
+
+    // Numbers then words, or words then numbers: all class names, in either order.
+    for (name, text) in [("nw.csv", "a,y\n1,0\n2,x\n"), ("wn.csv", "a,y\n1,x\n2,0\n")] {
+        std::fs::write(dir.join(name), text).unwrap();
+        let cfg = load(&format!(
+            "[data]\npath = \"{}\"\nheader = true\n[train]\nbatch_size = 1\n",
+            dir.join(name).display()
+        ))
+        .unwrap();
+        assert_eq!(cfg.data.n_classes, Some(2), "{name}");
+    }
+    // ... but a word under task = "regression" is an error at its line.
+    let err = load(&format!(
+        "[data]\npath = \"{}\"\nheader = true\ntask = \"regression\"\n[train]\nbatch_size = 1\n",
+        dir.join("nw.csv").display()
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("nw.csv:3: label `x` is not a number"), "{err}");
+
+    // A validation file without the training file's top class keeps the training classes.
+    std::fs::write(dir.join("t.csv"), "a,y\n1,0\n2,1\n3,2\n").unwrap();
+    std::fs::write(dir.join("v.csv"), "a,y\n1,0\n2,1\n").unwrap();
+    let cfg = load(&format!(
+        "[data]\npath = \"{}\"\nvalid_path = \"{}\"\nheader = true\n[train]\nbatch_size = 1\n",
+        dir.join("t.csv").display(),
+        dir.join("v.csv").display()
+    ))
+    .unwrap();
+    assert_eq!(cfg.data.n_classes, Some(3));
+
+    // Sizes no machine holds, and empty arrays, are errors rather than aborts or panics.
+    std::fs::write(dir.join("huge.svm"), "1 9223372036854775808:1\n").unwrap();
+    std::fs::write(dir.join("wide.svm"), "1 4000000000:1\n-1 1:2\n").unwrap();
+    write_npy(&dir.join("empty.npy"), "<f8", "(0, 5)", &[]);
+    write_npy(&dir.join("empty_y.npy"), "<f8", "(0,)", &[]);
+    write_npy(
+        &dir.join("overflow.npy"),
+        "<f8",
+        "(4611686018427387904, 8)",
+        &[],
+    );
+    for (section, expected) in [
+        (
+            format!("path = \"{}\"", dir.join("huge.svm").display()),
+            "too large to densify",
+        ),
+        (
+            format!("path = \"{}\"", dir.join("wide.svm").display()),
+            "too large to densify",
+        ),
+        (
+            format!(
+                "path = \"{}\"\nlabels = \"{}\"\nstandardize = true",
+                dir.join("empty.npy").display(),
+                dir.join("empty_y.npy").display()
+            ),
+            "expected a non-empty 2-D",
+        ),
+        (
+            format!(
+                "path = \"{}\"\nlabels = \"{}\"",
+                dir.join("overflow.npy").display(),
+                dir.join("empty_y.npy").display()
+            ),
+            "impossible shape",
+        ),
+    ] {
+        let err = load(&format!("[data]\n{section}\n[train]\nbatch_size = 1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(expected), "expected `{expected}` in: {err}");
+    }
+    // Rates are checked as the f32 the optimizer uses.
+    let err = load("[train]\noptimizer = \"adam\"\nbeta2 = 0.99999999\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("train.beta2"), "{err}");
+    let err = load("[train]\noptimizer = \"adam\"\neps = 1e-50\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("train.eps"), "{err}");
+}

@@ -263,3 +263,62 @@ fn bad_checkpoints_and_init_files_are_errors_naming_the_file() {
         "{stderr}"
     );
 }
+
+#[test]
+fn resuming_at_an_epoch_end_starts_the_next_epoch_and_eval_checks_classes() {
+    let dir = temp_dir("resume-epoch-end");
+    let config = dir.join("c.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let ckpt_dir = dir.join("ckpt");
+    let model = dir.join("m.safetensors");
+    let out = minibatch(&[
+        "train",
+        "-q",
+        "--config",
+        config.to_str().unwrap(),
+        "--checkpoint",
+        ckpt_dir.to_str().unwrap(),
+        "--keep",
+        "10",
+        "--save",
+        model.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    // The end of epoch 1 resumes into epoch 2 only: one epoch line, no empty epoch.
+    let out = minibatch(&[
+        "train",
+        "--resume",
+        ckpt_dir
+            .join("step-000000024.safetensors")
+            .to_str()
+            .unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("epoch")).count(),
+        1,
+        "{stdout}"
+    );
+    assert!(stdout.contains("epoch   2/2"), "{stdout}");
+    // eval on data whose classes differ from the model's is an error, not a panic.
+    let other = dir.join("other.toml");
+    std::fs::write(&other, CONFIG.replace("classes = 3", "classes = 5")).unwrap();
+    let out = minibatch(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--config",
+        other.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the model expects 3 classes, the data has 5 classes"),
+        "{stderr}"
+    );
+}
