@@ -85,28 +85,25 @@ impl Sampler {
     /// prefetch them while it computes; uniform draws are not known in advance). `None` at
     /// the epoch's end.
     pub fn next_batch_and_upcoming(&mut self) -> Option<(&[usize], &[usize])> {
-        let step = self.step_in_epoch;
-        let batch_size = self.batch_size;
-        let steps = self.steps_per_epoch;
-        let shuffled = matches!(self.sampling, Sampling::Shuffle { .. });
-        self.next_batch()?;
+        let current = self.advance()?;
         let n = self.perm.len();
-        let current = match self.sampling {
+        let upcoming = match self.sampling {
             Sampling::Shuffle { .. } => {
-                &self.perm[step * batch_size..((step + 1) * batch_size).min(n)]
+                current.end..(self.steps_per_epoch * self.batch_size).min(n)
             }
-            Sampling::Uniform => &self.perm[..batch_size],
+            Sampling::Uniform => 0..0,
         };
-        let upcoming = if shuffled && step + 1 < steps {
-            &self.perm[(step + 1) * batch_size..(steps * batch_size).min(n)]
-        } else {
-            &[]
-        };
-        Some((current, upcoming))
+        Some((&self.perm[current], &self.perm[upcoming]))
     }
 
     /// The next batch's row indices, or `None` when the epoch is over.
     pub fn next_batch(&mut self) -> Option<&[usize]> {
+        let current = self.advance()?;
+        Some(&self.perm[current])
+    }
+
+    /// Moves to the next batch and returns where its indices lie in `perm`.
+    fn advance(&mut self) -> Option<std::ops::Range<usize>> {
         if self.step_in_epoch == self.steps_per_epoch {
             return None;
         }
@@ -116,7 +113,7 @@ impl Sampler {
         match self.sampling {
             Sampling::Shuffle { .. } => {
                 let start = step * self.batch_size;
-                Some(&self.perm[start..(start + self.batch_size).min(n)])
+                Some(start..(start + self.batch_size).min(n))
             }
             Sampling::Uniform => {
                 // Partial Fisher-Yates: after B swaps the first B entries are a uniformly
@@ -125,7 +122,7 @@ impl Sampler {
                     let j = self.rng.random_range(i..n);
                     self.perm.swap(i, j);
                 }
-                Some(&self.perm[..self.batch_size])
+                Some(0..self.batch_size)
             }
         }
     }
