@@ -169,17 +169,14 @@ fn file_config(path: &Path, formats: &[&str]) -> Result<String> {
 
 /// Reads a checkpoint written by `save_checkpoint` for a model with `layout`.
 pub fn load_checkpoint(path: &Path, layout: &ParamLayout) -> Result<Checkpoint> {
-    let params = load_params(path, layout)?;
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let bytes = read_file(path)?;
     let corrupt = |msg: String| Error::Parse {
         path: path.to_path_buf(),
         msg,
     };
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
+    let params = params_from(path, &file, layout)?;
     let (_, meta) = SafeTensors::read_metadata(&bytes)
         .map_err(|e| corrupt(format!("unreadable header: {e}")))?;
     let info = meta.metadata().clone().unwrap_or_default();
@@ -227,16 +224,27 @@ pub fn load_checkpoint(path: &Path, layout: &ParamLayout) -> Result<Checkpoint> 
 /// Reads a parameter file written by `save_params` (or any safetensors file with the same
 /// tensor names and shapes) into a flat buffer laid out by `layout`.
 pub fn load_params(path: &Path, layout: &ParamLayout) -> Result<Vec<f32>> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+    let bytes = read_file(path)?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| Error::Parse {
+        path: path.to_path_buf(),
+        msg: format!("not a valid safetensors file: {e}"),
+    })?;
+    params_from(path, &file, layout)
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|source| Error::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    })
+}
+
+/// The tensors of `layout`, by name, from a deserialised file.
+fn params_from(path: &Path, file: &SafeTensors<'_>, layout: &ParamLayout) -> Result<Vec<f32>> {
     let corrupt = |msg: String| Error::Parse {
         path: path.to_path_buf(),
         msg,
     };
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
     let mut params = vec![0.0f32; layout.n_params()];
     for entry in layout.entries() {
         let tensor = file.tensor(&entry.name).map_err(|_| {
