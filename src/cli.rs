@@ -24,10 +24,10 @@ pub struct Cli {
     pub command: Command,
     /// More log output on stderr (-v: per-epoch events, -vv: per-step spans). RUST_LOG,
     /// when set, takes precedence.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, display_order = 1000)]
     pub verbose: u8,
     /// Print nothing but errors.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, display_order = 1000)]
     pub quiet: bool,
 }
 
