@@ -59,7 +59,12 @@ impl Dataset {
                 });
             }
         }
-        let x = x.as_standard_layout().into_owned();
+        // Rows are gathered as slices, so the features must be row-major (no copy if they are).
+        let x = if x.is_standard_layout() {
+            x
+        } else {
+            x.as_standard_layout().into_owned()
+        };
         Ok(Dataset { x, y, n_classes })
     }
 

@@ -456,27 +456,49 @@ pub fn read_libsvm(path: &Path, d: Option<usize>, task: Task) -> Result<Dataset>
 
 /// Reads a 1-D or 2-D little-endian f32/f64 (or, for labels, integer) `.npy` array in C order.
 fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
-    let bytes = read(path)?;
+    use std::io::Read;
     let bad = |msg: String| Error::Parse {
         path: path.to_path_buf(),
         msg,
     };
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+    let read_err = |source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.is_dir() {
+        return Err(read_err(std::io::Error::other(
+            "is a directory, expected a .npy file",
+        )));
+    }
+    let mut file = std::fs::File::open(path).map_err(read_err)?;
+    let file_len = file.metadata().map_err(read_err)?.len() as usize;
+    // The header is small; the data is read in blocks straight into the f32 buffer, so a
+    // file as large as memory needs memory for one copy only.
+    let mut head = vec![0u8; 12.min(file_len)];
+    file.read_exact(&mut head).map_err(read_err)?;
+    if head.len() < 10 || &head[..6] != b"\x93NUMPY" {
         return Err(bad("is not a .npy file (no \\x93NUMPY magic)".into()));
     }
-    let (header_len, header_start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+    let (header_len, header_start) = match head[6] {
+        1 => (u16::from_le_bytes([head[8], head[9]]) as usize, 10),
+        2 | 3 if head.len() >= 12 => (
+            u32::from_le_bytes([head[8], head[9], head[10], head[11]]) as usize,
             12,
         ),
         v => return Err(bad(format!("has unsupported .npy version {v}"))),
     };
     let data_start = header_start + header_len;
-    if bytes.len() < data_start {
+    if file_len < data_start {
         return Err(bad("is truncated inside its header".into()));
     }
-    let header = String::from_utf8_lossy(&bytes[header_start..data_start]);
+    // The first bytes read may already hold the start of the header (or, for a tiny
+    // header, all of it and some data).
+    let mut header_bytes = head[header_start.min(head.len())..].to_vec();
+    header_bytes.truncate(header_len);
+    let mut rest = vec![0u8; header_len - header_bytes.len()];
+    file.read_exact(&mut rest).map_err(read_err)?;
+    header_bytes.extend_from_slice(&rest);
+    let header = String::from_utf8_lossy(&header_bytes).into_owned();
     let field = |key: &str| -> Option<String> {
         let at = header.find(&format!("'{key}':"))? + key.len() + 3;
         Some(header[at..].trim_start().to_string())
@@ -515,23 +537,34 @@ fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
             )));
         }
     };
-    let data = &bytes[data_start..];
-    if data.len() < count * width {
+    let available = file_len - data_start;
+    if available < count * width {
         return Err(bad(format!(
-            "is truncated: {} bytes of data for shape {shape:?} of {dtype}, expected {}",
-            data.len(),
+            "is truncated: {available} bytes of data for shape {shape:?} of {dtype}, expected {}",
             count * width
         )));
     }
-    let values = data[..count * width]
-        .chunks_exact(width)
-        .map(|b| match dtype.as_str() {
-            "<f4" => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-            "<i4" => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32,
-            "<f8" => f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32,
-            _ => i64::from_le_bytes(b.try_into().expect("8 bytes")) as f32,
-        })
-        .collect();
+    let mut values = Vec::new();
+    values
+        .try_reserve_exact(count)
+        .map_err(|_| bad(format!("shape {shape:?} does not fit in memory")))?;
+    let mut block = vec![0u8; (1 << 20) * width];
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(1 << 20);
+        file.read_exact(&mut block[..n * width]).map_err(read_err)?;
+        values.extend(
+            block[..n * width]
+                .chunks_exact(width)
+                .map(|b| match dtype.as_str() {
+                    "<f4" => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                    "<i4" => i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32,
+                    "<f8" => f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32,
+                    _ => i64::from_le_bytes(b.try_into().expect("8 bytes")) as f32,
+                }),
+        );
+        left -= n;
+    }
     Ok((shape, values))
 }
 
