@@ -29,6 +29,7 @@ pub fn save_params(
     path: &Path,
     layout: &ParamLayout,
     params: &[f32],
+    standardization: Option<&(Vec<f32>, Vec<f32>)>,
     metadata: &[(&str, String)],
 ) -> Result<()> {
     assert_eq!(
@@ -36,11 +37,16 @@ pub fn save_params(
         layout.n_params(),
         "buffer does not match its layout"
     );
-    let tensors: Vec<(&str, &[usize], &[f32])> = layout
+    let mut tensors: Vec<(&str, &[usize], &[f32])> = layout
         .entries()
         .iter()
         .map(|e| (e.name.as_str(), e.shape.as_slice(), &params[e.range()]))
         .collect();
+    let d = [standardization.map_or(0, |(mean, _)| mean.len())];
+    if let Some((mean, std)) = standardization {
+        tensors.push((STANDARDIZE_MEAN, &d, mean));
+        tensors.push((STANDARDIZE_STD, &d, std));
+    }
     write_tensors(path, &tensors, FORMAT, metadata)
 }
 
@@ -81,6 +87,32 @@ fn write_tensors(
 
 pub const CHECKPOINT_FORMAT: &str = "minibatch-checkpoint-v1";
 
+/// Tensor names of the training rows' per-feature mean and standard deviation, saved with
+/// a model trained on standardised data.
+pub const STANDARDIZE_MEAN: &str = "standardize.mean";
+pub const STANDARDIZE_STD: &str = "standardize.std";
+
+/// The standardisation saved with a model, if any.
+pub fn load_standardization(path: &Path) -> Result<Option<(Vec<f32>, Vec<f32>)>> {
+    let bytes = read_file(path)?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| Error::Parse {
+        path: path.to_path_buf(),
+        msg: format!("not a valid safetensors file: {e}"),
+    })?;
+    let vector = |name: &str| {
+        file.tensor(name)
+            .ok()
+            .filter(|t| t.dtype() == Dtype::F32)
+            .map(|t| {
+                t.data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect::<Vec<f32>>()
+            })
+    };
+    Ok(vector(STANDARDIZE_MEAN).zip(vector(STANDARDIZE_STD)))
+}
+
 /// Everything a run needs to continue with the same bits: parameters, optimizer state,
 /// position and the schedule's step count, plus the config that produced it.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +133,7 @@ pub fn save_checkpoint(
     layout: &ParamLayout,
     state: &TrainState<'_>,
     config: &str,
+    standardization: Option<&(Vec<f32>, Vec<f32>)>,
 ) -> Result<()> {
     let (m, v) = state.optimizer.buffers();
     let (m_shape, v_shape) = ([m.len()], [v.len()]);
@@ -120,6 +153,11 @@ pub fn save_checkpoint(
     }
     if !v.is_empty() {
         tensors.push(("optimizer.v", &v_shape, v));
+    }
+    let d = [standardization.map_or(0, |(mean, _)| mean.len())];
+    if let Some((mean, std)) = standardization {
+        tensors.push((STANDARDIZE_MEAN, &d, mean));
+        tensors.push((STANDARDIZE_STD, &d, std));
     }
     let metadata = [
         ("epoch", state.position.epoch.to_string()),

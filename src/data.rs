@@ -74,6 +74,16 @@ impl Dataset {
         Dataset::new(self.x, self.y, n_classes)
     }
 
+    /// x <- (x - mean) / std per feature (the statistics of the training rows).
+    pub fn standardize(&mut self, mean: &[f32], std: &[f32]) {
+        let (mean, std) = (
+            ndarray::ArrayView1::from(mean),
+            ndarray::ArrayView1::from(std),
+        );
+        self.x -= &mean;
+        self.x /= &std;
+    }
+
     /// Features as one row-major slice of n * d values.
     pub fn features(&self) -> &[f32] {
         self.x.as_slice().expect("datasets are row-major")
@@ -124,6 +134,9 @@ impl Dataset {
 pub struct LoadedData {
     pub train: Arc<Dataset>,
     pub valid: Option<Arc<Dataset>>,
+    /// Per-feature (mean, standard deviation) of the training rows, when standardised; saved
+    /// with the model so that evaluation applies the same transformation.
+    pub standardization: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl LoadedData {
@@ -153,6 +166,7 @@ impl LoadedData {
         } else {
             (train, valid)
         };
+        let mut standardization = None;
         if standardize {
             let (mean, std) = (
                 train.x.mean_axis(Axis(0)).expect("non-empty"),
@@ -160,13 +174,17 @@ impl LoadedData {
             );
             let std = std.mapv(|s| if s > 0.0 { s } else { 1.0 });
             for data in std::iter::once(&mut train).chain(valid.as_mut()) {
-                data.x -= &mean;
-                data.x /= &std;
+                data.standardize(
+                    mean.as_slice().expect("fresh"),
+                    std.as_slice().expect("fresh"),
+                );
             }
+            standardization = Some((mean.to_vec(), std.to_vec()));
         }
         Ok(LoadedData {
             train: Arc::new(train),
             valid: valid.map(Arc::new),
+            standardization,
         })
     }
 }

@@ -72,9 +72,21 @@ fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, std::sync::Arc<minibat
     let model_cfg = model_raw.validate()?;
     let model = Mlp::new(model_cfg.model.clone());
     let params = minibatch::checkpoint::load_params(&args.model, model.layout())?;
-    let data_cfg = match &args.config {
-        Some(path) => RawConfig::load(path)?.validate()?,
-        None => model_cfg,
+    // A model trained on standardised data carries its training statistics: read the data
+    // raw and apply those, not statistics recomputed from whatever data is given now.
+    let standardization = minibatch::checkpoint::load_standardization(&args.model)?;
+    let data_cfg = match (&args.config, &standardization) {
+        (None, None) => model_cfg,
+        (path, _) => {
+            let mut raw = match path {
+                Some(path) => RawConfig::load(path)?,
+                None => model_raw,
+            };
+            if standardization.is_some() {
+                raw.data.standardize = None;
+            }
+            raw.validate()?
+        }
     };
     if data_cfg.data.d != model.spec().d_in {
         return Err(minibatch::Error::Shape {
@@ -103,7 +115,16 @@ fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, std::sync::Arc<minibat
         ));
     }
     let (train, valid) = data::load(&data_cfg.data, data_cfg.seed);
-    Ok((model, params, valid.unwrap_or(train)))
+    let rows = valid.unwrap_or(train);
+    let rows = match standardization {
+        Some((mean, std)) => {
+            let mut rows = (*rows).clone();
+            rows.standardize(&mean, &std);
+            std::sync::Arc::new(rows)
+        }
+        None => rows,
+    };
+    Ok((model, params, rows))
 }
 
 pub fn eval(args: &EvalArgs) -> Result<()> {

@@ -53,8 +53,17 @@ pub fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Resu
         trainer.set_params(&params)?;
     }
     let config_text = toml::to_string(&raw.recorded()).unwrap_or_default();
-    let checkpoints = CheckpointPolicy::new(args, &config_text, trainer.model().layout().clone())?;
-    let _ = INTERRUPT_CONTEXT.set((config_text.clone(), trainer.model().layout().clone()));
+    let context = SaveContext {
+        config: config_text.clone(),
+        layout: trainer.model().layout().clone(),
+        standardization: cfg
+            .data
+            .file
+            .as_ref()
+            .and_then(|f| f.standardization.clone()),
+    };
+    let checkpoints = CheckpointPolicy::new(args, context.clone())?;
+    let _ = INTERRUPT_CONTEXT.set(context);
     interrupt::install();
     let (train, valid) = trainer.install(|| data::load(&cfg.data, cfg.seed));
     let t = &cfg.train;
@@ -142,6 +151,10 @@ pub fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Resu
             path,
             trainer.model().layout(),
             trainer.params(),
+            cfg.data
+                .file
+                .as_ref()
+                .and_then(|f| f.standardization.as_ref()),
             &[("model", cfg.model.describe()), ("config", config_text)],
         )?;
         if !quiet {
@@ -252,12 +265,19 @@ struct CheckpointPolicy {
     dir: PathBuf,
     every: Option<u64>,
     keep: usize,
+    context: SaveContext,
+}
+
+/// What every checkpoint of a run records besides the training state.
+#[derive(Clone, Default)]
+struct SaveContext {
     config: String,
     layout: minibatch::ParamLayout,
+    standardization: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl CheckpointPolicy {
-    fn new(args: &TrainArgs, config: &str, layout: minibatch::ParamLayout) -> Result<Option<Self>> {
+    fn new(args: &TrainArgs, context: SaveContext) -> Result<Option<Self>> {
         let Some(dir) = &args.checkpoint else {
             if args.checkpoint_every.is_some() {
                 return Err(minibatch::Error::config(
@@ -284,20 +304,17 @@ impl CheckpointPolicy {
             dir: dir.clone(),
             every: args.checkpoint_every,
             keep: args.keep,
-            config: config.to_string(),
-            layout,
+            context,
         }))
     }
 
     /// For a Ctrl-C without --checkpoint: one file in the current directory.
     fn interrupted() -> Self {
-        let (config, layout) = INTERRUPT_CONTEXT.get().cloned().unwrap_or_default();
         CheckpointPolicy {
             dir: PathBuf::from("."),
             every: None,
             keep: usize::MAX,
-            config,
-            layout,
+            context: INTERRUPT_CONTEXT.get().cloned().unwrap_or_default(),
         }
     }
 
@@ -306,7 +323,14 @@ impl CheckpointPolicy {
         let path = self
             .dir
             .join(format!("step-{:09}.safetensors", state.steps));
-        save_checkpoint(&path, &self.layout, state, &self.config)?;
+        let c = &self.context;
+        save_checkpoint(
+            &path,
+            &c.layout,
+            state,
+            &c.config,
+            c.standardization.as_ref(),
+        )?;
         if self.keep != usize::MAX
             && let Ok(entries) = std::fs::read_dir(&self.dir)
         {
@@ -329,7 +353,7 @@ impl CheckpointPolicy {
 }
 
 /// Config and layout for a checkpoint written on Ctrl-C when no --checkpoint was given.
-static INTERRUPT_CONTEXT: OnceLock<(String, minibatch::ParamLayout)> = OnceLock::new();
+static INTERRUPT_CONTEXT: OnceLock<SaveContext> = OnceLock::new();
 
 /// SIGINT and SIGTERM set a flag that the training loop checks after every step, so the
 /// current step finishes and a checkpoint is written before the process exits with 130.

@@ -96,3 +96,59 @@ fn a_saved_model_evaluates_and_predicts_as_it_trained() {
         assert_eq!(r[2] as usize, argmax);
     }
 }
+
+#[test]
+fn a_model_trained_on_standardised_data_is_evaluated_with_its_own_statistics() {
+    let dir = temp_dir("evaluate-standardized");
+    // Features with large offsets and scales, so unstandardised inputs would be far off.
+    let mut csv = String::from("a,b,y\n");
+    for i in 0..400 {
+        let (a, b) = (1000.0 + (i % 17) as f64 * 3.0, -50.0 + (i % 5) as f64 * 0.1);
+        let y = usize::from((i % 17) > 8);
+        csv += &format!("{a},{b},{y}\n");
+    }
+    std::fs::write(dir.join("d.csv"), &csv).unwrap();
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!("seed = 1\n[data]\npath = \"{}\"\nvalid_fraction = 0.25\nstandardize = true\n[train]\nepochs = 20\nbatch_size = 16\nlr = 0.5\n", dir.join("d.csv").display()),
+    )
+    .unwrap();
+    let model = dir.join("m.safetensors");
+    let trained = minibatch(&[
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--save",
+        model.to_str().unwrap(),
+    ]);
+    let last = trained
+        .lines()
+        .rfind(|l| l.starts_with("epoch"))
+        .unwrap()
+        .to_string();
+    let valid_loss = last
+        .split("valid loss ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    // The statistics travel in the file, as tensors numpy can read.
+    let stats = minibatch::checkpoint::load_standardization(&model)
+        .unwrap()
+        .expect("saved statistics");
+    assert_eq!(stats.0.len(), 2);
+    assert!(
+        stats.0[0] > 1000.0,
+        "mean of the first feature: {}",
+        stats.0[0]
+    );
+    // eval reads the data raw and applies them: the same validation loss as in training.
+    let evaluated = minibatch(&["eval", "--model", model.to_str().unwrap()]);
+    assert!(
+        evaluated.contains(&format!("mean loss {valid_loss}")),
+        "{evaluated}\nvs {last}"
+    );
+}
