@@ -411,6 +411,7 @@ pub fn read_libsvm(path: &Path, d: Option<usize>, task: Task) -> Result<Dataset>
             "is empty; expected lines of `label index:value ...`".into(),
         ));
     }
+    let given_d = d.is_some();
     let d = d.unwrap_or_else(|| {
         rows.iter()
             .flat_map(|(_, f)| f.iter().map(|(i, _)| i + 1))
@@ -418,9 +419,11 @@ pub fn read_libsvm(path: &Path, d: Option<usize>, task: Task) -> Result<Dataset>
             .unwrap_or(1)
     });
     // Densifying allocates rows x d values: refuse sizes no machine could hold rather than
-    // abort on the allocation (hashed feature indices can run into the billions).
-    const MAX_DENSE: usize = 1 << 31;
-    let cells = rows.len().checked_mul(d).filter(|&c| c <= MAX_DENSE).ok_or_else(|| {
+    // abort on the allocation (hashed feature indices can run into the billions). Without
+    // an explicit data.d, a single large index must not make a tiny file allocate
+    // gigabytes: the limit is then 2^28 values (1 GiB).
+    let max_dense: usize = if given_d { 1 << 31 } else { 1 << 28 };
+    let cells = rows.len().checked_mul(d).filter(|&c| c <= max_dense).ok_or_else(|| {
         parse_err(
             path,
             0,

@@ -397,6 +397,8 @@ fn review_cases_load_or_fail_cleanly() {
     // Sizes no machine holds, and empty arrays, are errors rather than aborts or panics.
     std::fs::write(dir.join("huge.svm"), "1 9223372036854775808:1\n").unwrap();
     std::fs::write(dir.join("wide.svm"), "1 4000000000:1\n-1 1:2\n").unwrap();
+    // Found by the fuzzer: one index near 10^9 in a 14-byte file.
+    std::fs::write(dir.join("fuzz.svm"), b"91\x0b998999999:8").unwrap();
     write_npy(&dir.join("empty.npy"), "<f8", "(0, 5)", &[]);
     write_npy(&dir.join("empty_y.npy"), "<f8", "(0,)", &[]);
     write_npy(
@@ -412,6 +414,10 @@ fn review_cases_load_or_fail_cleanly() {
         ),
         (
             format!("path = \"{}\"", dir.join("wide.svm").display()),
+            "too large to densify",
+        ),
+        (
+            format!("path = \"{}\"", dir.join("fuzz.svm").display()),
             "too large to densify",
         ),
         (
