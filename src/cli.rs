@@ -66,8 +66,15 @@ pub struct EvalArgs {
     pub model: PathBuf,
     /// Data to evaluate on, as a config (default: the config saved with the model). The
     /// validation split is used when the config has one, else the training rows.
-    #[arg(short, long, value_name = "FILE")]
+    #[arg(short, long, value_name = "FILE", conflicts_with = "data")]
     pub config: Option<PathBuf>,
+    /// Data to evaluate on, as a file (CSV, LIBSVM or .npy, read with the label settings the
+    /// model was trained with); every row is used.
+    #[arg(short, long, value_name = "FILE")]
+    pub data: Option<PathBuf>,
+    /// The targets .npy that goes with a --data .npy file.
+    #[arg(long, value_name = "FILE", requires = "data")]
+    pub labels: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

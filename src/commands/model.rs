@@ -75,12 +75,43 @@ fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, std::sync::Arc<minibat
     // A model trained on standardised data carries its training statistics: read the data
     // raw and apply those, not statistics recomputed from whatever data is given now.
     let standardization = minibatch::checkpoint::load_standardization(&args.model)?;
-    let data_cfg = match (&args.config, &standardization) {
-        (None, None) => model_cfg,
-        (path, _) => {
-            let mut raw = match path {
-                Some(path) => RawConfig::load(path)?,
-                None => model_raw,
+    let data_cfg = match (&args.config, &args.data, &standardization) {
+        (None, None, None) => model_cfg,
+        (path, file, _) => {
+            let mut raw = match (path, file) {
+                (Some(path), _) => RawConfig::load(path)?,
+                (None, Some(file)) => {
+                    // The model's label settings, this file, all of its rows.
+                    let mut raw = model_raw.clone();
+                    let trained = &model_raw.data;
+                    raw.data = minibatch::config::RawData {
+                        path: Some(file.clone()),
+                        labels: args.labels.clone(),
+                        label: trained.label.clone(),
+                        header: trained.header,
+                        delimiter: trained.delimiter.clone(),
+                        task: trained.task.clone(),
+                        standardize: trained.standardize,
+                        ..Default::default()
+                    };
+                    raw.train.batch_size = Some(1);
+                    // Name the model's kind and head, so they are not inferred from this file.
+                    let spec = model.spec();
+                    let head = match spec.head {
+                        minibatch::model::Head::Mse => "mse",
+                        minibatch::model::Head::Logistic => "logistic",
+                        minibatch::model::Head::Softmax { .. } => "softmax",
+                    };
+                    if spec.hidden.is_empty() {
+                        raw.model.kind = Some(if head == "mse" { "linear" } else { head }.into());
+                        raw.model.head = None;
+                    } else {
+                        raw.model.kind = Some("mlp".into());
+                        raw.model.head = Some(head.into());
+                    }
+                    raw
+                }
+                (None, None) => model_raw,
             };
             if standardization.is_some() {
                 raw.data.standardize = None;

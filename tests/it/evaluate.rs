@@ -151,4 +151,14 @@ fn a_model_trained_on_standardised_data_is_evaluated_with_its_own_statistics() {
         evaluated.contains(&format!("mean loss {valid_loss}")),
         "{evaluated}\nvs {last}"
     );
+    // A data file given directly: every row, read with the model's label settings.
+    let csv_path = dir.join("d.csv");
+    let on_file = minibatch(&[
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--data",
+        csv_path.to_str().unwrap(),
+    ]);
+    assert!(on_file.contains("logistic 2-1 on 400 rows"), "{on_file}");
 }
