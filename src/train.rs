@@ -1,6 +1,8 @@
 //! The training loop: fit -> epoch -> step, and the one place where work runs in parallel.
 //!
 //! A step takes the batch's row indices and
+//! 0. lets the model derive what every shard shares from the parameters (`Model::prepare`:
+//!    the built-in MLP packs its weights for the matrix kernel);
 //! 1. cuts them into shards (`shard.rs`); on the pool, each shard's model call reads its
 //!    rows (in place or gathered into its own block) and writes their gradient sum into the
 //!    shard's own gradient row;
