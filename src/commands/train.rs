@@ -334,17 +334,22 @@ impl CheckpointPolicy {
         if self.keep != usize::MAX
             && let Ok(entries) = std::fs::read_dir(&self.dir)
         {
-            let mut steps: Vec<PathBuf> = entries
+            // Ordered by the step number in the name (not the name: it outgrows its padding).
+            let mut steps: Vec<(u64, PathBuf)> = entries
                 .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with("step-") && n.ends_with(".safetensors"))
+                .filter_map(|p| {
+                    let name = p.file_name()?.to_str()?;
+                    let step = name
+                        .strip_prefix("step-")?
+                        .strip_suffix(".safetensors")?
+                        .parse()
+                        .ok()?;
+                    Some((step, p))
                 })
                 .collect();
             steps.sort();
             let excess = steps.len().saturating_sub(self.keep);
-            for old in &steps[..excess] {
+            for (_, old) in &steps[..excess] {
                 let _ = std::fs::remove_file(old);
             }
         }
