@@ -345,9 +345,9 @@ pub fn mix(a: u64, b: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A zeroed `(n, d)` matrix whose pages, on Linux, are 2 MB huge pages where the kernel
-/// allows them. Training reads rows in shuffled order: with 4 KB pages nearly every row
-/// costs a TLB miss, and on a 4 GB dataset that halves the gather rate.
+/// A zeroed `(n, d)` matrix whose pages, on Linux, are requested as 2 MB huge pages.
+/// Training reads rows in shuffled order, and with 4 KB pages nearly every row costs a TLB
+/// miss; kernels that grant the request (not every one does) save those.
 pub fn feature_matrix(n: usize, d: usize) -> Array2<f32> {
     let mut values = vec![0.0f32; n * d];
     advise_huge_pages(&mut values);
