@@ -37,17 +37,29 @@ pub fn save_params(
         layout.n_params(),
         "buffer does not match its layout"
     );
+    let d = [standardization.map_or(0, |(mean, _)| mean.len())];
+    let tensors = model_tensors(layout, params, standardization, &d);
+    write_tensors(path, &tensors, FORMAT, metadata)
+}
+
+/// The parameters under their layout names, then the standardisation, if any (`d` holds
+/// its length): what both a parameter file and a checkpoint start with.
+fn model_tensors<'a>(
+    layout: &'a ParamLayout,
+    params: &'a [f32],
+    standardization: Option<&'a (Vec<f32>, Vec<f32>)>,
+    d: &'a [usize; 1],
+) -> Vec<(&'a str, &'a [usize], &'a [f32])> {
     let mut tensors: Vec<(&str, &[usize], &[f32])> = layout
         .entries()
         .iter()
         .map(|e| (e.name.as_str(), e.shape.as_slice(), &params[e.range()]))
         .collect();
-    let d = [standardization.map_or(0, |(mean, _)| mean.len())];
     if let Some((mean, std)) = standardization {
-        tensors.push((STANDARDIZE_MEAN, &d, mean));
-        tensors.push((STANDARDIZE_STD, &d, std));
+        tensors.push((STANDARDIZE_MEAN, d, mean));
+        tensors.push((STANDARDIZE_STD, d, std));
     }
-    write_tensors(path, &tensors, FORMAT, metadata)
+    tensors
 }
 
 /// Writes named f32 tensors, in the given order, with `format` and `metadata` in the header.
@@ -137,27 +149,13 @@ pub fn save_checkpoint(
 ) -> Result<()> {
     let (m, v) = state.optimizer.buffers();
     let (m_shape, v_shape) = ([m.len()], [v.len()]);
-    let mut tensors: Vec<(&str, &[usize], &[f32])> = layout
-        .entries()
-        .iter()
-        .map(|e| {
-            (
-                e.name.as_str(),
-                e.shape.as_slice(),
-                &state.params[e.range()],
-            )
-        })
-        .collect();
+    let d = [standardization.map_or(0, |(mean, _)| mean.len())];
+    let mut tensors = model_tensors(layout, state.params, standardization, &d);
     if !m.is_empty() {
         tensors.push(("optimizer.m", &m_shape, m));
     }
     if !v.is_empty() {
         tensors.push(("optimizer.v", &v_shape, v));
-    }
-    let d = [standardization.map_or(0, |(mean, _)| mean.len())];
-    if let Some((mean, std)) = standardization {
-        tensors.push((STANDARDIZE_MEAN, &d, mean));
-        tensors.push((STANDARDIZE_STD, &d, std));
     }
     let metadata = [
         ("epoch", state.position.epoch.to_string()),

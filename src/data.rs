@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use crate::config::{DataConfig, Synthetic};
-use crate::model::{Batch, sigmoid};
+use crate::model::{Batch, argmax, sigmoid};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
@@ -283,14 +283,7 @@ impl Truth {
                 h.mapv_inplace(f32::tanh);
                 let logits = h.dot(t2);
                 for (target, row) in y.iter_mut().zip(logits.axis_iter(Axis(0))) {
-                    let best = row
-                        .iter()
-                        .enumerate()
-                        .fold(
-                            (0, f32::NEG_INFINITY),
-                            |b, (j, &v)| if v > b.1 { (j, v) } else { b },
-                        );
-                    *target = best.0 as f32;
+                    *target = argmax(row.as_slice().expect("fresh arrays are row-major")) as f32;
                 }
             }
             Truth::Logistic { w } => {

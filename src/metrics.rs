@@ -6,7 +6,7 @@ use ndarray::Array2;
 use serde::Serialize;
 
 use crate::data::Dataset;
-use crate::model::{Head, Mlp, log_sum_exp, softplus};
+use crate::model::{Head, Mlp, argmax, log_sum_exp, softplus};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Metrics {
@@ -25,14 +25,7 @@ pub struct Metrics {
 pub fn predicted_class(head: Head, z: &[f32]) -> usize {
     match head {
         Head::Logistic => usize::from(z[0] > 0.0),
-        _ => {
-            z.iter()
-                .enumerate()
-                .fold((0, f32::NEG_INFINITY), |best, (j, &v)| {
-                    if v > best.1 { (j, v) } else { best }
-                })
-                .0
-        }
+        _ => argmax(z),
     }
 }
 
@@ -64,10 +57,7 @@ pub fn evaluate(model: &Mlp, params: &[f32], data: &Dataset) -> Metrics {
             metrics.r2 = Some(if sst > 0.0 { 1.0 - sse / sst } else { f64::NAN });
         }
         Head::Logistic | Head::Softmax { .. } => {
-            let k = match head {
-                Head::Softmax { n_classes } => n_classes,
-                _ => 2,
-            };
+            let k = head.n_classes().expect("a classifier head");
             let mut confusion = vec![vec![0u64; k]; k];
             for (z, &y) in outputs.rows().into_iter().zip(targets) {
                 let z = z.as_slice().expect("row-major");

@@ -127,11 +127,7 @@ fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, std::sync::Arc<minibat
         });
     }
     let head = model.spec().head;
-    let wanted = match head {
-        minibatch::model::Head::Mse => None,
-        minibatch::model::Head::Logistic => Some(2),
-        minibatch::model::Head::Softmax { n_classes } => Some(n_classes),
-    };
+    let wanted = head.n_classes();
     if data_cfg.data.n_classes != wanted {
         return Err(minibatch::Error::config(
             "data",
@@ -196,11 +192,7 @@ pub fn predict(args: &PredictArgs, quiet: bool) -> Result<()> {
     let head = model.spec().head;
     let outputs = model.outputs(&params, data.x());
     let mut csv = String::from("row,target,prediction");
-    let n_classes = match head {
-        minibatch::model::Head::Softmax { n_classes } => n_classes,
-        minibatch::model::Head::Logistic => 2,
-        minibatch::model::Head::Mse => 0,
-    };
+    let n_classes = head.n_classes().unwrap_or(0);
     for c in 0..n_classes {
         csv += &format!(",p{c}");
     }

@@ -99,14 +99,8 @@ pub(super) fn head_loss(
                 let class = target as usize;
                 let lse = log_sum_exp(z_row);
                 stats.loss_sum += f64::from(lse - z_row[class]);
-                let argmax = z_row
-                    .iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |best, (j, &v)| {
-                        if v > best.1 { (j, v) } else { best }
-                    })
-                    .0;
-                stats.n_correct += u64::from(argmax == class);
+                let predicted = argmax(z_row.as_slice().expect("rows of a row-major block"));
+                stats.n_correct += u64::from(predicted == class);
                 if let Some(dz) = dz.as_mut() {
                     let mut dz_row = dz.row_mut(i);
                     for (g, &v) in dz_row.iter_mut().zip(z_row.iter()) {
@@ -152,6 +146,16 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
         partial[j] += x * y;
     }
     partial.iter().sum()
+}
+
+/// The index of the largest value (the first on ties): a row of logits' predicted class.
+pub fn argmax(z: &[f32]) -> usize {
+    z.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (j, &v)| {
+            if v > best.1 { (j, v) } else { best }
+        })
+        .0
 }
 
 /// 1 / (1 + e^-z) without overflow for large |z|.

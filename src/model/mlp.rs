@@ -41,6 +41,15 @@ pub enum Head {
 }
 
 impl Head {
+    /// Classes the head predicts, `None` for regression.
+    pub fn n_classes(self) -> Option<usize> {
+        match self {
+            Head::Mse => None,
+            Head::Logistic => Some(2),
+            Head::Softmax { n_classes } => Some(n_classes),
+        }
+    }
+
     pub fn n_outputs(self) -> usize {
         match self {
             Head::Mse | Head::Logistic => 1,

@@ -14,7 +14,7 @@ mod kernels;
 mod mlp;
 
 pub use batch::{Batch, PREFETCH_ROWS, prefetch_row};
-pub use kernels::{log_sum_exp, sigmoid, softplus};
+pub use kernels::{argmax, log_sum_exp, sigmoid, softplus};
 pub use mlp::{Activation, Head, Mlp, MlpShared, MlpSpec, MlpWorkspace};
 
 use rand::rngs::StdRng;
