@@ -324,10 +324,15 @@ fn throughput(
         None => crate::shard::auto_shard_rows(cfg.train.batch_size),
     };
     cfg.train.sampling = crate::sampler::Sampling::Uniform;
-    let mut trainer = trainer_for(&cfg)?;
-    if noise {
-        trainer.track_noise_scale(NOISE_PERIOD, NOISE_DECAY);
-    }
+    let build = |cfg: &Config| -> Result<Trainer<Mlp>> {
+        let mut trainer = trainer_for(cfg)?;
+        if noise {
+            trainer.track_noise_scale(NOISE_PERIOD, NOISE_DECAY);
+        }
+        Ok(trainer)
+    };
+    // A probe sizes the run: about `seconds` of steps, whatever one step costs.
+    let mut trainer = build(&cfg)?;
     let idx: Vec<usize> = (0..b)
         .map(|i| i * (train.n() / b).max(1) % train.n())
         .collect();
@@ -341,10 +346,7 @@ fn throughput(
     let steps = ((seconds / per_step) as usize).clamp(5, 10_000_000);
     cfg.train.steps_per_epoch = std::num::NonZeroUsize::new(steps).expect(">= 5");
     cfg.train.epochs = std::num::NonZeroUsize::MIN;
-    let mut trainer = trainer_for(&cfg)?;
-    if noise {
-        trainer.track_noise_scale(NOISE_PERIOD, NOISE_DECAY);
-    }
+    let mut trainer = build(&cfg)?;
     trainer.step(train, &idx, 0.0)?;
     let report = trainer.fit(train, None, |_| {})?;
     Ok(report.examples as f64 / report.epochs[0].seconds.max(1e-12))
