@@ -241,6 +241,13 @@ pub struct TrainArgs {
     /// shapes must match the model.
     #[arg(long, value_name = "PATH")]
     pub init: Option<PathBuf>,
+    /// Across MPI ranks (`mpirun -n R minibatch train ...`, with a build that has the `mpi`
+    /// feature): how the ranks' gradients meet. `exact` (default) follows the single-process
+    /// tree, so the parameters are the same bits for any rank and thread count; `fast` sums
+    /// each rank's shards and calls MPI's all-reduce (less traffic, summation order left to
+    /// the MPI library).
+    #[arg(long, value_name = "exact|fast")]
+    pub reduction: Option<minibatch::cluster::Reduction>,
 }
 
 /// Flags that override config keys of the same name.

@@ -55,6 +55,10 @@ pub enum Error {
         epoch: usize,
         step: u64,
     },
+    /// Training across processes cannot start as asked (built without MPI, a launcher
+    /// the command does not support, an MPI library without thread support).
+    #[error("{0}")]
+    Cluster(String),
     /// Training diverged.
     #[error(
         "loss became {value} at epoch {epoch}, step {step} (lr {lr}, last finite batch loss {last_finite}); \
@@ -85,7 +89,8 @@ impl Error {
             | Error::Parse { .. }
             | Error::Data { .. }
             | Error::Read { .. }
-            | Error::Shape { .. } => 2,
+            | Error::Shape { .. }
+            | Error::Cluster(_) => 2,
             Error::Write { .. } | Error::NonFinite { .. } => 1,
             Error::Interrupted { .. } => 130,
         }

@@ -26,8 +26,12 @@ fn main() -> ExitCode {
         _ => None,
     };
     install_subscriber(&cli, recorder.clone());
+    let mut launch = match Launch::join(&cli.command) {
+        Ok(launch) => launch,
+        Err(err) => return fail(&err, &Launch::default()),
+    };
     let result = match &cli.command {
-        Command::Train(args) => train::train(args, cli.quiet, recorder.as_ref()),
+        Command::Train(args) => train::train(args, cli.quiet, recorder.as_ref(), launch.comm()),
         Command::Layout(args) => model::layout(args),
         Command::Bench(args) => report::bench(args, cli.quiet),
         Command::Tune(args) => report::tune(args, cli.quiet),
@@ -42,10 +46,89 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("minibatch: {err}");
-            ExitCode::from(err.exit_code())
+        Err(err) => fail(&err, &launch),
+    }
+}
+
+/// Prints the error (naming the rank when there are several) and ends the process. A rank
+/// that fails alone ends the whole job: the others would wait for it forever.
+fn fail(err: &minibatch::Error, launch: &Launch) -> ExitCode {
+    let code = err.exit_code();
+    if launch.size > 1 {
+        eprintln!("minibatch: rank {} of {}: {err}", launch.rank, launch.size);
+        // Every rank stops at the same step on Ctrl-C; nobody is left waiting.
+        #[cfg(feature = "mpi")]
+        if !matches!(err, minibatch::Error::Interrupted { .. }) {
+            minibatch::cluster::mpi::abort(i32::from(code));
         }
+    } else {
+        eprintln!("minibatch: {err}");
+    }
+    ExitCode::from(code)
+}
+
+/// The processes an MPI launcher (mpirun, mpiexec) started, as this process sees them.
+#[derive(Default)]
+struct Launch {
+    rank: usize,
+    size: usize,
+    comm: Option<Box<dyn minibatch::cluster::Collective>>,
+    /// Finalises MPI when dropped, after the command.
+    #[cfg(feature = "mpi")]
+    _universe: Option<mpi::environment::Universe>,
+}
+
+impl Launch {
+    /// Joins the launcher's other processes, if one started this one; only `train` runs
+    /// across ranks.
+    fn join(command: &Command) -> Result<Self> {
+        let Some(size) = minibatch::cluster::launcher_size() else {
+            if let Command::Train(args) = command
+                && args.reduction.is_some()
+            {
+                return Err(minibatch::Error::Cluster(
+                    "--reduction applies to runs across MPI ranks: start the run with \
+                     `mpirun -n R minibatch train ...`"
+                        .into(),
+                ));
+            }
+            return Ok(Launch::default());
+        };
+        #[cfg(not(feature = "mpi"))]
+        {
+            let asks_for_mpi = matches!(command, Command::Train(args) if args.reduction.is_some());
+            if size > 1 || asks_for_mpi {
+                return Err(minibatch::Error::Cluster(format!(
+                    "this minibatch was built without MPI, so the {size} processes the launcher \
+                     started would each train alone. Build it with MPI (needs an MPI library \
+                     and libclang, e.g. `apt install openmpi-bin libopenmpi-dev libclang-dev`): \
+                     cargo build --release --features mpi"
+                )));
+            }
+            Ok(Launch::default())
+        }
+        #[cfg(feature = "mpi")]
+        {
+            let (universe, mpi) = minibatch::cluster::mpi::init()?;
+            use minibatch::cluster::Collective;
+            let launch = Launch {
+                rank: mpi.rank(),
+                size: mpi.size(),
+                comm: Some(Box::new(mpi)),
+                _universe: Some(universe),
+            };
+            if launch.size > 1 && !matches!(command, Command::Train(_)) {
+                return Err(minibatch::Error::Cluster(format!(
+                    "only `minibatch train` runs across MPI ranks; run this command without \
+                     the launcher ({size} ranks here)"
+                )));
+            }
+            Ok(launch)
+        }
+    }
+
+    fn comm(&mut self) -> Option<Box<dyn minibatch::cluster::Collective>> {
+        self.comm.take()
     }
 }
 

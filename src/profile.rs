@@ -266,7 +266,7 @@ pub struct Profile {
 /// The phases of a step in the order they run, then the loop's other spans.
 const PHASE_ORDER: &[&str] = &[
     "run", "epoch", "sample", "step", "prepare", "shards", "shard", "gather", "fwd_bwd", "reduce",
-    "update", "eval",
+    "exchange", "update", "eval",
 ];
 
 pub fn profile(recorder: &Recorder) -> Profile {
@@ -361,10 +361,13 @@ pub fn format_profile(p: &Profile) -> String {
 
 /// Writes the profile and a timeline of a typical step to standard error in one piece
 /// (the profile is a report, not a log line).
-pub fn print_profile(p: &Profile, recorder: &Recorder) {
-    let mut stderr = std::io::stderr().lock();
-    let _ = stderr.write_all(format_profile(p).as_bytes());
-    let _ = stderr.write_all(format_timeline(recorder, 96).as_bytes());
+pub fn print_profile(title: &str, p: &Profile, recorder: &Recorder) {
+    let text = format!(
+        "{title}{}{}",
+        format_profile(p),
+        format_timeline(recorder, 96)
+    );
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// A text picture of the step of median duration: one row per thread, one column per
@@ -386,6 +389,7 @@ pub fn format_timeline(recorder: &Recorder, width: usize) -> String {
         "fwd_bwd" => Some((2, 'F')),
         "gather" => Some((3, 'G')),
         "reduce" => Some((1, 'R')),
+        "exchange" => Some((2, 'X')),
         "update" => Some((1, 'U')),
         _ => None,
     };
@@ -420,7 +424,7 @@ pub fn format_timeline(recorder: &Recorder, width: usize) -> String {
         let line: String = row.iter().map(|&(_, c)| c).collect();
         out += &format!("{:>name_width$} |{line}|\n", threads[tid]);
     }
-    out +=
-        "P prepare  S shard  F forward/backward  G gather  R reduce  U update  . other step work\n";
+    out += "P prepare  S shard  F forward/backward  G gather  R reduce  X exchange between ranks  \
+         U update  . other step work\n";
     out
 }

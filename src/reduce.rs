@@ -9,6 +9,7 @@
 
 use ndarray::{ArrayViewMut2, Axis, Zip};
 
+use crate::cluster::Node;
 use crate::noise::squared_norm;
 use rayon::prelude::*;
 
@@ -56,6 +57,119 @@ pub fn tree_reduce_with_norm(
     partials.iter().sum()
 }
 
+/// Sums, for each of `nodes` (a run of the tree over `n` shards whose shard `first` is row 0 of
+/// `grads`), its shard rows with the tree, leaving the node's sum in the node's first row:
+/// the value the single-process tree has there once it has summed that node.
+pub fn reduce_nodes(grads: ArrayViewMut2<f32>, nodes: &[Node], first: usize, n: usize) {
+    let Some(last) = nodes.last() else {
+        return;
+    };
+    let mut grads = grads;
+    let mut rows = grads.slice_mut(ndarray::s![..last.end(n) - first, ..]);
+    let per_chunk = |mut chunk: ArrayViewMut2<f32>| {
+        for node in nodes {
+            let rows = node.start - first..node.end(n) - first;
+            tree_reduce_serial(chunk.slice_mut(ndarray::s![rows, ..]));
+        }
+    };
+    if rows.ncols() >= 2 * REDUCE_CHUNK {
+        rows.axis_chunks_iter_mut(Axis(1), REDUCE_CHUNK)
+            .into_par_iter()
+            .for_each(per_chunk);
+    } else {
+        per_chunk(rows);
+    }
+}
+
+/// Finishes the tree: row j of `rows` holds the sum of `nodes[j]`, and `nodes` are whole
+/// nodes covering all `n` shards in order. Leaves the total in row 0, computed with exactly
+/// the additions `tree_reduce` makes above those nodes, so the bits match it. `schedule`
+/// is scratch reused across calls.
+pub fn combine_nodes(
+    rows: ArrayViewMut2<f32>,
+    nodes: &[Node],
+    n: usize,
+    schedule: &mut CombineSchedule,
+) {
+    schedule.plan(nodes, n);
+    let pairs = &schedule.pairs;
+    if pairs.is_empty() {
+        return;
+    }
+    let per_chunk = |mut chunk: ArrayViewMut2<f32>| {
+        for &(dst, src) in pairs {
+            let (mut d, s) = chunk.multi_slice_mut((ndarray::s![dst, ..], ndarray::s![src, ..]));
+            Zip::from(&mut d).and(&s).for_each(|d, &s| *d += s);
+        }
+    };
+    let mut rows = rows;
+    if rows.ncols() >= 2 * REDUCE_CHUNK {
+        rows.axis_chunks_iter_mut(Axis(1), REDUCE_CHUNK)
+            .into_par_iter()
+            .for_each(per_chunk);
+    } else {
+        per_chunk(rows.view_mut());
+    }
+}
+
+/// The additions that finish a tree from given nodes, as (destination row, source row)
+/// pairs in order; its buffers are reused so a step allocates nothing.
+#[derive(Debug, Default)]
+pub struct CombineSchedule {
+    pairs: Vec<(usize, usize)>,
+    /// Per row: the level its value has reached, and whether it is still to be read.
+    state: Vec<(u32, bool)>,
+}
+
+impl CombineSchedule {
+    pub fn with_capacity(nodes: usize) -> Self {
+        CombineSchedule {
+            pairs: Vec::with_capacity(nodes),
+            state: Vec::with_capacity(nodes),
+        }
+    }
+
+    /// Replays the tree level by level: at level m, a row starting at a multiple of 2^(m+1)
+    /// that has reached level m takes in the next live row (its right sibling), if the tree
+    /// has one; rows that already hold a higher node wait.
+    fn plan(&mut self, nodes: &[Node], n: usize) {
+        self.pairs.clear();
+        self.state.clear();
+        self.state
+            .extend(nodes.iter().map(|node| (node.level, true)));
+        let mut level = 0u32;
+        while (1usize << level) < n {
+            let size = 1usize << level;
+            for j in 0..nodes.len() {
+                let (reached, live) = self.state[j];
+                if !live || reached != level || !nodes[j].start.is_multiple_of(2 * size) {
+                    continue;
+                }
+                if nodes[j].start + size < n {
+                    let k = (j + 1..nodes.len())
+                        .find(|&k| self.state[k].1)
+                        .expect("the right sibling is a later node");
+                    debug_assert_eq!(nodes[k].start, nodes[j].start + size);
+                    debug_assert_eq!(self.state[k].0, level);
+                    self.pairs.push((j, k));
+                    self.state[k].1 = false;
+                }
+                self.state[j].0 = level + 1;
+            }
+            level += 1;
+        }
+    }
+}
+
+/// |v|^2 by chunks of `REDUCE_CHUNK` summed in chunk order: the same bits as the norm that
+/// `tree_reduce_with_norm` returns for the same sum.
+pub fn squared_norm_chunked(v: &[f32], partials: &mut Vec<f64>) -> f64 {
+    v.par_chunks(REDUCE_CHUNK)
+        .map(squared_norm)
+        .collect_into_vec(partials);
+    partials.iter().sum()
+}
+
 fn tree_reduce_serial(mut rows: ArrayViewMut2<f32>) {
     let n_rows = rows.nrows();
     let mut stride = 1;
@@ -83,5 +197,53 @@ mod tests {
         let mut g = Array2::from_shape_vec((3, 1), vec![1e8f32, -1e8, 1.0]).unwrap();
         tree_reduce(g.view_mut(), 3);
         assert_eq!(g[[0, 0]], 1.0);
+    }
+
+    /// Values whose sums depend on the order of additions at every level.
+    fn adversarial(n: usize, cols: usize) -> Array2<f32> {
+        Array2::from_shape_fn((n, cols), |(i, j)| {
+            let x = ((i * 7919 + j * 104_729) % 1000) as f32 / 7.0;
+            if (i + j) % 3 == 0 {
+                x * 1e7
+            } else {
+                -x * 1e-3 + 1.0
+            }
+        })
+    }
+
+    #[test]
+    fn nodes_summed_per_rank_then_combined_give_the_single_process_bits() {
+        use crate::cluster::{shards_of_rank, tree_nodes};
+        for cols in [3, 2 * REDUCE_CHUNK + 5] {
+            for n in 1..34 {
+                let grads = adversarial(n, cols);
+                let mut single = grads.clone();
+                tree_reduce(single.view_mut(), n);
+                for size in 1..6 {
+                    // Each rank sums its nodes from its own rows; the nodes' sums are stacked.
+                    let mut nodes = Vec::new();
+                    let mut stacked = Vec::new();
+                    for rank in 0..size {
+                        let run = shards_of_rank(n, rank, size);
+                        let first = nodes.len();
+                        tree_nodes(run.clone(), n, &mut nodes);
+                        let mut mine = grads.slice(ndarray::s![run.clone(), ..]).to_owned();
+                        reduce_nodes(mine.view_mut(), &nodes[first..], run.start, n);
+                        for node in &nodes[first..] {
+                            stacked.extend(mine.row(node.start - run.start).iter().copied());
+                        }
+                    }
+                    let mut rows = Array2::from_shape_vec((nodes.len(), cols), stacked).unwrap();
+                    let mut schedule = CombineSchedule::default();
+                    combine_nodes(rows.view_mut(), &nodes, n, &mut schedule);
+                    let same = rows
+                        .row(0)
+                        .iter()
+                        .zip(single.row(0))
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "n {n}, {size} ranks, {cols} columns");
+                }
+            }
+        }
     }
 }

@@ -25,13 +25,14 @@ use rand::rngs::StdRng;
 use rayon::prelude::*;
 use tracing::{debug_span, info, info_span, trace_span};
 
+use crate::cluster::{Collective, Exchange, Reduction, SHARD_STATS};
 use crate::config::TrainConfig;
 use crate::data::{Dataset, mix};
 use crate::error::{Error, Result};
 use crate::model::{Model, PREFETCH_ROWS, Stats, prefetch_row};
 use crate::noise::{NoiseScale, squared_norm};
 use crate::optim::{Optimizer, OptimizerState};
-use crate::reduce::{REDUCE_CHUNK, tree_reduce, tree_reduce_with_norm};
+use crate::reduce::{REDUCE_CHUNK, squared_norm_chunked, tree_reduce, tree_reduce_with_norm};
 use crate::sampler::{Sampler, Sampling, default_steps_per_epoch};
 use crate::shard::{n_shards, shard_range};
 
@@ -142,6 +143,22 @@ pub struct Progress {
     pub steps: u64,
 }
 
+/// The squared norms of a batch's full shards, for the noise-scale estimate.
+#[derive(Default)]
+struct NoiseSample {
+    count: usize,
+    sum: f64,
+}
+
+impl NoiseSample {
+    fn add(&mut self, full: bool, grad_sq: f64) {
+        if full {
+            self.count += 1;
+            self.sum += grad_sq;
+        }
+    }
+}
+
 /// One shard's buffers, reused every step.
 struct ShardSlot<W> {
     ws: W,
@@ -172,6 +189,8 @@ pub struct Trainer<M: Model> {
     norm_partials: Vec<f64>,
     /// Where the next `fit` starts.
     position: Position,
+    /// The other ranks, when training across processes.
+    exchange: Option<Exchange>,
 }
 
 /// How and how often steps feed the noise-scale estimate.
@@ -224,7 +243,33 @@ impl<M: Model> Trainer<M> {
             noise: None,
             norm_partials: Vec::with_capacity(n_params.div_ceil(REDUCE_CHUNK)),
             position: Position::default(),
+            exchange: None,
         })
+    }
+
+    /// Trains as one rank of `comm` from now on: each step computes this rank's run of the
+    /// batch's shards and combines it with the other ranks' (see `cluster`). With
+    /// `Reduction::Exact` the parameters are the same bits as a single process's.
+    pub fn join(&mut self, comm: Box<dyn Collective>, reduction: Reduction) -> Result<()> {
+        if comm.size() <= 1 {
+            self.exchange = None;
+            return Ok(());
+        }
+        let max_shards = self.grads.nrows();
+        self.exchange = Some(Exchange::new(
+            comm,
+            reduction,
+            max_shards,
+            self.params.len(),
+        )?);
+        Ok(())
+    }
+
+    /// This process's rank and the number of ranks: (0, 1) unless `join`ed.
+    pub fn rank(&self) -> (usize, usize) {
+        self.exchange
+            .as_ref()
+            .map_or((0, 1), |x| (x.rank(), x.size()))
     }
 
     /// Estimates the gradient noise scale every `period` steps from then on, smoothed with
@@ -428,7 +473,7 @@ impl<M: Model> Trainer<M> {
                     position: self.position,
                     steps: self.steps_taken,
                 };
-                if observer.after_step(&state) {
+                if self.agree(observer.after_step(&state)) {
                     stopped = true;
                     break;
                 }
@@ -442,7 +487,7 @@ impl<M: Model> Trainer<M> {
                         batch_loss: last_finite,
                         steps: self.steps_taken,
                     });
-                    if observer.should_stop() {
+                    if self.agree(observer.should_stop()) {
                         stopped = true;
                         break;
                     }
@@ -508,6 +553,14 @@ impl<M: Model> Trainer<M> {
         Ok(pool.install(|| self.step_on_pool(data, idx, lr)))
     }
 
+    /// Whether this process or, across ranks, any rank wants to stop: all leave together.
+    fn agree(&self, stop: bool) -> bool {
+        match &self.exchange {
+            Some(exchange) => exchange.any(stop),
+            None => stop,
+        }
+    }
+
     /// `step` once the caller is on the pool and the inputs are checked.
     fn step_on_pool(&mut self, data: &Dataset, idx: &[usize], lr: f32) -> Stats {
         let batch_len = idx.len();
@@ -517,8 +570,14 @@ impl<M: Model> Trainer<M> {
             n_shards <= self.grads.nrows(),
             "batch of {batch_len} exceeds the configured batch size"
         );
+        // The shards this process computes: all, or its rank's run of them.
+        let mine = match &mut self.exchange {
+            Some(exchange) => exchange.plan(n_shards),
+            None => 0..n_shards,
+        };
+        let n_local = mine.len();
         // One shard runs on this thread alone: keep the other phases here too.
-        let parallel = n_shards > 1 && self.cfg.threads.get() > 1;
+        let parallel = n_local > 1 && self.cfg.threads.get() > 1;
         self.optimizer.set_parallel(parallel);
         let step_span = debug_span!("step", step = self.steps_taken + 1, batch_len, n_shards);
         let _step = step_span.enter();
@@ -534,81 +593,118 @@ impl<M: Model> Trainer<M> {
                 .as_ref()
                 .is_some_and(|n| self.steps_taken.is_multiple_of(n.period));
         let grads = self.grads.as_slice_mut().expect("grads are contiguous");
-        let shard =
-            |(shard_idx, (grad, slot)): (usize, (&mut [f32], &mut ShardSlot<M::Workspace>))| {
-                let range = shard_range(shard_idx, batch_len, shard_rows);
-                let _shard =
-                    trace_span!(parent: &step_span, "shard", shard = shard_idx, rows = range.len())
-                        .entered();
-                run_shard(model, params, shared, data, &idx[range], slot, grad);
-                if measure_noise {
-                    slot.grad_sq = squared_norm(grad);
-                }
-            };
-        let shards_span = trace_span!("shards", n_shards).entered();
-        if n_shards == 1 || self.cfg.threads.get() == 1 {
+        let first = mine.start;
+        let shard = |(local, (grad, slot)): (usize, (&mut [f32], &mut ShardSlot<M::Workspace>))| {
+            let shard_idx = first + local;
+            let range = shard_range(shard_idx, batch_len, shard_rows);
+            let _shard =
+                trace_span!(parent: &step_span, "shard", shard = shard_idx, rows = range.len())
+                    .entered();
+            run_shard(model, params, shared, data, &idx[range], slot, grad);
+            if measure_noise {
+                slot.grad_sq = squared_norm(grad);
+            }
+        };
+        let shards_span = trace_span!("shards", n_shards = n_local).entered();
+        if n_local <= 1 || self.cfg.threads.get() == 1 {
             // Same per-shard function and order of sums, without dispatching to the pool.
             grads
                 .chunks_mut(n_params)
                 .zip(self.slots.iter_mut())
-                .take(n_shards)
+                .take(n_local)
                 .enumerate()
                 .for_each(shard);
         } else {
             grads
                 .par_chunks_mut(n_params)
-                .zip(self.slots[..n_shards].par_iter_mut())
+                .zip(self.slots[..n_local].par_iter_mut())
                 .enumerate()
                 .for_each(shard);
         }
         drop(shards_span);
+        // The batch's stats and each shard's |gradient|^2, summed in shard order.
         let mut stats = Stats::default();
-        for slot in &self.slots[..n_shards] {
-            stats.add(&slot.stats);
+        let mut small = NoiseSample::default();
+        let full_shard = |s: usize| shard_range(s, batch_len, shard_rows).len() == shard_rows.get();
+        match &mut self.exchange {
+            None => {
+                for (s, slot) in self.slots[..n_shards].iter().enumerate() {
+                    stats.add(&slot.stats);
+                    small.add(full_shard(s), slot.grad_sq);
+                }
+            }
+            Some(exchange) => {
+                let local = self.slots[..n_local].iter().map(|slot| {
+                    let st = &slot.stats;
+                    [
+                        st.loss_sum,
+                        st.n_correct as f64,
+                        st.rows as f64,
+                        slot.grad_sq,
+                    ]
+                });
+                let all = {
+                    let _exchange = trace_span!("exchange", what = "stats").entered();
+                    exchange.gather_stats(local)
+                };
+                for (s, g) in all.chunks_exact(SHARD_STATS).enumerate() {
+                    stats.add(&Stats {
+                        loss_sum: g[0],
+                        n_correct: g[1] as u64,
+                        rows: g[2] as u64,
+                    });
+                    small.add(full_shard(s), g[3]);
+                }
+            }
         }
         if !stats.loss_sum.is_finite() {
             return stats;
         }
-        {
+        let mut total_sq = 0.0;
+        let grad_sum: &[f32] = {
             let _reduce = trace_span!("reduce", n_shards).entered();
-            if measure_noise {
-                let total_sq =
-                    tree_reduce_with_norm(self.grads.view_mut(), n_shards, &mut self.norm_partials);
-                self.update_noise_scale(batch_len, n_shards, total_sq);
-            } else {
-                tree_reduce(self.grads.view_mut(), n_shards);
+            match &mut self.exchange {
+                Some(exchange) => {
+                    let sum = exchange.reduce(self.grads.view_mut());
+                    if measure_noise {
+                        total_sq = squared_norm_chunked(sum, &mut self.norm_partials);
+                    }
+                    sum
+                }
+                None => {
+                    if measure_noise {
+                        total_sq = tree_reduce_with_norm(
+                            self.grads.view_mut(),
+                            n_shards,
+                            &mut self.norm_partials,
+                        );
+                    } else {
+                        tree_reduce(self.grads.view_mut(), n_shards);
+                    }
+                    self.grads
+                        .index_axis(Axis(0), 0)
+                        .to_slice()
+                        .expect("rows of a standard array are contiguous")
+                }
             }
+        };
+        if measure_noise
+            && small.count > 0
+            && let Some(noise) = &mut self.noise
+        {
+            // Only full shards count, so every small batch has the same size b.
+            let b = shard_rows.get();
+            let small_sq = small.sum / small.count as f64 / (b * b) as f64;
+            let big_sq = total_sq / (batch_len * batch_len) as f64;
+            noise.estimate.update(small_sq, b, big_sq, batch_len);
         }
         {
             let _update = trace_span!("update").entered();
-            let grad_sum = self.grads.index_axis(Axis(0), 0);
-            let grad_sum = grad_sum
-                .as_slice()
-                .expect("rows of a standard array are contiguous");
             self.optimizer
                 .step(&mut self.params, grad_sum, batch_len, lr);
         }
         self.steps_taken += 1;
         stats
-    }
-
-    /// Folds this step's shard and batch gradient norms into the noise-scale estimate. Only
-    /// full shards count, so every small batch has the same size b.
-    fn update_noise_scale(&mut self, batch_len: usize, n_shards: usize, total_sq: f64) {
-        let b = self.cfg.shard_rows.get();
-        let full =
-            (0..n_shards).filter(|&s| shard_range(s, batch_len, self.cfg.shard_rows).len() == b);
-        let (count, sum) = full.fold((0usize, 0.0f64), |(c, sum), s| {
-            (c + 1, sum + self.slots[s].grad_sq)
-        });
-        if count == 0 {
-            return;
-        }
-        let small_sq = sum / count as f64 / (b * b) as f64;
-        let big_sq = total_sq / (batch_len * batch_len) as f64;
-        if let Some(noise) = &mut self.noise {
-            noise.estimate.update(small_sq, b, big_sq, batch_len);
-        }
     }
 
     /// Loss (and correct answers) summed over every row of `data` with the current

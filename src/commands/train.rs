@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use minibatch::checkpoint::{checkpoint_config, load_checkpoint, save_checkpoint, save_params};
+use minibatch::cluster::Collective;
 use minibatch::profile::Recorder;
 use minibatch::{
     EpochReport, Mlp, Model, Observer, Progress, RawConfig, Result, TrainState, Trainer, data,
@@ -16,7 +17,14 @@ use minibatch::{
 use crate::cli::TrainArgs;
 use crate::{BAR, load_config};
 
-pub fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Result<()> {
+/// Trains alone, or as one rank of `comm`: then every rank trains and rank 0 alone prints,
+/// checkpoints and saves.
+pub fn train(
+    args: &TrainArgs,
+    quiet: bool,
+    recorder: Option<&Recorder>,
+    comm: Option<Box<dyn Collective>>,
+) -> Result<()> {
     let (raw, cfg) = match (&args.resume, &args.config.config) {
         (Some(path), None) => {
             // The checkpoint's own config, with the command line's overrides on top.
@@ -30,6 +38,12 @@ pub fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Resu
     let model = Mlp::new(cfg.model.clone());
     let n_params = model.layout().n_params();
     let mut trainer = Trainer::new(model, cfg.data.d, &cfg.train, cfg.seed)?;
+    if let Some(comm) = comm {
+        trainer.join(comm, args.reduction.unwrap_or_default())?;
+    }
+    let (rank, ranks) = trainer.rank();
+    let leader = rank == 0;
+    let quiet = quiet || !leader;
     if let Some(path) = &args.resume {
         let checkpoint = load_checkpoint(path, trainer.model().layout())?;
         trainer.restore(
@@ -62,7 +76,11 @@ pub fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Resu
             .as_ref()
             .and_then(|f| f.standardization.clone()),
     };
-    let checkpoints = CheckpointPolicy::new(args, context.clone())?;
+    let checkpoints = if leader {
+        CheckpointPolicy::new(args, context.clone())?
+    } else {
+        None
+    };
     let _ = INTERRUPT_CONTEXT.set(context);
     interrupt::install();
     let (train, valid) = trainer.install(|| data::load(&cfg.data, cfg.seed));
@@ -70,7 +88,7 @@ pub fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Resu
     let shards = minibatch::shard::n_shards(t.batch_size.get(), t.shard_rows);
     if !quiet {
         println!(
-            "{} ({n_params} params) | train {} x {}{} | B {} in {shards} shard{} of {} rows | {} thread{} | {}, {}",
+            "{} ({n_params} params) | train {} x {}{} | B {} in {shards} shard{} of {} rows | {}{} thread{} | {}, {}",
             cfg.model.describe(),
             train.n(),
             train.d(),
@@ -81,6 +99,11 @@ pub fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Resu
             t.batch_size,
             if shards == 1 { "" } else { "s" },
             t.shard_rows.get().min(t.batch_size.get()),
+            if ranks > 1 {
+                format!("{ranks} MPI ranks x ")
+            } else {
+                String::new()
+            },
             t.threads,
             if t.threads.get() == 1 { "" } else { "s" },
             t.optimizer.describe(),
@@ -93,6 +116,7 @@ pub fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Resu
         bar: bar.clone(),
         checkpoints,
         steps_per_epoch: t.steps_per_epoch.get(),
+        leader,
         failure: None,
         interrupted: None,
     };
@@ -132,9 +156,18 @@ pub fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Resu
         );
     }
     if let Some(recorder) = recorder {
+        // Each rank reports its own spans, communication included.
         if let Some(path) = &args.trace {
-            minibatch::profile::write_chrome_trace(path, recorder)?;
-            if !quiet {
+            let path = if ranks > 1 {
+                path.with_extension(format!(
+                    "rank{rank}.{}",
+                    path.extension().and_then(|e| e.to_str()).unwrap_or("json")
+                ))
+            } else {
+                path.clone()
+            };
+            minibatch::profile::write_chrome_trace(&path, recorder)?;
+            if !quiet || ranks > 1 {
                 println!(
                     "wrote trace to {} (open in ui.perfetto.dev)",
                     path.display()
@@ -142,8 +175,20 @@ pub fn train(args: &TrainArgs, quiet: bool, recorder: Option<&Recorder>) -> Resu
             }
         }
         if args.profile {
-            minibatch::profile::print_profile(&minibatch::profile::profile(recorder), recorder);
+            let title = if ranks > 1 {
+                format!("Profile of rank {rank} of {ranks}:\n")
+            } else {
+                String::new()
+            };
+            minibatch::profile::print_profile(
+                &title,
+                &minibatch::profile::profile(recorder),
+                recorder,
+            );
         }
+    }
+    if !leader {
+        return Ok(());
     }
     if let Some(path) = &args.save {
         let config_text = toml::to_string(&raw.recorded()).unwrap_or_default();
@@ -187,6 +232,8 @@ struct TrainOutput {
     bar: ProgressBar,
     checkpoints: Option<CheckpointPolicy>,
     steps_per_epoch: usize,
+    /// Rank 0 (or the only process): the one that writes checkpoints.
+    leader: bool,
     /// A checkpoint that could not be written; the run stops and reports it.
     failure: Option<minibatch::Error>,
     interrupted: Option<minibatch::Error>,
@@ -201,6 +248,9 @@ impl Observer for TrainOutput {
 
     fn after_step(&mut self, state: &TrainState<'_>) -> bool {
         if interrupt::requested() {
+            if !self.leader {
+                return true;
+            }
             let policy = self
                 .checkpoints
                 .get_or_insert_with(CheckpointPolicy::interrupted);

@@ -1,0 +1,352 @@
+//! Training across processes (MPI ranks): which shards of each batch a rank computes, and how
+//! the ranks' partial sums meet so that every rank takes the identical step.
+//!
+//! Every rank holds the whole model, derives the same permutation and cuts each global batch
+//! into the same shards as a single process would. Rank r computes the contiguous run of
+//! shards `shards_of_rank(n, r, R)`. In the single-process tree (`reduce.rs`) the node at
+//! level k starting at shard i is the sum of shards `i .. i + 2^k`, formed in a fixed order;
+//! a run of shards splits into a few such whole nodes (`tree_nodes`), which the rank sums with
+//! the same tree. The ranks then exchange those node sums, and each finishes the tree over
+//! all nodes (`reduce::combine_nodes`) by exactly the additions the single process makes. So
+//! the step, and the saved parameters, are the same bits for any number of ranks and threads.
+//! Exchanging nodes moves about `(nodes - 1) x n_params x 4` bytes into each rank per step
+//! (nodes <= 2 log2(shards) per rank); `Reduction::Fast` instead sums each rank's shards
+//! locally and calls the MPI all-reduce, which moves about `2 x n_params x 4` bytes per rank
+//! but in an order MPI does not fix.
+//!
+//! The transport is the `Collective` trait; `mpi` (behind the `mpi` cargo feature)
+//! implements it with MPI. Tests implement it with threads.
+
+#[cfg(feature = "mpi")]
+pub mod mpi;
+
+use std::ops::Range;
+
+use ndarray::{Array2, ArrayViewMut2};
+use tracing::trace_span;
+
+use crate::error::{Error, Result};
+use crate::reduce::{CombineSchedule, combine_nodes, reduce_nodes, tree_reduce};
+
+/// How the ranks' gradients are combined.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Reduction {
+    /// The single-process tree, exactly: identical bits for any rank and thread count.
+    #[default]
+    Exact,
+    /// Each rank sums its shards, then MPI's all-reduce adds the ranks' sums in an order of
+    /// the library's choosing: less traffic, bits that may change with the rank count.
+    Fast,
+}
+
+impl std::str::FromStr for Reduction {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "exact" => Ok(Reduction::Exact),
+            "fast" => Ok(Reduction::Fast),
+            other => Err(format!(
+                "unknown reduction {other:?}: expected exact or fast"
+            )),
+        }
+    }
+}
+
+/// The few collective operations a data-parallel step needs. Every rank calls the same
+/// operations in the same order with the same counts.
+pub trait Collective: Send {
+    fn rank(&self) -> usize;
+    fn size(&self) -> usize;
+    /// Concatenates every rank's `send` in rank order into every rank's `recv`; rank r
+    /// sends `counts[r]` elements, placed at `displs[r]`.
+    fn all_gather_f32(&self, send: &[f32], counts: &[i32], displs: &[i32], recv: &mut [f32]);
+    /// `all_gather_f32` for f64.
+    fn all_gather_f64(&self, send: &[f64], counts: &[i32], displs: &[i32], recv: &mut [f64]);
+    /// Elementwise sum over ranks of `send` into every rank's `recv`.
+    fn all_reduce_sum(&self, send: &[f32], recv: &mut [f32]);
+    /// Whether any rank passed true: every rank leaves a run at the same step.
+    fn any(&self, flag: bool) -> bool;
+}
+
+/// One rank's side of every step's exchange: the plan of who sends which nodes, and buffers
+/// sized once so that steps allocate nothing.
+pub struct Exchange {
+    comm: Box<dyn Collective>,
+    reduction: Reduction,
+    n_params: usize,
+    /// Every rank's nodes for the current batch, in shard order; `mine` indexes this rank's.
+    nodes: Vec<Node>,
+    mine: Range<usize>,
+    shards: Range<usize>,
+    n_shards: usize,
+    /// Elements per rank (and where they land) for the node sums and the shard stats.
+    grad_counts: Vec<i32>,
+    grad_displs: Vec<i32>,
+    stat_counts: Vec<i32>,
+    stat_displs: Vec<i32>,
+    send: Vec<f32>,
+    /// One row per node of the batch (exact) or one row (fast); row 0 ends as the sum.
+    recv: Array2<f32>,
+    stats_send: Vec<f64>,
+    stats_recv: Vec<f64>,
+    schedule: CombineSchedule,
+}
+
+/// Per shard: loss sum, correct answers, rows, |gradient sum|^2.
+pub const SHARD_STATS: usize = 4;
+
+impl Exchange {
+    /// Plans for batches of up to `max_shards` shards of a model of `n_params` parameters.
+    pub fn new(
+        comm: Box<dyn Collective>,
+        reduction: Reduction,
+        max_shards: usize,
+        n_params: usize,
+    ) -> Result<Self> {
+        let size = comm.size();
+        // A run of s shards splits into at most 2 log2(s) + 1 nodes, and never more than s.
+        let per_rank = |s: usize| s.min(2 * (usize::BITS - s.leading_zeros()) as usize + 1);
+        let max_nodes: usize = (0..size)
+            .map(|r| per_rank(shards_of_rank(max_shards, r, size).len().max(1)))
+            .sum::<usize>()
+            .min(max_shards.max(1));
+        let recv_rows = match reduction {
+            Reduction::Exact => max_nodes,
+            Reduction::Fast => 1,
+        };
+        if recv_rows
+            .checked_mul(n_params)
+            .is_none_or(|n| n > i32::MAX as usize)
+        {
+            return Err(Error::config(
+                "model",
+                format!(
+                    "{n_params} parameters x {recv_rows} tree nodes exceed one MPI message                      (2^31 elements); use fewer shards (train.shard_rows) or --reduction fast"
+                ),
+            ));
+        }
+        let send_rows = match reduction {
+            Reduction::Exact => max_nodes,
+            Reduction::Fast => 1,
+        };
+        Ok(Exchange {
+            comm,
+            reduction,
+            n_params,
+            nodes: Vec::with_capacity(max_nodes),
+            mine: 0..0,
+            shards: 0..0,
+            n_shards: 0,
+            grad_counts: vec![0; size],
+            grad_displs: vec![0; size],
+            stat_counts: vec![0; size],
+            stat_displs: vec![0; size],
+            send: vec![0.0; send_rows * n_params],
+            recv: Array2::zeros((recv_rows, n_params)),
+            stats_send: vec![0.0; max_shards * SHARD_STATS],
+            stats_recv: vec![0.0; max_shards * SHARD_STATS],
+            schedule: CombineSchedule::with_capacity(max_nodes),
+        })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.comm.rank()
+    }
+
+    pub fn size(&self) -> usize {
+        self.comm.size()
+    }
+
+    /// Plans a batch of `n_shards` shards; returns the shards this rank computes.
+    pub fn plan(&mut self, n_shards: usize) -> Range<usize> {
+        let (rank, size) = (self.comm.rank(), self.comm.size());
+        self.nodes.clear();
+        self.n_shards = n_shards;
+        let (mut grad_at, mut stat_at) = (0i32, 0i32);
+        for r in 0..size {
+            let run = shards_of_rank(n_shards, r, size);
+            let first = self.nodes.len();
+            tree_nodes(run.clone(), n_shards, &mut self.nodes);
+            let rows = match self.reduction {
+                Reduction::Exact => self.nodes.len() - first,
+                Reduction::Fast => 1,
+            };
+            if r == rank {
+                self.mine = first..self.nodes.len();
+                self.shards = run.clone();
+            }
+            // Fits: `new` checked the largest batch against i32.
+            self.grad_counts[r] = (rows * self.n_params) as i32;
+            self.grad_displs[r] = grad_at;
+            grad_at += self.grad_counts[r];
+            self.stat_counts[r] = (run.len() * SHARD_STATS) as i32;
+            self.stat_displs[r] = stat_at;
+            stat_at += self.stat_counts[r];
+        }
+        self.shards.clone()
+    }
+
+    /// Every shard's stats of the batch, in shard order, from this rank's `local` (one
+    /// `SHARD_STATS` group per shard it computed).
+    pub fn gather_stats(&mut self, local: impl Iterator<Item = [f64; SHARD_STATS]>) -> &[f64] {
+        let mut len = 0;
+        for (dst, group) in self.stats_send.chunks_exact_mut(SHARD_STATS).zip(local) {
+            dst.copy_from_slice(&group);
+            len += SHARD_STATS;
+        }
+        let total = self.n_shards * SHARD_STATS;
+        self.comm.all_gather_f64(
+            &self.stats_send[..len],
+            &self.stat_counts,
+            &self.stat_displs,
+            &mut self.stats_recv[..total],
+        );
+        &self.stats_recv[..total]
+    }
+
+    /// Sums the batch's gradient over all ranks from this rank's shard rows (row i of
+    /// `grads` is shard `plan(..).start + i`); every rank gets the same sum.
+    pub fn reduce(&mut self, grads: ArrayViewMut2<f32>) -> &[f32] {
+        let p = self.n_params;
+        let n_local = self.shards.len();
+        let mut grads = grads;
+        match self.reduction {
+            Reduction::Exact => {
+                let mine = &self.nodes[self.mine.clone()];
+                reduce_nodes(grads.view_mut(), mine, self.shards.start, self.n_shards);
+                for (dst, node) in self.send.chunks_exact_mut(p).zip(mine) {
+                    let row = grads.row(node.start - self.shards.start);
+                    dst.copy_from_slice(row.as_slice().expect("rows are contiguous"));
+                }
+                let n_nodes = self.nodes.len();
+                let recv = self.recv.as_slice_mut().expect("contiguous");
+                let exchange = trace_span!("exchange", what = "nodes").entered();
+                self.comm.all_gather_f32(
+                    &self.send[..mine.len() * p],
+                    &self.grad_counts,
+                    &self.grad_displs,
+                    &mut recv[..n_nodes * p],
+                );
+                drop(exchange);
+                let rows = self.recv.slice_mut(ndarray::s![..n_nodes, ..]);
+                combine_nodes(rows, &self.nodes, self.n_shards, &mut self.schedule);
+            }
+            Reduction::Fast => {
+                if n_local == 0 {
+                    self.send[..p].fill(0.0);
+                } else {
+                    tree_reduce(grads.view_mut(), n_local);
+                    let row = grads.row(0);
+                    self.send[..p].copy_from_slice(row.as_slice().expect("rows are contiguous"));
+                }
+                let recv = self.recv.as_slice_mut().expect("contiguous");
+                let _exchange = trace_span!("exchange", what = "all-reduce").entered();
+                self.comm.all_reduce_sum(&self.send[..p], &mut recv[..p]);
+            }
+        }
+        &self.recv.as_slice().expect("contiguous")[..p]
+    }
+
+    /// Whether any rank wants to stop after this step.
+    pub fn any(&self, flag: bool) -> bool {
+        self.comm.any(flag)
+    }
+}
+
+/// The shards rank `rank` of `size` computes: a contiguous run, the runs as even as can be.
+pub fn shards_of_rank(n_shards: usize, rank: usize, size: usize) -> Range<usize> {
+    n_shards * rank / size..n_shards * (rank + 1) / size
+}
+
+/// A node of the reduction tree over `n` shards: the sum of shards
+/// `start .. min(start + 2^level, n)`, with `start` a multiple of `2^level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Node {
+    pub start: usize,
+    pub level: u32,
+}
+
+impl Node {
+    pub fn end(&self, n: usize) -> usize {
+        (self.start + (1usize << self.level)).min(n)
+    }
+}
+
+/// Appends to `out` the largest whole tree nodes that together cover `shards` (a run of the
+/// `n` shards), in shard order.
+pub fn tree_nodes(shards: Range<usize>, n: usize, out: &mut Vec<Node>) {
+    let mut start = shards.start;
+    while start < shards.end {
+        let mut level = 0u32;
+        loop {
+            let size = 1usize << level;
+            // The parent starts here, has a right half, and fits in the run.
+            let fits = start.is_multiple_of(2 * size)
+                && start + size < n
+                && (start + 2 * size).min(n) <= shards.end;
+            if !fits {
+                break;
+            }
+            level += 1;
+        }
+        out.push(Node { start, level });
+        start = Node { start, level }.end(n);
+    }
+}
+
+/// The process count an MPI launcher announced in the environment, if this process was
+/// started by one (Open MPI's mpirun, or a PMI launcher such as MPICH's Hydra).
+pub fn launcher_size() -> Option<usize> {
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
+        .iter()
+        .find_map(|key| std::env::var(key).ok()?.parse().ok())
+}
+
+/// How many ranks of this job share this machine (1 outside a launcher): the default thread
+/// count divides the cores among them.
+pub fn ranks_on_this_machine() -> usize {
+    ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+        .iter()
+        .find_map(|key| std::env::var(key).ok()?.parse().ok())
+        .unwrap_or(1usize)
+        .max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_of_the_ranks_cover_every_shard_once_with_aligned_whole_nodes() {
+        for n in 1..70 {
+            for size in 1..7 {
+                let mut nodes = Vec::new();
+                for rank in 0..size {
+                    let run = shards_of_rank(n, rank, size);
+                    let first = nodes.len();
+                    tree_nodes(run.clone(), n, &mut nodes);
+                    if let (Some(a), Some(b)) = (nodes.get(first), nodes.last()) {
+                        assert_eq!((a.start, b.end(n)), (run.start, run.end));
+                    }
+                }
+                let mut next = 0;
+                for node in &nodes {
+                    assert_eq!(node.start, next, "n {n} size {size}");
+                    assert!(node.start.is_multiple_of(1 << node.level));
+                    next = node.end(n);
+                }
+                assert_eq!(next, n);
+            }
+        }
+        // One rank: the root only. Shards 0..5 of 16 for rank 0 of 3: nodes 0..4 and 4..5.
+        let mut nodes = Vec::new();
+        tree_nodes(0..13, 13, &mut nodes);
+        assert_eq!(nodes, [Node { start: 0, level: 4 }]);
+        nodes.clear();
+        tree_nodes(shards_of_rank(16, 0, 3), 16, &mut nodes);
+        assert_eq!(
+            nodes,
+            [Node { start: 0, level: 2 }, Node { start: 4, level: 0 }]
+        );
+    }
+}
