@@ -682,12 +682,7 @@ impl RawConfig {
                     "must be at least 1 (omit it to use every core)",
                 )
             })?,
-            // Every core, shared among the MPI ranks on this machine if there are several.
-            None => {
-                let cores = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
-                NonZeroUsize::new(cores / crate::cluster::ranks_on_this_machine())
-                    .unwrap_or(NonZeroUsize::MIN)
-            }
+            None => crate::cluster::default_threads(),
         };
         let optimizer = self.validate_optimizer()?;
         let total_steps = epochs

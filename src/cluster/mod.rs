@@ -20,6 +20,7 @@
 #[cfg(feature = "mpi")]
 pub mod mpi;
 
+use std::num::NonZeroUsize;
 use std::ops::Range;
 
 use ndarray::{Array2, ArrayViewMut2};
@@ -302,14 +303,24 @@ pub fn launcher_size() -> Option<usize> {
         .find_map(|key| std::env::var(key).ok()?.parse().ok())
 }
 
-/// How many ranks of this job share this machine (1 outside a launcher): the default thread
-/// count divides the cores among them.
-pub fn ranks_on_this_machine() -> usize {
-    ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
+/// The default `train.threads`: every core this process may run on. When several ranks of a
+/// job share this machine and the launcher did not bind them to cores of their own, they
+/// share the cores out evenly instead of each starting one thread per core.
+pub fn default_threads() -> NonZeroUsize {
+    let allowed = std::thread::available_parallelism().map_or(1, NonZeroUsize::get);
+    // SAFETY: sysconf has no preconditions.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(1) as usize;
+    let local_ranks = ["OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"]
         .iter()
         .find_map(|key| std::env::var(key).ok()?.parse().ok())
         .unwrap_or(1usize)
-        .max(1)
+        .max(1);
+    let threads = if allowed < online {
+        allowed
+    } else {
+        allowed / local_ranks
+    };
+    NonZeroUsize::new(threads).unwrap_or(NonZeroUsize::MIN)
 }
 
 #[cfg(test)]

@@ -391,3 +391,40 @@ fn a_diverging_run_stops_with_the_step_and_a_hint_and_keeps_its_checkpoints() {
         assert!(c.params.iter().all(|p| p.is_finite()), "{}", f.display());
     }
 }
+
+#[test]
+fn reduction_outside_an_mpi_launch_is_refused() {
+    rejects(
+        "reduction-alone",
+        SMALL,
+        &["--reduction", "fast"],
+        "--reduction applies to runs across MPI ranks",
+    );
+    rejects(
+        "reduction-bad",
+        SMALL,
+        &["--reduction", "slow"],
+        "expected exact or fast",
+    );
+}
+
+/// A build without the `mpi` feature started by mpirun (seen through the launcher's
+/// environment) would train once per process, each alone: it says so and how to build.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_build_without_mpi_under_a_launcher_explains_how_to_build_with_it() {
+    let dir = temp_dir("cli-no-mpi");
+    let path = dir.join("cfg.toml");
+    std::fs::write(&path, SMALL).unwrap();
+    for (key, size) in [("OMPI_COMM_WORLD_SIZE", "2"), ("PMI_SIZE", "3")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+            .args(["train", "--config", path.to_str().unwrap()])
+            .env(key, size)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains("built without MPI"), "{stderr}");
+        assert!(stderr.contains("--features mpi"), "{stderr}");
+    }
+}

@@ -42,6 +42,9 @@ mod descent;
 /// descent.html in headless Chromium: slider and Refresh redraw, no page errors.
 mod browser;
 
+/// Across ranks (threads standing in for MPI): exact bits for any rank count, agreed stops.
+mod cluster;
+
 /// Checkpoints: byte-identical resume for every optimizer, SIGKILL safety, Ctrl-C, bad files.
 mod resume;
 

@@ -1,0 +1,227 @@
+//! Training across ranks without MPI: each rank is a thread of this test with its own
+//! `Trainer` and pool, joined through an in-process `Collective`. The exact reduction must
+//! give the single process's bits for any rank count (more ranks than shards included), the
+//! fast one nearly the same values, and a stop on one rank must stop every rank at once.
+
+use std::sync::{Arc, Barrier, Mutex};
+
+use minibatch::cluster::{Collective, Reduction};
+use minibatch::config::Config;
+use minibatch::{Dataset, Mlp, Observer, Position, TrainState, Trainer};
+
+use crate::common::{config, random_dataset};
+
+/// What the ranks of one job share: a barrier and one mailbox per rank.
+struct Hub {
+    barrier: Barrier,
+    mail: Mutex<Vec<Vec<f64>>>,
+}
+
+struct ThreadRank {
+    rank: usize,
+    size: usize,
+    hub: Arc<Hub>,
+}
+
+impl ThreadRank {
+    /// Every rank's `send`, in rank order (f32 and flags travel exactly as f64).
+    fn exchange(&self, send: impl Iterator<Item = f64>) -> Vec<Vec<f64>> {
+        self.hub.mail.lock().unwrap()[self.rank] = send.collect();
+        self.hub.barrier.wait();
+        let all = self.hub.mail.lock().unwrap().clone();
+        self.hub.barrier.wait();
+        all
+    }
+
+    fn gather<T: Copy>(
+        &self,
+        all: Vec<Vec<f64>>,
+        counts: &[i32],
+        displs: &[i32],
+        recv: &mut [T],
+        from: impl Fn(f64) -> T,
+    ) {
+        for (r, mail) in all.iter().enumerate() {
+            assert_eq!(
+                mail.len(),
+                counts[r] as usize,
+                "rank {r} sent another count"
+            );
+            let at = displs[r] as usize;
+            for (dst, &x) in recv[at..at + mail.len()].iter_mut().zip(mail) {
+                *dst = from(x);
+            }
+        }
+    }
+}
+
+impl Collective for ThreadRank {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn size(&self) -> usize {
+        self.size
+    }
+    fn all_gather_f32(&self, send: &[f32], counts: &[i32], displs: &[i32], recv: &mut [f32]) {
+        let all = self.exchange(send.iter().map(|&x| f64::from(x)));
+        self.gather(all, counts, displs, recv, |x| x as f32);
+    }
+    fn all_gather_f64(&self, send: &[f64], counts: &[i32], displs: &[i32], recv: &mut [f64]) {
+        let all = self.exchange(send.iter().copied());
+        self.gather(all, counts, displs, recv, |x| x);
+    }
+    fn all_reduce_sum(&self, send: &[f32], recv: &mut [f32]) {
+        let all = self.exchange(send.iter().map(|&x| f64::from(x)));
+        for (j, dst) in recv.iter_mut().enumerate() {
+            *dst = all.iter().map(|mail| mail[j] as f32).sum();
+        }
+    }
+    fn any(&self, flag: bool) -> bool {
+        let all = self.exchange(std::iter::once(f64::from(u8::from(flag))));
+        all.iter().any(|mail| mail[0] != 0.0)
+    }
+}
+
+fn ranks(size: usize) -> Vec<ThreadRank> {
+    let hub = Arc::new(Hub {
+        barrier: Barrier::new(size),
+        mail: Mutex::new(vec![Vec::new(); size]),
+    });
+    (0..size)
+        .map(|rank| ThreadRank {
+            rank,
+            size,
+            hub: Arc::clone(&hub),
+        })
+        .collect()
+}
+
+/// A run's parameters and noise-scale estimate.
+type Outcome = (Vec<f32>, Option<f64>, Position);
+
+fn train(
+    cfg: &Config,
+    data: &Dataset,
+    comm: Option<ThreadRank>,
+    reduction: Reduction,
+    stop_at: Option<u64>,
+) -> Outcome {
+    let mut trainer = Trainer::new(Mlp::new(cfg.model.clone()), data.d(), &cfg.train, 9).unwrap();
+    trainer.track_noise_scale(1, 0.1);
+    let rank = comm.as_ref().map_or(0, |c| c.rank);
+    if let Some(comm) = comm {
+        trainer.join(Box::new(comm), reduction).unwrap();
+    }
+    // Only rank 1 asks to stop (or the only rank).
+    let stopper = StopAt(stop_at.filter(|_| rank == 1 || trainer.rank().1 == 1));
+    trainer.fit_observed(data, None, stopper).unwrap();
+    let noise = trainer.noise_scale().and_then(|n| n.b_noise());
+    (trainer.params().to_vec(), noise, trainer.position())
+}
+
+struct StopAt(Option<u64>);
+
+impl Observer for StopAt {
+    fn epoch(&mut self, _: &minibatch::EpochReport) {}
+    fn after_step(&mut self, state: &TrainState<'_>) -> bool {
+        self.0 == Some(state.steps)
+    }
+}
+
+fn across_ranks(
+    cfg: &Config,
+    data: &Dataset,
+    size: usize,
+    reduction: Reduction,
+    stop_at: Option<u64>,
+) -> Vec<Outcome> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = ranks(size)
+            .into_iter()
+            .map(|comm| scope.spawn(move || train(cfg, data, Some(comm), reduction, stop_at)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+const CONFIG: &str = "[data]\nsynthetic = \"teacher\"\nn = 700\nd = 12\n[model]\nkind = \"mlp\"\nhidden = [9]\n\
+    [train]\nepochs = 2\nbatch_size = 100\nshard_rows = 9\nthreads = 2\nlr = 0.05\n";
+
+#[test]
+fn exact_reduction_gives_the_single_process_bits_on_1_to_5_ranks() {
+    let data = random_dataset(700, 12, Some(4), 70);
+    for optimizer in ["sgd", "adam"] {
+        // 12 shards per batch (the last short) and a short last batch in each epoch.
+        let cfg = config(&format!(
+            "{CONFIG}optimizer = \"{optimizer}\"\nclip_norm = 1.0\n"
+        ));
+        let (single, single_noise, _) = train(&cfg, &data, None, Reduction::Exact, None);
+        for size in 1..=5 {
+            for (rank, (params, noise, _)) in
+                across_ranks(&cfg, &data, size, Reduction::Exact, None)
+                    .into_iter()
+                    .enumerate()
+            {
+                assert!(
+                    bits(&params) == bits(&single),
+                    "{optimizer}: rank {rank} of {size} differs"
+                );
+                assert_eq!(noise.map(f64::to_bits), single_noise.map(f64::to_bits));
+            }
+        }
+    }
+}
+
+#[test]
+fn more_ranks_than_shards_still_give_the_same_bits() {
+    let data = random_dataset(120, 12, Some(4), 71);
+    let cfg = config(
+        &CONFIG
+            .replace("shard_rows = 9", "shard_rows = 40")
+            .replace("n = 700", "n = 120"),
+    );
+    let (single, ..) = train(&cfg, &data, None, Reduction::Exact, None);
+    // 3 shards per batch, 5 ranks: two ranks compute nothing and still take every step.
+    for (params, ..) in across_ranks(&cfg, &data, 5, Reduction::Exact, None) {
+        assert!(bits(&params) == bits(&single));
+    }
+}
+
+#[test]
+fn fast_reduction_agrees_on_every_rank_and_nearly_with_one_process() {
+    let data = random_dataset(700, 12, Some(4), 72);
+    let cfg = config(CONFIG);
+    let (single, ..) = train(&cfg, &data, None, Reduction::Exact, None);
+    let runs = across_ranks(&cfg, &data, 3, Reduction::Fast, None);
+    for (params, ..) in &runs {
+        assert!(bits(params) == bits(&runs[0].0), "ranks disagree");
+        let worst = params
+            .iter()
+            .zip(&single)
+            .map(|(a, b)| (a - b).abs() / (1e-3 + b.abs()))
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-3, "fast reduction drifted by {worst}");
+    }
+}
+
+#[test]
+fn a_stop_asked_by_one_rank_stops_every_rank_at_that_step() {
+    let data = random_dataset(700, 12, Some(4), 73);
+    let cfg = config(CONFIG);
+    let (single, _, position) = train(&cfg, &data, None, Reduction::Exact, Some(5));
+    assert_eq!(
+        position,
+        Position {
+            epoch: 0,
+            step_in_epoch: 5
+        }
+    );
+    for (params, _, at) in across_ranks(&cfg, &data, 3, Reduction::Exact, Some(5)) {
+        assert_eq!(at, position);
+        assert!(bits(&params) == bits(&single));
+    }
+}

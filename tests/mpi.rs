@@ -1,0 +1,275 @@
+//! Training across MPI ranks through the binary and `mpirun` (the `mpi` feature; needs Open
+//! MPI): the saved parameters are the single-process bytes for 2 and 3 ranks with SGD and
+//! Adam, a checkpoint written with one rank count resumes with another to the same bytes, and
+//! a rank killed mid-run ends the job with an error naming it while the checkpoints stay
+//! readable.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_minibatch");
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `mpirun -n ranks minibatch args...` (as root and with more ranks than cores, as CI runs).
+fn mpirun(ranks: usize) -> Command {
+    let mut cmd = Command::new("mpirun");
+    cmd.args([
+        "--oversubscribe",
+        "--allow-run-as-root",
+        "-n",
+        &ranks.to_string(),
+        BIN,
+    ]);
+    cmd
+}
+
+fn check(out: Output, what: &str) -> Output {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Trains `config` with `ranks` MPI ranks (0: a plain single process) and returns the bytes
+/// of the saved parameters.
+fn train(
+    config: &Path,
+    ranks: usize,
+    threads: Option<usize>,
+    extra: &[&str],
+    out: &Path,
+) -> Vec<u8> {
+    let mut cmd = if ranks == 0 {
+        Command::new(BIN)
+    } else {
+        mpirun(ranks)
+    };
+    cmd.args(["train", "-q", "--config"])
+        .arg(config)
+        .arg("--save")
+        .arg(out)
+        .args(extra);
+    if let Some(t) = threads {
+        cmd.args(["--threads", &t.to_string()]);
+    }
+    check(cmd.output().unwrap(), &format!("training on {ranks} ranks"));
+    std::fs::read(out).unwrap()
+}
+
+fn write_config(dir: &Path, optimizer: &str, epochs: usize) -> PathBuf {
+    // 13 shards per batch, the last one short, and a short last batch per epoch.
+    let text = format!(
+        "seed = 5\n[data]\nsynthetic = \"teacher\"\nn = 1500\nvalid_fraction = 0.1\n\
+         [model]\nkind = \"mlp\"\nhidden = [24]\n\
+         [train]\nepochs = {epochs}\nbatch_size = 100\nshard_rows = 8\nlr = 0.01\noptimizer = \"{optimizer}\"\n"
+    );
+    let path = dir.join(format!("{optimizer}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn two_and_three_ranks_save_the_single_process_bytes_for_sgd_and_adam() {
+    let dir = temp_dir("mpi-identical");
+    for optimizer in ["sgd", "adam"] {
+        let config = write_config(&dir, optimizer, 2);
+        let single = train(&config, 0, Some(1), &[], &dir.join("single.safetensors"));
+        for (ranks, threads) in [(2, Some(1)), (3, None), (2, Some(2))] {
+            let out = dir.join(format!("{optimizer}-{ranks}.safetensors"));
+            assert!(
+                train(&config, ranks, threads, &[], &out) == single,
+                "{optimizer}: {ranks} ranks x {threads:?} threads differ from one process"
+            );
+        }
+        // The fast reduction runs too (its bits may differ).
+        train(
+            &config,
+            2,
+            Some(1),
+            &["--reduction", "fast"],
+            &dir.join("fast.safetensors"),
+        );
+    }
+}
+
+#[test]
+fn a_checkpoint_from_two_ranks_resumes_on_three_ranks_or_one_to_the_same_bytes() {
+    let dir = temp_dir("mpi-resume");
+    let config = write_config(&dir, "adam", 3);
+    let checkpoints = dir.join("ck");
+    let full = train(
+        &config,
+        2,
+        Some(1),
+        &[
+            "--checkpoint",
+            checkpoints.to_str().unwrap(),
+            "--checkpoint-every",
+            "7",
+            "--keep",
+            "100",
+        ],
+        &dir.join("full.safetensors"),
+    );
+    // Step 21 is inside epoch 2 (14 steps per epoch).
+    let middle = checkpoints.join("step-000000021.safetensors");
+    for ranks in [3, 0] {
+        let mut cmd = if ranks == 0 {
+            Command::new(BIN)
+        } else {
+            mpirun(ranks)
+        };
+        let out = dir.join(format!("resumed-{ranks}.safetensors"));
+        cmd.args(["train", "-q", "--resume"])
+            .arg(&middle)
+            .arg("--save")
+            .arg(&out);
+        check(cmd.output().unwrap(), "resume");
+        assert!(
+            std::fs::read(&out).unwrap() == full,
+            "resumed on {ranks} ranks differs"
+        );
+    }
+}
+
+/// The pid of the process whose environment holds both `KEY=value` pairs.
+fn find_process(marks: [&str; 2]) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let has = |mark: &str| env.split(|&b| b == 0).any(|kv| kv == mark.as_bytes());
+        if marks.iter().all(|m| has(m)) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+#[test]
+fn killing_a_rank_ends_the_job_naming_it_and_leaves_the_checkpoints_readable() {
+    let dir = temp_dir("mpi-kill");
+    let config = write_config(&dir, "sgd", 100_000);
+    let checkpoints = dir.join("ck");
+    let mark = format!("MINIBATCH_TEST_JOB=kill-{}", std::process::id());
+    let job = mpirun(2)
+        .args(["train", "-q", "--threads", "1", "--config"])
+        .arg(&config)
+        .arg("--checkpoint")
+        .arg(&checkpoints)
+        .args(["--checkpoint-every", "5"])
+        .env(
+            mark.split_once('=').unwrap().0,
+            mark.split_once('=').unwrap().1,
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for checkpoints, then kill rank 1.
+    let start = Instant::now();
+    let victim = loop {
+        let written = std::fs::read_dir(&checkpoints).map_or(0, |d| d.count());
+        if written >= 2
+            && let Some(pid) = find_process([&mark, "OMPI_COMM_WORLD_RANK=1"])
+        {
+            break pid;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no checkpoint within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        Command::new("kill")
+            .args(["-9", &victim.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = job.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the job went on without rank 1");
+    assert!(
+        stderr.contains("rank 1"),
+        "the error does not name rank 1:\n{stderr}"
+    );
+    // Every checkpoint left in the directory loads and evaluates.
+    let mut left: Vec<PathBuf> = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    left.sort();
+    assert!(!left.is_empty());
+    for path in left {
+        let eval = Command::new(BIN)
+            .args(["eval", "-q", "--model"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        check(eval, &format!("eval of {}", path.display()));
+    }
+}
+
+#[test]
+fn per_rank_traces_and_profiles_show_the_exchange() {
+    let dir = temp_dir("mpi-trace");
+    let config = write_config(&dir, "sgd", 1);
+    let trace = dir.join("trace.json");
+    let out = check(
+        mpirun(2)
+            .args(["train", "--threads", "1", "--profile", "--config"])
+            .arg(&config)
+            .arg("--trace")
+            .arg(&trace)
+            .output()
+            .unwrap(),
+        "traced run",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for rank in 0..2 {
+        assert!(
+            stderr.contains(&format!("Profile of rank {rank} of 2")),
+            "{stderr}"
+        );
+        let text = std::fs::read_to_string(dir.join(format!("trace.rank{rank}.json"))).unwrap();
+        assert!(
+            text.contains("\"exchange\""),
+            "rank {rank}'s trace has no exchange span"
+        );
+    }
+    assert!(
+        stderr.contains("| exchange |"),
+        "the profile has no exchange row:\n{stderr}"
+    );
+    // Only rank 0 prints the run.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("done: 1 epochs").count(), 1, "{stdout}");
+}
+
+#[test]
+fn commands_other_than_train_refuse_to_run_on_several_ranks() {
+    let out = mpirun(2).args(["layout"]).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("only `minibatch train` runs across MPI ranks"),
+        "{stderr}"
+    );
+}
