@@ -22,7 +22,9 @@
 //! - `params`: the flat buffer layout (names, shapes, offsets);
 //! - `optim` and `schedule`: the update on flat buffers and the learning rate per step;
 //! - `sampler`: which rows each step sees;
-//! - `config`: TOML + overrides -> validated `Config`.
+//! - `config`: TOML + overrides -> validated `Config`;
+//! - `cluster`: the same step across MPI ranks (which shards a rank computes, the exchange
+//!   that finishes the tree), bit-identical to one process.
 //!
 //! Around it: `data` (datasets, synthetic workloads) and `io` (CSV, LIBSVM, .npy);
 //! `checkpoint` (safetensors parameters and checkpoints); `metrics` (evaluation);
