@@ -105,12 +105,7 @@ impl Exchange {
         n_params: usize,
     ) -> Result<Self> {
         let size = comm.size();
-        // A run of s shards splits into at most 2 log2(s) + 1 nodes, and never more than s.
-        let per_rank = |s: usize| s.min(2 * (usize::BITS - s.leading_zeros()) as usize + 1);
-        let max_nodes: usize = (0..size)
-            .map(|r| per_rank(shards_of_rank(max_shards, r, size).len().max(1)))
-            .sum::<usize>()
-            .min(max_shards.max(1));
+        let max_nodes = max_nodes(max_shards, size);
         let recv_rows = match reduction {
             Reduction::Exact => max_nodes,
             Reduction::Fast => 1,
@@ -254,6 +249,15 @@ impl Exchange {
     }
 }
 
+/// A bound on the tree nodes of all ranks together, for any batch of up to `max_shards`
+/// shards: each rank's run is at most ceil(max_shards / size) shards long, a run of s
+/// shards splits into at most 2 log2(s) + 1 nodes, and no node is empty.
+pub fn max_nodes(max_shards: usize, size: usize) -> usize {
+    let run = max_shards.div_ceil(size.max(1)).max(1);
+    let per_rank = 2 * (usize::BITS - run.leading_zeros()) as usize + 1;
+    (size * per_rank.min(run)).min(max_shards).max(1)
+}
+
 /// The shards rank `rank` of `size` computes: a contiguous run, the runs as even as can be.
 pub fn shards_of_rank(n_shards: usize, rank: usize, size: usize) -> Range<usize> {
     n_shards * rank / size..n_shards * (rank + 1) / size
@@ -339,6 +343,10 @@ mod tests {
                     if let (Some(a), Some(b)) = (nodes.get(first), nodes.last()) {
                         assert_eq!((a.start, b.end(n)), (run.start, run.end));
                     }
+                }
+                assert!(nodes.len() <= max_nodes(n, size));
+                for m in [n + 1, 2 * n, 5 * n] {
+                    assert!(nodes.len() <= max_nodes(m, size), "n {n} <= max {m}");
                 }
                 let mut next = 0;
                 for node in &nodes {
