@@ -16,10 +16,10 @@ use rand::rngs::StdRng;
 
 use super::gemm::{GemmScratch, PackedB};
 use super::kernels::{
-    activate, activation_backward, affine, affine_grad, affine_input_grad, dot, head_loss,
-    scalar_head,
+    activate, activation_backward, affine, affine_grad, affine_input_grad, axpy4, dot, dot4,
+    head_loss, scalar_head,
 };
-use super::{Batch, Model, PREFETCH_ROWS, Stats};
+use super::{Batch, Model, Stats};
 use crate::params::{ParamId, ParamLayout};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,7 +220,7 @@ impl Mlp {
         &self,
         params: &[f32],
         batch: Batch<'_>,
-        mut grad: Option<&mut [f32]>,
+        grad: Option<&mut [f32]>,
     ) -> Stats {
         let (w_id, b_id) = self.layers[0];
         let w = self.layout.slice(w_id, params);
@@ -229,28 +229,33 @@ impl Mlp {
             self.layout.entry(w_id).range(),
             self.layout.entry(b_id).offset,
         );
-        let mut stats = Stats {
-            rows: batch.rows() as u64,
-            ..Stats::default()
-        };
-        if let Some(grad) = grad.as_deref_mut() {
-            grad.fill(0.0);
-        }
-        for r in 0..batch.rows() {
-            batch.prefetch(r + PREFETCH_ROWS);
-            let (x, target) = (batch.row(r), batch.target(r));
-            let z = dot(x, w) + bias;
-            let (loss, dz, correct) = scalar_head(self.spec.head, z, target);
-            stats.loss_sum += f64::from(loss);
-            stats.n_correct += u64::from(correct);
+        if batch.rows() < 4 {
+            // B = 1 and other tiny blocks: the plain loop, nothing to set up.
+            let mut stats = Stats {
+                rows: batch.rows() as u64,
+                ..Stats::default()
+            };
+            let mut grad = grad;
             if let Some(grad) = grad.as_deref_mut() {
-                for (g, &v) in grad[w_range.clone()].iter_mut().zip(x) {
-                    *g += dz * v;
-                }
-                grad[b_offset] += dz;
+                grad.fill(0.0);
             }
+            for r in 0..batch.rows() {
+                let g = grad.as_deref_mut().map(|g| (g, w_range.clone(), b_offset));
+                linear_row(self.spec.head, w, bias, &batch, r, &mut stats, g);
+            }
+            return stats;
         }
-        stats
+        let grad = grad.map(|g| LinearGrad {
+            g,
+            w: w_range,
+            b: b_offset,
+        });
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            return unsafe { linear_rows_avx512(self.spec.head, w, bias, batch, grad) };
+        }
+        linear_rows(self.spec.head, w, bias, batch, grad)
     }
 
     /// Runs every layer on `x` and leaves the head's pre-activation in `ws.a[L-1]`.
@@ -283,6 +288,96 @@ impl Mlp {
             }
         }
     }
+}
+
+/// Where a single-output linear model's gradient goes: the buffer and its w and b entries.
+struct LinearGrad<'g> {
+    g: &'g mut [f32],
+    w: std::ops::Range<usize>,
+    b: usize,
+}
+
+/// The rows of a single-output linear model, four at a time (one pass over w and over the
+/// gradient serves four rows, and four rows stream from memory together), then the rest one
+/// by one. Each row's sums are formed in the same order either way, so the bits do not
+/// depend on how rows are grouped or on the vector width the CPU offers. No software
+/// prefetch: with four rows in flight the hardware prefetchers do better (W2, B = 4096:
+/// 1.07 M -> 1.30 M examples/s on one thread, 2.07 M -> 2.48 M on two).
+#[inline(always)]
+fn linear_rows(
+    head: Head,
+    w: &[f32],
+    bias: f32,
+    batch: Batch<'_>,
+    mut grad: Option<LinearGrad<'_>>,
+) -> Stats {
+    let mut stats = Stats {
+        rows: batch.rows() as u64,
+        ..Stats::default()
+    };
+    if let Some(grad) = grad.as_mut() {
+        grad.g.fill(0.0);
+    }
+    let quads = batch.rows() / 4 * 4;
+    for r in (0..quads).step_by(4) {
+        let x = [r, r + 1, r + 2, r + 3].map(|i| batch.row(i));
+        let z = dot4(x, w);
+        let mut dz = [0.0f32; 4];
+        for k in 0..4 {
+            let (loss, d, correct) = scalar_head(head, z[k] + bias, batch.target(r + k));
+            stats.loss_sum += f64::from(loss);
+            stats.n_correct += u64::from(correct);
+            dz[k] = d;
+        }
+        if let Some(grad) = grad.as_mut() {
+            axpy4(&mut grad.g[grad.w.clone()], dz, x);
+            for d in dz {
+                grad.g[grad.b] += d;
+            }
+        }
+    }
+    for r in quads..batch.rows() {
+        let g = grad.as_mut().map(|g| (&mut *g.g, g.w.clone(), g.b));
+        linear_row(head, w, bias, &batch, r, &mut stats, g);
+    }
+    stats
+}
+
+/// One row of a single-output linear model: its stats, and its gradient added to `grad`
+/// (the buffer, the range of w and the offset of b).
+#[inline(always)]
+fn linear_row(
+    head: Head,
+    w: &[f32],
+    bias: f32,
+    batch: &Batch<'_>,
+    r: usize,
+    stats: &mut Stats,
+    grad: Option<(&mut [f32], std::ops::Range<usize>, usize)>,
+) {
+    let (x, target) = (batch.row(r), batch.target(r));
+    let (loss, dz, correct) = scalar_head(head, dot(x, w) + bias, target);
+    stats.loss_sum += f64::from(loss);
+    stats.n_correct += u64::from(correct);
+    if let Some((g, w_range, b)) = grad {
+        for (g, &v) in g[w_range].iter_mut().zip(x) {
+            *g += dz * v;
+        }
+        g[b] += dz;
+    }
+}
+
+/// `linear_rows` compiled for AVX-512: the same operations, four times as wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn linear_rows_avx512(
+    head: Head,
+    w: &[f32],
+    bias: f32,
+    batch: Batch<'_>,
+    grad: Option<LinearGrad<'_>>,
+) -> Stats {
+    linear_rows(head, w, bias, batch, grad)
 }
 
 impl Model for Mlp {
@@ -439,5 +534,43 @@ impl Model for Mlp {
 
     fn is_classifier(&self) -> bool {
         self.spec.head != Head::Mse
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{Array1, Array2};
+
+    /// The AVX-512 build of the linear rows gives the same bits as the baseline build, so a
+    /// saved file does not depend on the CPU's vector width.
+    #[test]
+    fn linear_rows_give_the_same_bits_at_every_vector_width() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            let (n, d) = (23, 37);
+            let x = Array2::from_shape_fn((n, d), |(i, j)| ((i * 13 + j * 7) % 19) as f32 - 9.3);
+            let y = Array1::from_shape_fn(n, |i| (i % 2) as f32);
+            let w: Vec<f32> = (0..d).map(|j| 0.01 * (j as f32 - 18.0)).collect();
+            let idx: Vec<usize> = (0..n).rev().collect();
+            let run = |avx512: bool| {
+                let batch = Batch::indexed(x.view(), y.view(), &idx);
+                let mut g = vec![f32::NAN; d + 1];
+                let grad = Some(LinearGrad {
+                    g: &mut g,
+                    w: 0..d,
+                    b: d,
+                });
+                let stats = if avx512 {
+                    // SAFETY: checked above.
+                    unsafe { linear_rows_avx512(Head::Logistic, &w, 0.2, batch, grad) }
+                } else {
+                    linear_rows(Head::Logistic, &w, 0.2, batch, grad)
+                };
+                let bits: Vec<u32> = g.iter().map(|v| v.to_bits()).collect();
+                (stats.loss_sum.to_bits(), stats.n_correct, bits)
+            };
+            assert_eq!(run(true), run(false));
+        }
     }
 }
