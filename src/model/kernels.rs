@@ -148,11 +148,11 @@ pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
     partial.iter().sum()
 }
 
-/// `dot(x[k], w)` for four rows at once, each with the same bits as `dot`: one pass over `w`
-/// serves four rows, and four rows' memory streams are in flight together.
+/// `dot(x[k], w)` for R rows at once, each with the same bits as `dot`: one pass over `w`
+/// serves R rows, and R rows' memory streams are in flight together.
 #[inline(always)]
-pub(super) fn dot4(x: [&[f32]; 4], w: &[f32]) -> [f32; 4] {
-    let mut partial = [[0.0f32; 16]; 4];
+pub(super) fn dot_rows<const R: usize>(x: [&[f32]; R], w: &[f32]) -> [f32; R] {
+    let mut partial = [[0.0f32; 16]; R];
     let full = w.len() / 16 * 16;
     for c in (0..full).step_by(16) {
         let wc = &w[c..c + 16];
@@ -171,13 +171,18 @@ pub(super) fn dot4(x: [&[f32]; 4], w: &[f32]) -> [f32; 4] {
     partial.map(|p| p.iter().sum())
 }
 
-/// `g += a[0] x[0]`, then `a[1] x[1]`, ... in that order per element (the bits of four
+/// `g += a[0] x[0]`, then `a[1] x[1]`, ... in that order per element (the bits of R
 /// row-by-row updates), reading and writing `g` once.
 #[inline(always)]
-pub(super) fn axpy4(g: &mut [f32], a: [f32; 4], x: [&[f32]; 4]) {
-    let [x0, x1, x2, x3] = x;
-    for ((((g, &v0), &v1), &v2), &v3) in g.iter_mut().zip(x0).zip(x1).zip(x2).zip(x3) {
-        *g = *g + a[0] * v0 + a[1] * v1 + a[2] * v2 + a[3] * v3;
+pub(super) fn axpy_rows<const R: usize>(g: &mut [f32], a: [f32; R], x: [&[f32]; R]) {
+    let n = g.len();
+    let x = x.map(|row| &row[..n]);
+    for (j, g) in g.iter_mut().enumerate() {
+        let mut acc = *g;
+        for k in 0..R {
+            acc += a[k] * x[k][j];
+        }
+        *g = acc;
     }
 }
 
@@ -231,25 +236,27 @@ mod tests {
     }
 
     #[test]
-    fn four_rows_at_once_give_the_bits_of_one_row_at_a_time() {
-        for d in [1, 15, 16, 17, 40, 1000] {
-            let row = |k: usize| -> Vec<f32> {
-                (0..d)
-                    .map(|j| ((j * 31 + k * 17) % 23) as f32 / 7.0 - 1.5)
-                    .collect()
-            };
-            let rows: Vec<Vec<f32>> = (0..4).map(row).collect();
-            let x = [&rows[0][..], &rows[1], &rows[2], &rows[3]];
+    fn rows_at_once_give_the_bits_of_one_row_at_a_time() {
+        fn check<const R: usize>(d: usize) {
+            let rows: Vec<Vec<f32>> = (0..R)
+                .map(|k| {
+                    (0..d)
+                        .map(|j| ((j * 31 + k * 17) % 23) as f32 / 7.0 - 1.5)
+                        .collect()
+                })
+                .collect();
+            let x: [&[f32]; R] = std::array::from_fn(|k| &rows[k][..]);
             let w: Vec<f32> = (0..d).map(|j| 1e3 / (j as f32 + 0.37)).collect();
-            let z = dot4(x, &w);
-            for k in 0..4 {
+            let z = dot_rows(x, &w);
+            for k in 0..R {
                 assert_eq!(z[k].to_bits(), dot(x[k], &w).to_bits(), "d {d}, row {k}");
             }
-            let a = [0.3f32, -1e4, 7.1, 1e-3];
-            let mut fused: Vec<f32> = w.clone();
-            axpy4(&mut fused, a, x);
+            let a: [f32; R] =
+                std::array::from_fn(|k| [0.3f32, -1e4, 7.1, 1e-3][k % 4] * (k + 1) as f32);
+            let mut fused = w.clone();
+            axpy_rows(&mut fused, a, x);
             let mut one_by_one = w.clone();
-            for k in 0..4 {
+            for k in 0..R {
                 for (g, &v) in one_by_one.iter_mut().zip(x[k]) {
                     *g += a[k] * v;
                 }
@@ -260,6 +267,10 @@ mod tests {
                     .zip(&one_by_one)
                     .all(|(p, q)| p.to_bits() == q.to_bits())
             );
+        }
+        for d in [1, 15, 16, 17, 40, 1000] {
+            check::<4>(d);
+            check::<8>(d);
         }
     }
 
