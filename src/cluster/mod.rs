@@ -6,13 +6,12 @@
 //! shards `shards_of_rank(n, r, R)`. In the single-process tree (`reduce.rs`) the node at
 //! level k starting at shard i is the sum of shards `i .. i + 2^k`, formed in a fixed order;
 //! a run of shards splits into a few such whole nodes (`tree_nodes`), which the rank sums with
-//! the same tree. The ranks then exchange those node sums, and each finishes the tree over
-//! all nodes (`reduce::combine_nodes`) by exactly the additions the single process makes. So
-//! the step, and the saved parameters, are the same bits for any number of ranks and threads.
-//! Exchanging nodes moves about `(nodes - 1) x n_params x 4` bytes into each rank per step
-//! (nodes <= 2 log2(shards) per rank); `Reduction::Fast` instead sums each rank's shards
-//! locally and calls the MPI all-reduce, which moves about `2 x n_params x 4` bytes per rank
-//! but in an order MPI does not fix.
+//! the same tree. The ranks then exchange slices of those node sums, each finishes the tree
+//! over all nodes for its share of the parameters (`reduce::combine_nodes`) by exactly the
+//! additions the single process makes, and they gather the shares (see `Exchange`). So the
+//! step, and the saved parameters, are the same bits for any number of ranks and threads, for
+//! about the traffic of a ring all-reduce. `Reduction::Fast` instead sums each rank's shards
+//! locally and calls the MPI all-reduce, whose order MPI does not fix.
 //!
 //! The transport is the `Collective` trait; `mpi` (behind the `mpi` cargo feature)
 //! implements it with MPI. Tests implement it with threads.
@@ -23,7 +22,7 @@ pub mod mpi;
 use std::num::NonZeroUsize;
 use std::ops::Range;
 
-use ndarray::{Array2, ArrayViewMut2};
+use ndarray::ArrayViewMut2;
 use tracing::trace_span;
 
 use crate::error::{Error, Result};
@@ -63,14 +62,34 @@ pub trait Collective: Send {
     fn all_gather_f32(&self, send: &[f32], counts: &[i32], displs: &[i32], recv: &mut [f32]);
     /// `all_gather_f32` for f64.
     fn all_gather_f64(&self, send: &[f64], counts: &[i32], displs: &[i32], recv: &mut [f64]);
+    /// Personalised exchange: rank r sends `send[send_displs[q]..][..send_counts[q]]` to rank
+    /// q, and places what rank r sent it at `recv[recv_displs[r]..][..recv_counts[r]]`.
+    fn all_to_all_f32(
+        &self,
+        send: &[f32],
+        send_counts: &[i32],
+        send_displs: &[i32],
+        recv: &mut [f32],
+        recv_counts: &[i32],
+        recv_displs: &[i32],
+    );
     /// Elementwise sum over ranks of `send` into every rank's `recv`.
     fn all_reduce_sum(&self, send: &[f32], recv: &mut [f32]);
     /// Whether any rank passed true: every rank leaves a run at the same step.
     fn any(&self, flag: bool) -> bool;
 }
 
-/// One rank's side of every step's exchange: the plan of who sends which nodes, and buffers
-/// sized once so that steps allocate nothing.
+/// One rank's side of every step's exchange: the plan of who sends what to whom, and
+/// buffers sized once so that steps allocate nothing.
+///
+/// The exact reduction is a reduce-scatter then an all-gather, like a ring all-reduce, but
+/// with the tree's order: the parameters are split into one column range per rank; every
+/// rank sends each of its node sums' slice of range q to rank q (all-to-all); rank q then
+/// holds every node's slice of its range, in shard order, finishes the tree on it, and the
+/// ranks gather the finished ranges. Each element is still summed by the single-process
+/// tree's additions, and a rank receives about `2 (R - 1) / R` gradients per step when each
+/// rank's run is one node (R a power of two dividing the shard count), a little more
+/// otherwise.
 pub struct Exchange {
     comm: Box<dyn Collective>,
     reduction: Reduction,
@@ -80,14 +99,22 @@ pub struct Exchange {
     mine: Range<usize>,
     shards: Range<usize>,
     n_shards: usize,
-    /// Elements per rank (and where they land) for the node sums and the shard stats.
-    grad_counts: Vec<i32>,
-    grad_displs: Vec<i32>,
+    /// Element counts and offsets, per rank, of: the node slices sent and received, the
+    /// finished ranges gathered, and the shard stats gathered.
+    send_counts: Vec<i32>,
+    send_displs: Vec<i32>,
+    recv_counts: Vec<i32>,
+    recv_displs: Vec<i32>,
+    range_counts: Vec<i32>,
+    range_displs: Vec<i32>,
     stat_counts: Vec<i32>,
     stat_displs: Vec<i32>,
+    /// This rank's node sums, cut by destination range (exact), or its shards' sum (fast).
     send: Vec<f32>,
-    /// One row per node of the batch (exact) or one row (fast); row 0 ends as the sum.
-    recv: Array2<f32>,
+    /// Every node's slice of this rank's range, in shard order (exact only).
+    parts: Vec<f32>,
+    /// The batch's gradient sum, the same on every rank.
+    total: Vec<f32>,
     stats_send: Vec<f64>,
     stats_recv: Vec<f64>,
     schedule: CombineSchedule,
@@ -106,25 +133,21 @@ impl Exchange {
     ) -> Result<Self> {
         let size = comm.size();
         let max_nodes = max_nodes(max_shards, size);
-        let recv_rows = match reduction {
-            Reduction::Exact => max_nodes,
-            Reduction::Fast => 1,
+        let rank_nodes = max_nodes_of_rank(max_shards, size);
+        let widest = n_params.div_ceil(size);
+        let (send_len, parts_len) = match reduction {
+            Reduction::Exact => (rank_nodes * n_params, max_nodes * widest),
+            Reduction::Fast => (n_params, 0),
         };
-        if recv_rows
-            .checked_mul(n_params)
-            .is_none_or(|n| n > i32::MAX as usize)
-        {
+        if send_len.max(parts_len) > i32::MAX as usize {
             return Err(Error::config(
                 "model",
                 format!(
-                    "{n_params} parameters x {recv_rows} tree nodes exceed one MPI message                      (2^31 elements); use fewer shards (train.shard_rows) or --reduction fast"
+                    "{n_params} parameters x {rank_nodes} tree nodes exceed one MPI message \
+                     (2^31 elements); use fewer shards (train.shard_rows) or --reduction fast"
                 ),
             ));
         }
-        let send_rows = match reduction {
-            Reduction::Exact => max_nodes,
-            Reduction::Fast => 1,
-        };
         Ok(Exchange {
             comm,
             reduction,
@@ -133,12 +156,21 @@ impl Exchange {
             mine: 0..0,
             shards: 0..0,
             n_shards: 0,
-            grad_counts: vec![0; size],
-            grad_displs: vec![0; size],
+            send_counts: vec![0; size],
+            send_displs: vec![0; size],
+            recv_counts: vec![0; size],
+            recv_displs: vec![0; size],
+            range_counts: (0..size)
+                .map(|q| params_of_rank(n_params, q, size).len() as i32)
+                .collect(),
+            range_displs: (0..size)
+                .map(|q| params_of_rank(n_params, q, size).start as i32)
+                .collect(),
             stat_counts: vec![0; size],
             stat_displs: vec![0; size],
-            send: vec![0.0; send_rows * n_params],
-            recv: Array2::zeros((recv_rows, n_params)),
+            send: vec![0.0; send_len],
+            parts: vec![0.0; parts_len],
+            total: vec![0.0; n_params],
             stats_send: vec![0.0; max_shards * SHARD_STATS],
             stats_recv: vec![0.0; max_shards * SHARD_STATS],
             schedule: CombineSchedule::with_capacity(max_nodes),
@@ -158,26 +190,35 @@ impl Exchange {
         let (rank, size) = (self.comm.rank(), self.comm.size());
         self.nodes.clear();
         self.n_shards = n_shards;
-        let (mut grad_at, mut stat_at) = (0i32, 0i32);
+        let mut stat_at = 0i32;
         for r in 0..size {
             let run = shards_of_rank(n_shards, r, size);
             let first = self.nodes.len();
             tree_nodes(run.clone(), n_shards, &mut self.nodes);
-            let rows = match self.reduction {
-                Reduction::Exact => self.nodes.len() - first,
-                Reduction::Fast => 1,
-            };
             if r == rank {
                 self.mine = first..self.nodes.len();
                 self.shards = run.clone();
             }
-            // Fits: `new` checked the largest batch against i32.
-            self.grad_counts[r] = (rows * self.n_params) as i32;
-            self.grad_displs[r] = grad_at;
-            grad_at += self.grad_counts[r];
             self.stat_counts[r] = (run.len() * SHARD_STATS) as i32;
             self.stat_displs[r] = stat_at;
             stat_at += self.stat_counts[r];
+        }
+        // Counts fit in i32: `new` checked the largest batch.
+        let my_range = self.range_counts[rank];
+        let (mut sent, mut received) = (0i32, 0i32);
+        for q in 0..size {
+            self.send_counts[q] = self.mine.len() as i32 * self.range_counts[q];
+            self.send_displs[q] = sent;
+            sent += self.send_counts[q];
+            let theirs = shards_of_rank(n_shards, q, size);
+            let their_nodes = self
+                .nodes
+                .iter()
+                .filter(|n| theirs.contains(&n.start))
+                .count();
+            self.recv_counts[q] = their_nodes as i32 * my_range;
+            self.recv_displs[q] = received;
+            received += self.recv_counts[q];
         }
         self.shards.clone()
     }
@@ -204,30 +245,50 @@ impl Exchange {
     /// `grads` is shard `plan(..).start + i`); every rank gets the same sum.
     pub fn reduce(&mut self, grads: ArrayViewMut2<f32>) -> &[f32] {
         let p = self.n_params;
-        let n_local = self.shards.len();
+        let (rank, size) = (self.comm.rank(), self.comm.size());
         let mut grads = grads;
         match self.reduction {
             Reduction::Exact => {
                 let mine = &self.nodes[self.mine.clone()];
                 reduce_nodes(grads.view_mut(), mine, self.shards.start, self.n_shards);
-                for (dst, node) in self.send.chunks_exact_mut(p).zip(mine) {
-                    let row = grads.row(node.start - self.shards.start);
-                    dst.copy_from_slice(row.as_slice().expect("rows are contiguous"));
+                // Node sums cut by destination: for rank q, each node's slice of q's range.
+                let mut at = 0;
+                for q in 0..size {
+                    let cols = params_of_rank(p, q, size);
+                    for node in mine {
+                        let row = grads.row(node.start - self.shards.start);
+                        let row = &row.as_slice().expect("rows are contiguous")[cols.clone()];
+                        self.send[at..at + row.len()].copy_from_slice(row);
+                        at += row.len();
+                    }
                 }
                 let n_nodes = self.nodes.len();
-                let recv = self.recv.as_slice_mut().expect("contiguous");
-                let exchange = trace_span!("exchange", what = "nodes").entered();
-                self.comm.all_gather_f32(
-                    &self.send[..mine.len() * p],
-                    &self.grad_counts,
-                    &self.grad_displs,
-                    &mut recv[..n_nodes * p],
-                );
-                drop(exchange);
-                let rows = self.recv.slice_mut(ndarray::s![..n_nodes, ..]);
+                let width = self.range_counts[rank] as usize;
+                {
+                    let _exchange = trace_span!("exchange", what = "node slices").entered();
+                    self.comm.all_to_all_f32(
+                        &self.send[..at],
+                        &self.send_counts,
+                        &self.send_displs,
+                        &mut self.parts[..n_nodes * width],
+                        &self.recv_counts,
+                        &self.recv_displs,
+                    );
+                }
+                let rows =
+                    ArrayViewMut2::from_shape((n_nodes, width), &mut self.parts[..n_nodes * width])
+                        .expect("one slice per node");
                 combine_nodes(rows, &self.nodes, self.n_shards, &mut self.schedule);
+                let _exchange = trace_span!("exchange", what = "ranges").entered();
+                self.comm.all_gather_f32(
+                    &self.parts[..width],
+                    &self.range_counts,
+                    &self.range_displs,
+                    &mut self.total,
+                );
             }
             Reduction::Fast => {
+                let n_local = self.shards.len();
                 if n_local == 0 {
                     self.send[..p].fill(0.0);
                 } else {
@@ -235,12 +296,11 @@ impl Exchange {
                     let row = grads.row(0);
                     self.send[..p].copy_from_slice(row.as_slice().expect("rows are contiguous"));
                 }
-                let recv = self.recv.as_slice_mut().expect("contiguous");
                 let _exchange = trace_span!("exchange", what = "all-reduce").entered();
-                self.comm.all_reduce_sum(&self.send[..p], &mut recv[..p]);
+                self.comm.all_reduce_sum(&self.send[..p], &mut self.total);
             }
         }
-        &self.recv.as_slice().expect("contiguous")[..p]
+        &self.total
     }
 
     /// Whether any rank wants to stop after this step.
@@ -249,13 +309,24 @@ impl Exchange {
     }
 }
 
+/// The parameters whose exact sum rank `rank` of `size` finishes: a contiguous range.
+pub fn params_of_rank(n_params: usize, rank: usize, size: usize) -> Range<usize> {
+    n_params * rank / size..n_params * (rank + 1) / size
+}
+
+/// A bound on one rank's tree nodes for any batch of up to `max_shards` shards.
+fn max_nodes_of_rank(max_shards: usize, size: usize) -> usize {
+    let run = max_shards.div_ceil(size.max(1)).max(1);
+    (2 * (usize::BITS - run.leading_zeros()) as usize + 1).min(run)
+}
+
 /// A bound on the tree nodes of all ranks together, for any batch of up to `max_shards`
 /// shards: each rank's run is at most ceil(max_shards / size) shards long, a run of s
 /// shards splits into at most 2 log2(s) + 1 nodes, and no node is empty.
 pub fn max_nodes(max_shards: usize, size: usize) -> usize {
-    let run = max_shards.div_ceil(size.max(1)).max(1);
-    let per_rank = 2 * (usize::BITS - run.leading_zeros()) as usize + 1;
-    (size * per_rank.min(run)).min(max_shards).max(1)
+    (size * max_nodes_of_rank(max_shards, size))
+        .min(max_shards)
+        .max(1)
 }
 
 /// The shards rank `rank` of `size` computes: a contiguous run, the runs as even as can be.

@@ -6,7 +6,7 @@
 
 use mpi::Threading;
 use mpi::collective::SystemOperation;
-use mpi::datatype::PartitionMut;
+use mpi::datatype::{Partition, PartitionMut};
 use mpi::environment::Universe;
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
@@ -65,6 +65,20 @@ impl Collective for Mpi {
     fn all_gather_f64(&self, send: &[f64], counts: &[i32], displs: &[i32], recv: &mut [f64]) {
         let mut partition = PartitionMut::new(recv, counts, displs);
         self.world.all_gather_varcount_into(send, &mut partition);
+    }
+
+    fn all_to_all_f32(
+        &self,
+        send: &[f32],
+        send_counts: &[i32],
+        send_displs: &[i32],
+        recv: &mut [f32],
+        recv_counts: &[i32],
+        recv_displs: &[i32],
+    ) {
+        let send = Partition::new(send, send_counts, send_displs);
+        let mut recv = PartitionMut::new(recv, recv_counts, recv_displs);
+        self.world.all_to_all_varcount_into(&send, &mut recv);
     }
 
     fn all_reduce_sum(&self, send: &[f32], recv: &mut [f32]) {
