@@ -48,7 +48,11 @@ fn benches(c: &mut Criterion) {
             model.init(&mut params, &mut rand::SeedableRng::seed_from_u64(1));
             let mut ws = model.workspace(rows);
             let mut shared = model.shared();
-            model.prepare(&params, &mut shared, true);
+            let usage = minibatch::model::Usage {
+                parallel: true,
+                rows,
+            };
+            model.prepare(&params, &mut shared, usage);
             let mut grad = vec![0.0f32; n_params];
             group.throughput(Throughput::Elements(rows as u64));
             group.bench_function(BenchmarkId::new("shard_fwd_bwd", rows), |b| {
@@ -104,7 +108,7 @@ fn matmul(c: &mut Criterion) {
         let mut out = Array2::<f32>::zeros((m, n));
         group.throughput(Throughput::Elements((2 * m * k * n) as u64));
         let mut packed = PackedB::default();
-        packed.pack(b.view(), true);
+        packed.pack(b.view(), true, false);
         let mut scratch = GemmScratch::default();
         let shape = format!("{m}x{k}x{n}");
         group.bench_function(BenchmarkId::new("own_packed", &shape), |bench| {
@@ -112,6 +116,7 @@ fn matmul(c: &mut Criterion) {
                 gemm_packed(
                     a.view(),
                     &packed,
+                    b.view(),
                     out.view_mut(),
                     Accumulate::Overwrite,
                     &mut scratch,

@@ -30,7 +30,7 @@ use crate::cluster::{Collective, Exchange, Reduction, SHARD_STATS};
 use crate::config::TrainConfig;
 use crate::data::{Dataset, mix};
 use crate::error::{Error, Result};
-use crate::model::{Model, PREFETCH_ROWS, Stats, prefetch_row};
+use crate::model::{Model, PREFETCH_ROWS, Stats, Usage, prefetch_row};
 use crate::noise::{NoiseScale, squared_norm};
 use crate::optim::{Optimizer, OptimizerState};
 use crate::reduce::{REDUCE_CHUNK, squared_norm_chunked, tree_reduce, tree_reduce_with_norm};
@@ -588,7 +588,9 @@ impl<M: Model> Trainer<M> {
         let n_params = self.params.len();
         {
             let _prepare = trace_span!("prepare").entered();
-            self.model.prepare(&self.params, &mut self.shared, parallel);
+            let rows = shard_rows.get().min(batch_len);
+            let usage = Usage { parallel, rows };
+            self.model.prepare(&self.params, &mut self.shared, usage);
         }
         let (model, params, shared) = (&self.model, &self.params[..], &self.shared);
         let measure_noise = n_shards >= 2
@@ -723,7 +725,11 @@ impl<M: Model> Trainer<M> {
         let _eval = debug_span!("eval", rows = data.n()).entered();
         let block_rows = self.cfg.shard_rows.get().min(self.cfg.batch_size.get());
         let n_blocks = data.n().div_ceil(block_rows);
-        self.model.prepare(&self.params, &mut self.shared, true);
+        let usage = Usage {
+            parallel: true,
+            rows: block_rows,
+        };
+        self.model.prepare(&self.params, &mut self.shared, usage);
         let (model, params, shared) = (&self.model, &self.params[..], &self.shared);
         let mut total = Stats::default();
         let n_slots = self.slots.len();

@@ -49,13 +49,16 @@ pub struct PackedB {
     k: usize,
     n: usize,
     nr: usize,
+    /// B is read where it lies (contiguous rows, whole panels): nothing was copied.
+    in_place: bool,
 }
 
 impl PackedB {
     /// Packs `b` (k x n, any strides) for the kernel this CPU will run. Allocates on the
     /// first call for a shape only.
-    pub fn pack(&mut self, b: ArrayView2<f32>, parallel: bool) {
+    pub fn pack(&mut self, b: ArrayView2<f32>, parallel: bool, in_place: bool) {
         let (k, n) = b.dim();
+        self.in_place = false;
         if k * n <= SMALL_B {
             // Small operands are multiplied without packing; keep a plain copy only.
             (self.k, self.n, self.nr) = (k, n, Isa::detect().nr());
@@ -64,6 +67,12 @@ impl PackedB {
             return;
         }
         let nr = Isa::detect().nr();
+        if in_place && b.strides()[1] == 1 && b.strides()[0] >= 0 && n.is_multiple_of(nr) {
+            // The kernel can read such a B in place (`gemm_packed` gets it again): for
+            // products of a few rows, skipping the copy saves more than packing gains.
+            (self.k, self.n, self.nr, self.in_place) = (k, n, nr, true);
+            return;
+        }
         let n_panels = n.div_ceil(nr);
         grow(&mut self.data, n_panels * nr * k);
         assert!(b.strides().iter().all(|&s| s >= 0), "negative strides");
@@ -124,16 +133,25 @@ pub fn gemm(
     gemm_with(a, b.dim(), rhs, c, mode, scratch);
 }
 
-/// `gemm` with B packed beforehand by `PackedB::pack`.
+/// `gemm` with B prepared beforehand by `PackedB::pack`; `source` is the matrix it was
+/// prepared from, read in place when `pack` left it there.
 pub fn gemm_packed(
     a: ArrayView2<f32>,
     b: &PackedB,
+    source: ArrayView2<f32>,
     c: ArrayViewMut2<f32>,
     mode: Accumulate,
     scratch: &mut GemmScratch,
 ) {
     assert_eq!(b.nr, Isa::detect().nr(), "packed for another kernel");
-    let rhs = if b.k * b.n <= SMALL_B {
+    assert_eq!(source.dim(), b.dim(), "packed from another matrix");
+    let rhs = if b.in_place {
+        Rhs::View {
+            ptr: source.as_ptr(),
+            rs: source.strides()[0] as usize,
+            cs: 1,
+        }
+    } else if b.k * b.n <= SMALL_B {
         Rhs::View {
             ptr: b.plain.as_ptr(),
             rs: b.n,
@@ -317,16 +335,18 @@ struct Tile {
     overwrite: bool,
 }
 
-/// A register-tiled microkernel: C[..mr, ..nr] += (packed A panel) (packed B panel) over
-/// `kc` steps, the panels laid out as `pack` writes them (`MR` resp. `NR` values per step).
+/// A register-tiled microkernel: C[..mr, ..nr] += (packed A panel) (B panel) over `kc`
+/// steps, A laid out as `pack` writes it (`MR` values per step) and B's `NR` values of step
+/// kk at `b + kk * b_rs` (`b_rs = NR` when packed, B's row stride when read in place).
 trait Microkernel {
     const MR: usize;
     const NR: usize;
     /// # Safety
-    /// `a` and `b` hold `kc` steps of their panels; C has `mr <= MR` rows of `nr <= NR`
+    /// `a` and `b` hold `kc` steps of their panels (B's `NR` values of every step
+    /// readable, even when `nr < NR`); C has `mr <= MR` rows of `nr <= NR`
     /// writable values, `ldc` apart; the CPU has the kernel's instruction set. With
     /// `overwrite` the tile is stored without reading C.
-    unsafe fn run(kc: usize, a: *const f32, b: *const f32, tile: Tile);
+    unsafe fn run(kc: usize, a: *const f32, b: *const f32, b_rs: usize, tile: Tile);
 
     /// `pack` with W = MR (A panels) and W = NR (B panels).
     unsafe fn pack_a(
@@ -392,7 +412,7 @@ impl Microkernel for Avx512 {
     packers!(8, 32);
 
     #[inline(always)]
-    unsafe fn run(kc: usize, a: *const f32, b: *const f32, tile: Tile) {
+    unsafe fn run(kc: usize, a: *const f32, b: *const f32, b_rs: usize, tile: Tile) {
         let Tile {
             c,
             ldc,
@@ -404,8 +424,8 @@ impl Microkernel for Avx512 {
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); 2]; 8];
             for kk in 0..kc {
-                let b0 = _mm512_loadu_ps(b.add(kk * 32));
-                let b1 = _mm512_loadu_ps(b.add(kk * 32 + 16));
+                let b0 = _mm512_loadu_ps(b.add(kk * b_rs));
+                let b1 = _mm512_loadu_ps(b.add(kk * b_rs + 16));
                 let a_k = a.add(kk * 8);
                 for (i, acc_row) in acc.iter_mut().enumerate() {
                     let ai = _mm512_set1_ps(*a_k.add(i));
@@ -458,7 +478,7 @@ impl Microkernel for Avx2 {
     packers!(6, 16);
 
     #[inline(always)]
-    unsafe fn run(kc: usize, a: *const f32, b: *const f32, tile: Tile) {
+    unsafe fn run(kc: usize, a: *const f32, b: *const f32, b_rs: usize, tile: Tile) {
         let Tile {
             c,
             ldc,
@@ -470,8 +490,8 @@ impl Microkernel for Avx2 {
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); 2]; 6];
             for kk in 0..kc {
-                let b0 = _mm256_loadu_ps(b.add(kk * 16));
-                let b1 = _mm256_loadu_ps(b.add(kk * 16 + 8));
+                let b0 = _mm256_loadu_ps(b.add(kk * b_rs));
+                let b1 = _mm256_loadu_ps(b.add(kk * b_rs + 8));
                 let a_k = a.add(kk * 6);
                 for (i, acc_row) in acc.iter_mut().enumerate() {
                     let ai = _mm256_set1_ps(*a_k.add(i));
@@ -501,7 +521,7 @@ impl Microkernel for Scalar {
     packers!(4, 8);
 
     #[inline(always)]
-    unsafe fn run(kc: usize, a: *const f32, b: *const f32, tile: Tile) {
+    unsafe fn run(kc: usize, a: *const f32, b: *const f32, b_rs: usize, tile: Tile) {
         let Tile {
             c,
             ldc,
@@ -514,7 +534,7 @@ impl Microkernel for Scalar {
             for (i, acc_row) in acc.iter_mut().enumerate() {
                 let ai = unsafe { *a.add(kk * 4 + i) };
                 for (j, v) in acc_row.iter_mut().enumerate() {
-                    *v += ai * unsafe { *b.add(kk * 8 + j) };
+                    *v += ai * unsafe { *b.add(kk * b_rs + j) };
                 }
             }
         }
@@ -536,18 +556,27 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
     let kc_max = KC.min(s.k);
     let mc_max = MC.min(s.m);
     grow(&mut scratch.a, mc_max.div_ceil(mr_full) * mr_full * kc_max);
-    if let Rhs::View { .. } = s.b {
+    // B with contiguous rows and whole panels is read where it lies: packing it would copy
+    // every weight once per product (see `PackedB::pack`).
+    let in_place = matches!(s.b, Rhs::View { cs: 1, .. }) && s.n.is_multiple_of(nr_full);
+    if matches!(s.b, Rhs::View { .. }) && !in_place {
         grow(&mut scratch.b, n_panels * nr_full * kc_max);
     }
     let mut k0 = 0;
     while k0 < s.k {
         let kc = KC.min(s.k - k0);
-        let b_block = match s.b {
+        // The block's first panel, the step between panels, and between k-rows of a panel.
+        let (b_block, panel_step, b_rs) = match s.b {
+            Rhs::View { ptr, rs, .. } if in_place => (unsafe { ptr.add(k0 * rs) }, nr_full, rs),
             Rhs::View { ptr, rs, cs } => {
                 unsafe { K::pack_b(&mut scratch.b, ptr, cs, rs, s.n, k0, kc) };
-                scratch.b.as_ptr()
+                (scratch.b.as_ptr(), nr_full * kc, nr_full)
             }
-            Rhs::Packed(ptr) => unsafe { ptr.add(k0 * n_panels * nr_full) },
+            Rhs::Packed(ptr) => (
+                unsafe { ptr.add(k0 * n_panels * nr_full) },
+                nr_full * kc,
+                nr_full,
+            ),
         };
         let mut m0 = 0;
         while m0 < s.m {
@@ -555,7 +584,7 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
             let a_block = unsafe { s.a.add(m0 * s.a_rs) };
             unsafe { K::pack_a(&mut scratch.a, a_block, s.a_rs, s.a_cs, mc, k0, kc) };
             for q in 0..n_panels {
-                let b_panel = unsafe { b_block.add(q * nr_full * kc) };
+                let b_panel = unsafe { b_block.add(q * panel_step) };
                 let nr = nr_full.min(s.n - q * nr_full);
                 for p in 0..mc.div_ceil(mr_full) {
                     let a_panel = scratch.a[p * mr_full * kc..].as_ptr();
@@ -569,7 +598,12 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
                             nr,
                             overwrite: s.overwrite && k0 == 0,
                         };
-                        K::run(kc, a_panel, b_panel, tile);
+                        // Packed panels get their stride as a constant, for the addressing.
+                        if b_rs == nr_full {
+                            K::run(kc, a_panel, b_panel, K::NR, tile);
+                        } else {
+                            K::run(kc, a_panel, b_panel, b_rs, tile);
+                        }
                     }
                 }
             }
@@ -661,6 +695,8 @@ mod tests {
             (17, 300, 33),
             (9, 513, 70),
             (64, 20, 10),
+            (20, 300, 64),
+            (9, 513, 96),
         ] {
             let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 - 5.0);
             let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j) % 13) as f32 * 0.25 - 1.0);
@@ -689,6 +725,41 @@ mod tests {
                     &mut scratch,
                 );
                 assert!((f64::from(c[[m - 1, n - 1]]) - want[[m - 1, n - 1]]).abs() < 1e-3);
+            }
+        }
+    }
+
+    /// B read in place (contiguous rows, whole panels), packed per call, or packed ahead:
+    /// the microkernel makes the same additions, so the three give the same bits.
+    #[test]
+    fn b_read_in_place_or_packed_gives_the_same_bits() {
+        let mut scratch = GemmScratch::default();
+        let nr = Isa::detect().nr();
+        for &(m, k, n) in &[(9, 300, 2 * nr), (64, 784, 8 * nr), (1, 600, nr)] {
+            let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 / 3.0);
+            let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j) % 13) as f32 / 7.0 - 0.9);
+            let bt = b.t().to_owned();
+            let run = |b_view: ArrayView2<f32>, scratch: &mut GemmScratch| {
+                let mut c = Array2::from_elem((m, n), 0.5f32);
+                gemm(a.view(), b_view, c.view_mut(), Accumulate::Add, scratch);
+                c.mapv(f32::to_bits)
+            };
+            let in_place = run(b.view(), &mut scratch);
+            assert_eq!(in_place, run(bt.t(), &mut scratch), "({m},{k},{n})");
+            for source in [b.view(), bt.t()] {
+                let mut packed = PackedB::default();
+                packed.pack(source, false, true);
+                assert_eq!(packed.in_place, source.strides()[1] == 1);
+                let mut c = Array2::from_elem((m, n), 0.5f32);
+                gemm_packed(
+                    a.view(),
+                    &packed,
+                    source,
+                    c.view_mut(),
+                    Accumulate::Add,
+                    &mut scratch,
+                );
+                assert_eq!(c.mapv(f32::to_bits), in_place, "({m},{k},{n}) packed ahead");
             }
         }
     }

@@ -14,6 +14,7 @@ use super::{Activation, Head, Stats};
 pub(super) fn affine(
     x: ArrayView2<f32>,
     w: &PackedB,
+    w_source: ArrayView2<f32>,
     b: ArrayView1<f32>,
     mut z: ArrayViewMut2<f32>,
     scratch: &mut GemmScratch,
@@ -21,7 +22,7 @@ pub(super) fn affine(
     for mut row in z.rows_mut() {
         row.assign(&b);
     }
-    gemm_packed(x, w, z, Accumulate::Add, scratch);
+    gemm_packed(x, w, w_source, z, Accumulate::Add, scratch);
 }
 
 /// gw = x^T dz and gb = column sums of dz: the weight and bias gradients summed over rows.
@@ -44,10 +45,11 @@ pub(super) fn affine_grad(
 pub(super) fn affine_input_grad(
     dz: ArrayView2<f32>,
     wt: &PackedB,
+    wt_source: ArrayView2<f32>,
     dx: ArrayViewMut2<f32>,
     scratch: &mut GemmScratch,
 ) {
-    gemm_packed(dz, wt, dx, Accumulate::Overwrite, scratch);
+    gemm_packed(dz, wt, wt_source, dx, Accumulate::Overwrite, scratch);
 }
 
 /// a = act(z) in place.

@@ -45,6 +45,17 @@ impl Stats {
     }
 }
 
+/// How the shards of the coming step (or evaluation) will use what `Model::prepare` derives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// Whether to split the preparation over the pool: false when the step runs as one
+    /// shard, where waking idle workers would cost more than it saves.
+    pub parallel: bool,
+    /// The most rows one shard will pass: for a few rows, copying weights into a layout the
+    /// kernel likes costs more than the products save.
+    pub rows: usize,
+}
+
 /// What the trainer needs from a model. Implement it for your own model: the trainer,
 /// sampler, reduction and optimizer work on any layout.
 pub trait Model: Send + Sync {
@@ -69,10 +80,8 @@ pub trait Model: Send + Sync {
     fn shared(&self) -> Self::Shared;
 
     /// Derives `shared` from `params`; called after every parameter change, before the
-    /// shards of the next step or evaluation run. `parallel` says whether to split the work
-    /// over the pool: it is false when the step runs as one shard, where waking idle
-    /// workers would cost more than it saves.
-    fn prepare(&self, params: &[f32], shared: &mut Self::Shared, parallel: bool);
+    /// shards of the next step or evaluation run, with how they will use it.
+    fn prepare(&self, params: &[f32], shared: &mut Self::Shared, usage: Usage);
 
     /// Writes `sum_i dL_i/dtheta` over the rows of `batch` into `grad`, overwriting every
     /// element (so nobody zeroes the buffer first: the product kernels store their first

@@ -81,6 +81,10 @@ pub fn temp_dir(name: &str) -> std::path::PathBuf {
 /// The model's per-step shared state for `params`, as the trainer prepares it.
 pub fn prepared(model: &Mlp, params: &[f32]) -> MlpShared {
     let mut shared = model.shared();
-    model.prepare(params, &mut shared, true);
+    let usage = minibatch::model::Usage {
+        parallel: true,
+        rows: 64,
+    };
+    model.prepare(params, &mut shared, usage);
     shared
 }
