@@ -24,13 +24,21 @@ pub fn tree_reduce(grads: ArrayViewMut2<f32>, n_rows: usize) {
         return;
     }
     let mut grads = grads;
-    let mut rows = grads.slice_mut(ndarray::s![..n_rows, ..]);
+    by_column_chunks(
+        grads.slice_mut(ndarray::s![..n_rows, ..]),
+        tree_reduce_serial,
+    );
+}
+
+/// Runs `f` on chunks of `REDUCE_CHUNK` columns in parallel when the rows are long, else on
+/// the whole: every element's additions happen in the same order either way.
+fn by_column_chunks(mut rows: ArrayViewMut2<f32>, f: impl Fn(ArrayViewMut2<f32>) + Send + Sync) {
     if rows.ncols() >= 2 * REDUCE_CHUNK {
         rows.axis_chunks_iter_mut(Axis(1), REDUCE_CHUNK)
             .into_par_iter()
-            .for_each(tree_reduce_serial);
+            .for_each(f);
     } else {
-        tree_reduce_serial(rows);
+        f(rows);
     }
 }
 
@@ -65,20 +73,13 @@ pub fn reduce_nodes(grads: ArrayViewMut2<f32>, nodes: &[Node], first: usize, n: 
         return;
     };
     let mut grads = grads;
-    let mut rows = grads.slice_mut(ndarray::s![..last.end(n) - first, ..]);
-    let per_chunk = |mut chunk: ArrayViewMut2<f32>| {
+    let rows = grads.slice_mut(ndarray::s![..last.end(n) - first, ..]);
+    by_column_chunks(rows, |mut chunk| {
         for node in nodes {
             let rows = node.start - first..node.end(n) - first;
             tree_reduce_serial(chunk.slice_mut(ndarray::s![rows, ..]));
         }
-    };
-    if rows.ncols() >= 2 * REDUCE_CHUNK {
-        rows.axis_chunks_iter_mut(Axis(1), REDUCE_CHUNK)
-            .into_par_iter()
-            .for_each(per_chunk);
-    } else {
-        per_chunk(rows);
-    }
+    });
 }
 
 /// Finishes the tree: row j of `rows` holds the sum of `nodes[j]`, and `nodes` are whole
@@ -96,20 +97,12 @@ pub fn combine_nodes(
     if pairs.is_empty() {
         return;
     }
-    let per_chunk = |mut chunk: ArrayViewMut2<f32>| {
+    by_column_chunks(rows, |mut chunk| {
         for &(dst, src) in pairs {
             let (mut d, s) = chunk.multi_slice_mut((ndarray::s![dst, ..], ndarray::s![src, ..]));
             Zip::from(&mut d).and(&s).for_each(|d, &s| *d += s);
         }
-    };
-    let mut rows = rows;
-    if rows.ncols() >= 2 * REDUCE_CHUNK {
-        rows.axis_chunks_iter_mut(Axis(1), REDUCE_CHUNK)
-            .into_par_iter()
-            .for_each(per_chunk);
-    } else {
-        per_chunk(rows.view_mut());
-    }
+    });
 }
 
 /// The additions that finish a tree from given nodes, as (destination row, source row)
