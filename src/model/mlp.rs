@@ -13,6 +13,7 @@ use ndarray::{Array1, Array2, ArrayView2, s};
 use ndarray_rand::RandomExt;
 use ndarray_rand::rand_distr::Normal;
 use rand::rngs::StdRng;
+use rayon::prelude::*;
 
 use super::gemm::{GemmScratch, PackedB};
 use super::kernels::{
@@ -461,24 +462,27 @@ impl Model for Mlp {
         }
         let MlpShared { w, wt } = shared;
         let (parallel, in_place) = (usage.parallel, usage.rows <= IN_PLACE_ROWS);
-        let forward = |w: &mut Vec<PackedB>| {
-            for (l, packed) in w.iter_mut().enumerate() {
-                let matrix = self.layout.matrix(self.layers[l].0, params);
-                packed.pack(matrix, parallel, in_place);
-            }
+        let forward = |(l, packed): (usize, &mut PackedB)| {
+            let matrix = self.layout.matrix(self.layers[l].0, params);
+            packed.pack(matrix, parallel, in_place);
         };
-        let backward = |wt: &mut Vec<PackedB>| {
-            for (l, packed) in wt.iter_mut().enumerate().skip(1) {
+        let backward = |(l, packed): (usize, &mut PackedB)| {
+            if l > 0 {
                 let matrix = self.layout.matrix(self.layers[l].0, params);
                 packed.pack(matrix.t(), parallel, false);
             }
         };
         if parallel {
-            // Forward and backward copies side by side; each also splits its k-blocks.
-            rayon::join(|| forward(w), || backward(wt));
+            // Every layer's copy is a task of its own (and splits its k-blocks), so the
+            // threads share them out: one task per direction left the first layer's copy,
+            // three quarters of the work, on one thread.
+            rayon::join(
+                || w.par_iter_mut().enumerate().for_each(forward),
+                || wt.par_iter_mut().enumerate().for_each(backward),
+            );
         } else {
-            forward(w);
-            backward(wt);
+            w.iter_mut().enumerate().for_each(forward);
+            wt.iter_mut().enumerate().for_each(backward);
         }
     }
 
