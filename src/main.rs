@@ -54,15 +54,22 @@ fn main() -> ExitCode {
 /// that fails alone ends the whole job: the others would wait for it forever.
 fn fail(err: &minibatch::Error, launch: &Launch) -> ExitCode {
     let code = err.exit_code();
-    if launch.size > 1 {
-        eprintln!("minibatch: rank {} of {}: {err}", launch.rank, launch.size);
-        // Every rank stops at the same step on Ctrl-C; nobody is left waiting.
-        #[cfg(feature = "mpi")]
-        if !matches!(err, minibatch::Error::Interrupted { .. }) {
-            minibatch::cluster::mpi::abort(i32::from(code));
-        }
-    } else {
+    if launch.size <= 1 {
         eprintln!("minibatch: {err}");
+        return ExitCode::from(code);
+    }
+    // Every rank meets these at the same step (the gathered loss is the same everywhere, and
+    // stops are agreed): rank 0 reports them and every rank exits normally.
+    let every_rank = matches!(
+        err,
+        minibatch::Error::Interrupted { .. } | minibatch::Error::NonFinite { .. }
+    );
+    if !every_rank || launch.rank == 0 {
+        eprintln!("minibatch: rank {} of {}: {err}", launch.rank, launch.size);
+    }
+    #[cfg(feature = "mpi")]
+    if !every_rank {
+        minibatch::cluster::mpi::abort(i32::from(code));
     }
     ExitCode::from(code)
 }
@@ -111,6 +118,15 @@ impl Launch {
         {
             let (universe, mpi) = minibatch::cluster::mpi::init()?;
             use minibatch::cluster::Collective;
+            if mpi.size() > 1 {
+                // A panicking rank would otherwise wait in MPI_Finalize for ranks that wait
+                // for it in the next collective: end the whole job instead.
+                let report = std::panic::take_hook();
+                std::panic::set_hook(Box::new(move |info| {
+                    report(info);
+                    minibatch::cluster::mpi::abort(101);
+                }));
+            }
             let launch = Launch {
                 rank: mpi.rank(),
                 size: mpi.size(),

@@ -68,6 +68,9 @@ pub struct RunReport {
     pub steps: u64,
     pub examples: u64,
     pub seconds: f64,
+    /// The run ended before its last step because the observer asked it to (across ranks:
+    /// any rank's observer).
+    pub stopped: bool,
 }
 
 /// Where a running `fit` reports to.
@@ -528,6 +531,7 @@ impl<M: Model> Trainer<M> {
             }
         }
         Ok(RunReport {
+            stopped,
             steps: self.steps_taken,
             examples: reports.iter().map(|r| r.train.rows).sum(),
             seconds: run_start.elapsed().as_secs_f64(),

@@ -273,3 +273,101 @@ fn commands_other_than_train_refuse_to_run_on_several_ranks() {
         "{stderr}"
     );
 }
+
+#[test]
+fn ctrl_c_seen_by_one_rank_stops_every_rank_with_a_checkpoint_that_resumes_exactly() {
+    let dir = temp_dir("mpi-sigint");
+    // 1,400 rows, B = 100: 14 steps per epoch; long enough to interrupt.
+    let config = dir.join("long.toml");
+    std::fs::write(
+        &config,
+        "seed = 5\n[data]\nsynthetic = \"teacher\"\nn = 1400\n[model]\nkind = \"mlp\"\nhidden = [24]\n\
+         [train]\nepochs = 100000\nbatch_size = 100\nshard_rows = 8\nlr = 0.01\noptimizer = \"adam\"\n",
+    )
+    .unwrap();
+    let checkpoints = dir.join("ck");
+    let mark = format!("MINIBATCH_TEST_JOB=sigint-{}", std::process::id());
+    let (key, value) = mark.split_once('=').unwrap();
+    let job = mpirun(2)
+        .args(["train", "-q", "--threads", "1", "--config"])
+        .arg(&config)
+        .arg("--checkpoint")
+        .arg(&checkpoints)
+        .args(["--checkpoint-every", "5"])
+        .env(key, value)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let victim = loop {
+        let written = std::fs::read_dir(&checkpoints).map_or(0, |d| d.count());
+        if written >= 1
+            && let Some(pid) = find_process([&mark, "OMPI_COMM_WORLD_RANK=1"])
+        {
+            break pid;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no checkpoint within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &victim.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = job.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("rank 0 of 2: interrupted"), "{stderr}");
+    assert!(
+        !stderr.contains("rank 1 of 2"),
+        "only rank 0 reports: {stderr}"
+    );
+    // The checkpoint rank 0 wrote resumes, on 3 ranks, to the bytes of an uninterrupted run
+    // (cut at the end of the next epoch, so the test stays short).
+    let path = stderr
+        .split("checkpoint written to ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .map(PathBuf::from)
+        .expect("the message names the checkpoint");
+    let step: usize = path
+        .file_name()
+        .and_then(|n| {
+            n.to_str()?
+                .strip_prefix("step-")?
+                .strip_suffix(".safetensors")?
+                .parse()
+                .ok()
+        })
+        .expect("a step-N checkpoint");
+    let epochs = (step / 14 + 1).to_string();
+    let reference = dir.join("reference.safetensors");
+    check(
+        Command::new(BIN)
+            .args(["train", "-q", "--config"])
+            .arg(&config)
+            .args(["--epochs", &epochs, "--save"])
+            .arg(&reference)
+            .output()
+            .unwrap(),
+        "reference run",
+    );
+    let resumed = dir.join("resumed.safetensors");
+    check(
+        mpirun(3)
+            .args(["train", "-q", "--resume"])
+            .arg(&path)
+            .args(["--epochs", &epochs, "--save"])
+            .arg(&resumed)
+            .output()
+            .unwrap(),
+        "resume on 3 ranks",
+    );
+    assert!(std::fs::read(&resumed).unwrap() == std::fs::read(&reference).unwrap());
+}

@@ -139,7 +139,7 @@ impl Exchange {
             Reduction::Exact => (rank_nodes * n_params, max_nodes * widest),
             Reduction::Fast => (n_params, 0),
         };
-        if send_len.max(parts_len) > i32::MAX as usize {
+        if send_len.max(parts_len).max(max_shards * SHARD_STATS) > i32::MAX as usize {
             return Err(Error::config(
                 "model",
                 format!(
@@ -371,11 +371,14 @@ pub fn tree_nodes(shards: Range<usize>, n: usize, out: &mut Vec<Node>) {
 }
 
 /// The process count an MPI launcher announced in the environment, if this process was
-/// started by one (Open MPI's mpirun, or a PMI launcher such as MPICH's Hydra).
+/// started by one: Open MPI's mpirun, a PMI launcher (MPICH's Hydra), MVAPICH, or a PMIx
+/// launcher such as `srun --mpi=pmix` (whose count is Slurm's task count).
 pub fn launcher_size() -> Option<usize> {
-    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE"]
+    let var = |key: &str| std::env::var(key).ok()?.parse::<usize>().ok();
+    ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"]
         .iter()
-        .find_map(|key| std::env::var(key).ok()?.parse().ok())
+        .find_map(|key| var(key))
+        .or_else(|| std::env::var_os("PMIX_RANK").map(|_| var("SLURM_STEP_NUM_TASKS").unwrap_or(2)))
 }
 
 /// The default `train.threads`: every core this process may run on. When several ranks of a
@@ -390,12 +393,9 @@ pub fn default_threads() -> NonZeroUsize {
         .find_map(|key| std::env::var(key).ok()?.parse().ok())
         .unwrap_or(1usize)
         .max(1);
-    let threads = if allowed < online {
-        allowed
-    } else {
-        allowed / local_ranks
-    };
-    NonZeroUsize::new(threads).unwrap_or(NonZeroUsize::MIN)
+    // Bound to cores of its own, a rank uses those; bound to a set it shares (a socket), or
+    // not bound, it takes its share of the machine.
+    NonZeroUsize::new(allowed.min(online / local_ranks)).unwrap_or(NonZeroUsize::MIN)
 }
 
 #[cfg(test)]

@@ -126,6 +126,29 @@ pub fn train(
     if let Some(err) = output.failure.take() {
         return Err(err);
     }
+    if output.interrupted.is_none() && report.stopped {
+        // Across ranks: another rank saw Ctrl-C (or this one, not the leader), and every
+        // rank stopped after the same step. Rank 0 writes the checkpoint.
+        let state = TrainState {
+            params: trainer.params(),
+            optimizer: trainer.optimizer(),
+            position: trainer.position(),
+            steps: report.steps,
+        };
+        let checkpoint = if leader {
+            let policy = output
+                .checkpoints
+                .get_or_insert_with(CheckpointPolicy::interrupted);
+            policy.write(&state)?
+        } else {
+            PathBuf::new()
+        };
+        output.interrupted = Some(minibatch::Error::Interrupted {
+            checkpoint,
+            epoch: state.position.epoch + 1,
+            step: state.steps,
+        });
+    }
     if let Some(interrupted) = output.interrupted.take() {
         return Err(interrupted);
     }
