@@ -26,7 +26,7 @@ use rand::rngs::StdRng;
 use rayon::prelude::*;
 use tracing::{debug_span, info, info_span, trace_span};
 
-use crate::cluster::{Collective, Exchange, Reduction, SHARD_STATS};
+use crate::cluster::{Collective, Exchange, Reduction, SHARD_STATS, shards_of_rank};
 use crate::config::TrainConfig;
 use crate::data::{Dataset, mix};
 use crate::error::{Error, Result};
@@ -252,8 +252,10 @@ impl<M: Model> Trainer<M> {
     }
 
     /// Trains as one rank of `comm` from now on: each step computes this rank's run of the
-    /// batch's shards and combines it with the other ranks' (see `cluster`). With
-    /// `Reduction::Exact` the parameters are the same bits as a single process's.
+    /// batch's shards and combines it with the other ranks' (see `cluster`), and evaluation
+    /// splits its blocks among the ranks; so every rank must call `fit`, `step` and
+    /// `evaluate` alike. With `Reduction::Exact` the parameters are the same bits as a
+    /// single process's.
     pub fn join(&mut self, comm: Box<dyn Collective>, reduction: Reduction) -> Result<()> {
         if comm.size() <= 1 {
             self.exchange = None;
@@ -735,10 +737,20 @@ impl<M: Model> Trainer<M> {
         };
         self.model.prepare(&self.params, &mut self.shared, usage);
         let (model, params, shared) = (&self.model, &self.params[..], &self.shared);
+        // Across ranks each evaluates a run of the blocks, and the blocks' stats are gathered
+        // (when their count fits one MPI message; else every rank evaluates them all).
+        let split = self
+            .exchange
+            .as_ref()
+            .filter(|_| i32::try_from(n_blocks * 3).is_ok());
+        let mine = split.map_or(0..n_blocks, |x| {
+            shards_of_rank(n_blocks, x.rank(), x.size())
+        });
         let mut total = Stats::default();
+        let mut per_block = Vec::new();
         let n_slots = self.slots.len();
-        for round_start in (0..n_blocks).step_by(n_slots) {
-            let round_blocks = (n_blocks - round_start).min(n_slots);
+        for round_start in mine.clone().step_by(n_slots) {
+            let round_blocks = (mine.end - round_start).min(n_slots);
             self.slots[..round_blocks]
                 .par_iter_mut()
                 .enumerate()
@@ -748,7 +760,16 @@ impl<M: Model> Trainer<M> {
                     slot.stats = model.loss_sum(params, shared, batch, &mut slot.ws);
                 });
             for slot in &self.slots[..round_blocks] {
-                total.add(&slot.stats);
+                match split {
+                    Some(_) => per_block.push(slot.stats),
+                    None => total.add(&slot.stats),
+                }
+            }
+        }
+        if let Some(exchange) = split {
+            // Summed in block order, as one process sums them.
+            for stats in exchange.gather_block_stats(&per_block, n_blocks) {
+                total.add(&stats);
             }
         }
         total

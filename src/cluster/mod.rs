@@ -26,6 +26,7 @@ use ndarray::ArrayViewMut2;
 use tracing::trace_span;
 
 use crate::error::{Error, Result};
+use crate::model::Stats;
 use crate::reduce::{CombineSchedule, combine_nodes, reduce_nodes, tree_reduce};
 
 /// How the ranks' gradients are combined.
@@ -301,6 +302,28 @@ impl Exchange {
             }
         }
         &self.total
+    }
+
+    /// Every evaluation block's stats, in block order, from this rank's run of the
+    /// `n_blocks` blocks (`shards_of_rank(n_blocks, ..)`); `n_blocks * 3` fits an i32.
+    pub fn gather_block_stats(&self, local: &[Stats], n_blocks: usize) -> Vec<Stats> {
+        let size = self.comm.size();
+        let runs = (0..size).map(|r| shards_of_rank(n_blocks, r, size));
+        let counts: Vec<i32> = runs.clone().map(|run| (run.len() * 3) as i32).collect();
+        let displs: Vec<i32> = runs.map(|run| (run.start * 3) as i32).collect();
+        let send: Vec<f64> = local
+            .iter()
+            .flat_map(|s| [s.loss_sum, s.n_correct as f64, s.rows as f64])
+            .collect();
+        let mut all = vec![0.0f64; n_blocks * 3];
+        self.comm.all_gather_f64(&send, &counts, &displs, &mut all);
+        all.chunks_exact(3)
+            .map(|g| Stats {
+                loss_sum: g[0],
+                n_correct: g[1] as u64,
+                rows: g[2] as u64,
+            })
+            .collect()
     }
 
     /// Whether any rank wants to stop after this step.

@@ -277,3 +277,54 @@ fn a_model_with_fewer_parameters_than_ranks_still_gives_the_same_bits() {
         }
     }
 }
+
+/// Records each epoch's validation stats.
+struct Valid(Vec<minibatch::Stats>);
+
+impl Observer for Valid {
+    fn epoch(&mut self, report: &minibatch::EpochReport) {
+        self.0
+            .push(report.valid.expect("a validation set was given"));
+    }
+}
+
+fn validate(
+    cfg: &Config,
+    train: &Dataset,
+    valid: &Dataset,
+    comm: Option<ThreadRank>,
+) -> Vec<minibatch::Stats> {
+    let mut trainer = Trainer::new(Mlp::new(cfg.model.clone()), train.d(), &cfg.train, 9).unwrap();
+    if let Some(comm) = comm {
+        trainer.join(Box::new(comm), Reduction::Exact).unwrap();
+    }
+    let mut seen = Valid(Vec::new());
+    trainer.fit_observed(train, Some(valid), &mut seen).unwrap();
+    seen.0
+}
+
+#[test]
+fn ranks_split_the_validation_set_and_report_the_single_process_stats() {
+    let (train, valid) = (
+        random_dataset(700, 12, Some(4), 75),
+        random_dataset(333, 12, Some(4), 76),
+    );
+    let cfg = config(CONFIG);
+    let single = validate(&cfg, &train, &valid, None);
+    assert_eq!(single.len(), 2);
+    for size in [2, 3, 5] {
+        let runs: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = ranks(size)
+                .into_iter()
+                .map(|comm| scope.spawn(|| validate(&cfg, &train, &valid, Some(comm))))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for stats in runs {
+            for (a, b) in stats.iter().zip(&single) {
+                assert_eq!(a.loss_sum.to_bits(), b.loss_sum.to_bits(), "{size} ranks");
+                assert_eq!((a.n_correct, a.rows), (b.n_correct, b.rows));
+            }
+        }
+    }
+}
