@@ -3,7 +3,8 @@
 //! give the single process's bits for any rank count (more ranks than shards included), the
 //! fast one nearly the same values, and a stop on one rank must stop every rank at once.
 
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use minibatch::cluster::{Collective, Reduction};
 use minibatch::config::Config;
@@ -13,8 +14,46 @@ use crate::common::{config, random_dataset};
 
 /// What the ranks of one job share: a barrier and one mailbox per rank.
 struct Hub {
-    barrier: Barrier,
+    barrier: Meeting,
     mail: Mutex<Vec<Vec<f64>>>,
+}
+
+/// A barrier that fails the test instead of hanging it when a rank never arrives (because
+/// it panicked, or called other collectives than the rest).
+struct Meeting {
+    size: usize,
+    /// (arrived in this round, round number)
+    state: Mutex<(usize, u64)>,
+    all_here: Condvar,
+}
+
+impl Meeting {
+    fn new(size: usize) -> Self {
+        Meeting {
+            size,
+            state: Mutex::new((0, 0)),
+            all_here: Condvar::new(),
+        }
+    }
+
+    fn wait(&self) {
+        let mut state = self.state.lock().unwrap();
+        let round = state.1;
+        state.0 += 1;
+        if state.0 == self.size {
+            *state = (0, round + 1);
+            self.all_here.notify_all();
+            return;
+        }
+        let (state, timeout) = self
+            .all_here
+            .wait_timeout_while(state, Duration::from_secs(60), |s| s.1 == round)
+            .unwrap();
+        assert!(
+            !timeout.timed_out() || state.1 != round,
+            "a rank never reached the collective"
+        );
+    }
 }
 
 struct ThreadRank {
@@ -119,7 +158,7 @@ impl Collective for ThreadRank {
 
 fn ranks(size: usize) -> Vec<ThreadRank> {
     let hub = Arc::new(Hub {
-        barrier: Barrier::new(size),
+        barrier: Meeting::new(size),
         mail: Mutex::new(vec![Vec::new(); size]),
     });
     (0..size)
