@@ -160,30 +160,26 @@ fn find_process(marks: [&str; 2]) -> Option<u32> {
     None
 }
 
-#[test]
-fn killing_a_rank_ends_the_job_naming_it_and_leaves_the_checkpoints_readable() {
-    let dir = temp_dir("mpi-kill");
-    let config = write_config(&dir, "sgd", 100_000);
-    let checkpoints = dir.join("ck");
-    let mark = format!("MINIBATCH_TEST_JOB=kill-{}", std::process::id());
+/// Starts `config` on 2 ranks (1 thread each) checkpointing into `checkpoints` every 5
+/// steps, waits for the first checkpoints, sends `signal` to rank 1 and returns the job's
+/// output.
+fn signal_rank_1(name: &str, config: &Path, checkpoints: &Path, signal: &str) -> Output {
+    let mark = format!("MINIBATCH_TEST_JOB={name}-{}", std::process::id());
+    let (key, value) = mark.split_once('=').unwrap();
     let job = mpirun(2)
         .args(["train", "-q", "--threads", "1", "--config"])
-        .arg(&config)
+        .arg(config)
         .arg("--checkpoint")
-        .arg(&checkpoints)
+        .arg(checkpoints)
         .args(["--checkpoint-every", "5"])
-        .env(
-            mark.split_once('=').unwrap().0,
-            mark.split_once('=').unwrap().1,
-        )
+        .env(key, value)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait for checkpoints, then kill rank 1.
     let start = Instant::now();
-    let victim = loop {
-        let written = std::fs::read_dir(&checkpoints).map_or(0, |d| d.count());
+    let rank_1 = loop {
+        let written = std::fs::read_dir(checkpoints).map_or(0, |d| d.count());
         if written >= 2
             && let Some(pid) = find_process([&mark, "OMPI_COMM_WORLD_RANK=1"])
         {
@@ -195,14 +191,19 @@ fn killing_a_rank_ends_the_job_naming_it_and_leaves_the_checkpoints_readable() {
         );
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(
-        Command::new("kill")
-            .args(["-9", &victim.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let out = job.wait_with_output().unwrap();
+    let kill = Command::new("kill")
+        .args([signal, &rank_1.to_string()])
+        .status();
+    assert!(kill.unwrap().success());
+    job.wait_with_output().unwrap()
+}
+
+#[test]
+fn killing_a_rank_ends_the_job_naming_it_and_leaves_the_checkpoints_readable() {
+    let dir = temp_dir("mpi-kill");
+    let config = write_config(&dir, "sgd", 100_000);
+    let checkpoints = dir.join("ck");
+    let out = signal_rank_1("kill", &config, &checkpoints, "-9");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the job went on without rank 1");
     assert!(
@@ -286,41 +287,7 @@ fn ctrl_c_seen_by_one_rank_stops_every_rank_with_a_checkpoint_that_resumes_exact
     )
     .unwrap();
     let checkpoints = dir.join("ck");
-    let mark = format!("MINIBATCH_TEST_JOB=sigint-{}", std::process::id());
-    let (key, value) = mark.split_once('=').unwrap();
-    let job = mpirun(2)
-        .args(["train", "-q", "--threads", "1", "--config"])
-        .arg(&config)
-        .arg("--checkpoint")
-        .arg(&checkpoints)
-        .args(["--checkpoint-every", "5"])
-        .env(key, value)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    let victim = loop {
-        let written = std::fs::read_dir(&checkpoints).map_or(0, |d| d.count());
-        if written >= 1
-            && let Some(pid) = find_process([&mark, "OMPI_COMM_WORLD_RANK=1"])
-        {
-            break pid;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no checkpoint within a minute"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    assert!(
-        Command::new("kill")
-            .args(["-INT", &victim.to_string()])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let out = job.wait_with_output().unwrap();
+    let out = signal_rank_1("sigint", &config, &checkpoints, "-INT");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("rank 0 of 2: interrupted"), "{stderr}");
