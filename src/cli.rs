@@ -244,8 +244,8 @@ pub struct TrainArgs {
     /// Across MPI ranks (`mpirun -n R minibatch train ...`, with a build that has the `mpi`
     /// feature): how the ranks' gradients meet. `exact` (default) follows the single-process
     /// tree, so the parameters are the same bits for any rank and thread count; `fast` sums
-    /// each rank's shards and calls MPI's all-reduce (less traffic, summation order left to
-    /// the MPI library).
+    /// each rank's shards and calls MPI's all-reduce (one collective instead of two, the
+    /// summation order left to the MPI library).
     #[arg(long, value_name = "exact|fast")]
     pub reduction: Option<minibatch::cluster::Reduction>,
 }

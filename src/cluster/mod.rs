@@ -36,7 +36,8 @@ pub enum Reduction {
     #[default]
     Exact,
     /// Each rank sums its shards, then MPI's all-reduce adds the ranks' sums in an order of
-    /// the library's choosing: less traffic, bits that may change with the rank count.
+    /// the library's choosing: one collective instead of two, about the same traffic, bits
+    /// that may change with the rank count.
     Fast,
 }
 
