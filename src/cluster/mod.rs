@@ -192,11 +192,14 @@ impl Exchange {
         let (rank, size) = (self.comm.rank(), self.comm.size());
         self.nodes.clear();
         self.n_shards = n_shards;
-        let mut stat_at = 0i32;
+        // Counts fit in i32: `new` checked the largest batch.
+        let my_range = self.range_counts[rank];
+        let (mut stat_at, mut received) = (0i32, 0i32);
         for r in 0..size {
             let run = shards_of_rank(n_shards, r, size);
             let first = self.nodes.len();
             tree_nodes(run.clone(), n_shards, &mut self.nodes);
+            let their_nodes = self.nodes.len() - first;
             if r == rank {
                 self.mine = first..self.nodes.len();
                 self.shards = run.clone();
@@ -204,23 +207,15 @@ impl Exchange {
             self.stat_counts[r] = (run.len() * SHARD_STATS) as i32;
             self.stat_displs[r] = stat_at;
             stat_at += self.stat_counts[r];
+            self.recv_counts[r] = their_nodes as i32 * my_range;
+            self.recv_displs[r] = received;
+            received += self.recv_counts[r];
         }
-        // Counts fit in i32: `new` checked the largest batch.
-        let my_range = self.range_counts[rank];
-        let (mut sent, mut received) = (0i32, 0i32);
+        let mut sent = 0i32;
         for q in 0..size {
             self.send_counts[q] = self.mine.len() as i32 * self.range_counts[q];
             self.send_displs[q] = sent;
             sent += self.send_counts[q];
-            let theirs = shards_of_rank(n_shards, q, size);
-            let their_nodes = self
-                .nodes
-                .iter()
-                .filter(|n| theirs.contains(&n.start))
-                .count();
-            self.recv_counts[q] = their_nodes as i32 * my_range;
-            self.recv_displs[q] = received;
-            received += self.recv_counts[q];
         }
         self.shards.clone()
     }
