@@ -4,7 +4,10 @@
 //! C (m x n, row-major) += A (m x k) B (k x n), where A and B may have any strides (so
 //! transposes cost nothing). Classic blocking: for each block of `KC` along k, B is packed
 //! into column panels `NR` wide and A into row panels `MR` high, zero-padded at the edges,
-//! and a register-tiled microkernel adds each `MR x NR` tile of the product into C.
+//! and a register-tiled microkernel adds each `MR x NR` tile of the product into C. Operands
+//! whose layout the kernel can stream already are read in place instead (A with contiguous
+//! rows, B with contiguous rows and whole panels): the training shapes are small enough
+//! that a copy costs more than it saves.
 //!
 //! Three microkernels: AVX-512 (tile 8 x 32, two zmm per row), AVX2 + FMA (6 x 16), both
 //! written with `std::arch` intrinsics, and a portable one; the widest the CPU supports is
@@ -335,6 +338,46 @@ struct Tile {
     overwrite: bool,
 }
 
+/// Where a microkernel reads A: `at(i, kk)` is the value of the panel's row i at step kk.
+trait Lhs: Copy {
+    /// # Safety
+    /// `i < MR` and `kk < kc` of the call the value is read in.
+    unsafe fn at(self, i: usize, kk: usize) -> f32;
+}
+
+/// A panel as `pack` writes it: the `width` (= MR) values of each step together.
+#[derive(Clone, Copy)]
+struct PackedA {
+    ptr: *const f32,
+    width: usize,
+}
+
+impl Lhs for PackedA {
+    #[inline(always)]
+    unsafe fn at(self, i: usize, kk: usize) -> f32 {
+        unsafe { *self.ptr.add(kk * self.width + i) }
+    }
+}
+
+/// The most rows of any kernel's tile.
+const MAX_MR: usize = 8;
+
+/// A read where it lies: row i starts at `rows[i]` and its steps are `step` apart. Rows past
+/// a partial panel's last repeat the last, so the kernel reads nothing out of bounds (and
+/// stores none of their results).
+#[derive(Clone, Copy)]
+struct StridedA {
+    rows: [*const f32; MAX_MR],
+    step: usize,
+}
+
+impl Lhs for StridedA {
+    #[inline(always)]
+    unsafe fn at(self, i: usize, kk: usize) -> f32 {
+        unsafe { *self.rows[i].add(kk * self.step) }
+    }
+}
+
 /// A register-tiled microkernel: C[..mr, ..nr] += (packed A panel) (B panel) over `kc`
 /// steps, A laid out as `pack` writes it (`MR` values per step) and B's `NR` values of step
 /// kk at `b + kk * b_rs` (`b_rs = NR` when packed, B's row stride when read in place).
@@ -346,7 +389,7 @@ trait Microkernel {
     /// readable, even when `nr < NR`); C has `mr <= MR` rows of `nr <= NR`
     /// writable values, `ldc` apart; the CPU has the kernel's instruction set. With
     /// `overwrite` the tile is stored without reading C.
-    unsafe fn run(kc: usize, a: *const f32, b: *const f32, b_rs: usize, tile: Tile);
+    unsafe fn run<A: Lhs>(kc: usize, a: A, b: *const f32, b_rs: usize, tile: Tile);
 
     /// `pack` with W = MR (A panels) and W = NR (B panels).
     unsafe fn pack_a(
@@ -412,7 +455,7 @@ impl Microkernel for Avx512 {
     packers!(8, 32);
 
     #[inline(always)]
-    unsafe fn run(kc: usize, a: *const f32, b: *const f32, b_rs: usize, tile: Tile) {
+    unsafe fn run<A: Lhs>(kc: usize, a: A, b: *const f32, b_rs: usize, tile: Tile) {
         let Tile {
             c,
             ldc,
@@ -426,9 +469,8 @@ impl Microkernel for Avx512 {
             for kk in 0..kc {
                 let b0 = _mm512_loadu_ps(b.add(kk * b_rs));
                 let b1 = _mm512_loadu_ps(b.add(kk * b_rs + 16));
-                let a_k = a.add(kk * 8);
                 for (i, acc_row) in acc.iter_mut().enumerate() {
-                    let ai = _mm512_set1_ps(*a_k.add(i));
+                    let ai = _mm512_set1_ps(a.at(i, kk));
                     acc_row[0] = _mm512_fmadd_ps(ai, b0, acc_row[0]);
                     acc_row[1] = _mm512_fmadd_ps(ai, b1, acc_row[1]);
                 }
@@ -478,7 +520,7 @@ impl Microkernel for Avx2 {
     packers!(6, 16);
 
     #[inline(always)]
-    unsafe fn run(kc: usize, a: *const f32, b: *const f32, b_rs: usize, tile: Tile) {
+    unsafe fn run<A: Lhs>(kc: usize, a: A, b: *const f32, b_rs: usize, tile: Tile) {
         let Tile {
             c,
             ldc,
@@ -492,9 +534,8 @@ impl Microkernel for Avx2 {
             for kk in 0..kc {
                 let b0 = _mm256_loadu_ps(b.add(kk * b_rs));
                 let b1 = _mm256_loadu_ps(b.add(kk * b_rs + 8));
-                let a_k = a.add(kk * 6);
                 for (i, acc_row) in acc.iter_mut().enumerate() {
-                    let ai = _mm256_set1_ps(*a_k.add(i));
+                    let ai = _mm256_set1_ps(a.at(i, kk));
                     acc_row[0] = _mm256_fmadd_ps(ai, b0, acc_row[0]);
                     acc_row[1] = _mm256_fmadd_ps(ai, b1, acc_row[1]);
                 }
@@ -521,7 +562,7 @@ impl Microkernel for Scalar {
     packers!(4, 8);
 
     #[inline(always)]
-    unsafe fn run(kc: usize, a: *const f32, b: *const f32, b_rs: usize, tile: Tile) {
+    unsafe fn run<A: Lhs>(kc: usize, a: A, b: *const f32, b_rs: usize, tile: Tile) {
         let Tile {
             c,
             ldc,
@@ -532,7 +573,7 @@ impl Microkernel for Scalar {
         let mut acc = [[0.0f32; 8]; 4];
         for kk in 0..kc {
             for (i, acc_row) in acc.iter_mut().enumerate() {
-                let ai = unsafe { *a.add(kk * 4 + i) };
+                let ai = unsafe { a.at(i, kk) };
                 for (j, v) in acc_row.iter_mut().enumerate() {
                     *v += ai * unsafe { *b.add(kk * b_rs + j) };
                 }
@@ -555,7 +596,10 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
     let n_panels = s.n.div_ceil(nr_full);
     let kc_max = KC.min(s.k);
     let mc_max = MC.min(s.m);
-    grow(&mut scratch.a, mc_max.div_ceil(mr_full) * mr_full * kc_max);
+    let a_in_place = a_in_place(s.a_cs);
+    if !a_in_place {
+        grow(&mut scratch.a, mc_max.div_ceil(mr_full) * mr_full * kc_max);
+    }
     // B with contiguous rows and whole panels is read where it lies: packing it would copy
     // every weight once per product (see `PackedB::pack`).
     let in_place = matches!(s.b, Rhs::View { cs: 1, .. }) && s.n.is_multiple_of(nr_full);
@@ -582,13 +626,24 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
         while m0 < s.m {
             let mc = MC.min(s.m - m0);
             let a_block = unsafe { s.a.add(m0 * s.a_rs) };
-            unsafe { K::pack_a(&mut scratch.a, a_block, s.a_rs, s.a_cs, mc, k0, kc) };
+            if !a_in_place {
+                unsafe { K::pack_a(&mut scratch.a, a_block, s.a_rs, s.a_cs, mc, k0, kc) };
+            }
             for q in 0..n_panels {
                 let b_panel = unsafe { b_block.add(q * panel_step) };
                 let nr = nr_full.min(s.n - q * nr_full);
                 for p in 0..mc.div_ceil(mr_full) {
-                    let a_panel = scratch.a[p * mr_full * kc..].as_ptr();
                     let mr = mr_full.min(mc - p * mr_full);
+                    let a_panel = PackedA {
+                        ptr: scratch.a.as_ptr().wrapping_add(p * mr_full * kc),
+                        width: mr_full,
+                    };
+                    let a_rows = StridedA {
+                        rows: std::array::from_fn(|i| unsafe {
+                            a_block.add((p * mr_full + i.min(mr - 1)) * s.a_rs + k0 * s.a_cs)
+                        }),
+                        step: s.a_cs,
+                    };
                     unsafe {
                         let c = s.c.add((m0 + p * mr_full) * s.ldc + q * nr_full);
                         let tile = Tile {
@@ -599,10 +654,11 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
                             overwrite: s.overwrite && k0 == 0,
                         };
                         // Packed panels get their stride as a constant, for the addressing.
-                        if b_rs == nr_full {
-                            K::run(kc, a_panel, b_panel, K::NR, tile);
-                        } else {
-                            K::run(kc, a_panel, b_panel, b_rs, tile);
+                        match (a_in_place, b_rs == nr_full) {
+                            (false, true) => K::run(kc, a_panel, b_panel, K::NR, tile),
+                            (false, false) => K::run(kc, a_panel, b_panel, b_rs, tile),
+                            (true, true) => K::run(kc, a_rows, b_panel, K::NR, tile),
+                            (true, false) => K::run(kc, a_rows, b_panel, b_rs, tile),
                         }
                     }
                 }
@@ -611,6 +667,16 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
         }
         k0 += kc;
     }
+}
+
+/// A with contiguous rows is read where it lies: the kernel broadcasts from MR row streams
+/// that the prefetchers follow, and packing would copy every value once more. Measured on
+/// the W1 shard products (64 rows, one thread): forward 784 -> 256 160 -> 176-182 GFLOP/s,
+/// 256 -> 256 163 -> 177-192, the input gradients 166 -> 180-189. A transposed A (the
+/// weight gradients' X^T) is still packed: read in place, every step touched another line
+/// of X, and those products got 5-10% slower.
+fn a_in_place(a_cs: usize) -> bool {
+    a_cs == 1
 }
 
 fn grow(buf: &mut Vec<f32>, len: usize) {
@@ -697,14 +763,19 @@ mod tests {
             (64, 20, 10),
             (20, 300, 64),
             (9, 513, 96),
+            (300, 70, 40),
         ] {
             let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 - 5.0);
             let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j) % 13) as f32 * 0.25 - 1.0);
             let at = a.t().to_owned();
             let bt = b.t().to_owned();
+            // A whose rows are further apart than their length (read in place all the same).
+            let mut wide = Array2::zeros((m, k + 5));
+            wide.slice_mut(ndarray::s![.., ..k]).assign(&a);
             let want = naive(a.view(), b.view());
             for (a_view, b_view) in [
                 (a.view(), b.view()),
+                (wide.slice(ndarray::s![.., ..k]), b.view()),
                 (at.t(), b.view()),
                 (a.view(), bt.t()),
                 (at.t(), bt.t()),
