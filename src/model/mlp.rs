@@ -15,7 +15,7 @@ use ndarray_rand::rand_distr::Normal;
 use rand::rngs::StdRng;
 use rayon::prelude::*;
 
-use super::gemm::{GemmScratch, PackedB};
+use super::gemm::{B_IN_PLACE_MAX_ROWS, GemmScratch, PackedB};
 use super::kernels::{
     activate, activation_backward, affine, affine_grad, affine_input_grad, axpy_rows, dot,
     dot_rows, head_loss, scalar_head,
@@ -451,17 +451,16 @@ impl Model for Mlp {
     }
 
     /// Packs every layer's weights for the matrix kernel (w for the forward products, w^T
-    /// for the input gradients), except that with at most `IN_PLACE_ROWS` rows per shard the
+    /// for the input gradients), except that with at most `B_IN_PLACE_MAX_ROWS` rows per shard the
     /// forward products read w where it lies: the copy would cost more than it saves (W1:
     /// B = 32 65,000-67,000 -> 74,000-76,000 examples/s; at 64 rows and more the packed
     /// products win, by 3-10% at B = 128).
     fn prepare(&self, params: &[f32], shared: &mut MlpShared, usage: Usage) {
-        const IN_PLACE_ROWS: usize = 32;
         if self.is_single_output_linear() {
             return;
         }
         let MlpShared { w, wt } = shared;
-        let (parallel, in_place) = (usage.parallel, usage.rows <= IN_PLACE_ROWS);
+        let (parallel, in_place) = (usage.parallel, usage.rows <= B_IN_PLACE_MAX_ROWS);
         let forward = |(l, packed): (usize, &mut PackedB)| {
             let matrix = self.layout.matrix(self.layers[l].0, params);
             packed.pack(matrix, parallel, in_place);
