@@ -35,7 +35,7 @@ use crate::noise::{NoiseScale, squared_norm};
 use crate::optim::{Optimizer, OptimizerState};
 use crate::reduce::{REDUCE_CHUNK, squared_norm_chunked, tree_reduce, tree_reduce_with_norm};
 use crate::sampler::{Sampler, Sampling, default_steps_per_epoch};
-use crate::shard::{n_shards, shard_range};
+use crate::shard::{ShardQueue, n_shards, shard_range};
 
 /// What one epoch did, handed to `fit`'s callback.
 #[derive(Debug, Clone, PartialEq)]
@@ -606,7 +606,7 @@ impl<M: Model> Trainer<M> {
                 .is_some_and(|n| self.steps_taken.is_multiple_of(n.period));
         let grads = self.grads.as_slice_mut().expect("grads are contiguous");
         let first = mine.start;
-        let shard = |(local, (grad, slot)): (usize, (&mut [f32], &mut ShardSlot<M::Workspace>))| {
+        let shard = |local: usize, grad: &mut [f32], slot: &mut ShardSlot<M::Workspace>| {
             let shard_idx = first + local;
             let range = shard_range(shard_idx, batch_len, shard_rows);
             let _shard =
@@ -618,21 +618,10 @@ impl<M: Model> Trainer<M> {
             }
         };
         let shards_span = trace_span!("shards", n_shards = n_local).entered();
-        if n_local <= 1 || self.cfg.threads.get() == 1 {
-            // Same per-shard function and order of sums, without dispatching to the pool.
-            grads
-                .chunks_mut(n_params)
-                .zip(self.slots.iter_mut())
-                .take(n_local)
-                .enumerate()
-                .for_each(shard);
-        } else {
-            grads
-                .par_chunks_mut(n_params)
-                .zip(self.slots[..n_local].par_iter_mut())
-                .enumerate()
-                .for_each(shard);
-        }
+        let queue = ShardQueue::new(grads, n_params, &mut self.slots[..n_local]);
+        // One shard, or one thread: no dispatch to the pool.
+        let helpers = self.cfg.threads.get().min(n_local).saturating_sub(1);
+        queue.run(helpers, &shard);
         drop(shards_span);
         // The batch's stats and each shard's |gradient|^2, summed in shard order.
         let mut stats = Stats::default();
