@@ -3,6 +3,7 @@
 //! Every flag that overrides a config key is written into the `RawConfig` before validation,
 //! so flag and file values get the same checks and the same messages.
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -191,6 +192,9 @@ pub struct BenchArgs {
     /// memory).
     #[arg(long)]
     pub n: Option<usize>,
+    /// Epochs timed per row; the fastest one counts, since a shared machine slows some.
+    #[arg(long, default_value = "3")]
+    pub epochs: NonZeroUsize,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

@@ -42,6 +42,7 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
         threads: thread_counts,
         shard_rows: args.shard_rows,
         n: args.n,
+        epochs: args.epochs,
     };
     let report = minibatch::bench::run(&plan, |msg| {
         if !quiet {

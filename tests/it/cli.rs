@@ -288,6 +288,7 @@ fn bad_tune_and_bench_options_exit_2_with_the_option_named() {
         (vec!["tune", "--batch-sizes", "0"], "--batch-sizes"),
         (vec!["bench", "--workload", "w9"], "unknown workload `w9`"),
         (vec!["bench", "--threads", "0"], "--threads"),
+        (vec!["bench", "--epochs", "0"], "--epochs"),
         (vec!["scale", "--threads", "0"], "--threads"),
     ] {
         let out = run(&args);
