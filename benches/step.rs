@@ -93,9 +93,10 @@ fn benches(c: &mut Criterion) {
 
 /// The matrix-multiply decision: our packed AVX-512 kernel (weights packed once, as the
 /// trainer does) against ndarray's `general_mat_mul` (the matrixmultiply crate, with its
-/// AVX-512 kernel enabled) on the W1 layer shapes, one thread.
+/// AVX-512 kernel enabled) on the W1 layer shapes, one thread; then the backward products
+/// of a shard. Throughput is in flops: the reports read as GFLOP/s.
 fn matmul(c: &mut Criterion) {
-    use minibatch::model::gemm::{Accumulate, GemmScratch, PackedB, gemm_packed};
+    use minibatch::model::gemm::{Accumulate, GemmScratch, PackedB, gemm, gemm_packed};
     let mut group = c.benchmark_group("matmul");
     for &(m, k, n) in &[
         (64, 784, 256),
@@ -127,6 +128,46 @@ fn matmul(c: &mut Criterion) {
             BenchmarkId::new("ndarray_general_mat_mul", &shape),
             |bench| bench.iter(|| ndarray::linalg::general_mat_mul(1.0, &a, &b, 0.0, &mut out)),
         );
+    }
+    // The backward products of a 64-row shard, as the model calls them: the weight gradient
+    // x^T dz (A transposed: packed; B = dz: packed, past 32 k-steps) and the input gradient
+    // dz w^T (w^T packed once per step).
+    let rows = 64;
+    for &(d_in, d_out) in &[(784, 256), (256, 256)] {
+        let x = Array2::from_shape_fn((rows, d_in), |(i, j)| ((i * 7 + j) % 13) as f32 * 0.1);
+        let dz = Array2::from_shape_fn((rows, d_out), |(i, j)| ((i + j * 3) % 11) as f32 * 0.1);
+        let w = Array2::from_shape_fn((d_in, d_out), |(i, j)| ((i * 5 + j) % 7) as f32 * 0.1);
+        let mut gw = Array2::<f32>::zeros((d_in, d_out));
+        let mut dx = Array2::<f32>::zeros((rows, d_in));
+        let mut wt = PackedB::default();
+        wt.pack(w.t(), true, false);
+        let mut scratch = GemmScratch::default();
+        group.throughput(Throughput::Elements((2 * rows * d_in * d_out) as u64));
+        let shape = format!("{d_in}x{rows}x{d_out}");
+        group.bench_function(BenchmarkId::new("weight_grad", &shape), |bench| {
+            bench.iter(|| {
+                gemm(
+                    x.t(),
+                    dz.view(),
+                    gw.view_mut(),
+                    Accumulate::Overwrite,
+                    &mut scratch,
+                )
+            })
+        });
+        let shape = format!("{rows}x{d_out}x{d_in}");
+        group.bench_function(BenchmarkId::new("input_grad", &shape), |bench| {
+            bench.iter(|| {
+                gemm_packed(
+                    dz.view(),
+                    &wt,
+                    w.t(),
+                    dx.view_mut(),
+                    Accumulate::Overwrite,
+                    &mut scratch,
+                )
+            })
+        });
     }
     group.finish();
 }
