@@ -378,9 +378,9 @@ impl Lhs for StridedA {
     }
 }
 
-/// A register-tiled microkernel: C[..mr, ..nr] += (packed A panel) (B panel) over `kc`
-/// steps, A laid out as `pack` writes it (`MR` values per step) and B's `NR` values of step
-/// kk at `b + kk * b_rs` (`b_rs = NR` when packed, B's row stride when read in place).
+/// A register-tiled microkernel: C[..mr, ..nr] += (A panel) (B panel) over `kc` steps, A
+/// read through `Lhs` (packed or in place) and B's `NR` values of step kk at
+/// `b + kk * b_rs` (`b_rs = NR` when packed, B's row stride when read in place).
 trait Microkernel {
     const MR: usize;
     const NR: usize;
@@ -641,7 +641,7 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
                         ptr: scratch.a.as_ptr().wrapping_add(p * mr_full * kc),
                         width: mr_full,
                     };
-                    let a_rows = StridedA {
+                    let a_rows = || StridedA {
                         rows: std::array::from_fn(|i| unsafe {
                             a_block.add((p * mr_full + i.min(mr - 1)) * s.a_rs + k0 * s.a_cs)
                         }),
@@ -660,8 +660,8 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
                         match (a_in_place, b_rs == nr_full) {
                             (false, true) => K::run(kc, a_panel, b_panel, K::NR, tile),
                             (false, false) => K::run(kc, a_panel, b_panel, b_rs, tile),
-                            (true, true) => K::run(kc, a_rows, b_panel, K::NR, tile),
-                            (true, false) => K::run(kc, a_rows, b_panel, b_rs, tile),
+                            (true, true) => K::run(kc, a_rows(), b_panel, K::NR, tile),
+                            (true, false) => K::run(kc, a_rows(), b_panel, b_rs, tile),
                         }
                     }
                 }
