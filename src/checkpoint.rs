@@ -314,6 +314,23 @@ fn params_from(path: &Path, file: &SafeTensors<'_>, layout: &ParamLayout) -> Res
     Ok(params)
 }
 
+/// Creates `dir` and its parents if missing.
+pub fn create_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| Error::Write {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes each `(file name, bytes)` into `dir` (created if missing) with `write_atomic`:
+/// a report's files are whole or absent, never half-written.
+pub fn write_files_in(dir: &Path, files: &[(&str, &[u8])]) -> Result<()> {
+    create_dir(dir)?;
+    files
+        .iter()
+        .try_for_each(|(name, bytes)| write_atomic(&dir.join(name), bytes))
+}
+
 /// Writes `bytes` to a sibling temporary file, syncs it and renames it over `path`.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let write_err = |source| Error::Write {

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::checkpoint::write_atomic;
+use crate::checkpoint::write_files_in;
 use ndarray::{Array1, Array2};
 use ndarray_rand::rand_distr::{Distribution, StandardNormal};
 use rand::SeedableRng;
@@ -549,10 +549,11 @@ pub fn to_text(d: &Descent, cols: usize, rows: usize) -> String {
 
 /// Writes descent.svg and descent.html into `dir`.
 pub fn write_outputs(dir: &Path, d: &Descent) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Write {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    write_atomic(&dir.join("descent.svg"), to_svg(d).as_bytes())?;
-    write_atomic(&dir.join("descent.html"), to_html(d).as_bytes())
+    write_files_in(
+        dir,
+        &[
+            ("descent.svg", to_svg(d).as_bytes()),
+            ("descent.html", to_html(d).as_bytes()),
+        ],
+    )
 }

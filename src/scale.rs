@@ -13,7 +13,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::bench::{amdahl, karp_flatt};
-use crate::checkpoint::write_atomic;
+use crate::checkpoint::write_files_in;
 use crate::config::RawConfig;
 use crate::data;
 use crate::error::{Error, Result};
@@ -253,10 +253,11 @@ pub fn to_svg(rows: &[ScaleRow]) -> String {
 
 /// Writes `scale.csv` and `scale.svg` into `dir` (created if missing).
 pub fn write_outputs(dir: &Path, rows: &[ScaleRow]) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Write {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    write_atomic(&dir.join("scale.csv"), to_csv(rows).as_bytes())?;
-    write_atomic(&dir.join("scale.svg"), to_svg(rows).as_bytes())
+    write_files_in(
+        dir,
+        &[
+            ("scale.csv", to_csv(rows).as_bytes()),
+            ("scale.svg", to_svg(rows).as_bytes()),
+        ],
+    )
 }

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::checkpoint::write_atomic;
+use crate::checkpoint::write_files_in;
 use crate::config::{Config, RawConfig};
 use crate::data::{self, Dataset};
 use crate::error::{Error, Result};
@@ -635,12 +635,13 @@ pub fn to_svg(report: &TuneReport) -> String {
 
 /// Writes `tune.csv` and `tune.svg` into `dir`.
 pub fn write_outputs(dir: &Path, report: &TuneReport) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Write {
-        path: dir.to_path_buf(),
-        source,
-    })?;
-    write_atomic(&dir.join("tune.csv"), to_csv(report).as_bytes())?;
-    write_atomic(&dir.join("tune.svg"), to_svg(report).as_bytes())
+    write_files_in(
+        dir,
+        &[
+            ("tune.csv", to_csv(report).as_bytes()),
+            ("tune.svg", to_svg(report).as_bytes()),
+        ],
+    )
 }
 
 #[cfg(test)]

@@ -369,10 +369,7 @@ impl CheckpointPolicy {
                 "must be at least 1",
             ));
         }
-        std::fs::create_dir_all(dir).map_err(|source| minibatch::Error::Write {
-            path: dir.clone(),
-            source,
-        })?;
+        minibatch::checkpoint::create_dir(dir)?;
         Ok(Some(CheckpointPolicy {
             dir: dir.clone(),
             every: args.checkpoint_every,
