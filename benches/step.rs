@@ -51,6 +51,7 @@ fn benches(c: &mut Criterion) {
             let usage = minibatch::model::Usage {
                 parallel: true,
                 rows,
+                readers: 1,
             };
             model.prepare(&params, &mut shared, usage);
             let mut grad = vec![0.0f32; n_params];
@@ -109,7 +110,7 @@ fn matmul(c: &mut Criterion) {
         let mut out = Array2::<f32>::zeros((m, n));
         group.throughput(Throughput::Elements((2 * m * k * n) as u64));
         let mut packed = PackedB::default();
-        packed.pack(b.view(), true, false);
+        packed.pack(b.view(), true, false, 1);
         let mut scratch = GemmScratch::default();
         let shape = format!("{m}x{k}x{n}");
         group.bench_function(BenchmarkId::new("own_packed", &shape), |bench| {
@@ -140,7 +141,7 @@ fn matmul(c: &mut Criterion) {
         let mut gw = Array2::<f32>::zeros((d_in, d_out));
         let mut dx = Array2::<f32>::zeros((rows, d_in));
         let mut wt = PackedB::default();
-        wt.pack(w.t(), true, false);
+        wt.pack(w.t(), true, false, 1);
         let mut scratch = GemmScratch::default();
         group.throughput(Throughput::Elements((2 * rows * d_in * d_out) as u64));
         let shape = format!("{d_in}x{rows}x{d_out}");

@@ -595,7 +595,16 @@ impl<M: Model> Trainer<M> {
         {
             let _prepare = trace_span!("prepare").entered();
             let rows = shard_rows.get().min(batch_len);
-            let usage = Usage { parallel, rows };
+            let readers = if parallel {
+                self.cfg.threads.get().min(n_local)
+            } else {
+                1
+            };
+            let usage = Usage {
+                parallel,
+                rows,
+                readers,
+            };
             self.model.prepare(&self.params, &mut self.shared, usage);
         }
         let (model, params, shared) = (&self.model, &self.params[..], &self.shared);
@@ -723,6 +732,7 @@ impl<M: Model> Trainer<M> {
         let usage = Usage {
             parallel: true,
             rows: block_rows,
+            readers: self.cfg.threads.get(),
         };
         self.model.prepare(&self.params, &mut self.shared, usage);
         let (model, params, shared) = (&self.model, &self.params[..], &self.shared);

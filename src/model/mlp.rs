@@ -127,11 +127,15 @@ pub struct Mlp {
 }
 
 /// The weights packed for the matrix kernel, once per step: `w[l]` for the forward product
-/// x w, `wt[l]` (l >= 1) for the backward product dz w^T.
+/// x w, `wt[l]` (l >= 1) for the backward product dz w^T. The forward weights come in a
+/// copy per thread when the model is small (see `PackedB`).
 pub struct MlpShared {
     w: Vec<PackedB>,
     wt: Vec<PackedB>,
 }
+
+/// The most bytes the copies of the forward weights may take together (W1's are 1 MB).
+const COPIES_BUDGET: usize = 64 << 20;
 
 /// Per-shard buffers: `a[l]` holds layer l's output (its pre-activation for the head) and
 /// `dz[l]` its gradient, each `(max_rows, d_{l+1})`; a block uses the first `rows` rows.
@@ -178,6 +182,7 @@ impl Mlp {
         let usage = Usage {
             parallel: true,
             rows,
+            readers: 1,
         };
         self.prepare(params, &mut shared, usage);
         let mut ws = self.workspace(rows);
@@ -461,14 +466,20 @@ impl Model for Mlp {
         }
         let MlpShared { w, wt } = shared;
         let (parallel, in_place) = (usage.parallel, usage.rows <= B_IN_PLACE_MAX_ROWS);
+        let bytes = self.layout.n_params() * size_of::<f32>();
+        let copies = if bytes * usage.readers <= COPIES_BUDGET {
+            usage.readers
+        } else {
+            1
+        };
         let forward = |(l, packed): (usize, &mut PackedB)| {
             let matrix = self.layout.matrix(self.layers[l].0, params);
-            packed.pack(matrix, parallel, in_place);
+            packed.pack(matrix, parallel, in_place, copies);
         };
         let backward = |(l, packed): (usize, &mut PackedB)| {
             if l > 0 {
                 let matrix = self.layout.matrix(self.layers[l].0, params);
-                packed.pack(matrix.t(), parallel, false);
+                packed.pack(matrix.t(), parallel, false, 1);
             }
         };
         if parallel {

@@ -54,6 +54,10 @@ pub struct Usage {
     /// The most rows one shard will pass: for a few rows, copying weights into a layout the
     /// kernel likes costs more than the products save.
     pub rows: usize,
+    /// How many threads will run shards at once: a small model gives each its own copy of
+    /// what every shard reads, since cores reading the same lines at the same time slow
+    /// each other down (see `gemm::PackedB`).
+    pub readers: usize,
 }
 
 /// What the trainer needs from a model. Implement it for your own model: the trainer,

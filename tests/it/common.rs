@@ -84,6 +84,7 @@ pub fn prepared(model: &Mlp, params: &[f32]) -> MlpShared {
     let usage = minibatch::model::Usage {
         parallel: true,
         rows: 64,
+        readers: 2,
     };
     model.prepare(params, &mut shared, usage);
     shared
