@@ -72,13 +72,29 @@ impl<'a, S: Send> ShardQueue<'a, S> {
     /// jobs live on this thread's stack (rayon's join), not in boxes (rayon's spawn).
     pub fn run(&self, helpers: usize, f: &(impl Fn(usize, &mut [f32], &mut S) + Sync)) {
         if helpers == 0 {
+            // One thread: a plain loop. The queue's atomics cost 15% of a B = 1 step on the
+            // linear workload (W3, one thread: 10.7 M -> 11.4-12.0 M steps/s).
+            for i in 0..self.len {
+                // SAFETY: nothing else takes shards from this queue.
+                let (row, slot) = unsafe { self.shard(i) };
+                f(i, row, slot);
+            }
+            return;
+        }
+        self.share(helpers, f);
+    }
+
+    /// `run` with helpers: queues `helpers` jobs that take shards, takes shards on this
+    /// thread too, then waits for the last one.
+    fn share(&self, helpers: usize, f: &(impl Fn(usize, &mut [f32], &mut S) + Sync)) {
+        if helpers == 0 {
             self.take_all(f);
             self.wait();
             return;
         }
         // Every helper job is queued for the other threads to steal before this thread
         // starts on the shards; one that nobody stole finds none left and returns.
-        rayon::join(|| self.run(helpers - 1, f), || self.take_all(f));
+        rayon::join(|| self.share(helpers - 1, f), || self.take_all(f));
     }
 
     /// Runs `f` on shards nobody has taken until none is left.
@@ -91,15 +107,25 @@ impl<'a, S: Send> ShardQueue<'a, S> {
             // Counts the shard as done however `f` ends, so `wait` returns even after a
             // panic (which the enclosing scope then carries on).
             let _done = Done(&self.done);
-            // SAFETY: `i < len` was returned to this thread alone, and row i and slot i lie
-            // inside the borrowed slices (checked in `new`).
-            let (row, slot) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(self.grads.add(i * self.row_len), self.row_len),
-                    &mut *self.slots.add(i),
-                )
-            };
+            // SAFETY: `i < len` was returned to this thread alone.
+            let (row, slot) = unsafe { self.shard(i) };
             f(i, row, slot);
+        }
+    }
+
+    /// Shard i's gradient row and slot.
+    ///
+    /// # Safety
+    /// `i < len`, and no other reference to shard i's row or slot is alive.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn shard(&self, i: usize) -> (&mut [f32], &mut S) {
+        // SAFETY: row i and slot i lie inside the borrowed slices (checked in `new`); the
+        // caller rules out aliases.
+        unsafe {
+            (
+                std::slice::from_raw_parts_mut(self.grads.add(i * self.row_len), self.row_len),
+                &mut *self.slots.add(i),
+            )
         }
     }
 
