@@ -92,39 +92,50 @@ impl PackedB {
         assert!(b.strides().iter().all(|&s| s >= 0), "negative strides");
         let (b_rs, b_cs) = (b.strides()[0] as usize, b.strides()[1] as usize);
         let data = SharedMut(self.data.as_mut_ptr());
-        // The k-blocks are independent: pack them in parallel (on the caller's pool; this
-        // runs once per step, between the parallel phases, and would otherwise be the
-        // largest serial part of a small-batch step). A block's task reads its rows of B once
-        // and copies what it packed into the other copies: no two threads read one line.
-        let pack_block = |block: usize| {
+        // The panels of each k-block are independent: pack them in parallel, a few per task
+        // (on the caller's pool; this runs once per step, between the parallel phases, and
+        // would otherwise be the largest serial part of a small-batch step). A task reads its
+        // part of B once and copies what it packed into the other copies: no two threads
+        // read one line.
+        let groups = n_panels.div_ceil(PANELS_PER_TASK);
+        let pack_part = |task: usize| {
+            let (block, group) = (task / groups, task % groups);
             let k0 = block * KC;
             let kc = KC.min(k - k0);
-            let (at, block_len) = (k0 * n_panels * nr, kc * n_panels * nr);
-            // SAFETY: block `block` of every copy (`block_len` values from `at` within each
-            // copy of `len`) is written by this task alone, inside the buffer grown above.
-            let block_of = |copy: usize| unsafe {
-                std::slice::from_raw_parts_mut(data.get().add(copy * len + at), block_len)
+            let p0 = group * PANELS_PER_TASK;
+            let lines = (n - p0 * nr).min(PANELS_PER_TASK * nr);
+            let (at, part_len) = (
+                k0 * n_panels * nr + p0 * nr * kc,
+                lines.div_ceil(nr) * nr * kc,
+            );
+            // SAFETY: these panels of this block in every copy (`part_len` values from `at`
+            // within each copy of `len`) are written by this task alone, inside the buffer
+            // grown above.
+            let part_of = |copy: usize| unsafe {
+                std::slice::from_raw_parts_mut(data.get().add(copy * len + at), part_len)
             };
-            let first = block_of(0);
-            // SAFETY: `b` is a live view of k x n elements with these strides.
+            let first = part_of(0);
+            // SAFETY: `b` is a live view of k x n elements with these strides, and its lines
+            // from p0 * nr on are `lines` more.
             unsafe {
+                let src = b.as_ptr().add(p0 * nr * b_cs);
                 match Isa::detect() {
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512 => Avx512::pack_b(first, b.as_ptr(), b_cs, b_rs, n, k0, kc),
+                    Isa::Avx512 => Avx512::pack_b(first, src, b_cs, b_rs, lines, k0, kc),
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => Avx2::pack_b(first, b.as_ptr(), b_cs, b_rs, n, k0, kc),
-                    _ => Scalar::pack_b(first, b.as_ptr(), b_cs, b_rs, n, k0, kc),
+                    Isa::Avx2 => Avx2::pack_b(first, src, b_cs, b_rs, lines, k0, kc),
+                    _ => Scalar::pack_b(first, src, b_cs, b_rs, lines, k0, kc),
                 }
             };
             for copy in 1..copies {
-                block_of(copy).copy_from_slice(first);
+                part_of(copy).copy_from_slice(first);
             }
         };
-        let n_blocks = k.div_ceil(KC);
+        let tasks = k.div_ceil(KC) * groups;
         if parallel {
-            (0..n_blocks).into_par_iter().for_each(pack_block);
+            (0..tasks).into_par_iter().for_each(pack_part);
         } else {
-            (0..n_blocks).for_each(pack_block);
+            (0..tasks).for_each(pack_part);
         }
         (self.k, self.n, self.nr, self.copies) = (k, n, nr, copies);
     }
@@ -187,6 +198,10 @@ pub fn gemm_packed(
     };
     gemm_with(a, b.dim(), rhs, c, mode, scratch);
 }
+
+/// Panels of B packed per parallel task by `PackedB::pack`: the W1 model's second layer is
+/// one k-block, whose 8 panels were one task.
+const PANELS_PER_TASK: usize = 2;
 
 /// A buffer whose disjoint parts parallel tasks write (each task's part is argued at its
 /// `unsafe`).
