@@ -73,7 +73,7 @@ impl<'a, S: Send> ShardQueue<'a, S> {
     pub fn run(&self, helpers: usize, f: &(impl Fn(usize, &mut [f32], &mut S) + Sync)) {
         if helpers == 0 {
             // One thread: a plain loop. The queue's atomics cost 15% of a B = 1 step on the
-            // linear workload (W3, one thread: 10.7 M -> 11.4-12.0 M steps/s).
+            // linear workload (W3, one thread: 10.7 M -> 11.3-12.4 M steps/s).
             for i in 0..self.len {
                 // SAFETY: nothing else takes shards from this queue.
                 let (row, slot) = unsafe { self.shard(i) };
