@@ -69,6 +69,12 @@ fn benches(c: &mut Criterion) {
                 })
             });
 
+            // Packing the weights once per step for every shard (W1: a separate phase of
+            // the step, `prepare` in `train --profile`).
+            group.bench_function(BenchmarkId::new("prepare", rows), |b| {
+                b.iter(|| model.prepare(black_box(&params), &mut shared, usage))
+            });
+
             group.throughput(Throughput::Elements(batch_size as u64));
             let n_shards = minibatch::shard::n_shards(batch_size, cfg.train.shard_rows);
             let mut grads = Array2::<f32>::ones((n_shards, n_params));
