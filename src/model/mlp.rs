@@ -466,12 +466,9 @@ impl Model for Mlp {
         }
         let MlpShared { w, wt } = shared;
         let (parallel, in_place) = (usage.parallel, usage.rows <= B_IN_PLACE_MAX_ROWS);
+        // As many copies as fit the budget, up to one per reader (threads share the rest).
         let bytes = self.layout.n_params() * size_of::<f32>();
-        let copies = if bytes * usage.readers <= COPIES_BUDGET {
-            usage.readers
-        } else {
-            1
-        };
+        let copies = (COPIES_BUDGET / bytes.max(1)).clamp(1, usage.readers.max(1));
         let forward = |(l, packed): (usize, &mut PackedB)| {
             let matrix = self.layout.matrix(self.layers[l].0, params);
             packed.pack(matrix, parallel, in_place, copies);
