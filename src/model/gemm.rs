@@ -166,7 +166,7 @@ pub fn gemm(
         rs: b.strides()[0] as usize,
         cs: b.strides()[1] as usize,
     };
-    gemm_with(a, b.dim(), rhs, c, mode, scratch);
+    gemm_with(Isa::detect(), a, b.dim(), rhs, c, mode, scratch);
 }
 
 /// `gemm` with B prepared beforehand by `PackedB::pack`; `source` is the matrix it was
@@ -196,7 +196,7 @@ pub fn gemm_packed(
     } else {
         Rhs::Packed(b.panels())
     };
-    gemm_with(a, b.dim(), rhs, c, mode, scratch);
+    gemm_with(Isa::detect(), a, b.dim(), rhs, c, mode, scratch);
 }
 
 /// Panels of B packed per parallel task by `PackedB::pack`: the W1 model's second layer is
@@ -232,7 +232,10 @@ enum Rhs {
     Packed(*const f32),
 }
 
+/// The product on the kernel of `isa` (which the CPU must have; packed B must be packed for
+/// it).
 fn gemm_with(
+    isa: Isa,
     a: ArrayView2<f32>,
     (k2, n): (usize, usize),
     b: Rhs,
@@ -275,7 +278,7 @@ fn gemm_with(
         if let (Rhs::View { ptr, rs, cs }, true) = (shape.b, small) {
             return small_gemm(&shape, ptr, rs, cs);
         }
-        match Isa::detect() {
+        match isa {
             Isa::Avx512 => gemm_avx512(&shape, scratch),
             Isa::Avx2 => gemm_avx2(&shape, scratch),
             Isa::Baseline => gemm_blocked::<Scalar>(&shape, scratch),
@@ -919,6 +922,47 @@ mod tests {
                     &mut scratch,
                 );
                 assert!((f64::from(c[[m - 1, n - 1]]) - want[[m - 1, n - 1]]).abs() < 1e-3);
+            }
+        }
+    }
+
+    /// The narrower kernels, which this CPU would not pick, against the naive product: a
+    /// binary must be right on a CPU without AVX-512 too.
+    #[test]
+    fn every_kernel_the_cpu_can_run_matches_the_naive_product() {
+        let mut isas = vec![Isa::Baseline];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            isas.push(Isa::Avx2);
+        }
+        let mut scratch = GemmScratch::default();
+        for isa in isas {
+            for &(m, k, n) in &[
+                (7, 3, 5),
+                (17, 300, 33),
+                (9, 513, 70),
+                (300, 70, 40),
+                (64, 40, 256),
+            ] {
+                let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 - 5.0);
+                let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j) % 13) as f32 * 0.25);
+                let (at, bt) = (transposed(&a), transposed(&b));
+                let want = naive(a.view(), b.view());
+                for (a_view, b_view) in [(a.view(), b.view()), (at.t(), bt.t())] {
+                    let mut c = Array2::from_elem((m, n), 1.0f32);
+                    let rhs = Rhs::View {
+                        ptr: b_view.as_ptr(),
+                        rs: b_view.strides()[0] as usize,
+                        cs: b_view.strides()[1] as usize,
+                    };
+                    let mode = Accumulate::Add;
+                    gemm_with(isa, a_view, (k, n), rhs, c.view_mut(), mode, &mut scratch);
+                    for ((i, j), &v) in c.indexed_iter() {
+                        let err = (f64::from(v) - want[[i, j]] - 1.0).abs();
+                        assert!(err < 1e-3, "{isa:?} ({m},{k},{n}) at ({i},{j})");
+                    }
+                }
             }
         }
     }
