@@ -70,7 +70,8 @@ fn benches(c: &mut Criterion) {
             });
 
             // Packing the weights once per step for every shard (W1: a separate phase of
-            // the step, `prepare` in `train --profile`).
+            // the step, `prepare` in `train --profile`), one copy: the trainer's 2-thread
+            // steps also copy them for the second thread.
             group.bench_function(BenchmarkId::new("prepare", rows), |b| {
                 b.iter(|| model.prepare(black_box(&params), &mut shared, usage))
             });

@@ -6,6 +6,7 @@
 //! bit-identical on any number of threads. Which thread computes a shard is decided at run
 //! time by `ShardQueue`, and does not matter.
 
+use std::cell::Cell;
 use std::marker::PhantomData;
 use std::num::NonZeroUsize;
 use std::ops::Range;
@@ -42,11 +43,14 @@ pub struct ShardQueue<'a, S> {
     len: usize,
     next: AtomicUsize,
     done: AtomicUsize,
+    /// Threads that have taken a shard so far: each gets the next number (see `reader`).
+    readers: AtomicUsize,
     _borrows: PhantomData<(&'a mut [f32], &'a mut [S])>,
 }
 
 // SAFETY: each shard's row and slot go to exactly one thread (the one whose `fetch_add`
-// returned its index), so sharing the queue shares no `&mut` between threads.
+// returned its index, or the one `run` call that runs them all alone, which holds the
+// queue mutably), so sharing the queue shares no `&mut` between threads.
 unsafe impl<S: Send> Sync for ShardQueue<'_, S> {}
 
 impl<'a, S: Send> ShardQueue<'a, S> {
@@ -63,6 +67,7 @@ impl<'a, S: Send> ShardQueue<'a, S> {
             len: slots.len(),
             next: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
+            readers: AtomicUsize::new(0),
             _borrows: PhantomData,
         }
     }
@@ -70,12 +75,13 @@ impl<'a, S: Send> ShardQueue<'a, S> {
     /// Runs `f(i, row, slot)` on every shard, on this thread and up to `helpers` others of
     /// the current pool, and returns when all are done. Allocates nothing: the helpers'
     /// jobs live on this thread's stack (rayon's join), not in boxes (rayon's spawn).
-    pub fn run(&self, helpers: usize, f: &(impl Fn(usize, &mut [f32], &mut S) + Sync)) {
+    pub fn run(&mut self, helpers: usize, f: &(impl Fn(usize, &mut [f32], &mut S) + Sync)) {
         if helpers == 0 {
             // One thread: a plain loop. The queue's atomics cost 15% of a B = 1 step on the
             // linear workload (W3, one thread: 10.7 M -> 11.3-12.4 M steps/s).
+            let _reader = Reader::enter(0);
             for i in 0..self.len {
-                // SAFETY: nothing else takes shards from this queue.
+                // SAFETY: `&mut self` rules out any other taker, here or inside `f`.
                 let (row, slot) = unsafe { self.shard(i) };
                 f(i, row, slot);
             }
@@ -99,10 +105,14 @@ impl<'a, S: Send> ShardQueue<'a, S> {
 
     /// Runs `f` on shards nobody has taken until none is left.
     fn take_all(&self, f: &(impl Fn(usize, &mut [f32], &mut S) + Sync)) {
+        let mut reader = None;
         loop {
             let i = self.next.fetch_add(1, Ordering::Relaxed);
             if i >= self.len {
                 return;
+            }
+            if reader.is_none() {
+                reader = Some(Reader::enter(self.readers.fetch_add(1, Ordering::Relaxed)));
             }
             // Counts the shard as done however `f` ends, so `wait` returns even after a
             // panic (which the enclosing scope then carries on).
@@ -144,6 +154,39 @@ impl<'a, S: Send> ShardQueue<'a, S> {
     }
 }
 
+thread_local! {
+    /// This thread's number among those running the current shards, or `usize::MAX`.
+    static READER: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// Which of the threads running the current step's shards the calling thread is: 0, 1, ...
+/// in the order they took their first shard, so that the threads at work have distinct
+/// numbers below the number of shards whatever their places in the pool. Data kept in a copy
+/// per such thread (`gemm::PackedB`) is indexed by it. Outside shards, the pool's thread
+/// index.
+pub fn reader() -> usize {
+    match READER.get() {
+        usize::MAX => rayon::current_thread_index().unwrap_or(0),
+        reader => reader,
+    }
+}
+
+/// Sets this thread's `reader` number until dropped (a panic included).
+struct Reader;
+
+impl Reader {
+    fn enter(number: usize) -> Reader {
+        READER.set(number);
+        Reader
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        READER.set(usize::MAX);
+    }
+}
+
 struct Done<'a>(&'a AtomicUsize);
 
 impl Drop for Done<'_> {
@@ -170,6 +213,40 @@ mod tests {
                 }
                 assert_eq!(next, batch_len);
             }
+        }
+    }
+
+    /// Threads that run shards are numbered 0, 1, ... whatever their places in the pool, one
+    /// number each, and the numbers are gone after the shards.
+    #[test]
+    fn shard_threads_get_distinct_reader_numbers_below_the_shard_count() {
+        use std::sync::Mutex;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        for _ in 0..20 {
+            let (mut grads, mut slots) = (vec![0.0f32; 3 * 2], vec![(); 3]);
+            let seen = Mutex::new(Vec::new());
+            let (before, after) = pool.install(|| {
+                let before = reader();
+                let mut queue = ShardQueue::new(&mut grads, 2, &mut slots);
+                queue.run(3, &|_, _, _| {
+                    let thread = rayon::current_thread_index().unwrap();
+                    seen.lock().unwrap().push((thread, reader()));
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                });
+                (before, reader())
+            });
+            let seen = seen.into_inner().unwrap();
+            assert_eq!(seen.len(), 3);
+            for &(thread, number) in &seen {
+                assert!(number < 3, "reader {number} for 3 shards");
+                for &(other, other_number) in &seen {
+                    assert_eq!(thread == other, number == other_number, "{seen:?}");
+                }
+            }
+            assert_eq!(before, after, "the number outlived the shards");
         }
     }
 }

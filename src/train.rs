@@ -627,7 +627,7 @@ impl<M: Model> Trainer<M> {
             }
         };
         let shards_span = trace_span!("shards", n_shards = n_local).entered();
-        let queue = ShardQueue::new(grads, n_params, &mut self.slots[..n_local]);
+        let mut queue = ShardQueue::new(grads, n_params, &mut self.slots[..n_local]);
         // One shard, or one thread: no dispatch to the pool.
         let helpers = self.cfg.threads.get().min(n_local).saturating_sub(1);
         queue.run(helpers, &shard);

@@ -49,7 +49,7 @@ pub enum Accumulate {
 /// streaming the same packed lines through their caches at the same time slowed each other
 /// down by 15-20%, and the same values in two copies did not. Measured on W1, B = 128
 /// (64-row shards), 2 threads: the forward products of a shard 317 -> 262 us, as fast as on
-/// one thread. Thread i of the pool reads copy i mod copies.
+/// one thread. The threads running a step's shards read one copy each (`shard::reader`).
 #[derive(Debug, Default, Clone)]
 pub struct PackedB {
     /// `copies` copies of the panels, one after the other.
@@ -142,7 +142,7 @@ impl PackedB {
 
     /// The copy the calling thread reads.
     fn panels(&self) -> *const f32 {
-        let copy = rayon::current_thread_index().unwrap_or(0) % self.copies;
+        let copy = crate::shard::reader() % self.copies;
         self.data[copy * self.n.div_ceil(self.nr) * self.nr * self.k..].as_ptr()
     }
 
@@ -754,8 +754,9 @@ fn a_in_place(a_cs: usize) -> bool {
 /// packed once per step, one thread): the step's packing 100 -> 83 us.
 ///
 /// # Safety
-/// Line l (l < W) holds `kc` readable values from `first + l * line_stride`; the CPU has
-/// AVX-512F.
+/// Line l (l < W) holds `kc` readable values from `first + l * line_stride`, with
+/// `line_stride >= 0` and `15 * line_stride` within i32; the panel holds `kc` steps of W
+/// values; the CPU has AVX-512F. W is a multiple of 16 (asserted).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gather_lines_avx512<const W: usize>(
@@ -765,6 +766,7 @@ unsafe fn gather_lines_avx512<const W: usize>(
     kc: usize,
 ) {
     use std::arch::x86_64::*;
+    assert!(W.is_multiple_of(16), "whole vectors of lines");
     let offsets = _mm512_mullo_epi32(
         _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
         _mm512_set1_epi32(line_stride),

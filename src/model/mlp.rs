@@ -480,7 +480,7 @@ impl Model for Mlp {
             }
         };
         if parallel {
-            // Every layer's copy is a task of its own (and splits its k-blocks), so the
+            // Every layer is a task of its own (and splits its panels into tasks), so the
             // threads share them out: one task per direction left the first layer's copy,
             // three quarters of the work, on one thread.
             rayon::join(
