@@ -880,8 +880,23 @@ mod tests {
         t
     }
 
+    /// The kernels this CPU can run besides the one it picks: a binary must be right on a CPU
+    /// without AVX-512 too.
+    fn other_kernels() -> Vec<Isa> {
+        let mut isas = vec![Isa::Baseline];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            isas.push(Isa::Avx2);
+        }
+        isas.retain(|&isa| isa != Isa::detect());
+        isas
+    }
+
+    /// Every kernel the CPU can run, on plain, strided and transposed operands, against the
+    /// naive product.
     #[test]
-    fn matches_the_naive_product_for_odd_shapes_and_transposes() {
+    fn matches_the_naive_product_for_odd_shapes_transposes_and_every_kernel() {
         let mut scratch = GemmScratch::default();
         for &(m, k, n) in &[
             (1, 1, 1),
@@ -901,6 +916,12 @@ mod tests {
             let mut wide = Array2::zeros((m, k + 5));
             wide.slice_mut(ndarray::s![.., ..k]).assign(&a);
             let want = naive(a.view(), b.view());
+            let check = |c: &Array2<f32>, what: &str| {
+                for ((i, j), &v) in c.indexed_iter() {
+                    let err = (f64::from(v) - want[[i, j]] - 1.0).abs();
+                    assert!(err < 1e-3, "{what} ({m},{k},{n}) at ({i},{j})");
+                }
+            };
             for (a_view, b_view) in [
                 (a.view(), b.view()),
                 (wide.slice(ndarray::s![.., ..k]), b.view()),
@@ -910,11 +931,17 @@ mod tests {
             ] {
                 let mut c = Array2::from_elem((m, n), 1.0f32);
                 gemm(a_view, b_view, c.view_mut(), Accumulate::Add, &mut scratch);
-                for ((i, j), &v) in c.indexed_iter() {
-                    assert!(
-                        (f64::from(v) - want[[i, j]] - 1.0).abs() < 1e-3,
-                        "({m},{k},{n}) at ({i},{j})"
-                    );
+                check(&c, "detected kernel");
+                for isa in other_kernels() {
+                    let mut c = Array2::from_elem((m, n), 1.0f32);
+                    let rhs = Rhs::View {
+                        ptr: b_view.as_ptr(),
+                        rs: b_view.strides()[0] as usize,
+                        cs: b_view.strides()[1] as usize,
+                    };
+                    let mode = Accumulate::Add;
+                    gemm_with(isa, a_view, (k, n), rhs, c.view_mut(), mode, &mut scratch);
+                    check(&c, &format!("{isa:?}"));
                 }
                 gemm(
                     a_view,
@@ -924,47 +951,6 @@ mod tests {
                     &mut scratch,
                 );
                 assert!((f64::from(c[[m - 1, n - 1]]) - want[[m - 1, n - 1]]).abs() < 1e-3);
-            }
-        }
-    }
-
-    /// The narrower kernels, which this CPU would not pick, against the naive product: a
-    /// binary must be right on a CPU without AVX-512 too.
-    #[test]
-    fn every_kernel_the_cpu_can_run_matches_the_naive_product() {
-        let mut isas = vec![Isa::Baseline];
-        #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            isas.push(Isa::Avx2);
-        }
-        let mut scratch = GemmScratch::default();
-        for isa in isas {
-            for &(m, k, n) in &[
-                (7, 3, 5),
-                (17, 300, 33),
-                (9, 513, 70),
-                (300, 70, 40),
-                (64, 40, 256),
-            ] {
-                let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 - 5.0);
-                let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j) % 13) as f32 * 0.25);
-                let (at, bt) = (transposed(&a), transposed(&b));
-                let want = naive(a.view(), b.view());
-                for (a_view, b_view) in [(a.view(), b.view()), (at.t(), bt.t())] {
-                    let mut c = Array2::from_elem((m, n), 1.0f32);
-                    let rhs = Rhs::View {
-                        ptr: b_view.as_ptr(),
-                        rs: b_view.strides()[0] as usize,
-                        cs: b_view.strides()[1] as usize,
-                    };
-                    let mode = Accumulate::Add;
-                    gemm_with(isa, a_view, (k, n), rhs, c.view_mut(), mode, &mut scratch);
-                    for ((i, j), &v) in c.indexed_iter() {
-                        let err = (f64::from(v) - want[[i, j]] - 1.0).abs();
-                        assert!(err < 1e-3, "{isa:?} ({m},{k},{n}) at ({i},{j})");
-                    }
-                }
             }
         }
     }
