@@ -62,6 +62,9 @@ fn a_hundred_steps_after_warm_up_allocate_nothing() {
         // MLP, sharded over 2 threads, plain SGD.
         "[data]\nsynthetic = \"teacher\"\nn = 6400\nd = 50\n[model]\nhidden = [32, 16]\n\
          [train]\nepochs = 2\nbatch_size = 64\nshard_rows = 16\nthreads = 2\nlr = 0.05\n",
+        // MLP whose weights are packed (64-row shards), in a copy per thread, 2 threads.
+        "[data]\nsynthetic = \"teacher\"\nn = 12800\nd = 50\n[model]\nhidden = [64, 32]\n\
+         [train]\nepochs = 2\nbatch_size = 128\nshard_rows = 64\nthreads = 2\nlr = 0.05\n",
         // Adam with clipping and a schedule, uniform sampling, 2 threads.
         "[data]\nsynthetic = \"teacher\"\nn = 3200\nd = 30\n[model]\nhidden = [20]\n\
          [train]\nepochs = 2\nbatch_size = 32\nshard_rows = 8\nthreads = 2\nlr = 0.01\noptimizer = \"adam\"\n\

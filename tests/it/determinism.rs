@@ -61,6 +61,32 @@ fn mlp_params_are_bit_identical_for_1_2_3_8_threads() {
 }
 
 #[test]
+fn packed_mlp_params_are_bit_identical_for_1_2_3_8_threads() {
+    // Shards of 64 rows, so the weights are packed for the kernel (a copy per thread on 2,
+    // 3 and 8 threads), and widths that leave partial panels.
+    assert_identical_across_threads(
+        "det-packed",
+        r#"
+        seed = 4
+        [data]
+        synthetic = "teacher"
+        n = 1200
+        d = 40
+        classes = 5
+        [model]
+        kind = "mlp"
+        hidden = [72, 40]
+        [train]
+        epochs = 2
+        batch_size = 256
+        shard_rows = 64
+        lr = 0.1
+        "#,
+        &[],
+    );
+}
+
+#[test]
 fn logistic_params_are_bit_identical_with_uniform_sampling_and_wide_reduction() {
     // d = 20000 takes the column-parallel path of the reduction and of the update.
     assert_identical_across_threads(
