@@ -22,8 +22,8 @@ use crate::data;
 use crate::error::{Error, Result};
 use crate::model::Mlp;
 use crate::model::gemm::Isa;
-use crate::reduce::tree_reduce;
-use crate::shard::n_shards;
+use crate::reduce::tree_reduce_above;
+use crate::shard::{in_pairs, n_shards};
 use crate::train::Trainer;
 
 /// The standard workloads: name, description and config.
@@ -231,7 +231,8 @@ fn lookup(table: &[(usize, f64)], threads: usize) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// Seconds of one `tree_reduce` of a full batch's shard buffers on the trainer's pool.
+/// Seconds of the reduction a step of a full batch runs after its shards, on the trainer's
+/// pool: the whole tree, or the levels above the first when shards run in pairs.
 fn time_reduce<M: crate::model::Model>(
     trainer: &Trainer<M>,
     batch_size: usize,
@@ -243,12 +244,13 @@ fn time_reduce<M: crate::model::Model>(
     }
     let n_params = trainer.params().len();
     let mut grads = Array2::<f32>::ones((n_shards, n_params));
+    let done = u32::from(in_pairs(n_shards, cfg.threads.get()));
     trainer.install(|| {
-        tree_reduce(grads.view_mut(), n_shards);
+        tree_reduce_above(grads.view_mut(), n_shards, done);
         let reps = 20;
         let start = Instant::now();
         for _ in 0..reps {
-            tree_reduce(black_box(grads.view_mut()), n_shards);
+            tree_reduce_above(black_box(grads.view_mut()), n_shards, done);
         }
         start.elapsed().as_secs_f64() / reps as f64
     })

@@ -20,14 +20,19 @@ pub const REDUCE_CHUNK: usize = 8 * 1024;
 /// Sums rows `0..n_rows` of `grads` into row 0, parallel over column chunks when the rows
 /// are long. The result does not depend on the thread count.
 pub fn tree_reduce(grads: ArrayViewMut2<f32>, n_rows: usize) {
-    if n_rows <= 1 {
+    tree_reduce_above(grads, n_rows, 0);
+}
+
+/// `tree_reduce` when its bottom `done` levels are summed already (level 1 by shards run in
+/// pairs: `ShardQueue::in_pairs`).
+pub fn tree_reduce_above(grads: ArrayViewMut2<f32>, n_rows: usize, done: u32) {
+    if n_rows <= 1 << done {
         return;
     }
     let mut grads = grads;
-    by_column_chunks(
-        grads.slice_mut(ndarray::s![..n_rows, ..]),
-        tree_reduce_serial,
-    );
+    by_column_chunks(grads.slice_mut(ndarray::s![..n_rows, ..]), |rows| {
+        tree_reduce_levels_above(rows, done)
+    });
 }
 
 /// Runs `f` on chunks of `REDUCE_CHUNK` columns in parallel when the rows are long, else on
@@ -163,9 +168,21 @@ pub fn squared_norm_chunked(v: &[f32], partials: &mut Vec<f64>) -> f64 {
     partials.iter().sum()
 }
 
-fn tree_reduce_serial(mut rows: ArrayViewMut2<f32>) {
+/// dst += src, element by element: one addition of the tree.
+pub fn add_into(dst: &mut [f32], src: &[f32]) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d += s;
+    }
+}
+
+fn tree_reduce_serial(rows: ArrayViewMut2<f32>) {
+    tree_reduce_levels_above(rows, 0);
+}
+
+/// The tree's levels above the bottom `done` ones, whose sums are in their rows already.
+fn tree_reduce_levels_above(mut rows: ArrayViewMut2<f32>, done: u32) {
     let n_rows = rows.nrows();
-    let mut stride = 1;
+    let mut stride = 1 << done;
     while stride < n_rows {
         let mut i = 0;
         while i + stride < n_rows {

@@ -5,7 +5,7 @@
 //!    the built-in MLP packs its weights for the matrix kernel);
 //! 1. cuts them into shards (`shard.rs`); on the pool, each shard's model call reads its
 //!    rows (in place or gathered into its own block) and writes their gradient sum into the
-//!    shard's own gradient row;
+//!    shard's own gradient row, or adds it to its pair's (`ShardQueue::in_pairs`);
 //! 2. sums the shard rows with the fixed tree (`reduce.rs`), parallel over parameter chunks;
 //! 3. takes exactly one optimizer step with the sum and the batch length.
 //!
@@ -30,12 +30,12 @@ use crate::cluster::{Collective, Exchange, Reduction, SHARD_STATS, shards_of_ran
 use crate::config::TrainConfig;
 use crate::data::{Dataset, mix};
 use crate::error::{Error, Result};
-use crate::model::{Model, PREFETCH_ROWS, Stats, Usage, prefetch_row};
+use crate::model::{GradInto, Model, PREFETCH_ROWS, Stats, Usage, prefetch_row};
 use crate::noise::{NoiseScale, squared_norm};
 use crate::optim::{Optimizer, OptimizerState};
-use crate::reduce::{REDUCE_CHUNK, squared_norm_chunked, tree_reduce, tree_reduce_with_norm};
+use crate::reduce::{REDUCE_CHUNK, squared_norm_chunked, tree_reduce_above, tree_reduce_with_norm};
 use crate::sampler::{Sampler, Sampling, default_steps_per_epoch};
-use crate::shard::{ShardQueue, n_shards, shard_range};
+use crate::shard::{ShardQueue, in_pairs, n_shards, shard_range};
 
 /// What one epoch did, handed to `fit`'s callback.
 #[derive(Debug, Clone, PartialEq)]
@@ -615,22 +615,30 @@ impl<M: Model> Trainer<M> {
                 .is_some_and(|n| self.steps_taken.is_multiple_of(n.period));
         let grads = self.grads.as_slice_mut().expect("grads are contiguous");
         let first = mine.start;
-        let shard = |local: usize, grad: &mut [f32], slot: &mut ShardSlot<M::Workspace>| {
-            let shard_idx = first + local;
-            let range = shard_range(shard_idx, batch_len, shard_rows);
-            let _shard =
-                trace_span!(parent: &step_span, "shard", shard = shard_idx, rows = range.len())
-                    .entered();
-            run_shard(model, params, shared, data, &idx[range], slot, grad);
-            if measure_noise {
-                slot.grad_sq = squared_norm(grad);
-            }
-        };
+        let shard =
+            |local: usize, grad: &mut [f32], slot: &mut ShardSlot<M::Workspace>, into: GradInto| {
+                let shard_idx = first + local;
+                let range = shard_range(shard_idx, batch_len, shard_rows);
+                let _shard =
+                    trace_span!(parent: &step_span, "shard", shard = shard_idx, rows = range.len())
+                        .entered();
+                run_shard(model, params, shared, data, &idx[range], slot, grad, into);
+                if measure_noise {
+                    slot.grad_sq = squared_norm(grad);
+                }
+            };
         let shards_span = trace_span!("shards", n_shards = n_local).entered();
         let mut queue = ShardQueue::new(grads, n_params, &mut self.slots[..n_local]);
+        let threads = self.cfg.threads.get().min(n_local);
+        // Pairs of shards share a gradient row (the tree's level 1 summed as they run); not
+        // when each shard's own norm is wanted, nor across ranks, whose exchange starts from
+        // the shards' rows.
+        let pairs = self.exchange.is_none() && !measure_noise && in_pairs(n_local, threads);
+        if pairs {
+            queue.in_pairs();
+        }
         // One shard, or one thread: no dispatch to the pool.
-        let helpers = self.cfg.threads.get().min(n_local).saturating_sub(1);
-        queue.run(helpers, &shard);
+        queue.run(threads.saturating_sub(1), &shard);
         drop(shards_span);
         // The batch's stats and each shard's |gradient|^2, summed in shard order.
         let mut stats = Stats::default();
@@ -689,7 +697,7 @@ impl<M: Model> Trainer<M> {
                             &mut self.norm_partials,
                         );
                     } else {
-                        tree_reduce(self.grads.view_mut(), n_shards);
+                        tree_reduce_above(self.grads.view_mut(), n_shards, u32::from(pairs));
                     }
                     self.grads
                         .index_axis(Axis(0), 0)
@@ -834,8 +842,9 @@ fn keep_workers_awake<R: Send>(threads: usize, run: impl FnOnce() -> R + Send) -
     })
 }
 
-/// Writes the shard's gradient sum into its gradient row; the model
-/// reads the rows `idx` where they lie or gathers them, as suits it.
+/// Puts the shard's gradient sum into its gradient row (`into`); the model reads the rows
+/// `idx` where they lie or gathers them, as suits it.
+#[allow(clippy::too_many_arguments)]
 fn run_shard<M: Model>(
     model: &M,
     params: &[f32],
@@ -844,7 +853,9 @@ fn run_shard<M: Model>(
     idx: &[usize],
     slot: &mut ShardSlot<M::Workspace>,
     grad: &mut [f32],
+    into: GradInto,
 ) {
     let _fwd_bwd = trace_span!("fwd_bwd").entered();
-    slot.stats = model.loss_grad_sum(params, shared, data.indexed(idx), &mut slot.ws, grad);
+    let batch = data.indexed(idx);
+    slot.stats = model.loss_grad_into(params, shared, batch, &mut slot.ws, grad, into);
 }

@@ -31,6 +31,8 @@ const MC: usize = 256;
 pub struct GemmScratch {
     a: Vec<f32>,
     b: Vec<f32>,
+    /// A product held apart for `Accumulate::AddSum` when it cannot go straight into C.
+    c: Vec<f32>,
 }
 
 /// How `gemm` combines with what C holds.
@@ -40,6 +42,11 @@ pub enum Accumulate {
     Overwrite,
     /// C += A B.
     Add,
+    /// C += A B with A B summed on its own first: the same bits as computing A B into a
+    /// buffer of its own and adding the two buffers (what the reduction tree does). A
+    /// product of one k-block (k <= 256) adds its finished tiles to C directly; others go
+    /// through scratch space.
+    AddSum,
 }
 
 /// A right-hand operand packed once and used by many products: the weights of a layer,
@@ -249,6 +256,26 @@ fn gemm_with(
     assert!(n <= 1 || c.strides()[1] == 1, "C must have contiguous rows");
     // The blocked path stores its first k-block without reading C; the others need zeros.
     let small = matches!(b, Rhs::View { .. }) && m * n * k <= SMALL_FLOPS;
+    if mode == Accumulate::AddSum && (small || k > KC) {
+        // The tiny products add each step into C, and deeper ones each k-block: form the
+        // product apart, then add it.
+        let mut apart = std::mem::take(&mut scratch.c);
+        grow(&mut apart, m * n);
+        let mut product =
+            ArrayViewMut2::from_shape((m, n), &mut apart[..m * n]).expect("m * n values");
+        gemm_with(
+            isa,
+            a,
+            (k, n),
+            b,
+            product.view_mut(),
+            Accumulate::Overwrite,
+            scratch,
+        );
+        c.zip_mut_with(&product, |c, &p| *c += p);
+        scratch.c = apart;
+        return;
+    }
     if mode == Accumulate::Overwrite && (small || k == 0) {
         c.fill(0.0);
     }
@@ -272,6 +299,7 @@ fn gemm_with(
         ldc: ldc as usize,
         overwrite: mode == Accumulate::Overwrite,
     };
+    // With `AddSum`, one k-block: each tile's sum is formed from zero and added to C once.
     // SAFETY: the pointers and strides come from live views of the asserted shapes, and C
     // is borrowed mutably for the duration of the call.
     unsafe {
@@ -951,6 +979,55 @@ mod tests {
                     &mut scratch,
                 );
                 assert!((f64::from(c[[m - 1, n - 1]]) - want[[m - 1, n - 1]]).abs() < 1e-3);
+            }
+        }
+    }
+
+    /// `AddSum` gives the bits of the product formed apart and then added, whichever path
+    /// the product takes: tiny (added step by step by `Add`), one k-block (added by the
+    /// kernel), several k-blocks (added block by block by `Add`); on every kernel.
+    #[test]
+    fn add_sum_gives_the_bits_of_the_product_added_apart() {
+        let mut scratch = GemmScratch::default();
+        for &(m, k, n) in &[(3, 4, 5), (40, 64, 72), (9, 256, 64), (17, 300, 33)] {
+            let a =
+                Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 * 0.37 - 1.7);
+            let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j) % 13) as f32 * 0.29 - 1.3);
+            // C far larger than the products' terms, so that each extra rounding shows.
+            let c0 = Array2::from_shape_fn((m, n), |(i, j)| {
+                ((i * 31 + j * 17) % 23) as f32 * 1e3 + 0.123
+            });
+            let rhs = Rhs::View {
+                ptr: b.as_ptr(),
+                rs: n,
+                cs: 1,
+            };
+            for isa in std::iter::once(Isa::detect()).chain(other_kernels()) {
+                let mut product = Array2::zeros((m, n));
+                let overwrite = Accumulate::Overwrite;
+                gemm_with(
+                    isa,
+                    a.view(),
+                    (k, n),
+                    rhs,
+                    product.view_mut(),
+                    overwrite,
+                    &mut scratch,
+                );
+                let mut c = c0.clone();
+                let add_sum = Accumulate::AddSum;
+                gemm_with(
+                    isa,
+                    a.view(),
+                    (k, n),
+                    rhs,
+                    c.view_mut(),
+                    add_sum,
+                    &mut scratch,
+                );
+                for ((&got, &c0), &p) in c.iter().zip(&c0).zip(&product) {
+                    assert_eq!(got.to_bits(), (c0 + p).to_bits(), "{isa:?} ({m},{k},{n})");
+                }
             }
         }
     }

@@ -25,18 +25,26 @@ pub(super) fn affine(
     gemm_packed(x, w, w_source, z, Accumulate::Add, scratch);
 }
 
-/// gw = x^T dz and gb = column sums of dz: the weight and bias gradients summed over rows.
+/// gw = x^T dz and gb = column sums of dz: the weight and bias gradients summed over rows,
+/// written over (`Overwrite`) or added to what the buffers hold (`AddSum`: each sum formed
+/// on its own first, with `bias_sum` as room for the bias's).
 pub(super) fn affine_grad(
     x: ArrayView2<f32>,
     dz: ArrayView2<f32>,
-    gw: ArrayViewMut2<f32>,
-    mut gb: ArrayViewMut1<f32>,
+    (gw, mut gb): (ArrayViewMut2<f32>, ArrayViewMut1<f32>),
+    mode: Accumulate,
+    bias_sum: &mut [f32],
     scratch: &mut GemmScratch,
 ) {
-    gemm(x.t(), dz, gw, Accumulate::Overwrite, scratch);
-    gb.fill(0.0);
+    gemm(x.t(), dz, gw, mode, scratch);
+    let mut sum = ArrayViewMut1::from(&mut bias_sum[..gb.len()]);
+    sum.fill(0.0);
     for row in dz.axis_iter(Axis(0)) {
-        gb += &row;
+        sum += &row;
+    }
+    match mode {
+        Accumulate::Overwrite => gb.assign(&sum),
+        Accumulate::Add | Accumulate::AddSum => gb += &sum,
     }
 }
 

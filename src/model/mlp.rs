@@ -15,12 +15,12 @@ use ndarray_rand::rand_distr::Normal;
 use rand::rngs::StdRng;
 use rayon::prelude::*;
 
-use super::gemm::{B_IN_PLACE_MAX_ROWS, GemmScratch, PackedB};
+use super::gemm::{Accumulate, B_IN_PLACE_MAX_ROWS, GemmScratch, PackedB};
 use super::kernels::{
     activate, activation_backward, affine, affine_grad, affine_input_grad, axpy_rows, dot,
     dot_rows, head_loss, scalar_head,
 };
-use super::{Batch, Model, Stats, Usage};
+use super::{Batch, GradInto, Model, Stats, Usage};
 use crate::params::{ParamId, ParamLayout};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +150,9 @@ struct LayerBuffers {
     a: Vec<Array2<f32>>,
     dz: Vec<Array2<f32>>,
     gemm: GemmScratch,
+    /// A gradient sum formed apart before it is added (`GradInto::Add`): a layer's bias
+    /// sum, or a single-output linear model's whole gradient.
+    apart: Vec<f32>,
 }
 
 impl Mlp {
@@ -437,6 +440,11 @@ impl Model for Mlp {
         } else {
             max_rows
         };
+        let apart = if self.is_single_output_linear() {
+            self.layout.n_params()
+        } else {
+            widths[1..].iter().copied().max().unwrap_or(0)
+        };
         MlpWorkspace {
             x: Array2::zeros((gather_rows, self.spec.d_in)),
             y: Array1::zeros(gather_rows),
@@ -444,6 +452,7 @@ impl Model for Mlp {
                 a: buffers(),
                 dz: buffers(),
                 gemm: GemmScratch::default(),
+                apart: vec![0.0; apart],
             },
         }
     }
@@ -493,17 +502,29 @@ impl Model for Mlp {
         }
     }
 
-    fn loss_grad_sum(
+    fn loss_grad_into(
         &self,
         params: &[f32],
         shared: &MlpShared,
         batch: Batch<'_>,
         ws: &mut MlpWorkspace,
         grad: &mut [f32],
+        into: GradInto,
     ) -> Stats {
         if self.is_single_output_linear() {
-            return self.single_output_linear(params, batch, Some(grad));
+            if into == GradInto::Overwrite {
+                return self.single_output_linear(params, batch, Some(grad));
+            }
+            // Rows add into the gradient one by one: sum them apart, then add.
+            let apart = &mut ws.layers.apart[..grad.len()];
+            let stats = self.single_output_linear(params, batch, Some(apart));
+            crate::reduce::add_into(grad, apart);
+            return stats;
         }
+        let mode = match into {
+            GradInto::Overwrite => Accumulate::Overwrite,
+            GradInto::Add => Accumulate::AddSum,
+        };
         let rows = batch.rows();
         let MlpWorkspace { x, y, layers: ws } = ws;
         let (x, y) = batch.contiguous(x.view_mut(), y.view_mut());
@@ -525,8 +546,8 @@ impl Model for Mlp {
                 ws.a[l - 1].slice(s![..rows, ..])
             };
             let dz = ws.dz[l].slice(s![..rows, ..]);
-            let (gw, gb) = self.layout.linear_mut(w, b, grad);
-            affine_grad(input, dz, gw, gb, &mut ws.gemm);
+            let grads = self.layout.linear_mut(w, b, grad);
+            affine_grad(input, dz, grads, mode, &mut ws.apart, &mut ws.gemm);
             if l > 0 {
                 let (below, above) = ws.dz.split_at_mut(l);
                 let mut da = below[l - 1].slice_mut(s![..rows, ..]);

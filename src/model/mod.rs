@@ -60,6 +60,18 @@ pub struct Usage {
     pub readers: usize,
 }
 
+/// Where `Model::loss_grad_into` puts a batch's gradient sum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GradInto {
+    /// Over what the buffer holds (nobody zeroes it first).
+    Overwrite,
+    /// Added to what the buffer holds, the sum formed on its own first: the same bits as
+    /// writing it into a buffer of its own and adding the two buffers, which is what the
+    /// reduction tree would do. Two consecutive shards on one thread share a buffer this
+    /// way (see `ShardQueue::in_pairs`).
+    Add,
+}
+
 /// What the trainer needs from a model. Implement it for your own model: the trainer,
 /// sampler, reduction and optimizer work on any layout.
 pub trait Model: Send + Sync {
@@ -87,9 +99,20 @@ pub trait Model: Send + Sync {
     /// shards of the next step or evaluation run, with how they will use it.
     fn prepare(&self, params: &[f32], shared: &mut Self::Shared, usage: Usage);
 
-    /// Writes `sum_i dL_i/dtheta` over the rows of `batch` into `grad`, overwriting every
-    /// element (so nobody zeroes the buffer first: the product kernels store their first
-    /// block without reading it), and returns the sums of loss and correct answers.
+    /// Puts `sum_i dL_i/dtheta` over the rows of `batch` into `grad` as `into` says, and
+    /// returns the sums of loss and correct answers.
+    fn loss_grad_into(
+        &self,
+        params: &[f32],
+        shared: &Self::Shared,
+        batch: Batch<'_>,
+        ws: &mut Self::Workspace,
+        grad: &mut [f32],
+        into: GradInto,
+    ) -> Stats;
+
+    /// `loss_grad_into`, overwriting every element of `grad` (so nobody zeroes the buffer
+    /// first: the product kernels store their first block without reading it).
     fn loss_grad_sum(
         &self,
         params: &[f32],
@@ -97,7 +120,9 @@ pub trait Model: Send + Sync {
         batch: Batch<'_>,
         ws: &mut Self::Workspace,
         grad: &mut [f32],
-    ) -> Stats;
+    ) -> Stats {
+        self.loss_grad_into(params, shared, batch, ws, grad, GradInto::Overwrite)
+    }
 
     /// Forward only: the same `Stats` as `loss_grad_sum` without touching gradients.
     fn loss_sum(

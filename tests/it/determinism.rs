@@ -63,7 +63,8 @@ fn mlp_params_are_bit_identical_for_1_2_3_8_threads() {
 #[test]
 fn packed_mlp_params_are_bit_identical_for_1_2_3_8_threads() {
     // Shards of 64 rows, so the weights are packed for the kernel (a copy per thread on 2,
-    // 3 and 8 threads), and widths that leave partial panels.
+    // 3 and 8 threads), and widths that leave partial panels. Eight shards a step run in
+    // pairs sharing a row on 1 and 2 threads, one by one on 3 and 8.
     assert_identical_across_threads(
         "det-packed",
         r#"
@@ -78,7 +79,7 @@ fn packed_mlp_params_are_bit_identical_for_1_2_3_8_threads() {
         hidden = [72, 40]
         [train]
         epochs = 2
-        batch_size = 256
+        batch_size = 512
         shard_rows = 64
         lr = 0.1
         "#,

@@ -6,7 +6,7 @@
 //! relative rounding error around sqrt(r w) * 6e-8, under 1e-4 here, so we ask
 //! |g - g_fd| <= 1e-3 * max(1, |g_fd|), while a wrong derivative is off by O(1).
 
-use minibatch::model::{Activation, Batch, Head, Mlp, MlpSpec, Model};
+use minibatch::model::{Activation, Batch, GradInto, Head, Mlp, MlpSpec, Model};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -172,5 +172,55 @@ fn an_indexed_batch_gives_the_same_bits_as_its_rows_gathered() {
         );
         assert_eq!(s1, s2);
         assert_eq!(from_idx, from_block);
+    }
+}
+
+/// Adding a batch's gradient into a buffer (`GradInto::Add`, how two shards of a pair share
+/// a row) gives the bits of the sum formed apart and then added, as the reduction tree
+/// would: for products added by the kernel (64 rows), tiny ones, ones deeper than a k-block
+/// (300 rows), and the row-by-row linear model.
+#[test]
+fn adding_into_a_buffer_gives_the_bits_of_adding_the_sum_apart() {
+    for (spec, classes, rows) in [
+        (
+            spec(40, &[72], Activation::Relu, Head::Softmax { n_classes: 5 }),
+            Some(5),
+            64,
+        ),
+        (
+            spec(4, &[6], Activation::Tanh, Head::Softmax { n_classes: 3 }),
+            Some(3),
+            7,
+        ),
+        (spec(12, &[16], Activation::Sigmoid, Head::Mse), None, 300),
+        (spec(30, &[], Activation::Relu, Head::Logistic), Some(2), 64),
+    ] {
+        let data = random_dataset(rows, spec.d_in, classes, 31);
+        let model = Mlp::new(spec.clone());
+        let mut params = vec![0.0f32; model.layout().n_params()];
+        model.init(&mut params, &mut StdRng::seed_from_u64(31));
+        let shared = prepared(&model, &params);
+        let mut ws = model.workspace(rows);
+        let idx: Vec<usize> = (0..rows).rev().collect();
+        let mut apart = vec![0.0f32; params.len()];
+        let s1 = model.loss_grad_sum(&params, &shared, data.indexed(&idx), &mut ws, &mut apart);
+        // A buffer far larger than the sum's terms, so that any other order of additions
+        // rounds differently somewhere.
+        let held: Vec<f32> = (0..params.len())
+            .map(|i| (i % 29) as f32 * 1e3 + 0.123)
+            .collect();
+        let mut added = held.clone();
+        let into = GradInto::Add;
+        let batch = data.indexed(&idx);
+        let s2 = model.loss_grad_into(&params, &shared, batch, &mut ws, &mut added, into);
+        assert_eq!(s1, s2);
+        for (i, ((&got, &h), &g)) in added.iter().zip(&held).zip(&apart).enumerate() {
+            assert_eq!(
+                got.to_bits(),
+                (h + g).to_bits(),
+                "{}: param {i}",
+                spec.describe()
+            );
+        }
     }
 }
