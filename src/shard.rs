@@ -51,8 +51,10 @@ pub struct ShardQueue<'a, S> {
     row_len: usize,
     slots: *mut S,
     len: usize,
-    /// Shards per task: 1, or 2 when run in pairs.
+    /// Shards per task: 1, or 2 when run in pairs; and the number of tasks (kept, since a
+    /// division per step is a measurable part of a B = 1 step).
     per_task: usize,
+    tasks: usize,
     next: AtomicUsize,
     done: AtomicUsize,
     /// Threads that have taken a shard so far: each gets the next number (see `reader`).
@@ -79,6 +81,7 @@ impl<'a, S: Send> ShardQueue<'a, S> {
             slots: slots.as_mut_ptr(),
             len: slots.len(),
             per_task: 1,
+            tasks: slots.len(),
             next: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
             readers: AtomicUsize::new(0),
@@ -94,6 +97,7 @@ impl<'a, S: Send> ShardQueue<'a, S> {
     /// phase 383 -> 175 us on one thread, 241 -> 93 on two.
     pub fn in_pairs(&mut self) {
         self.per_task = 2;
+        self.tasks = self.len.div_ceil(2);
     }
 
     /// Runs `f(i, row, slot, into)` on every shard, on this thread and up to `helpers` others of
@@ -108,7 +112,7 @@ impl<'a, S: Send> ShardQueue<'a, S> {
             // One thread: a plain loop. The queue's atomics cost 15% of a B = 1 step on the
             // linear workload (W3, one thread: 10.7 M -> 11.3-12.4 M steps/s).
             let _reader = Reader::enter(0);
-            for task in 0..self.tasks() {
+            for task in 0..self.tasks {
                 // SAFETY: `&mut self` rules out any other taker, here or inside `f`.
                 unsafe { self.run_task(task, f) };
             }
@@ -135,7 +139,7 @@ impl<'a, S: Send> ShardQueue<'a, S> {
         let mut reader = None;
         loop {
             let task = self.next.fetch_add(1, Ordering::Relaxed);
-            if task >= self.tasks() {
+            if task >= self.tasks {
                 return;
             }
             if reader.is_none() {
@@ -149,15 +153,12 @@ impl<'a, S: Send> ShardQueue<'a, S> {
         }
     }
 
-    fn tasks(&self) -> usize {
-        self.len.div_ceil(self.per_task)
-    }
-
     /// Runs the shards of `task` in order, each with its own slot and all with the first
     /// one's row: the first overwrites it, the others add to it.
     ///
     /// # Safety
     /// `task < tasks()`, and no other reference to its shards' rows or slots is alive.
+    #[inline(always)]
     unsafe fn run_task(
         &self,
         task: usize,
@@ -190,7 +191,7 @@ impl<'a, S: Send> ShardQueue<'a, S> {
     /// untaken. Yields the core now and then for an oversubscribed machine.
     fn wait(&self) {
         let mut spins = 0u32;
-        while self.done.load(Ordering::Acquire) < self.tasks() {
+        while self.done.load(Ordering::Acquire) < self.tasks {
             spins = spins.wrapping_add(1);
             if spins.is_multiple_of(1024) {
                 std::thread::yield_now();
