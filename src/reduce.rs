@@ -168,7 +168,8 @@ pub fn squared_norm_chunked(v: &[f32], partials: &mut Vec<f64>) -> f64 {
     partials.iter().sum()
 }
 
-/// dst += src, element by element: one addition of the tree.
+/// dst += src, element by element: the tree's addition, for a sum formed apart (see
+/// `model::GradInto::Add`).
 pub fn add_into(dst: &mut [f32], src: &[f32]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d += s;

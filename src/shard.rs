@@ -145,10 +145,10 @@ impl<'a, S: Send> ShardQueue<'a, S> {
             if reader.is_none() {
                 reader = Some(Reader::enter(self.readers.fetch_add(1, Ordering::Relaxed)));
             }
-            // Counts the shard as done however `f` ends, so `wait` returns even after a
+            // Counts the task as done however `f` ends, so `wait` returns even after a
             // panic (which the enclosing scope then carries on).
             let _done = Done(&self.done);
-            // SAFETY: `task < tasks()` was returned to this thread alone.
+            // SAFETY: `task < tasks` was returned to this thread alone.
             unsafe { self.run_task(task, f) };
         }
     }
@@ -157,7 +157,7 @@ impl<'a, S: Send> ShardQueue<'a, S> {
     /// one's row: the first overwrites it, the others add to it.
     ///
     /// # Safety
-    /// `task < tasks()`, and no other reference to its shards' rows or slots is alive.
+    /// `task < tasks`, and no other reference to its shards' rows or slots is alive.
     #[inline(always)]
     unsafe fn run_task(
         &self,
