@@ -31,7 +31,7 @@ pub fn tree_reduce_above(grads: ArrayViewMut2<f32>, n_rows: usize, done: u32) {
     }
     let mut grads = grads;
     by_column_chunks(grads.slice_mut(ndarray::s![..n_rows, ..]), |rows| {
-        tree_reduce_levels_above(rows, done)
+        tree_reduce_serial(rows, done)
     });
 }
 
@@ -59,7 +59,7 @@ pub fn tree_reduce_with_norm(
     let mut rows = grads.slice_mut(ndarray::s![..n_rows.max(1), ..]);
     let chunk_norm = |mut chunk: ArrayViewMut2<f32>| {
         if chunk.nrows() > 1 {
-            tree_reduce_serial(chunk.view_mut());
+            tree_reduce_serial(chunk.view_mut(), 0);
         }
         squared_norm(chunk.row(0).as_slice().expect("rows are contiguous"))
     };
@@ -82,7 +82,7 @@ pub fn reduce_nodes(grads: ArrayViewMut2<f32>, nodes: &[Node], first: usize, n: 
     by_column_chunks(rows, |mut chunk| {
         for node in nodes {
             let rows = node.start - first..node.end(n) - first;
-            tree_reduce_serial(chunk.slice_mut(ndarray::s![rows, ..]));
+            tree_reduce_serial(chunk.slice_mut(ndarray::s![rows, ..]), 0);
         }
     });
 }
@@ -176,12 +176,9 @@ pub fn add_into(dst: &mut [f32], src: &[f32]) {
     }
 }
 
-fn tree_reduce_serial(rows: ArrayViewMut2<f32>) {
-    tree_reduce_levels_above(rows, 0);
-}
-
-/// The tree's levels above the bottom `done` ones, whose sums are in their rows already.
-fn tree_reduce_levels_above(mut rows: ArrayViewMut2<f32>, done: u32) {
+/// The tree's levels above the bottom `done` ones (whose sums are in their rows already), on
+/// this thread.
+fn tree_reduce_serial(mut rows: ArrayViewMut2<f32>, done: u32) {
     let n_rows = rows.nrows();
     let mut stride = 1 << done;
     while stride < n_rows {
