@@ -53,6 +53,7 @@ pub fn in_pairs(n_shards: usize, threads: usize) -> bool {
 /// machine, 10% of a step at B = 128 on the MLP workload.
 pub struct ShardQueue<'a, S> {
     grads: *mut f32,
+    row_stride: usize,
     row_len: usize,
     slots: *mut S,
     len: usize,
@@ -73,15 +74,21 @@ pub struct ShardQueue<'a, S> {
 unsafe impl<S: Send> Sync for ShardQueue<'_, S> {}
 
 impl<'a, S: Send> ShardQueue<'a, S> {
-    /// Shard i gets row i of `grads` (rows of `row_len`; in pairs, the pair's first row) and
-    /// `slots[i]`.
-    pub fn new(grads: &'a mut [f32], row_len: usize, slots: &'a mut [S]) -> Self {
+    /// Shard i gets row i of `grads` (the first `row_len` of each `row_stride` values; in
+    /// pairs, the pair's first row) and `slots[i]`.
+    pub fn new(
+        grads: &'a mut [f32],
+        row_stride: usize,
+        row_len: usize,
+        slots: &'a mut [S],
+    ) -> Self {
         assert!(
-            grads.len() >= slots.len() * row_len,
+            row_len <= row_stride && grads.len() >= slots.len() * row_stride,
             "a gradient row per shard"
         );
         ShardQueue {
             grads: grads.as_mut_ptr(),
+            row_stride,
             row_len,
             slots: slots.as_mut_ptr(),
             len: slots.len(),
@@ -182,7 +189,7 @@ impl<'a, S: Send> ShardQueue<'a, S> {
             let (row, slot) = unsafe {
                 (
                     std::slice::from_raw_parts_mut(
-                        self.grads.add(first * self.row_len),
+                        self.grads.add(first * self.row_stride),
                         self.row_len,
                     ),
                     &mut *self.slots.add(i),
@@ -292,7 +299,7 @@ mod tests {
 
     /// In pairs, shards 2j and 2j + 1 run on one thread in that order, the first overwriting
     /// row 2j and the second adding to it; an odd last shard runs alone; every shard once,
-    /// with its own slot.
+    /// with its own slot. Rows are 2 values of every 3 (padded rows).
     #[test]
     fn shards_in_pairs_share_the_first_ones_row_on_one_thread() {
         use std::sync::Mutex;
@@ -301,13 +308,14 @@ mod tests {
             .build()
             .unwrap();
         for n in [1, 2, 5, 8] {
-            let (mut grads, mut slots) = (vec![0.0f32; n * 2], vec![usize::MAX; n]);
+            let (mut grads, mut slots) = (vec![0.0f32; n * 3], vec![usize::MAX; n]);
             let calls = Mutex::new(Vec::new());
             pool.install(|| {
-                let mut queue = ShardQueue::new(&mut grads, 2, &mut slots);
+                let mut queue = ShardQueue::new(&mut grads, 3, 2, &mut slots);
                 queue.in_pairs();
                 queue.run(2, &|i, row: &mut [f32], slot: &mut usize, into| {
                     *slot = i;
+                    assert_eq!(row.len(), 2);
                     let row_at = row.as_ptr() as usize;
                     let thread = rayon::current_thread_index();
                     let mut calls = calls.lock().unwrap();
@@ -324,7 +332,7 @@ mod tests {
                 let first = i / 2 * 2;
                 assert_eq!(
                     row_at,
-                    row0 + first * 2 * size_of::<f32>(),
+                    row0 + first * 3 * size_of::<f32>(),
                     "shard {i} of {n}"
                 );
                 let want = if i == first {
@@ -353,7 +361,7 @@ mod tests {
             let seen = Mutex::new(Vec::new());
             let (before, after) = pool.install(|| {
                 let before = reader();
-                let mut queue = ShardQueue::new(&mut grads, 2, &mut slots);
+                let mut queue = ShardQueue::new(&mut grads, 2, 2, &mut slots);
                 queue.run(3, &|_, _, _, _| {
                     let thread = rayon::current_thread_index().unwrap();
                     seen.lock().unwrap().push((thread, reader()));

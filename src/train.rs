@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use ndarray::{Array2, Axis};
+use ndarray::{Array2, Axis, s};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rayon::prelude::*;
@@ -30,6 +30,7 @@ use crate::cluster::{Collective, Exchange, Reduction, SHARD_STATS, shards_of_ran
 use crate::config::TrainConfig;
 use crate::data::{Dataset, mix};
 use crate::error::{Error, Result};
+use crate::model::gemm::{LINE, zeros_on_lines};
 use crate::model::{GradInto, Model, PREFETCH_ROWS, Stats, Usage, prefetch_row};
 use crate::noise::{NoiseScale, squared_norm};
 use crate::optim::{Optimizer, OptimizerState};
@@ -180,7 +181,8 @@ pub struct Trainer<M: Model> {
     slots: Vec<ShardSlot<M::Workspace>>,
     /// Derived from `params` by `Model::prepare` before each step and evaluation.
     shared: M::Shared,
-    /// `(max_shards, n_params)`: row i is shard i's gradient sum; row 0 ends as the batch's.
+    /// Row i (its first n_params values) is shard i's gradient sum; row 0 ends as the
+    /// batch's. Rows are padded to whole cache lines and start on one (`zeros_on_lines`).
     grads: Array2<f32>,
     cfg: TrainConfig,
     /// Input width the model was built for.
@@ -234,7 +236,7 @@ impl<M: Model> Trainer<M> {
             .collect();
         Ok(Trainer {
             optimizer: Optimizer::new(cfg.optimizer, n_params),
-            grads: Array2::zeros((max_shards, n_params)),
+            grads: zeros_on_lines(max_shards, n_params.next_multiple_of(LINE)),
             shared: model.shared(),
             model,
             params,
@@ -613,6 +615,7 @@ impl<M: Model> Trainer<M> {
                 .noise
                 .as_ref()
                 .is_some_and(|n| self.steps_taken.is_multiple_of(n.period));
+        let row_stride = self.grads.ncols();
         let grads = self.grads.as_slice_mut().expect("grads are contiguous");
         let first = mine.start;
         let shard =
@@ -628,7 +631,7 @@ impl<M: Model> Trainer<M> {
                 }
             };
         let shards_span = trace_span!("shards", n_shards = n_local).entered();
-        let mut queue = ShardQueue::new(grads, n_params, &mut self.slots[..n_local]);
+        let mut queue = ShardQueue::new(grads, row_stride, n_params, &mut self.slots[..n_local]);
         let threads = self.cfg.threads.get().min(n_local);
         // Pairs of shards share a gradient row (the tree's level 1 summed as they run); not
         // when each shard's own norm is wanted, nor across ranks, whose exchange starts from
@@ -683,7 +686,7 @@ impl<M: Model> Trainer<M> {
             let _reduce = trace_span!("reduce", n_shards).entered();
             match &mut self.exchange {
                 Some(exchange) => {
-                    let sum = exchange.reduce(self.grads.view_mut());
+                    let sum = exchange.reduce(self.grads.slice_mut(s![.., ..n_params]));
                     if measure_noise {
                         total_sq = squared_norm_chunked(sum, &mut self.norm_partials);
                     }
@@ -692,17 +695,22 @@ impl<M: Model> Trainer<M> {
                 None => {
                     if measure_noise {
                         total_sq = tree_reduce_with_norm(
-                            self.grads.view_mut(),
+                            self.grads.slice_mut(s![.., ..n_params]),
                             n_shards,
                             &mut self.norm_partials,
                         );
                     } else {
-                        tree_reduce_above(self.grads.view_mut(), n_shards, u32::from(pairs));
+                        tree_reduce_above(
+                            self.grads.slice_mut(s![.., ..n_params]),
+                            n_shards,
+                            u32::from(pairs),
+                        );
                     }
-                    self.grads
+                    &self
+                        .grads
                         .index_axis(Axis(0), 0)
                         .to_slice()
-                        .expect("rows of a standard array are contiguous")
+                        .expect("rows of a standard array are contiguous")[..n_params]
                 }
             }
         };

@@ -16,7 +16,7 @@
 //! only parallel layer for products, so `gemm` is single-threaded; only `PackedB::pack`
 //! may split its copy over the caller's pool.
 
-use ndarray::{ArrayView2, ArrayViewMut2};
+use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
 /// Depth of one packed block: an `NR`-wide panel of B (KC x 32 x 4 bytes = 32 KB) stays in
@@ -29,8 +29,8 @@ const MC: usize = 256;
 /// Packing space for `gemm`, grown on first use and reused after.
 #[derive(Debug, Default, Clone)]
 pub struct GemmScratch {
-    a: Vec<f32>,
-    b: Vec<f32>,
+    a: LineBuf,
+    b: LineBuf,
     /// A product held apart for `Accumulate::AddSum` when it cannot go straight into C.
     c: Vec<f32>,
 }
@@ -60,7 +60,7 @@ pub enum Accumulate {
 #[derive(Debug, Default, Clone)]
 pub struct PackedB {
     /// `copies` copies of the panels, one after the other.
-    data: Vec<f32>,
+    data: LineBuf,
     copies: usize,
     /// Row-major copy of a small B, for `small_gemm`.
     plain: Vec<f32>,
@@ -95,10 +95,10 @@ impl PackedB {
         let n_panels = n.div_ceil(nr);
         let copies = copies.max(1);
         let len = n_panels * nr * k;
-        grow(&mut self.data, copies * len);
+        self.data.grow(copies * len);
         assert!(b.strides().iter().all(|&s| s >= 0), "negative strides");
         let (b_rs, b_cs) = (b.strides()[0] as usize, b.strides()[1] as usize);
-        let data = SharedMut(self.data.as_mut_ptr());
+        let data = SharedMut(self.data.as_mut_slice().as_mut_ptr());
         // The panels of each k-block are independent: pack them in parallel, a few per task
         // (on the caller's pool; this runs once per step, between the parallel phases, and
         // would otherwise be the largest serial part of a small-batch step). A task reads its
@@ -150,7 +150,7 @@ impl PackedB {
     /// The copy the calling thread reads.
     fn panels(&self) -> *const f32 {
         let copy = crate::shard::reader() % self.copies;
-        self.data[copy * self.n.div_ceil(self.nr) * self.nr * self.k..].as_ptr()
+        self.data.as_slice()[copy * self.n.div_ceil(self.nr) * self.nr * self.k..].as_ptr()
     }
 
     pub fn dim(&self) -> (usize, usize) {
@@ -682,7 +682,7 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
     let mc_max = MC.min(s.m);
     let a_in_place = a_in_place(s.a_cs);
     if !a_in_place {
-        grow(&mut scratch.a, mc_max.div_ceil(mr_full) * mr_full * kc_max);
+        scratch.a.grow(mc_max.div_ceil(mr_full) * mr_full * kc_max);
     }
     // B with contiguous rows and whole panels is read where it lies when few rows of A use
     // it (packing would copy every weight once per product: see `PackedB::pack`) or when a
@@ -691,7 +691,7 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
         && s.n.is_multiple_of(nr_full)
         && s.m.min(s.k) <= B_IN_PLACE_MAX_ROWS;
     if matches!(s.b, Rhs::View { .. }) && !in_place {
-        grow(&mut scratch.b, n_panels * nr_full * kc_max);
+        scratch.b.grow(n_panels * nr_full * kc_max);
     }
     let mut k0 = 0;
     while k0 < s.k {
@@ -700,7 +700,7 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
         let (b_block, panel_step, b_rs) = match s.b {
             Rhs::View { ptr, rs, .. } if in_place => (unsafe { ptr.add(k0 * rs) }, nr_full, rs),
             Rhs::View { ptr, rs, cs } => {
-                unsafe { K::pack_b(&mut scratch.b, ptr, cs, rs, s.n, k0, kc) };
+                unsafe { K::pack_b(scratch.b.as_mut_slice(), ptr, cs, rs, s.n, k0, kc) };
                 (scratch.b.as_ptr(), nr_full * kc, nr_full)
             }
             Rhs::Packed(ptr) => (
@@ -714,7 +714,17 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
             let mc = MC.min(s.m - m0);
             let a_block = unsafe { s.a.add(m0 * s.a_rs) };
             if !a_in_place {
-                unsafe { K::pack_a(&mut scratch.a, a_block, s.a_rs, s.a_cs, mc, k0, kc) };
+                unsafe {
+                    K::pack_a(
+                        scratch.a.as_mut_slice(),
+                        a_block,
+                        s.a_rs,
+                        s.a_cs,
+                        mc,
+                        k0,
+                        kc,
+                    )
+                };
             }
             for q in 0..n_panels {
                 let b_panel = unsafe { b_block.add(q * panel_step) };
@@ -810,6 +820,79 @@ unsafe fn gather_lines_avx512<const W: usize>(
                 _mm512_storeu_ps(panel.as_mut_ptr().add(kk * W + l0), v);
             }
         }
+    }
+}
+
+/// A buffer of f32 whose first value starts a 64-byte cache line, so that a panel's
+/// 16-wide loads never straddle two lines (a straddling load costs two): the allocator
+/// aligns large blocks to 16 bytes only. Measured with the 8 x 32 kernel on one thread:
+/// a 256-step panel read from L1 86-87% of peak aligned against 82-85% 16 bytes off, a
+/// 1024-step one (out of L1) 86% against 73%.
+#[derive(Debug, Default)]
+struct LineBuf {
+    buf: Vec<f32>,
+    /// Index in `buf` of the first aligned value.
+    start: usize,
+    len: usize,
+}
+
+/// f32s per 64-byte cache line.
+pub const LINE: usize = 16;
+
+/// Index of the first value of `buf` that starts a cache line.
+fn first_on_line(buf: &[f32]) -> usize {
+    (buf.as_ptr() as usize / 4).wrapping_neg() % LINE
+}
+
+/// A zeroed `rows x cols` array whose first value starts a cache line, and so every row
+/// when `cols` is a multiple of `LINE`: for buffers the kernel writes as C (gradient rows,
+/// activations), where a tile's loads and stores then touch two lines per row, not three.
+/// Measured on the weight gradient 784 x 64 x 256 adding into C: 163-170 GFLOP/s aligned
+/// against 155-164 with C 16 bytes off.
+pub fn zeros_on_lines(rows: usize, cols: usize) -> Array2<f32> {
+    let len = rows * cols;
+    let whole = Array1::<f32>::zeros(len + LINE - 1);
+    let start = first_on_line(whole.as_slice().expect("a new array is contiguous"));
+    whole
+        .slice_move(ndarray::s![start..start + len])
+        .into_shape_with_order((rows, cols))
+        .expect("rows x cols values")
+}
+
+impl LineBuf {
+    /// Makes room for `len` values; what it held is kept only while no reallocation is
+    /// needed (every user rewrites the buffer before reading it).
+    fn grow(&mut self, len: usize) {
+        if self.len >= len {
+            return;
+        }
+        if self.buf.len() < len + LINE - 1 {
+            self.buf.resize(len + LINE - 1, 0.0);
+        }
+        self.start = first_on_line(&self.buf);
+        self.len = len;
+    }
+
+    fn as_ptr(&self) -> *const f32 {
+        self.as_slice().as_ptr()
+    }
+
+    fn as_slice(&self) -> &[f32] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        &mut self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl Clone for LineBuf {
+    /// A clone is aligned anew: its allocation lies elsewhere.
+    fn clone(&self) -> Self {
+        let mut copy = LineBuf::default();
+        copy.grow(self.len);
+        copy.as_mut_slice().copy_from_slice(self.as_slice());
+        copy
     }
 }
 
@@ -986,6 +1069,35 @@ mod tests {
     /// `AddSum` gives the bits of the product formed apart and then added, whichever path
     /// the product takes: tiny (added step by step by `Add`), one k-block (added by the
     /// kernel), several k-blocks (added block by block by `Add`); on every kernel.
+    #[test]
+    fn buffers_for_the_kernel_start_on_cache_lines() {
+        let on_line = |p: *const f32| (p as usize).is_multiple_of(64);
+        let mut buf = LineBuf::default();
+        // Small, then large enough to come from a fresh mapping: aligned after every move.
+        for len in [1, 5, 100, 1 << 16, 1 << 20] {
+            buf.grow(len);
+            assert!(on_line(buf.as_ptr()), "len {len}");
+            assert_eq!(buf.as_slice().len(), len);
+        }
+        buf.as_mut_slice()[7] = 3.0;
+        let copy = buf.clone();
+        assert!(on_line(copy.as_ptr()));
+        assert_eq!(copy.as_slice(), buf.as_slice());
+        for (rows, cols) in [(1, 1), (3, 10), (64, 784), (5, 269_328)] {
+            let a = zeros_on_lines(rows, cols);
+            assert_eq!(a.dim(), (rows, cols));
+            assert!(a.iter().all(|&v| v == 0.0));
+            for r in 0..rows {
+                let at = a.row(r).as_ptr();
+                assert_eq!(
+                    on_line(at),
+                    r == 0 || cols.is_multiple_of(LINE),
+                    "{rows} x {cols}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn add_sum_gives_the_bits_of_the_product_added_apart() {
         let mut scratch = GemmScratch::default();

@@ -15,7 +15,7 @@ use ndarray_rand::rand_distr::Normal;
 use rand::rngs::StdRng;
 use rayon::prelude::*;
 
-use super::gemm::{Accumulate, B_IN_PLACE_MAX_ROWS, GemmScratch, PackedB};
+use super::gemm::{Accumulate, B_IN_PLACE_MAX_ROWS, GemmScratch, PackedB, zeros_on_lines};
 use super::kernels::{
     activate, activation_backward, affine, affine_grad, affine_input_grad, axpy_rows, dot,
     dot_rows, head_loss, scalar_head,
@@ -431,7 +431,7 @@ impl Model for Mlp {
         let buffers = || {
             widths[1..]
                 .iter()
-                .map(|&w| Array2::zeros((max_rows, w)))
+                .map(|&w| zeros_on_lines(max_rows, w))
                 .collect()
         };
         // The single-output linear path reads rows where they lie and never gathers.
@@ -446,7 +446,7 @@ impl Model for Mlp {
             widths[1..].iter().copied().max().unwrap_or(0)
         };
         MlpWorkspace {
-            x: Array2::zeros((gather_rows, self.spec.d_in)),
+            x: zeros_on_lines(gather_rows, self.spec.d_in),
             y: Array1::zeros(gather_rows),
             layers: LayerBuffers {
                 a: buffers(),
