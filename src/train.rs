@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use ndarray::{Array2, Axis, s};
+use ndarray::{Array2, s};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rayon::prelude::*;
@@ -693,24 +693,18 @@ impl<M: Model> Trainer<M> {
                     sum
                 }
                 None => {
-                    if measure_noise {
-                        total_sq = tree_reduce_with_norm(
-                            self.grads.slice_mut(s![.., ..n_params]),
-                            n_shards,
-                            &mut self.norm_partials,
-                        );
-                    } else {
-                        tree_reduce_above(
-                            self.grads.slice_mut(s![.., ..n_params]),
-                            n_shards,
-                            u32::from(pairs),
-                        );
+                    // One shard's row is the sum already: no view to slice (a tenth of a
+                    // B = 1 step).
+                    if n_shards > 1 {
+                        let rows = self.grads.slice_mut(s![.., ..n_params]);
+                        if measure_noise {
+                            total_sq =
+                                tree_reduce_with_norm(rows, n_shards, &mut self.norm_partials);
+                        } else {
+                            tree_reduce_above(rows, n_shards, u32::from(pairs));
+                        }
                     }
-                    &self
-                        .grads
-                        .index_axis(Axis(0), 0)
-                        .to_slice()
-                        .expect("rows of a standard array are contiguous")[..n_params]
+                    &self.grads.as_slice().expect("grads are contiguous")[..n_params]
                 }
             }
         };
