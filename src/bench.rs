@@ -14,14 +14,14 @@ use std::hint::black_box;
 use std::num::NonZeroUsize;
 use std::time::Instant;
 
-use ndarray::Array2;
+use ndarray::s;
 use serde::Serialize;
 
 use crate::config::RawConfig;
 use crate::data;
 use crate::error::{Error, Result};
 use crate::model::Mlp;
-use crate::model::gemm::Isa;
+use crate::model::gemm::{Isa, LINE, zeros_on_lines};
 use crate::reduce::tree_reduce_above;
 use crate::shard::{in_pairs, n_shards};
 use crate::train::Trainer;
@@ -52,8 +52,8 @@ pub struct BenchPlan {
     /// Empty: each workload's standard batch sizes.
     pub batch_sizes: Vec<usize>,
     pub threads: Vec<NonZeroUsize>,
-    /// Overrides the default shard size.
-    pub shard_rows: Option<usize>,
+    /// Shard sizes to compare; empty: the default for each batch size.
+    pub shard_rows: Vec<usize>,
     /// Rows of the dataset; `None` keeps the workload's N.
     pub n: Option<usize>,
     /// Epochs run per configuration; the fastest is reported.
@@ -77,7 +77,8 @@ pub struct BenchRow {
     pub bandwidth_fraction: f64,
     /// Time in the reduction over step time.
     pub reduce_fraction: f64,
-    /// Examples/s over the 1-thread row of the same workload and batch size, if measured.
+    /// Examples/s over the 1-thread row of the same workload, batch size and shard size, if
+    /// measured.
     pub speedup: Option<f64>,
     /// Karp-Flatt experimentally determined serial fraction from `speedup` on `threads`.
     pub serial_fraction: Option<f64>,
@@ -165,62 +166,83 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
             plan.batch_sizes.clone()
         };
         for &batch_size in &batch_sizes {
-            let mut one_thread = None;
-            for &threads in &plan.threads {
-                let mut raw = raw.clone();
-                raw.train.batch_size = Some(batch_size);
-                raw.train.threads = Some(threads.get());
-                raw.train.shard_rows = plan.shard_rows;
-                raw.train.epochs = Some(plan.epochs.get());
-                let cfg = raw.validate()?;
-                progress(&format!("{name}: B = {batch_size}, {threads} thread(s)"));
-                let model = Mlp::new(cfg.model.clone());
-                let flops = cfg.model.flops_per_example();
-                let mut trainer = Trainer::new(model, cfg.data.d, &cfg.train, cfg.seed)?;
-                // Warm-up: the first steps size every buffer.
-                let warm: Vec<usize> = (0..batch_size).collect();
-                for _ in 0..3 {
-                    trainer.step(&train, &warm, 0.0)?;
-                }
-                let report = trainer.fit(&train, None, |_| {})?;
-                // The fastest epoch: others were slowed by whatever else ran.
-                let mut steps_before = 3; // the warm-up's, counted in `steps`
-                let mut fastest = (0.0, 0.0);
-                for epoch in &report.epochs {
-                    let steps = epoch.steps.saturating_sub(steps_before).max(1);
-                    steps_before = epoch.steps;
-                    if epoch.examples_per_sec() > fastest.0 {
-                        fastest = (epoch.examples_per_sec(), epoch.seconds / steps as f64);
+            for shard_rows in shard_sizes(&plan.shard_rows, batch_size) {
+                let mut one_thread = None;
+                for &threads in &plan.threads {
+                    let mut raw = raw.clone();
+                    raw.train.batch_size = Some(batch_size);
+                    raw.train.threads = Some(threads.get());
+                    raw.train.shard_rows = shard_rows;
+                    raw.train.epochs = Some(plan.epochs.get());
+                    let cfg = raw.validate()?;
+                    progress(&format!(
+                        "{name}: B = {batch_size}, {threads} thread(s), shards of {} rows",
+                        cfg.train.shard_rows.get().min(batch_size)
+                    ));
+                    let model = Mlp::new(cfg.model.clone());
+                    let flops = cfg.model.flops_per_example();
+                    let mut trainer = Trainer::new(model, cfg.data.d, &cfg.train, cfg.seed)?;
+                    // Warm-up: the first steps size every buffer.
+                    let warm: Vec<usize> = (0..batch_size).collect();
+                    for _ in 0..3 {
+                        trainer.step(&train, &warm, 0.0)?;
                     }
+                    let report = trainer.fit(&train, None, |_| {})?;
+                    // The fastest epoch: others were slowed by whatever else ran.
+                    let mut steps_before = 3; // the warm-up's, counted in `steps`
+                    let mut fastest = (0.0, 0.0);
+                    for epoch in &report.epochs {
+                        let steps = epoch.steps.saturating_sub(steps_before).max(1);
+                        steps_before = epoch.steps;
+                        if epoch.examples_per_sec() > fastest.0 {
+                            fastest = (epoch.examples_per_sec(), epoch.seconds / steps as f64);
+                        }
+                    }
+                    let (examples_per_sec, step_seconds) = fastest;
+                    let reduce_seconds = time_reduce(&trainer, batch_size, &cfg.train);
+                    let peak = lookup(&limits.peak_gflops, threads.get());
+                    let bandwidth = lookup(&limits.copy_gb_per_sec, threads.get());
+                    let gflops = examples_per_sec * flops / 1e9;
+                    let feature_gb_per_sec = examples_per_sec * (cfg.data.d * 4) as f64 / 1e9;
+                    if threads.get() == 1 {
+                        one_thread = Some(examples_per_sec);
+                    }
+                    rows.push(BenchRow {
+                        workload: name.to_string(),
+                        batch_size,
+                        threads: threads.get(),
+                        shard_rows: cfg.train.shard_rows.get().min(batch_size),
+                        examples_per_sec,
+                        gflops,
+                        peak_fraction: gflops / peak,
+                        feature_gb_per_sec,
+                        bandwidth_fraction: feature_gb_per_sec / bandwidth,
+                        reduce_fraction: reduce_seconds / step_seconds,
+                        speedup: one_thread.map(|one| examples_per_sec / one),
+                        serial_fraction: one_thread
+                            .and_then(|one| karp_flatt(examples_per_sec / one, threads.get())),
+                    });
                 }
-                let (examples_per_sec, step_seconds) = fastest;
-                let reduce_seconds = time_reduce(&trainer, batch_size, &cfg.train);
-                let peak = lookup(&limits.peak_gflops, threads.get());
-                let bandwidth = lookup(&limits.copy_gb_per_sec, threads.get());
-                let gflops = examples_per_sec * flops / 1e9;
-                let feature_gb_per_sec = examples_per_sec * (cfg.data.d * 4) as f64 / 1e9;
-                if threads.get() == 1 {
-                    one_thread = Some(examples_per_sec);
-                }
-                rows.push(BenchRow {
-                    workload: name.to_string(),
-                    batch_size,
-                    threads: threads.get(),
-                    shard_rows: cfg.train.shard_rows.get().min(batch_size),
-                    examples_per_sec,
-                    gflops,
-                    peak_fraction: gflops / peak,
-                    feature_gb_per_sec,
-                    bandwidth_fraction: feature_gb_per_sec / bandwidth,
-                    reduce_fraction: reduce_seconds / step_seconds,
-                    speedup: one_thread.map(|one| examples_per_sec / one),
-                    serial_fraction: one_thread
-                        .and_then(|one| karp_flatt(examples_per_sec / one, threads.get())),
-                });
             }
         }
     }
     Ok(BenchReport { limits, rows })
+}
+
+/// The shard sizes to run at `batch_size`: `None` (the default) when none are asked for,
+/// else each asked size, capped at the batch, once.
+fn shard_sizes(asked: &[usize], batch_size: usize) -> Vec<Option<usize>> {
+    if asked.is_empty() {
+        return vec![None];
+    }
+    let mut sizes = Vec::new();
+    for &rows in asked {
+        let rows = Some(rows.min(batch_size));
+        if !sizes.contains(&rows) {
+            sizes.push(rows);
+        }
+    }
+    sizes
 }
 
 fn lookup(table: &[(usize, f64)], threads: usize) -> f64 {
@@ -242,8 +264,10 @@ fn time_reduce<M: crate::model::Model>(
     if n_shards <= 1 {
         return 0.0;
     }
+    // Rows laid out as the trainer's.
     let n_params = trainer.params().len();
-    let mut grads = Array2::<f32>::ones((n_shards, n_params));
+    let mut grads = zeros_on_lines(n_shards, n_params.next_multiple_of(LINE));
+    let mut grads = grads.slice_mut(s![.., ..n_params]);
     let done = u32::from(in_pairs(n_shards, cfg.threads.get()));
     trainer.install(|| {
         tree_reduce_above(grads.view_mut(), n_shards, done);
@@ -377,6 +401,15 @@ pub fn copy_bandwidth(threads: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shard_sizes_are_capped_at_the_batch_and_run_once() {
+        assert_eq!(shard_sizes(&[], 512), vec![None]);
+        assert_eq!(
+            shard_sizes(&[64, 256, 512, 64], 256),
+            vec![Some(64), Some(256)]
+        );
+    }
 
     #[test]
     fn karp_flatt_and_amdahl_invert_each_other() {

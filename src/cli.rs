@@ -185,9 +185,10 @@ pub struct BenchArgs {
     /// Default: 1 and every core.
     #[arg(short, long, value_delimiter = ',')]
     pub threads: Vec<usize>,
-    /// Rows per shard instead of the default chosen from the batch size.
-    #[arg(long)]
-    pub shard_rows: Option<usize>,
+    /// Rows per shard to compare (e.g. 64,128,256) instead of the default chosen from the
+    /// batch size: fewer, larger shards run faster per core, more give more cores work.
+    #[arg(long, value_delimiter = ',')]
+    pub shard_rows: Vec<usize>,
     /// Rows of each workload's dataset instead of its standard N (e.g. to fit w2 in less
     /// memory).
     #[arg(long)]

@@ -36,11 +36,17 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
             format!("batch sizes must be at least 1, got {b}"),
         ));
     }
+    if let Some(&r) = args.shard_rows.iter().find(|&&r| r == 0) {
+        return Err(minibatch::Error::config(
+            "--shard-rows",
+            format!("shard sizes must be at least 1 row, got {r}"),
+        ));
+    }
     let plan = minibatch::bench::BenchPlan {
         workloads,
         batch_sizes: args.batch_sizes.clone(),
         threads: thread_counts,
-        shard_rows: args.shard_rows,
+        shard_rows: args.shard_rows.clone(),
         n: args.n,
         epochs: args.epochs,
     };
@@ -92,14 +98,17 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
         println!(
             "\nScaling predicted by Amdahl's law from the measured (Karp-Flatt) serial fraction:"
         );
-        println!("| workload | B | threads | serial fraction | 16 threads | 64 threads |");
-        println!("|---|---|---|---|---|---|");
+        println!(
+            "| workload | B | threads | shard rows | serial fraction | 16 threads | 64 threads |"
+        );
+        println!("|---|---|---|---|---|---|---|");
         for (r, e) in predictions {
             println!(
-                "| {} | {} | {} | {:.3} | {:.1}x | {:.1}x |",
+                "| {} | {} | {} | {} | {:.3} | {:.1}x | {:.1}x |",
                 r.workload,
                 r.batch_size,
                 r.threads,
+                r.shard_rows,
                 e,
                 minibatch::bench::amdahl(e, 16),
                 minibatch::bench::amdahl(e, 64)

@@ -289,6 +289,7 @@ fn bad_tune_and_bench_options_exit_2_with_the_option_named() {
         (vec!["bench", "--workload", "w9"], "unknown workload `w9`"),
         (vec!["bench", "--threads", "0"], "--threads"),
         (vec!["bench", "--epochs", "0"], "--epochs"),
+        (vec!["bench", "--shard-rows", "64,0"], "--shard-rows"),
         (vec!["scale", "--threads", "0"], "--threads"),
     ] {
         let out = run(&args);
