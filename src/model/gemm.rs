@@ -276,7 +276,7 @@ fn gemm_with(
         scratch.c = apart;
         return;
     }
-    if mode == Accumulate::Overwrite && (small || k == 0) {
+    if mode == Accumulate::Overwrite && k == 0 {
         c.fill(0.0);
     }
     if m == 0 || n == 0 || k == 0 {
@@ -304,7 +304,10 @@ fn gemm_with(
     // is borrowed mutably for the duration of the call.
     unsafe {
         if let (Rhs::View { ptr, rs, cs }, true) = (shape.b, small) {
-            return small_gemm(&shape, ptr, rs, cs);
+            return match isa {
+                Isa::Avx512 | Isa::Avx2 => small_gemm_fma(&shape, ptr, rs, cs),
+                Isa::Baseline => small_gemm(&shape, ptr, rs, cs, |a, b, acc| acc + a * b),
+            };
         }
         match isa {
             Isa::Avx512 => gemm_avx512(&shape, scratch),
@@ -321,22 +324,59 @@ const SMALL_FLOPS: usize = 8 * 1024;
 /// B operands of at most this many elements are kept unpacked by `PackedB`.
 const SMALL_B: usize = 1024;
 
-/// C += A B by plain loops, for tiny products. The order of additions is fixed by the
-/// shapes, like the blocked path's.
+/// C (+)= A B by plain loops, for tiny products, with the blocked path's arithmetic: each
+/// element summed from zero over each k-block in k order by the kernel's multiply-add, then
+/// stored or added to C. So a row's result does not depend on the path its product takes,
+/// and so not on how many rows the product has (shards run in pairs multiply both shards'
+/// rows at once).
 ///
 /// # Safety
 /// As for the blocked path: the shape describes live, non-overlapping matrices.
-unsafe fn small_gemm(s: &Shape, b: *const f32, b_rs: usize, b_cs: usize) {
+#[inline(always)]
+unsafe fn small_gemm(
+    s: &Shape,
+    b: *const f32,
+    b_rs: usize,
+    b_cs: usize,
+    madd: impl Fn(f32, f32, f32) -> f32,
+) {
+    /// Columns summed side by side (vectorised across j).
+    const COLS: usize = 64;
     for i in 0..s.m {
         let c_row = unsafe { std::slice::from_raw_parts_mut(s.c.add(i * s.ldc), s.n) };
-        for kk in 0..s.k {
-            let a = unsafe { *s.a.add(i * s.a_rs + kk * s.a_cs) };
-            let b_row = unsafe { b.add(kk * b_rs) };
-            for (j, c) in c_row.iter_mut().enumerate() {
-                *c += a * unsafe { *b_row.add(j * b_cs) };
+        for (chunk, c_part) in c_row.chunks_mut(COLS).enumerate() {
+            let j0 = chunk * COLS;
+            let mut k0 = 0;
+            while k0 < s.k {
+                let kc = KC.min(s.k - k0);
+                let mut acc = [0.0f32; COLS];
+                for kk in k0..k0 + kc {
+                    let a = unsafe { *s.a.add(i * s.a_rs + kk * s.a_cs) };
+                    let b_row = unsafe { b.add(kk * b_rs + j0 * b_cs) };
+                    for (j, v) in acc.iter_mut().enumerate().take(c_part.len()) {
+                        *v = madd(a, unsafe { *b_row.add(j * b_cs) }, *v);
+                    }
+                }
+                let store = s.overwrite && k0 == 0;
+                for (c, &v) in c_part.iter_mut().zip(&acc) {
+                    *c = if store { v } else { *c + v };
+                }
+                k0 += kc;
             }
         }
     }
+}
+
+/// `small_gemm` with the AVX kernels' fused multiply-add.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn small_gemm_fma(s: &Shape, b: *const f32, b_rs: usize, b_cs: usize) {
+    unsafe { small_gemm(s, b, b_rs, b_cs, f32::mul_add) }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn small_gemm_fma(s: &Shape, b: *const f32, b_rs: usize, b_cs: usize) {
+    unsafe { small_gemm(s, b, b_rs, b_cs, f32::mul_add) }
 }
 
 /// The widest instruction set this CPU offers us.
@@ -1139,6 +1179,56 @@ mod tests {
                 );
                 for ((&got, &c0), &p) in c.iter().zip(&c0).zip(&product) {
                     assert_eq!(got.to_bits(), (c0 + p).to_bits(), "{isa:?} ({m},{k},{n})");
+                }
+            }
+        }
+    }
+
+    /// A row's result does not depend on the other rows of its product: one row alone (a
+    /// tiny product, plain loops) and the same row among many (the blocked kernels) give the
+    /// same bits, overwriting or adding, over one k-block or several, on every kernel. Shards
+    /// run in pairs rely on it: their products have twice a shard's rows.
+    #[test]
+    fn a_rows_bits_do_not_depend_on_the_rows_beside_it() {
+        let mut scratch = GemmScratch::default();
+        for &(m, k, n) in &[(64, 40, 20), (16, 300, 8), (33, 7, 70), (8, 256, 32)] {
+            let a =
+                Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 * 0.37 - 1.7);
+            let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j) % 13) as f32 * 0.29 - 1.3);
+            let c0 = Array2::from_shape_fn((m, n), |(i, j)| ((i * 31 + j * 17) % 23) as f32 * 0.9);
+            let rhs = Rhs::View {
+                ptr: b.as_ptr(),
+                rs: n,
+                cs: 1,
+            };
+            assert!(
+                k * n <= SMALL_FLOPS && m * k * n > SMALL_FLOPS,
+                "one row tiny, all not"
+            );
+            for isa in std::iter::once(Isa::detect()).chain(other_kernels()) {
+                for mode in [Accumulate::Overwrite, Accumulate::Add, Accumulate::AddSum] {
+                    let mut all = c0.clone();
+                    gemm_with(
+                        isa,
+                        a.view(),
+                        (k, n),
+                        rhs,
+                        all.view_mut(),
+                        mode,
+                        &mut scratch,
+                    );
+                    for i in [0, m / 2, m - 1] {
+                        let mut row = c0.slice(ndarray::s![i..i + 1, ..]).to_owned();
+                        let a_row = a.slice(ndarray::s![i..i + 1, ..]);
+                        gemm_with(isa, a_row, (k, n), rhs, row.view_mut(), mode, &mut scratch);
+                        for (j, (&got, &want)) in row.iter().zip(all.row(i)).enumerate() {
+                            assert_eq!(
+                                got.to_bits(),
+                                want.to_bits(),
+                                "{isa:?} {mode:?} ({m},{k},{n}) row {i} col {j}"
+                            );
+                        }
+                    }
                 }
             }
         }
