@@ -69,6 +69,24 @@ fn benches(c: &mut Criterion) {
                 })
             });
 
+            // Two shards as one task (`Model::loss_grad_pair`, shards in pairs): per row
+            // against `shard_fwd_bwd`, what passing both shards' rows at once saves.
+            let pair_rows = (2 * rows).min(train.n());
+            let mut pair_ws = model.workspace(pair_rows);
+            group.throughput(Throughput::Elements(pair_rows as u64));
+            group.bench_function(BenchmarkId::new("pair_fwd_bwd", pair_rows), |b| {
+                b.iter(|| {
+                    black_box(model.loss_grad_pair(
+                        &params,
+                        &shared,
+                        train.rows(0..pair_rows),
+                        rows,
+                        &mut pair_ws,
+                        &mut grad,
+                    ))
+                })
+            });
+
             // Packing the weights once per step for every shard (W1: a separate phase of
             // the step, `prepare` in `train --profile`), one copy: the trainer's 2-thread
             // steps also copy them for the second thread.

@@ -13,8 +13,6 @@ use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::model::GradInto;
-
 pub fn n_shards(batch_len: usize, shard_rows: NonZeroUsize) -> usize {
     batch_len.div_ceil(shard_rows.get())
 }
@@ -105,10 +103,10 @@ impl<'a, S: Send> ShardQueue<'a, S> {
         }
     }
 
-    /// Hands shards out two at a time: 2j and 2j + 1 run one after the other on one thread,
-    /// the second adding its sum into the first's row (`GradInto::Add`), so the tree's
-    /// level 1 is summed with the shards, while the row is in that thread's cache, and row
-    /// 2j + 1 is never written. The bits are those of the tree, which then starts at level
+    /// Hands shards out two at a time: 2j and 2j + 1 go to one thread as one task, with row
+    /// 2j for both sums (the second added as `GradInto::Add` adds: `Model::loss_grad_pair`),
+    /// so the tree's level 1 is summed with the shards, while the row is in that thread's
+    /// cache, and row 2j + 1 is never written. The bits are those of the tree, which then starts at level
     /// 1 (`reduce::tree_reduce_above`). Measured on W1 (B = 512, 64-row shards): the reduce
     /// phase 383 -> 175 us on one thread, 241 -> 93 on two.
     pub fn in_pairs(&mut self) {
@@ -116,14 +114,11 @@ impl<'a, S: Send> ShardQueue<'a, S> {
         self.tasks = self.len.div_ceil(2);
     }
 
-    /// Runs `f(i, row, slot, into)` on every shard, on this thread and up to `helpers` others of
-    /// the current pool, and returns when all are done. Allocates nothing: the helpers'
+    /// Runs `f(first, row, slots)` on every task (shard `first` alone with its slot, or
+    /// shards `first` and `first + 1` with theirs, in pairs), on this thread and up to
+    /// `helpers` others of the current pool, and returns when all are done. Allocates nothing: the helpers'
     /// jobs live on this thread's stack (rayon's join), not in boxes (rayon's spawn).
-    pub fn run(
-        &mut self,
-        helpers: usize,
-        f: &(impl Fn(usize, &mut [f32], &mut S, GradInto) + Sync),
-    ) {
+    pub fn run(&mut self, helpers: usize, f: &(impl Fn(usize, &mut [f32], &mut [S]) + Sync)) {
         if helpers == 0 {
             // One thread: a plain loop. The queue's atomics cost 15% of a B = 1 step on the
             // linear workload (W3, one thread: 10.7 M -> 11.3-12.4 M steps/s).
@@ -139,7 +134,7 @@ impl<'a, S: Send> ShardQueue<'a, S> {
 
     /// `run` with helpers: queues `helpers` jobs that take shards, takes shards on this
     /// thread too, then waits for the last one.
-    fn share(&self, helpers: usize, f: &(impl Fn(usize, &mut [f32], &mut S, GradInto) + Sync)) {
+    fn share(&self, helpers: usize, f: &(impl Fn(usize, &mut [f32], &mut [S]) + Sync)) {
         if helpers == 0 {
             self.take_all(f);
             self.wait();
@@ -151,7 +146,7 @@ impl<'a, S: Send> ShardQueue<'a, S> {
     }
 
     /// Runs `f` on shards nobody has taken until none is left.
-    fn take_all(&self, f: &(impl Fn(usize, &mut [f32], &mut S, GradInto) + Sync)) {
+    fn take_all(&self, f: &(impl Fn(usize, &mut [f32], &mut [S]) + Sync)) {
         let mut reader = None;
         loop {
             let task = self.next.fetch_add(1, Ordering::Relaxed);
@@ -169,38 +164,26 @@ impl<'a, S: Send> ShardQueue<'a, S> {
         }
     }
 
-    /// Runs the shards of `task` in order, each with its own slot and all with the first
-    /// one's row: the first overwrites it, the others add to it.
+    /// Runs `f` on the shards of `task`, with the first one's row and their slots.
     ///
     /// # Safety
     /// `task < tasks`, and no other reference to its shards' rows or slots is alive.
     #[inline(always)]
-    unsafe fn run_task(
-        &self,
-        task: usize,
-        f: &(impl Fn(usize, &mut [f32], &mut S, GradInto) + Sync),
-    ) {
+    unsafe fn run_task(&self, task: usize, f: &(impl Fn(usize, &mut [f32], &mut [S]) + Sync)) {
         let first = task * self.per_task;
-        for i in first..(first + self.per_task).min(self.len) {
-            let into = if i == first {
-                GradInto::Overwrite
-            } else {
-                GradInto::Add
-            };
-            // SAFETY: row `first` and slot i lie inside the borrowed slices (checked in
-            // `new`); the caller rules out other aliases, and the previous shard's
-            // references ended with its call.
-            let (row, slot) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(
-                        self.grads.add(first * self.row_stride),
-                        self.row_len,
-                    ),
-                    &mut *self.slots.add(i),
-                )
-            };
-            f(i, row, slot, into);
-        }
+        let count = self.per_task.min(self.len - first);
+        // SAFETY: row `first` and slots first..first + count lie inside the borrowed slices
+        // (checked in `new`); the caller rules out other aliases.
+        let (row, slots) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(
+                    self.grads.add(first * self.row_stride),
+                    self.row_len,
+                ),
+                std::slice::from_raw_parts_mut(self.slots.add(first), count),
+            )
+        };
+        f(first, row, slots);
     }
 
     /// Spins until every shard is done; called after `take_all`, so that no shard is left
@@ -301,52 +284,43 @@ mod tests {
         assert!(in_pairs(2, 1) && !in_pairs(1, 1) && in_pairs(8, 2) && !in_pairs(10, 2));
     }
 
-    /// In pairs, shards 2j and 2j + 1 run on one thread in that order, the first overwriting
-    /// row 2j and the second adding to it; an odd last shard runs alone; every shard once,
-    /// with its own slot. Rows are 2 values of every 3 (padded rows).
+    /// In pairs, shards 2j and 2j + 1 are one task, with row 2j and their two slots; an odd
+    /// last shard is a task alone; one by one, each shard is a task with its own row. Every
+    /// shard once. Rows are 2 values of every 3 (padded rows).
     #[test]
-    fn shards_in_pairs_share_the_first_ones_row_on_one_thread() {
-        use std::sync::Mutex;
+    fn shards_in_pairs_are_one_task_with_the_first_ones_row() {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(3)
             .build()
             .unwrap();
-        for n in [1, 2, 5, 8] {
-            let (mut grads, mut slots) = (vec![0.0f32; n * 3], vec![usize::MAX; n]);
-            let calls = Mutex::new(Vec::new());
-            pool.install(|| {
-                let mut queue = ShardQueue::new(&mut grads, 3, 2, &mut slots);
-                queue.in_pairs();
-                queue.run(2, &|i, row: &mut [f32], slot: &mut usize, into| {
-                    *slot = i;
-                    assert_eq!(row.len(), 2);
-                    let row_at = row.as_ptr() as usize;
-                    let thread = rayon::current_thread_index();
-                    let mut calls = calls.lock().unwrap();
-                    let order = calls.len();
-                    calls.push((i, row_at, into, thread, order));
+        for pairs in [true, false] {
+            for n in [1, 2, 5, 8] {
+                let (mut grads, mut slots) = (vec![0.0f32; n * 3], vec![usize::MAX; n]);
+                let row0 = grads.as_ptr() as usize;
+                let tasks = std::sync::Mutex::new(Vec::new());
+                pool.install(|| {
+                    let mut queue = ShardQueue::new(&mut grads, 3, 2, &mut slots);
+                    if pairs {
+                        queue.in_pairs();
+                    }
+                    queue.run(2, &|first, row: &mut [f32], slots: &mut [usize]| {
+                        assert_eq!(row.len(), 2);
+                        for (i, slot) in slots.iter_mut().enumerate() {
+                            *slot = first + i;
+                        }
+                        let row_at = (row.as_ptr() as usize - row0) / (3 * size_of::<f32>());
+                        tasks.lock().unwrap().push((first, slots.len(), row_at));
+                    });
                 });
-            });
-            let mut calls = calls.into_inner().unwrap();
-            calls.sort_by_key(|c| c.0);
-            assert_eq!(calls.len(), n);
-            assert_eq!(slots, (0..n).collect::<Vec<_>>(), "each shard its own slot");
-            let row0 = grads.as_ptr() as usize;
-            for &(i, row_at, into, thread, order) in &calls {
-                let first = i / 2 * 2;
-                assert_eq!(
-                    row_at,
-                    row0 + first * 3 * size_of::<f32>(),
-                    "shard {i} of {n}"
-                );
-                let want = if i == first {
-                    GradInto::Overwrite
+                let mut tasks = tasks.into_inner().unwrap();
+                tasks.sort();
+                let want: Vec<_> = if pairs {
+                    (0..n).step_by(2).map(|i| (i, 2.min(n - i), i)).collect()
                 } else {
-                    GradInto::Add
+                    (0..n).map(|i| (i, 1, i)).collect()
                 };
-                assert_eq!(into, want, "shard {i} of {n}");
-                assert_eq!(thread, calls[first].3, "shard {i} away from its pair");
-                assert!(order >= calls[first].4, "shard {i} before its pair's first");
+                assert_eq!(tasks, want, "{n} shards, pairs {pairs}");
+                assert_eq!(slots, (0..n).collect::<Vec<_>>(), "each shard its own slot");
             }
         }
     }
@@ -366,7 +340,7 @@ mod tests {
             let (before, after) = pool.install(|| {
                 let before = reader();
                 let mut queue = ShardQueue::new(&mut grads, 2, 2, &mut slots);
-                queue.run(3, &|_, _, _, _| {
+                queue.run(3, &|_, _, _| {
                     let thread = rayon::current_thread_index().unwrap();
                     seen.lock().unwrap().push((thread, reader()));
                     std::thread::sleep(std::time::Duration::from_millis(1));

@@ -31,7 +31,7 @@ use crate::config::TrainConfig;
 use crate::data::{Dataset, mix};
 use crate::error::{Error, Result};
 use crate::model::gemm::{LINE, zeros_on_lines};
-use crate::model::{GradInto, Model, PREFETCH_ROWS, Stats, Usage, prefetch_row};
+use crate::model::{Model, PREFETCH_ROWS, Stats, Usage, prefetch_row};
 use crate::noise::{NoiseScale, squared_norm};
 use crate::optim::{Optimizer, OptimizerState};
 use crate::reduce::{REDUCE_CHUNK, squared_norm_chunked, tree_reduce_above, tree_reduce_with_norm};
@@ -227,9 +227,11 @@ impl<M: Model> Trainer<M> {
         // Evaluation reuses the slots; give it one per thread even when batches need fewer.
         let n_slots = max_shards.max(cfg.threads.get());
         let rows = cfg.shard_rows.get().min(cfg.batch_size.get());
+        // A pair of shards runs in its first (even) slot's workspace.
+        let pair_rows = (2 * cfg.shard_rows.get()).min(cfg.batch_size.get());
         let slots = (0..n_slots)
-            .map(|_| ShardSlot {
-                ws: model.workspace(rows),
+            .map(|i| ShardSlot {
+                ws: model.workspace(if i % 2 == 0 { pair_rows } else { rows }),
                 grad_sq: 0.0,
                 stats: Stats::default(),
             })
@@ -618,18 +620,29 @@ impl<M: Model> Trainer<M> {
         let row_stride = self.grads.ncols();
         let grads = self.grads.as_slice_mut().expect("grads are contiguous");
         let first = mine.start;
-        let shard =
-            |local: usize, grad: &mut [f32], slot: &mut ShardSlot<M::Workspace>, into: GradInto| {
-                let shard_idx = first + local;
-                let range = shard_range(shard_idx, batch_len, shard_rows);
-                let _shard =
-                    trace_span!(parent: &step_span, "shard", shard = shard_idx, rows = range.len())
-                        .entered();
-                run_shard(model, params, shared, data, &idx[range], slot, grad, into);
-                if measure_noise {
-                    slot.grad_sq = squared_norm(grad);
+        // A task: one shard, or a pair (shards in pairs) passed through the model at once.
+        let task = |local: usize, grad: &mut [f32], slots: &mut [ShardSlot<M::Workspace>]| {
+            let shard_idx = first + local;
+            let range = shard_range(shard_idx, batch_len, shard_rows);
+            let end = shard_range(shard_idx + slots.len() - 1, batch_len, shard_rows).end;
+            let _shard = trace_span!(parent: &step_span, "shard", shard = shard_idx, rows = end - range.start)
+                .entered();
+            match slots {
+                [slot] => {
+                    run_shard(model, params, shared, data, &idx[range], slot, grad);
+                    if measure_noise {
+                        slot.grad_sq = squared_norm(grad);
+                    }
                 }
-            };
+                [a, b] => {
+                    let _fwd_bwd = trace_span!("fwd_bwd").entered();
+                    let batch = data.indexed(&idx[range.start..end]);
+                    [a.stats, b.stats] =
+                        model.loss_grad_pair(params, shared, batch, range.len(), &mut a.ws, grad);
+                }
+                _ => unreachable!("tasks are one shard or two"),
+            }
+        };
         let shards_span = trace_span!("shards", n_shards = n_local).entered();
         let mut queue = ShardQueue::new(grads, row_stride, n_params, &mut self.slots[..n_local]);
         let threads = self.cfg.threads.get().min(n_local);
@@ -641,7 +654,7 @@ impl<M: Model> Trainer<M> {
             queue.in_pairs();
         }
         // One shard, or one thread: no dispatch to the pool.
-        queue.run(threads.saturating_sub(1), &shard);
+        queue.run(threads.saturating_sub(1), &task);
         drop(shards_span);
         // The batch's stats and each shard's |gradient|^2, summed in shard order.
         let mut stats = Stats::default();
@@ -855,9 +868,8 @@ fn run_shard<M: Model>(
     idx: &[usize],
     slot: &mut ShardSlot<M::Workspace>,
     grad: &mut [f32],
-    into: GradInto,
 ) {
     let _fwd_bwd = trace_span!("fwd_bwd").entered();
     let batch = data.indexed(idx);
-    slot.stats = model.loss_grad_into(params, shared, batch, &mut slot.ws, grad, into);
+    slot.stats = model.loss_grad_sum(params, shared, batch, &mut slot.ws, grad);
 }

@@ -42,6 +42,30 @@ impl<'a> Batch<'a> {
         }
     }
 
+    /// Its first `rows` rows and the rest.
+    pub fn split_at(&self, rows: usize) -> (Batch<'a>, Batch<'a>) {
+        match self.idx {
+            Some(idx) => {
+                let (a, b) = idx.split_at(rows);
+                (
+                    Batch {
+                        idx: Some(a),
+                        ..*self
+                    },
+                    Batch {
+                        idx: Some(b),
+                        ..*self
+                    },
+                )
+            }
+            None => {
+                let (xa, xb) = self.x.split_at(ndarray::Axis(0), rows);
+                let (ya, yb) = self.y.split_at(ndarray::Axis(0), rows);
+                (Batch::block(xa, ya), Batch::block(xb, yb))
+            }
+        }
+    }
+
     pub fn rows(&self) -> usize {
         self.idx.map_or(self.x.nrows(), <[usize]>::len)
     }

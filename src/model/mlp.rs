@@ -20,7 +20,7 @@ use super::kernels::{
     activate, activation_backward, affine, affine_grad, affine_input_grad, axpy_rows, dot,
     dot_rows, head_loss, scalar_head,
 };
-use super::{Batch, GradInto, Model, Stats, Usage};
+use super::{Batch, GradInto, Model, Stats, Usage, loss_grad_pair_apart};
 use crate::params::{ParamId, ParamLayout};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +273,78 @@ impl Mlp {
     }
 
     /// Runs every layer on `x` and leaves the head's pre-activation in `ws.a[L-1]`.
+    /// Forward and backward over every row of `batch` (a non-linear-path model), with the
+    /// loss and the weight gradients formed per segment: rows `..split` put into `grad` as
+    /// `into` says, rows `split..` (if any) added as `GradInto::Add` adds. Stats per
+    /// segment.
+    #[allow(clippy::too_many_arguments)]
+    fn pass(
+        &self,
+        params: &[f32],
+        shared: &MlpShared,
+        batch: Batch<'_>,
+        split: usize,
+        into: GradInto,
+        ws: &mut MlpWorkspace,
+        grad: &mut [f32],
+    ) -> [Stats; 2] {
+        let rows = batch.rows();
+        let first_mode = match into {
+            GradInto::Overwrite => Accumulate::Overwrite,
+            GradInto::Add => Accumulate::AddSum,
+        };
+        let segments = [(0..split, first_mode), (split..rows, Accumulate::AddSum)];
+        let MlpWorkspace { x, y, layers: ws } = ws;
+        let (x, y) = batch.contiguous(x.view_mut(), y.view_mut());
+        self.forward(shared, x, params, ws);
+        let last = self.n_layers() - 1;
+        let stats = segments.clone().map(|(seg, _)| {
+            head_loss(
+                self.spec.head,
+                ws.a[last].slice(s![seg.clone(), ..]),
+                y.slice(s![seg.clone()]),
+                Some(ws.dz[last].slice_mut(s![seg, ..])),
+            )
+        });
+        // Backward: dz[l] is known; accumulate layer l's gradients, then push dz into layer
+        // l - 1 through w_l and the activation. The first layer needs no input gradient.
+        for l in (0..=last).rev() {
+            let (w, b) = self.layers[l];
+            let input = if l == 0 {
+                x
+            } else {
+                ws.a[l - 1].slice(s![..rows, ..])
+            };
+            for (seg, mode) in segments.clone() {
+                if seg.is_empty() {
+                    continue;
+                }
+                let grads = self.layout.linear_mut(w, b, grad);
+                affine_grad(
+                    input.slice(s![seg.clone(), ..]),
+                    ws.dz[l].slice(s![seg, ..]),
+                    grads,
+                    mode,
+                    &mut ws.apart,
+                    &mut ws.gemm,
+                );
+            }
+            if l > 0 {
+                let (below, above) = ws.dz.split_at_mut(l);
+                let mut da = below[l - 1].slice_mut(s![..rows, ..]);
+                affine_input_grad(
+                    above[0].slice(s![..rows, ..]),
+                    &shared.wt[l],
+                    self.layout.matrix(w, params).t(),
+                    da.view_mut(),
+                    &mut ws.gemm,
+                );
+                activation_backward(self.spec.activation, ws.a[l - 1].slice(s![..rows, ..]), da);
+            }
+        }
+        stats
+    }
+
     fn forward(
         &self,
         shared: &MlpShared,
@@ -521,47 +593,37 @@ impl Model for Mlp {
             crate::reduce::add_into(grad, apart);
             return stats;
         }
-        let mode = match into {
-            GradInto::Overwrite => Accumulate::Overwrite,
-            GradInto::Add => Accumulate::AddSum,
-        };
         let rows = batch.rows();
-        let MlpWorkspace { x, y, layers: ws } = ws;
-        let (x, y) = batch.contiguous(x.view_mut(), y.view_mut());
-        self.forward(shared, x, params, ws);
-        let last = self.n_layers() - 1;
-        let stats = head_loss(
-            self.spec.head,
-            ws.a[last].slice(s![..rows, ..]),
-            y,
-            Some(ws.dz[last].slice_mut(s![..rows, ..])),
-        );
-        // Backward: dz[l] is known; accumulate layer l's gradients, then push dz into layer
-        // l - 1 through w_l and the activation. The first layer needs no input gradient.
-        for l in (0..=last).rev() {
-            let (w, b) = self.layers[l];
-            let input = if l == 0 {
-                x
-            } else {
-                ws.a[l - 1].slice(s![..rows, ..])
-            };
-            let dz = ws.dz[l].slice(s![..rows, ..]);
-            let grads = self.layout.linear_mut(w, b, grad);
-            affine_grad(input, dz, grads, mode, &mut ws.apart, &mut ws.gemm);
-            if l > 0 {
-                let (below, above) = ws.dz.split_at_mut(l);
-                let mut da = below[l - 1].slice_mut(s![..rows, ..]);
-                affine_input_grad(
-                    above[0].slice(s![..rows, ..]),
-                    &shared.wt[l],
-                    self.layout.matrix(w, params).t(),
-                    da.view_mut(),
-                    &mut ws.gemm,
-                );
-                activation_backward(self.spec.activation, ws.a[l - 1].slice(s![..rows, ..]), da);
-            }
-        }
+        let [stats, _] = self.pass(params, shared, batch, rows, into, ws, grad);
         stats
+    }
+
+    /// Both shards' rows in one forward and backward pass (the products read each weight
+    /// once for twice the rows); the weight gradients and the stats are still formed shard
+    /// by shard, so the bits are those of two calls (every product's rows are independent:
+    /// `gemm`). Measured on W1, one thread, B = 512 (64-row shards, so 128-row passes):
+    /// see the README's decisions table.
+    fn loss_grad_pair(
+        &self,
+        params: &[f32],
+        shared: &MlpShared,
+        batch: Batch<'_>,
+        first_rows: usize,
+        ws: &mut MlpWorkspace,
+        grad: &mut [f32],
+    ) -> [Stats; 2] {
+        if self.is_single_output_linear() {
+            return loss_grad_pair_apart(self, params, shared, batch, first_rows, ws, grad);
+        }
+        self.pass(
+            params,
+            shared,
+            batch,
+            first_rows,
+            GradInto::Overwrite,
+            ws,
+            grad,
+        )
     }
 
     fn loss_sum(

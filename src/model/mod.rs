@@ -111,6 +111,25 @@ pub trait Model: Send + Sync {
         into: GradInto,
     ) -> Stats;
 
+    /// Two consecutive shards' gradient sums in one buffer, as `ShardQueue::in_pairs` runs
+    /// them: the first `first_rows` rows' sum written into `grad`, the rest's added as
+    /// `GradInto::Add` adds; the two `Stats` apart. The same bits as the two
+    /// `loss_grad_into` calls, which is what it does unless a model passes both shards'
+    /// rows through at once (the built-in MLP does: each weight is read once for twice the
+    /// rows, the weight gradients still formed shard by shard). `ws` holds twice a shard's
+    /// rows.
+    fn loss_grad_pair(
+        &self,
+        params: &[f32],
+        shared: &Self::Shared,
+        batch: Batch<'_>,
+        first_rows: usize,
+        ws: &mut Self::Workspace,
+        grad: &mut [f32],
+    ) -> [Stats; 2] {
+        loss_grad_pair_apart(self, params, shared, batch, first_rows, ws, grad)
+    }
+
     /// `loss_grad_into`, overwriting every element of `grad` (so nobody zeroes the buffer
     /// first: the product kernels store their first block without reading it).
     fn loss_grad_sum(
@@ -135,4 +154,21 @@ pub trait Model: Send + Sync {
 
     /// Whether `Stats::n_correct` means anything (accuracy is reported for classifiers only).
     fn is_classifier(&self) -> bool;
+}
+
+/// `Model::loss_grad_pair` as two `loss_grad_into` calls.
+pub fn loss_grad_pair_apart<M: Model + ?Sized>(
+    model: &M,
+    params: &[f32],
+    shared: &M::Shared,
+    batch: Batch<'_>,
+    first_rows: usize,
+    ws: &mut M::Workspace,
+    grad: &mut [f32],
+) -> [Stats; 2] {
+    let (first, second) = batch.split_at(first_rows);
+    [
+        model.loss_grad_into(params, shared, first, ws, grad, GradInto::Overwrite),
+        model.loss_grad_into(params, shared, second, ws, grad, GradInto::Add),
+    ]
 }

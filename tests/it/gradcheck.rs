@@ -224,3 +224,93 @@ fn adding_into_a_buffer_gives_the_bits_of_adding_the_sum_apart() {
         }
     }
 }
+
+/// A pair of shards through the model at once (`loss_grad_pair`: the MLP's one pass over
+/// both shards' rows) gives the bits and stats of the two shards one after the other, the
+/// second adding into the first's buffer: for products past the kernel's tiny size only at
+/// twice the rows (8-row shards), 64-row shards, an uneven last shard, a shard deeper than a
+/// k-block (300 rows), indexed and contiguous rows, and the row-by-row linear model.
+#[test]
+fn a_pair_in_one_pass_gives_the_bits_of_its_two_shards() {
+    for (spec, classes, first, second) in [
+        (
+            spec(
+                40,
+                &[72, 24],
+                Activation::Relu,
+                Head::Softmax { n_classes: 5 },
+            ),
+            Some(5),
+            64,
+            64,
+        ),
+        (
+            spec(40, &[72], Activation::Relu, Head::Softmax { n_classes: 5 }),
+            Some(5),
+            64,
+            37,
+        ),
+        (
+            spec(
+                12,
+                &[8, 6],
+                Activation::Tanh,
+                Head::Softmax { n_classes: 3 },
+            ),
+            Some(3),
+            8,
+            8,
+        ),
+        (
+            spec(12, &[16], Activation::Sigmoid, Head::Mse),
+            None,
+            300,
+            300,
+        ),
+        (
+            spec(30, &[], Activation::Relu, Head::Logistic),
+            Some(2),
+            64,
+            64,
+        ),
+    ] {
+        let rows = first + second;
+        let data = random_dataset(rows + 5, spec.d_in, classes, 37);
+        let model = Mlp::new(spec.clone());
+        let mut params = vec![0.0f32; model.layout().n_params()];
+        model.init(&mut params, &mut StdRng::seed_from_u64(37));
+        let shared = prepared(&model, &params);
+        let mut ws = model.workspace(rows);
+        let idx: Vec<usize> = (0..rows).map(|i| (i * 7 + 3) % (rows + 5)).collect();
+        let targets = ndarray::ArrayView1::from(data.targets());
+        let x = data.x();
+        let block = Batch::block(
+            x.slice(ndarray::s![..rows, ..]),
+            targets.slice(ndarray::s![..rows]),
+        );
+        for batch in [data.indexed(&idx), block] {
+            let (a, b) = batch.split_at(first);
+            let mut apart = vec![f32::NAN; params.len()];
+            let s1 = model.loss_grad_into(
+                &params,
+                &shared,
+                a,
+                &mut ws,
+                &mut apart,
+                GradInto::Overwrite,
+            );
+            let s2 = model.loss_grad_into(&params, &shared, b, &mut ws, &mut apart, GradInto::Add);
+            let mut paired = vec![f32::NAN; params.len()];
+            let stats = model.loss_grad_pair(&params, &shared, batch, first, &mut ws, &mut paired);
+            assert_eq!(stats, [s1, s2], "{}", spec.describe());
+            for (i, (&got, &want)) in paired.iter().zip(&apart).enumerate() {
+                assert_eq!(
+                    got.to_bits(),
+                    want.to_bits(),
+                    "{}: param {i}",
+                    spec.describe()
+                );
+            }
+        }
+    }
+}
