@@ -5,7 +5,9 @@
 //!    the built-in MLP packs its weights for the matrix kernel);
 //! 1. cuts them into shards (`shard.rs`); on the pool, each shard's model call reads its
 //!    rows (in place or gathered into its own block) and writes their gradient sum into the
-//!    shard's own gradient row, or adds it to its pair's (`ShardQueue::in_pairs`);
+//!    shard's own gradient row, or a pair of shards goes through the model at once and
+//!    leaves both sums, added, in the first's row (`ShardQueue::in_pairs`,
+//!    `Model::loss_grad_pair`);
 //! 2. sums the shard rows with the fixed tree (`reduce.rs`), parallel over parameter chunks;
 //! 3. takes exactly one optimizer step with the sum and the batch length.
 //!
