@@ -1138,13 +1138,19 @@ mod tests {
         }
     }
 
+    /// A (m x k) and B (k x n) with values whose products round differently in any other
+    /// order of additions.
+    fn operands(m: usize, k: usize, n: usize) -> (Array2<f32>, Array2<f32>) {
+        let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 * 0.37 - 1.7);
+        let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j) % 13) as f32 * 0.29 - 1.3);
+        (a, b)
+    }
+
     #[test]
     fn add_sum_gives_the_bits_of_the_product_added_apart() {
         let mut scratch = GemmScratch::default();
         for &(m, k, n) in &[(3, 4, 5), (40, 64, 72), (9, 256, 64), (17, 300, 33)] {
-            let a =
-                Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 * 0.37 - 1.7);
-            let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j) % 13) as f32 * 0.29 - 1.3);
+            let (a, b) = operands(m, k, n);
             // C far larger than the products' terms, so that each extra rounding shows.
             let c0 = Array2::from_shape_fn((m, n), |(i, j)| {
                 ((i * 31 + j * 17) % 23) as f32 * 1e3 + 0.123
@@ -1192,9 +1198,7 @@ mod tests {
     fn a_rows_bits_do_not_depend_on_the_rows_beside_it() {
         let mut scratch = GemmScratch::default();
         for &(m, k, n) in &[(64, 40, 20), (16, 300, 8), (33, 7, 70), (8, 256, 32)] {
-            let a =
-                Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 * 0.37 - 1.7);
-            let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j) % 13) as f32 * 0.29 - 1.3);
+            let (a, b) = operands(m, k, n);
             let c0 = Array2::from_shape_fn((m, n), |(i, j)| ((i * 31 + j * 17) % 23) as f32 * 0.9);
             let rhs = Rhs::View {
                 ptr: b.as_ptr(),
