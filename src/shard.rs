@@ -30,8 +30,10 @@ pub fn shard_range(shard_idx: usize, batch_len: usize, shard_rows: NonZeroUsize)
 /// (`minibatch bench -w w1 -b 512,2048 --shard-rows 64,128,256`, 2 cores, two runs): at
 /// B = 512 one thread ran 98,000-104,000 examples/s with 64-row shards, 110,000-113,000
 /// with 128 and 116,000-126,000 with 256; at 2048 90,000 against 99,000-101,000 and
-/// 109,000-110,000; 32-row shards 60-75% of 64-row ones. The boundaries may not depend on
-/// the thread count, so the default keeps the slack: on a few cores, pass `--shard-rows`.
+/// 109,000-110,000; 32-row shards 60-75% of 64-row ones. Since pairs of shards pass through
+/// the model at once the gap is smaller: at B = 512 104,800-113,200 with 64 rows against
+/// 111,400-112,000 and 114,100-116,700. The boundaries may not depend on the thread count,
+/// so the default keeps the slack: on a few cores, pass `--shard-rows`.
 pub fn auto_shard_rows(batch_size: NonZeroUsize) -> NonZeroUsize {
     let rows = batch_size.get().div_ceil(16).clamp(64, 256);
     NonZeroUsize::new(rows).expect("clamped to at least 64")
@@ -106,9 +108,9 @@ impl<'a, S: Send> ShardQueue<'a, S> {
     /// Hands shards out two at a time: 2j and 2j + 1 go to one thread as one task, with row
     /// 2j for both sums (the second added as `GradInto::Add` adds: `Model::loss_grad_pair`),
     /// so the tree's level 1 is summed with the shards, while the row is in that thread's
-    /// cache, and row 2j + 1 is never written. The bits are those of the tree, which then starts at level
-    /// 1 (`reduce::tree_reduce_above`). Measured on W1 (B = 512, 64-row shards): the reduce
-    /// phase 383 -> 175 us on one thread, 241 -> 93 on two.
+    /// cache, and row 2j + 1 is never written. The bits are those of the tree, which then
+    /// starts at level 1 (`reduce::tree_reduce_above`). Measured on W1 (B = 512, 64-row
+    /// shards): the reduce phase 383 -> 175 us on one thread, 241 -> 93 on two.
     pub fn in_pairs(&mut self) {
         self.per_task = 2;
         self.tasks = self.len.div_ceil(2);
@@ -116,8 +118,9 @@ impl<'a, S: Send> ShardQueue<'a, S> {
 
     /// Runs `f(first, row, slots)` on every task (shard `first` alone with its slot, or
     /// shards `first` and `first + 1` with theirs, in pairs), on this thread and up to
-    /// `helpers` others of the current pool, and returns when all are done. Allocates nothing: the helpers'
-    /// jobs live on this thread's stack (rayon's join), not in boxes (rayon's spawn).
+    /// `helpers` others of the current pool, and returns when all are done. Allocates
+    /// nothing: the helpers' jobs live on this thread's stack (rayon's join), not in boxes
+    /// (rayon's spawn).
     pub fn run(&mut self, helpers: usize, f: &(impl Fn(usize, &mut [f32], &mut [S]) + Sync)) {
         if helpers == 0 {
             // One thread: a plain loop. The queue's atomics cost 15% of a B = 1 step on the
@@ -145,7 +148,7 @@ impl<'a, S: Send> ShardQueue<'a, S> {
         rayon::join(|| self.share(helpers - 1, f), || self.take_all(f));
     }
 
-    /// Runs `f` on shards nobody has taken until none is left.
+    /// Runs `f` on tasks nobody has taken until none is left.
     fn take_all(&self, f: &(impl Fn(usize, &mut [f32], &mut [S]) + Sync)) {
         let mut reader = None;
         loop {
@@ -186,7 +189,7 @@ impl<'a, S: Send> ShardQueue<'a, S> {
         f(first, row, slots);
     }
 
-    /// Spins until every shard is done; called after `take_all`, so that no shard is left
+    /// Spins until every task is done; called after `take_all`, so that no task is left
     /// untaken. Yields the core now and then for an oversubscribed machine.
     fn wait(&self) {
         let mut spins = 0u32;

@@ -230,7 +230,7 @@ impl<M: Model> Trainer<M> {
         let n_slots = max_shards.max(cfg.threads.get());
         let rows = cfg.shard_rows.get().min(cfg.batch_size.get());
         // A pair of shards runs in its first (even) slot's workspace.
-        let pair_rows = (2 * cfg.shard_rows.get()).min(cfg.batch_size.get());
+        let pair_rows = rows.saturating_mul(2).min(cfg.batch_size.get());
         let slots = (0..n_slots)
             .map(|i| ShardSlot {
                 ws: model.workspace(if i % 2 == 0 { pair_rows } else { rows }),
@@ -598,9 +598,25 @@ impl<M: Model> Trainer<M> {
         let step_span = debug_span!("step", step = self.steps_taken + 1, batch_len, n_shards);
         let _step = step_span.enter();
         let n_params = self.params.len();
+        let measure_noise = n_shards >= 2
+            && self
+                .noise
+                .as_ref()
+                .is_some_and(|n| self.steps_taken.is_multiple_of(n.period));
+        let threads = self.cfg.threads.get().min(n_local);
+        // Pairs of shards share a gradient row (the tree's level 1 summed as they run); not
+        // when each shard's own norm is wanted, nor across ranks, whose exchange starts from
+        // the shards' rows.
+        let pairs = self.exchange.is_none() && !measure_noise && in_pairs(n_local, threads);
         {
             let _prepare = trace_span!("prepare").entered();
-            let rows = shard_rows.get().min(batch_len);
+            // The rows one model call passes: a pair's when shards run in pairs.
+            let rows = if pairs {
+                shard_rows.get().saturating_mul(2)
+            } else {
+                shard_rows.get()
+            }
+            .min(batch_len);
             let readers = if parallel {
                 self.cfg.threads.get().min(n_local)
             } else {
@@ -614,11 +630,6 @@ impl<M: Model> Trainer<M> {
             self.model.prepare(&self.params, &mut self.shared, usage);
         }
         let (model, params, shared) = (&self.model, &self.params[..], &self.shared);
-        let measure_noise = n_shards >= 2
-            && self
-                .noise
-                .as_ref()
-                .is_some_and(|n| self.steps_taken.is_multiple_of(n.period));
         let row_stride = self.grads.ncols();
         let grads = self.grads.as_slice_mut().expect("grads are contiguous");
         let first = mine.start;
@@ -627,31 +638,19 @@ impl<M: Model> Trainer<M> {
             let shard_idx = first + local;
             let range = shard_range(shard_idx, batch_len, shard_rows);
             let end = shard_range(shard_idx + slots.len() - 1, batch_len, shard_rows).end;
-            let _shard = trace_span!(parent: &step_span, "shard", shard = shard_idx, rows = end - range.start)
-                .entered();
-            match slots {
-                [slot] => {
-                    run_shard(model, params, shared, data, &idx[range], slot, grad);
-                    if measure_noise {
-                        slot.grad_sq = squared_norm(grad);
-                    }
-                }
-                [a, b] => {
-                    let _fwd_bwd = trace_span!("fwd_bwd").entered();
-                    let batch = data.indexed(&idx[range.start..end]);
-                    [a.stats, b.stats] =
-                        model.loss_grad_pair(params, shared, batch, range.len(), &mut a.ws, grad);
-                }
-                _ => unreachable!("tasks are one shard or two"),
+            let rows = &idx[range.start..end];
+            let _shard =
+                trace_span!(parent: &step_span, "shard", shard = shard_idx, rows = rows.len())
+                    .entered();
+            run_task(model, params, shared, data, rows, range.len(), slots, grad);
+            if measure_noise {
+                // Never in pairs: each shard's own norm is wanted.
+                debug_assert_eq!(slots.len(), 1);
+                slots[0].grad_sq = squared_norm(grad);
             }
         };
         let shards_span = trace_span!("shards", n_shards = n_local).entered();
         let mut queue = ShardQueue::new(grads, row_stride, n_params, &mut self.slots[..n_local]);
-        let threads = self.cfg.threads.get().min(n_local);
-        // Pairs of shards share a gradient row (the tree's level 1 summed as they run); not
-        // when each shard's own norm is wanted, nor across ranks, whose exchange starts from
-        // the shards' rows.
-        let pairs = self.exchange.is_none() && !measure_noise && in_pairs(n_local, threads);
         if pairs {
             queue.in_pairs();
         }
@@ -859,19 +858,29 @@ fn keep_workers_awake<R: Send>(threads: usize, run: impl FnOnce() -> R + Send) -
     })
 }
 
-/// Puts the shard's gradient sum into its gradient row (`into`); the model reads the rows
-/// `idx` where they lie or gathers them, as suits it.
+/// One task's model call: a shard's gradient sum into `grad`, or a pair's (the first
+/// `first_rows` of `idx` the first shard's) through `Model::loss_grad_pair`; the stats into
+/// the shards' slots. The model reads the rows `idx` where they lie or gathers them, as
+/// suits it.
 #[allow(clippy::too_many_arguments)]
-fn run_shard<M: Model>(
+fn run_task<M: Model>(
     model: &M,
     params: &[f32],
     shared: &M::Shared,
     data: &Dataset,
     idx: &[usize],
-    slot: &mut ShardSlot<M::Workspace>,
+    first_rows: usize,
+    slots: &mut [ShardSlot<M::Workspace>],
     grad: &mut [f32],
 ) {
     let _fwd_bwd = trace_span!("fwd_bwd").entered();
     let batch = data.indexed(idx);
-    slot.stats = model.loss_grad_sum(params, shared, batch, &mut slot.ws, grad);
+    match slots {
+        [slot] => slot.stats = model.loss_grad_sum(params, shared, batch, &mut slot.ws, grad),
+        [a, b] => {
+            [a.stats, b.stats] =
+                model.loss_grad_pair(params, shared, batch, first_rows, &mut a.ws, grad);
+        }
+        _ => unreachable!("a task is one shard or a pair"),
+    }
 }

@@ -254,11 +254,9 @@ fn gemm_with(
     assert_eq!(k, k2, "inner dimensions differ");
     assert_eq!(c.dim(), (m, n), "output shape");
     assert!(n <= 1 || c.strides()[1] == 1, "C must have contiguous rows");
-    // The blocked path stores its first k-block without reading C; the others need zeros.
     let small = matches!(b, Rhs::View { .. }) && m * n * k <= SMALL_FLOPS;
-    if mode == Accumulate::AddSum && (small || k > KC) {
-        // The tiny products add each step into C, and deeper ones each k-block: form the
-        // product apart, then add it.
+    if mode == Accumulate::AddSum && k > KC {
+        // `Add` adds each k-block's sum into C in turn: form the product apart, then add it.
         let mut apart = std::mem::take(&mut scratch.c);
         grow(&mut apart, m * n);
         let mut product =
@@ -1106,9 +1104,6 @@ mod tests {
         }
     }
 
-    /// `AddSum` gives the bits of the product formed apart and then added, whichever path
-    /// the product takes: tiny (added step by step by `Add`), one k-block (added by the
-    /// kernel), several k-blocks (added block by block by `Add`); on every kernel.
     #[test]
     fn buffers_for_the_kernel_start_on_cache_lines() {
         let on_line = |p: *const f32| (p as usize).is_multiple_of(64);
@@ -1146,6 +1141,9 @@ mod tests {
         (a, b)
     }
 
+    /// `AddSum` gives the bits of the product formed apart and then added, whichever path
+    /// the product takes: tiny (plain loops), one k-block (added by the kernel), several
+    /// k-blocks (formed apart: `Add` adds block by block); on every kernel.
     #[test]
     fn add_sum_gives_the_bits_of_the_product_added_apart() {
         let mut scratch = GemmScratch::default();

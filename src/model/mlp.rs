@@ -272,7 +272,6 @@ impl Mlp {
         linear_rows::<8>(self.spec.head, w, bias, batch, grad)
     }
 
-    /// Runs every layer on `x` and leaves the head's pre-activation in `ws.a[L-1]`.
     /// Forward and backward over every row of `batch` (a non-linear-path model), with the
     /// loss and the weight gradients formed per segment: rows `..split` put into `grad` as
     /// `into` says, rows `split..` (if any) added as `GradInto::Add` adds. Stats per
@@ -345,6 +344,7 @@ impl Mlp {
         stats
     }
 
+    /// Runs every layer on `x` and leaves the head's pre-activation in `ws.a[L-1]`.
     fn forward(
         &self,
         shared: &MlpShared,
