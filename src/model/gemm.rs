@@ -32,7 +32,7 @@ pub struct GemmScratch {
     a: LineBuf,
     b: LineBuf,
     /// A product held apart for `Accumulate::AddSum` when it cannot go straight into C.
-    c: Vec<f32>,
+    c: LineBuf,
 }
 
 /// How `gemm` combines with what C holds.
@@ -258,9 +258,9 @@ fn gemm_with(
     if mode == Accumulate::AddSum && k > KC {
         // `Add` adds each k-block's sum into C in turn: form the product apart, then add it.
         let mut apart = std::mem::take(&mut scratch.c);
-        grow(&mut apart, m * n);
-        let mut product =
-            ArrayViewMut2::from_shape((m, n), &mut apart[..m * n]).expect("m * n values");
+        apart.grow(m * n);
+        let mut product = ArrayViewMut2::from_shape((m, n), &mut apart.as_mut_slice()[..m * n])
+            .expect("m * n values");
         gemm_with(
             isa,
             a,
@@ -931,12 +931,6 @@ impl Clone for LineBuf {
         copy.grow(self.len);
         copy.as_mut_slice().copy_from_slice(self.as_slice());
         copy
-    }
-}
-
-fn grow(buf: &mut Vec<f32>, len: usize) {
-    if buf.len() < len {
-        buf.resize(len, 0.0);
     }
 }
 
