@@ -178,7 +178,7 @@ pub fn add_into(dst: &mut [f32], src: &[f32]) {
 
 /// The tree's levels above the bottom `done` ones (whose sums are in their rows already), on
 /// this thread.
-fn tree_reduce_serial(mut rows: ArrayViewMut2<f32>, done: u32) {
+pub(crate) fn tree_reduce_serial(mut rows: ArrayViewMut2<f32>, done: u32) {
     let n_rows = rows.nrows();
     let mut stride = 1 << done;
     while stride < n_rows {
@@ -190,6 +190,66 @@ fn tree_reduce_serial(mut rows: ArrayViewMut2<f32>, done: u32) {
             i += 2 * stride;
         }
         stride *= 2;
+    }
+}
+
+/// The tree's additions for leaves that arrive one at a time, in order, with at most
+/// `tree_slots(n)` partial sums alive: what `tree_reduce` computes over n rows, for callers
+/// that form the leaves themselves and keep the partial sums small and close (a product's
+/// tile in L1: `gemm::gemm_segments`; a group of shards' bias sums). A leaf goes into slot
+/// `next_slot()`; `push` then adds every completed pair (slot `dst` += slot `src`, through
+/// the caller's `add`), `finish` what is left. The total ends in slot 0.
+///
+/// Why the order matches: the tree adds row i + s into row i for strides s = 1, 2, 4, ...,
+/// so two partial sums meet when both cover a whole aligned block of the same size (equal
+/// levels, merged on `push`), and a ragged end is folded in from the right (`finish`).
+#[derive(Debug, Clone, Copy)]
+pub struct TreeStack {
+    levels: [u32; usize::BITS as usize + 1],
+    depth: usize,
+}
+
+impl Default for TreeStack {
+    fn default() -> Self {
+        TreeStack {
+            levels: [0; usize::BITS as usize + 1],
+            depth: 0,
+        }
+    }
+}
+
+/// Slots a `TreeStack` over `n` leaves may use at once.
+pub fn tree_slots(n: usize) -> usize {
+    n.max(1).ilog2() as usize + 2
+}
+
+impl TreeStack {
+    /// Where the next leaf goes.
+    #[inline(always)]
+    pub fn next_slot(&self) -> usize {
+        self.depth
+    }
+
+    /// Records the leaf written to `next_slot()` and adds every pair it completes.
+    #[inline(always)]
+    pub fn push(&mut self, mut add: impl FnMut(usize, usize)) {
+        self.levels[self.depth] = 0;
+        self.depth += 1;
+        while self.depth >= 2 && self.levels[self.depth - 1] == self.levels[self.depth - 2] {
+            add(self.depth - 2, self.depth - 1);
+            self.levels[self.depth - 2] += 1;
+            self.depth -= 1;
+        }
+    }
+
+    /// Adds the partial sums left, the rightmost first; the total is then in slot 0.
+    #[inline(always)]
+    pub fn finish(&mut self, mut add: impl FnMut(usize, usize)) {
+        while self.depth >= 2 {
+            add(self.depth - 2, self.depth - 1);
+            self.depth -= 1;
+        }
+        self.depth = 0;
     }
 }
 
@@ -217,6 +277,38 @@ mod tests {
                 -x * 1e-3 + 1.0
             }
         })
+    }
+
+    #[test]
+    fn leaves_summed_as_they_arrive_give_the_tree_bits() {
+        for n in 1..70 {
+            let rows = adversarial(n, 5);
+            let mut tree = rows.clone();
+            tree_reduce(tree.view_mut(), n);
+            let mut slots = Array2::<f32>::zeros((tree_slots(n), 5));
+            let mut stack = TreeStack::default();
+            let mut deepest = 0;
+            let add = |slots: &mut Array2<f32>, dst: usize, src: usize| {
+                let (mut d, s) =
+                    slots.multi_slice_mut((ndarray::s![dst, ..], ndarray::s![src, ..]));
+                d += &s;
+            };
+            for row in rows.rows() {
+                let slot = stack.next_slot();
+                deepest = deepest.max(slot + 1);
+                slots.row_mut(slot).assign(&row);
+                stack.push(|d, s| add(&mut slots, d, s));
+            }
+            stack.finish(|d, s| add(&mut slots, d, s));
+            assert!(deepest <= tree_slots(n), "n = {n}: {deepest} slots");
+            let (got, want) = (slots.row(0), tree.row(0));
+            assert!(
+                got.iter()
+                    .zip(want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "n = {n}: {got} against {want}"
+            );
+        }
     }
 
     #[test]

@@ -19,6 +19,8 @@
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
+use crate::reduce::{TreeStack, tree_slots};
+
 /// Depth of one packed block: an `NR`-wide panel of B (KC x 32 x 4 bytes = 32 KB) stays in
 /// L1 while the A panels stream from L2.
 const KC: usize = 256;
@@ -33,6 +35,10 @@ pub struct GemmScratch {
     b: LineBuf,
     /// A product held apart for `Accumulate::AddSum` when it cannot go straight into C.
     c: LineBuf,
+    /// A tile's partial sums over k-segments (`gemm_segments`): a few KB, kept in L1.
+    tiles: LineBuf,
+    /// Whole products' partial sums over k-segments, where tiles cannot hold them.
+    sums: LineBuf,
 }
 
 /// How `gemm` combines with what C holds.
@@ -167,13 +173,32 @@ pub fn gemm(
     mode: Accumulate,
     scratch: &mut GemmScratch,
 ) {
+    gemm_segments(a, b, c, mode, usize::MAX, scratch);
+}
+
+/// `gemm` of the sum over consecutive segments of `seg` steps along k (the last may be
+/// shorter), each segment's product formed on its own and the products added in the
+/// reduction tree's order (`reduce::TreeStack`): the bits of writing every segment's product
+/// into a buffer of its own and summing the buffers with `reduce::tree_reduce`. This is a
+/// group of shards' weight gradient (x^T dz, k along the rows) with the tree's bottom levels
+/// summed tile by tile in L1, so C is written once for the group instead of once per shard
+/// and read back by the reduction. `mode` is `Overwrite` or `AddSum` (then the whole sum is
+/// added to C).
+pub fn gemm_segments(
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    c: ArrayViewMut2<f32>,
+    mode: Accumulate,
+    seg: usize,
+    scratch: &mut GemmScratch,
+) {
     assert!(b.strides().iter().all(|&s| s >= 0), "negative strides");
     let rhs = Rhs::View {
         ptr: b.as_ptr(),
         rs: b.strides()[0] as usize,
         cs: b.strides()[1] as usize,
     };
-    gemm_with(Isa::detect(), a, b.dim(), rhs, c, mode, scratch);
+    gemm_with(Isa::detect(), a, b.dim(), rhs, c, mode, seg, scratch);
 }
 
 /// `gemm` with B prepared beforehand by `PackedB::pack`; `source` is the matrix it was
@@ -203,7 +228,7 @@ pub fn gemm_packed(
     } else {
         Rhs::Packed(b.panels())
     };
-    gemm_with(Isa::detect(), a, b.dim(), rhs, c, mode, scratch);
+    gemm_with(Isa::detect(), a, b.dim(), rhs, c, mode, usize::MAX, scratch);
 }
 
 /// Panels of B packed per parallel task by `PackedB::pack`: the W1 model's second layer is
@@ -240,7 +265,8 @@ enum Rhs {
 }
 
 /// The product on the kernel of `isa` (which the CPU must have; packed B must be packed for
-/// it).
+/// it), summed over k-segments of `seg` steps as `gemm_segments` says.
+#[allow(clippy::too_many_arguments)]
 fn gemm_with(
     isa: Isa,
     a: ArrayView2<f32>,
@@ -248,13 +274,19 @@ fn gemm_with(
     b: Rhs,
     mut c: ArrayViewMut2<f32>,
     mode: Accumulate,
+    seg: usize,
     scratch: &mut GemmScratch,
 ) {
     let (m, k) = a.dim();
     assert_eq!(k, k2, "inner dimensions differ");
     assert_eq!(c.dim(), (m, n), "output shape");
     assert!(n <= 1 || c.strides()[1] == 1, "C must have contiguous rows");
+    assert!(seg > 0, "empty segments");
     let small = matches!(b, Rhs::View { .. }) && m * n * k <= SMALL_FLOPS;
+    let segments = k.div_ceil(seg);
+    if segments > 1 && (small || k > KC) {
+        return segments_apart(isa, a, b, c, mode, seg, scratch);
+    }
     if mode == Accumulate::AddSum && k > KC {
         // `Add` adds each k-block's sum into C in turn: form the product apart, then add it.
         let mut apart = std::mem::take(&mut scratch.c);
@@ -268,6 +300,7 @@ fn gemm_with(
             b,
             product.view_mut(),
             Accumulate::Overwrite,
+            usize::MAX,
             scratch,
         );
         c.zip_mut_with(&product, |c, &p| *c += p);
@@ -296,6 +329,7 @@ fn gemm_with(
         c: c.as_mut_ptr(),
         ldc: ldc as usize,
         overwrite: mode == Accumulate::Overwrite,
+        seg: if segments > 1 { seg } else { k },
     };
     // With `AddSum`, one k-block: each tile's sum is formed from zero and added to C once.
     // SAFETY: the pointers and strides come from live views of the asserted shapes, and C
@@ -313,6 +347,91 @@ fn gemm_with(
             Isa::Baseline => gemm_blocked::<Scalar>(&shape, scratch),
         }
     }
+}
+
+/// `gemm_with` over k-segments when one blocked pass cannot sum them tile by tile (k past
+/// one k-block, or a product too small to block). Split at the tree's top where both halves
+/// fit one k-block (a group of shards of twice `KC` rows: two passes, the second adding its
+/// tree's total to C as the top of the tree does); otherwise every segment's product goes
+/// into a buffer of its own, summed with `TreeStack`.
+#[allow(clippy::too_many_arguments)]
+fn segments_apart(
+    isa: Isa,
+    a: ArrayView2<f32>,
+    b: Rhs,
+    mut c: ArrayViewMut2<f32>,
+    mode: Accumulate,
+    seg: usize,
+    scratch: &mut GemmScratch,
+) {
+    let (m, k) = a.dim();
+    let n = c.ncols();
+    assert!(mode != Accumulate::Add, "segments are summed apart");
+    let Rhs::View { ptr, rs, cs } = b else {
+        panic!("segments of a packed B");
+    };
+    let rows_of_b = |from: usize| Rhs::View {
+        ptr: ptr.wrapping_add(from * rs),
+        rs,
+        cs,
+    };
+    let segments = k.div_ceil(seg);
+    let left = 1 << (segments - 1).ilog2();
+    let split = left * seg;
+    if mode == Accumulate::Overwrite
+        && split <= KC
+        && k - split <= KC
+        && m * n * (k - split) > SMALL_FLOPS
+    {
+        let (a_left, a_right) = a.split_at(ndarray::Axis(1), split);
+        gemm_with(isa, a_left, (split, n), b, c.view_mut(), mode, seg, scratch);
+        let right = rows_of_b(split);
+        gemm_with(
+            isa,
+            a_right,
+            (k - split, n),
+            right,
+            c,
+            Accumulate::AddSum,
+            seg,
+            scratch,
+        );
+        return;
+    }
+    let mut sums = std::mem::take(&mut scratch.sums);
+    sums.grow(tree_slots(segments) * m * n);
+    let mut stack = TreeStack::default();
+    let add = |sums: &mut LineBuf, dst: usize, src: usize| {
+        let (below, above) = sums.as_mut_slice().split_at_mut(src * m * n);
+        crate::reduce::add_into(&mut below[dst * m * n..(dst + 1) * m * n], &above[..m * n]);
+    };
+    for s in 0..segments {
+        let kk = s * seg..(s * seg + seg).min(k);
+        let slot = stack.next_slot();
+        let part = &mut sums.as_mut_slice()[slot * m * n..(slot + 1) * m * n];
+        let product = ArrayViewMut2::from_shape((m, n), part).expect("m * n values");
+        let a_part = a.slice(ndarray::s![.., kk.clone()]);
+        let b_part = rows_of_b(kk.start);
+        let (len, over) = (kk.len(), Accumulate::Overwrite);
+        gemm_with(
+            isa,
+            a_part,
+            (len, n),
+            b_part,
+            product,
+            over,
+            usize::MAX,
+            scratch,
+        );
+        stack.push(|d, s| add(&mut sums, d, s));
+    }
+    stack.finish(|d, s| add(&mut sums, d, s));
+    let total = ArrayView2::from_shape((m, n), &sums.as_slice()[..m * n]).expect("m * n values");
+    match mode {
+        Accumulate::Overwrite => c.assign(&total),
+        _ => c.zip_mut_with(&total, |c, &t| *c += t),
+    }
+    scratch.sums = sums;
 }
 
 /// Products of at most this many multiply-adds skip packing: at B = 1 on a linear model
@@ -425,6 +544,9 @@ struct Shape {
     ldc: usize,
     /// C = A B rather than C += A B.
     overwrite: bool,
+    /// Steps per k-segment, summed apart and added in the tree's order (`gemm_segments`);
+    /// `k` for one sum. Below `k` only for products of one k-block.
+    seg: usize,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -465,6 +587,9 @@ trait Lhs: Copy {
     /// # Safety
     /// `i < MR` and `kk < kc` of the call the value is read in.
     unsafe fn at(self, i: usize, kk: usize) -> f32;
+
+    /// The panel from step `kk` on.
+    fn skip(self, kk: usize) -> Self;
 }
 
 /// A panel as `pack` writes it: the `width` (= MR) values of each step together.
@@ -478,6 +603,13 @@ impl Lhs for PackedA {
     #[inline(always)]
     unsafe fn at(self, i: usize, kk: usize) -> f32 {
         unsafe { *self.ptr.add(kk * self.width + i) }
+    }
+
+    fn skip(self, kk: usize) -> Self {
+        PackedA {
+            ptr: self.ptr.wrapping_add(kk * self.width),
+            ..self
+        }
     }
 }
 
@@ -497,6 +629,13 @@ impl Lhs for StridedA {
     #[inline(always)]
     unsafe fn at(self, i: usize, kk: usize) -> f32 {
         unsafe { *self.rows[i].add(kk * self.step) }
+    }
+
+    fn skip(self, kk: usize) -> Self {
+        StridedA {
+            rows: self.rows.map(|row| row.wrapping_add(kk * self.step)),
+            ..self
+        }
     }
 }
 
@@ -731,6 +870,15 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
     if matches!(s.b, Rhs::View { .. }) && !in_place {
         scratch.b.grow(n_panels * nr_full * kc_max);
     }
+    let tiles = if s.seg < s.k {
+        debug_assert!(s.k <= KC, "segments within one k-block");
+        scratch
+            .tiles
+            .grow(tree_slots(s.k.div_ceil(s.seg)) * mr_full * nr_full);
+        scratch.tiles.as_mut_slice().as_mut_ptr()
+    } else {
+        std::ptr::null_mut()
+    };
     let mut k0 = 0;
     while k0 < s.k {
         let kc = KC.min(s.k - k0);
@@ -789,11 +937,20 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
                             overwrite: s.overwrite && k0 == 0,
                         };
                         // Packed panels get their stride as a constant, for the addressing.
+                        let seg = s.seg;
                         match (a_in_place, b_rs == nr_full) {
-                            (false, true) => K::run(kc, a_panel, b_panel, K::NR, tile),
-                            (false, false) => K::run(kc, a_panel, b_panel, b_rs, tile),
-                            (true, true) => K::run(kc, a_rows(), b_panel, K::NR, tile),
-                            (true, false) => K::run(kc, a_rows(), b_panel, b_rs, tile),
+                            (false, true) => {
+                                run_tile::<K, _>(kc, seg, a_panel, b_panel, K::NR, tile, tiles)
+                            }
+                            (false, false) => {
+                                run_tile::<K, _>(kc, seg, a_panel, b_panel, b_rs, tile, tiles)
+                            }
+                            (true, true) => {
+                                run_tile::<K, _>(kc, seg, a_rows(), b_panel, K::NR, tile, tiles)
+                            }
+                            (true, false) => {
+                                run_tile::<K, _>(kc, seg, a_rows(), b_panel, b_rs, tile, tiles)
+                            }
                         }
                     }
                 }
@@ -801,6 +958,80 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
             m0 += mc;
         }
         k0 += kc;
+    }
+}
+
+/// One tile: the microkernel over all `kc` steps, or, when they are cut into segments of
+/// `seg` (`gemm_segments`), over each segment from zero into a tile-sized slot of `tiles`,
+/// the slots summed in the tree's order (`TreeStack`) and the total stored or added into C.
+/// The slots (a few KB) stay in L1 while the tile runs, so summing a group of shards'
+/// weight gradients costs a few adds per segment, where adding each shard's tile into C
+/// read C back from L2 or memory.
+///
+/// # Safety
+/// As for `Microkernel::run`; with segments, `tiles` holds `tree_slots(kc / seg)` tiles.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_tile<K: Microkernel, A: Lhs>(
+    kc: usize,
+    seg: usize,
+    a: A,
+    b: *const f32,
+    b_rs: usize,
+    tile: Tile,
+    tiles: *mut f32,
+) {
+    if seg >= kc {
+        return unsafe { K::run(kc, a, b, b_rs, tile) };
+    }
+    let size = K::MR * K::NR;
+    let slot = |i: usize| tiles.wrapping_add(i * size);
+    // SAFETY: `dst < src`, so the two slots are distinct tiles inside `tiles`.
+    let add = |dst: usize, src: usize| unsafe {
+        let d = std::slice::from_raw_parts_mut(slot(dst), size);
+        let s = std::slice::from_raw_parts(slot(src), size);
+        for (d, &s) in d.iter_mut().zip(s) {
+            *d += s;
+        }
+    };
+    let mut stack = TreeStack::default();
+    let mut k0 = 0;
+    while k0 < kc {
+        let len = seg.min(kc - k0);
+        let into = Tile {
+            c: slot(stack.next_slot()),
+            ldc: K::NR,
+            mr: K::MR,
+            nr: K::NR,
+            overwrite: true,
+        };
+        unsafe { K::run(len, a.skip(k0), b.add(k0 * b_rs), b_rs, into) };
+        stack.push(add);
+        k0 += len;
+    }
+    stack.finish(add);
+    let Tile {
+        c,
+        ldc,
+        mr,
+        nr,
+        overwrite,
+    } = tile;
+    for i in 0..mr {
+        // SAFETY: slot 0 holds the MR x NR total; C's tile has `mr` rows of `nr` values.
+        let (total, row) = unsafe {
+            (
+                std::slice::from_raw_parts(slot(0).add(i * K::NR), nr),
+                std::slice::from_raw_parts_mut(c.add(i * ldc), nr),
+            )
+        };
+        if overwrite {
+            row.copy_from_slice(total);
+        } else {
+            for (c, &t) in row.iter_mut().zip(total) {
+                *c += t;
+            }
+        }
     }
 }
 
@@ -1083,7 +1314,16 @@ mod tests {
                         cs: b_view.strides()[1] as usize,
                     };
                     let mode = Accumulate::Add;
-                    gemm_with(isa, a_view, (k, n), rhs, c.view_mut(), mode, &mut scratch);
+                    gemm_with(
+                        isa,
+                        a_view,
+                        (k, n),
+                        rhs,
+                        c.view_mut(),
+                        mode,
+                        usize::MAX,
+                        &mut scratch,
+                    );
                     check(&c, &format!("{isa:?}"));
                 }
                 gemm(
@@ -1162,6 +1402,7 @@ mod tests {
                     rhs,
                     product.view_mut(),
                     overwrite,
+                    usize::MAX,
                     &mut scratch,
                 );
                 let mut c = c0.clone();
@@ -1173,6 +1414,7 @@ mod tests {
                     rhs,
                     c.view_mut(),
                     add_sum,
+                    usize::MAX,
                     &mut scratch,
                 );
                 for ((&got, &c0), &p) in c.iter().zip(&c0).zip(&product) {
@@ -1186,6 +1428,105 @@ mod tests {
     /// tiny product, plain loops) and the same row among many (the blocked kernels) give the
     /// same bits, overwriting or adding, over one k-block or several, on every kernel. Shards
     /// run in pairs rely on it: their products have twice a shard's rows.
+    /// Every segment's product into a row of its own, the rows summed by the reduction tree:
+    /// what `gemm_segments` must equal bit for bit.
+    fn segments_by_the_tree(isa: Isa, a: &Array2<f32>, b: &Array2<f32>, seg: usize) -> Array2<f32> {
+        let (m, k, n) = (a.nrows(), a.ncols(), b.ncols());
+        let segments = k.div_ceil(seg);
+        let mut rows = Array2::<f32>::zeros((segments, m * n));
+        let mut scratch = GemmScratch::default();
+        for (s, mut row) in rows.rows_mut().into_iter().enumerate() {
+            let kk = s * seg..((s + 1) * seg).min(k);
+            let product = ArrayViewMut2::from_shape((m, n), row.as_slice_mut().unwrap()).unwrap();
+            let (a_part, b_part) = (
+                a.slice(ndarray::s![.., kk.clone()]),
+                b.slice(ndarray::s![kk, ..]),
+            );
+            let rhs = Rhs::View {
+                ptr: b_part.as_ptr(),
+                rs: n,
+                cs: 1,
+            };
+            let over = Accumulate::Overwrite;
+            let (len, one) = (b_part.nrows(), usize::MAX);
+            gemm_with(isa, a_part, (len, n), rhs, product, over, one, &mut scratch);
+        }
+        crate::reduce::tree_reduce(rows.view_mut(), segments);
+        rows.row(0)
+            .to_owned()
+            .into_shape_with_order((m, n))
+            .unwrap()
+    }
+
+    #[test]
+    fn segments_give_the_bits_of_their_products_summed_by_the_tree() {
+        let mut scratch = GemmScratch::default();
+        // Blocked in one k-block (tile by tile), split at the tree's top into two k-blocks,
+        // past two k-blocks, and too small to block; whole and ragged last segments.
+        let cases = [
+            (40, 256, 72, 64),
+            (19, 200, 37, 48),
+            (64, 256, 33, 7),
+            (24, 512, 40, 64),
+            (24, 448, 40, 128),
+            (24, 384, 40, 128),
+            (24, 480, 40, 80),
+            (9, 700, 20, 64),
+            (9, 300, 20, 256),
+            (3, 40, 5, 6),
+            (3, 9, 5, 1),
+            (40, 100, 72, 100),
+        ];
+        for &(m, k, n, seg) in &cases {
+            let (a, b) = operands(m, k, n);
+            // x^T as the weight gradients pass it: a transposed view, packed by the kernel.
+            let a = a.mapv(|v| v * 1e3 + 0.011);
+            let at = a.t().to_owned();
+            let c0 = Array2::from_shape_fn((m, n), |(i, j)| ((i * 31 + j * 17) % 23) as f32 * 1e5);
+            let rhs = Rhs::View {
+                ptr: b.as_ptr(),
+                rs: n,
+                cs: 1,
+            };
+            for isa in std::iter::once(Isa::detect()).chain(other_kernels()) {
+                let want = segments_by_the_tree(isa, &a, &b, seg);
+                for (a_view, layout) in [(a.view(), "rows"), (at.t(), "transposed")] {
+                    let mut c = Array2::from_elem((m, n), f32::NAN);
+                    let over = Accumulate::Overwrite;
+                    gemm_with(
+                        isa,
+                        a_view,
+                        (k, n),
+                        rhs,
+                        c.view_mut(),
+                        over,
+                        seg,
+                        &mut scratch,
+                    );
+                    let case = format!("{isa:?} {layout} ({m},{k},{n}) seg {seg}");
+                    for (&got, &w) in c.iter().zip(&want) {
+                        assert_eq!(got.to_bits(), w.to_bits(), "{case}: {got} against {w}");
+                    }
+                    let mut c = c0.clone();
+                    let add = Accumulate::AddSum;
+                    gemm_with(
+                        isa,
+                        a_view,
+                        (k, n),
+                        rhs,
+                        c.view_mut(),
+                        add,
+                        seg,
+                        &mut scratch,
+                    );
+                    for ((&got, &c0), &w) in c.iter().zip(&c0).zip(&want) {
+                        assert_eq!(got.to_bits(), (c0 + w).to_bits(), "{case}, added");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_rows_bits_do_not_depend_on_the_rows_beside_it() {
         let mut scratch = GemmScratch::default();
@@ -1211,12 +1552,22 @@ mod tests {
                         rhs,
                         all.view_mut(),
                         mode,
+                        usize::MAX,
                         &mut scratch,
                     );
                     for i in [0, m / 2, m - 1] {
                         let mut row = c0.slice(ndarray::s![i..i + 1, ..]).to_owned();
                         let a_row = a.slice(ndarray::s![i..i + 1, ..]);
-                        gemm_with(isa, a_row, (k, n), rhs, row.view_mut(), mode, &mut scratch);
+                        gemm_with(
+                            isa,
+                            a_row,
+                            (k, n),
+                            rhs,
+                            row.view_mut(),
+                            mode,
+                            usize::MAX,
+                            &mut scratch,
+                        );
                         for (j, (&got, &want)) in row.iter().zip(all.row(i)).enumerate() {
                             assert_eq!(
                                 got.to_bits(),
