@@ -69,21 +69,28 @@ fn benches(c: &mut Criterion) {
                 })
             });
 
-            // Two shards as one task (`Model::loss_grad_pair`, shards in pairs): per row
-            // against `shard_fwd_bwd`, what passing both shards' rows at once saves.
-            let pair_rows = (2 * rows).min(train.n());
-            let mut pair_ws = model.workspace(pair_rows);
-            group.throughput(Throughput::Elements(pair_rows as u64));
-            group.bench_function(BenchmarkId::new("pair_fwd_bwd", pair_rows), |b| {
+            // A group of shards as one task (`Model::loss_grad_group`, the group a step on
+            // one thread runs): per row against `shard_fwd_bwd`, what passing the group's
+            // rows at once and summing its weight gradients tile by tile saves.
+            let n_shards = minibatch::shard::n_shards(batch_size, cfg.train.shard_rows);
+            let group_shards = minibatch::shard::group_size(n_shards, rows, 1);
+            let group_rows = (group_shards * rows).min(batch_size).min(train.n());
+            let mut group_ws = model.workspace(group_rows);
+            let mut group_grads = Array2::<f32>::zeros((group_shards, n_params));
+            let mut stats = vec![minibatch::Stats::default(); group_rows.div_ceil(rows)];
+            group.throughput(Throughput::Elements(group_rows as u64));
+            group.bench_function(BenchmarkId::new("group_fwd_bwd", group_rows), |b| {
                 b.iter(|| {
-                    black_box(model.loss_grad_pair(
+                    model.loss_grad_group(
                         &params,
                         &shared,
-                        train.rows(0..pair_rows),
+                        train.rows(0..group_rows),
                         rows,
-                        &mut pair_ws,
-                        &mut grad,
-                    ))
+                        &mut group_ws,
+                        group_grads.view_mut(),
+                        &mut stats,
+                    );
+                    black_box(&stats);
                 })
             });
 
@@ -95,7 +102,6 @@ fn benches(c: &mut Criterion) {
             });
 
             group.throughput(Throughput::Elements(batch_size as u64));
-            let n_shards = minibatch::shard::n_shards(batch_size, cfg.train.shard_rows);
             let mut grads = Array2::<f32>::ones((n_shards, n_params));
             group.bench_function(BenchmarkId::new("reduce", batch_size), |b| {
                 b.iter(|| tree_reduce(black_box(grads.view_mut()), n_shards))

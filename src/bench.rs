@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::model::Mlp;
 use crate::model::gemm::{Isa, LINE, zeros_on_lines};
 use crate::reduce::tree_reduce_above;
-use crate::shard::{in_pairs, n_shards};
+use crate::shard::{group_size, n_shards};
 use crate::train::Trainer;
 
 /// The standard workloads: name, description and config.
@@ -254,7 +254,7 @@ fn lookup(table: &[(usize, f64)], threads: usize) -> f64 {
 }
 
 /// Seconds of the reduction a step of a full batch runs after its shards, on the trainer's
-/// pool: the whole tree, or the levels above the first when shards run in pairs.
+/// pool: the tree's levels above those summed inside groups of shards (`group_size`).
 fn time_reduce<M: crate::model::Model>(
     trainer: &Trainer<M>,
     batch_size: usize,
@@ -268,7 +268,12 @@ fn time_reduce<M: crate::model::Model>(
     let n_params = trainer.params().len();
     let mut grads = zeros_on_lines(n_shards, n_params.next_multiple_of(LINE));
     let mut grads = grads.slice_mut(s![.., ..n_params]);
-    let done = u32::from(in_pairs(n_shards, cfg.threads.get()));
+    let group = group_size(
+        n_shards,
+        cfg.shard_rows.get(),
+        cfg.threads.get().min(n_shards),
+    );
+    let done = group.ilog2();
     trainer.install(|| {
         tree_reduce_above(grads.view_mut(), n_shards, done);
         let reps = 20;

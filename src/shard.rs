@@ -1,7 +1,7 @@
 //! How a batch is cut into shards.
 //!
 //! A shard is a run of consecutive positions of the batch; each gets its own gradient buffer
-//! (or shares its pair's: `ShardQueue::in_pairs`), workspace and stats slot. Boundaries
+//! (or shares its group's: `ShardQueue::in_groups`), workspace and stats slot. Boundaries
 //! depend on the batch length and `shard_rows` only, never on the thread count: that, with
 //! the fixed reduction tree, is what makes the result bit-identical on any number of
 //! threads. Which thread computes a shard is decided at run time by `ShardQueue`, and does
@@ -39,16 +39,52 @@ pub fn auto_shard_rows(batch_size: NonZeroUsize) -> NonZeroUsize {
     NonZeroUsize::new(rows).expect("clamped to at least 64")
 }
 
-/// Whether `n_shards` shards on `threads` threads run in pairs (`ShardQueue::in_pairs`):
-/// always on one thread; on more when every thread gets the same number of pairs, two or
-/// more. Fewer, longer tasks must not leave a core idle at the end of the step: 10 shards
-/// as 5 pairs on 2 threads take 3 pairs' time against 5 shards'. Measured on W1, 2 threads:
-/// 6 shards (B = 384) as 3 pairs 133,000-143,000 examples/s against 174,000-181,000 one
-/// by one, while 4 shards as 2 pairs (B = 256) gained nothing.
-pub fn in_pairs(n_shards: usize, threads: usize) -> bool {
-    let threads = threads.max(1);
-    n_shards >= 2
-        && (threads == 1 || (n_shards >= 4 * threads && n_shards.is_multiple_of(2 * threads)))
+/// The most rows a group of shards passes through the model at once (`group_size`): past
+/// it the pass's activations and gathered rows outgrow L2, and the weight gradients' sums
+/// over the group no longer fit two k-blocks of the kernel (`gemm::gemm_segments`).
+pub const GROUP_ROWS: usize = 512;
+
+/// The most shards in a group (the stats of a group's shards are gathered on the stack).
+pub const MAX_GROUP: usize = 16;
+
+/// Shards per task (`ShardQueue::in_groups`): a power of two, 1 for shards one by one.
+/// Groups are aligned runs of the batch's shards, so each is a whole subtree of the
+/// reduction tree, summed inside its task; the bigger the group, the fewer rows the
+/// reduction adds and the more rows each product passes at once. A group holds at most
+/// `GROUP_ROWS` rows (but two shards of any size make a pair) and `MAX_GROUP` shards.
+/// On one thread the largest group is taken. On more, every thread must get the same
+/// number of whole groups, at least `GROUPS_PER_THREAD`: fewer, longer tasks must not
+/// leave a core idle at the end of the step (10 shards as 5 pairs on 2 threads take 3
+/// pairs' time against 5 shards'; measured on W1, 2 threads: 6 shards (B = 384) as 3 pairs
+/// 133,000-143,000 examples/s against 174,000-181,000 one by one).
+pub fn group_size(n_shards: usize, shard_rows: usize, threads: usize) -> usize {
+    if n_shards < 2 {
+        return 1;
+    }
+    let by_rows = (GROUP_ROWS / shard_rows.max(1)).max(2);
+    let largest = prev_power_of_two(by_rows.min(MAX_GROUP)).min(n_shards.next_power_of_two());
+    if threads <= 1 {
+        return largest;
+    }
+    let mut group = largest;
+    while group >= 2 {
+        let tasks = n_shards / group;
+        if n_shards.is_multiple_of(group)
+            && tasks.is_multiple_of(threads)
+            && tasks >= GROUPS_PER_THREAD * threads
+        {
+            return group;
+        }
+        group /= 2;
+    }
+    1
+}
+
+/// The fewest groups each thread gets when groups run on several threads (`group_size`).
+pub const GROUPS_PER_THREAD: usize = 1;
+
+fn prev_power_of_two(n: usize) -> usize {
+    1 << n.max(1).ilog2()
 }
 
 /// The shards of a step, each with its gradient row and its slot, handed to whichever thread
@@ -61,8 +97,8 @@ pub struct ShardQueue<'a, S> {
     row_len: usize,
     slots: *mut S,
     len: usize,
-    /// Shards per task: 1, or 2 when run in pairs; and the number of tasks (kept, since a
-    /// division per step is a measurable part of a B = 1 step).
+    /// Shards per task (`in_groups`); and the number of tasks (kept, since a division per
+    /// step is a measurable part of a B = 1 step).
     per_task: usize,
     tasks: usize,
     next: AtomicUsize,
@@ -78,8 +114,8 @@ pub struct ShardQueue<'a, S> {
 unsafe impl<S: Send> Sync for ShardQueue<'_, S> {}
 
 impl<'a, S: Send> ShardQueue<'a, S> {
-    /// Shard i gets row i of `grads` (the first `row_len` of each `row_stride` values; in
-    /// pairs, the pair's first row) and `slots[i]`.
+    /// Shard i gets row i of `grads` (the first `row_len` of each `row_stride` values) and
+    /// `slots[i]`.
     pub fn new(
         grads: &'a mut [f32],
         row_stride: usize,
@@ -105,19 +141,22 @@ impl<'a, S: Send> ShardQueue<'a, S> {
         }
     }
 
-    /// Hands shards out two at a time: 2j and 2j + 1 go to one thread as one task, with row
-    /// 2j for both sums (the second added as `GradInto::Add` adds: `Model::loss_grad_pair`),
-    /// so the tree's level 1 is summed with the shards, while the row is in that thread's
-    /// cache, and row 2j + 1 is never written. The bits are those of the tree, which then
-    /// starts at level 1 (`reduce::tree_reduce_above`). Measured on W1 (B = 512, 64-row
-    /// shards): the reduce phase 383 -> 175 us on one thread, 241 -> 93 on two.
-    pub fn in_pairs(&mut self) {
-        self.per_task = 2;
-        self.tasks = self.len.div_ceil(2);
+    /// Hands shards out `group` at a time (a power of two, from `group_size`): shards
+    /// gj..gj + g go to one thread as one task, with their rows and slots, and leave their
+    /// sum, added in the tree's order, in row gj (`Model::loss_grad_group`): the tree's
+    /// bottom levels are summed inside the task, where the MLP sums them tile by tile in
+    /// L1, and the reduction starts above them (`reduce::tree_reduce_above`). Measured on
+    /// W1 (B = 512, 64-row shards), pairs alone: the reduce phase 383 -> 175 us on one
+    /// thread, 241 -> 93 on two.
+    pub fn in_groups(&mut self, group: usize) {
+        debug_assert!(group.is_power_of_two());
+        self.per_task = group;
+        self.tasks = self.len.div_ceil(group);
     }
 
-    /// Runs `f(first, row, slots)` on every task (shard `first` alone with its slot, or
-    /// shards `first` and `first + 1` with theirs, in pairs), on this thread and up to
+    /// Runs `f(first, rows, slots)` on every task (shard `first` alone with its row and
+    /// slot, or a group of shards from `first` on with theirs: `rows` holds the group's
+    /// rows `row_stride` apart, the last `row_len` long), on this thread and up to
     /// `helpers` others of the current pool, and returns when all are done. Allocates
     /// nothing: the helpers' jobs live on this thread's stack (rayon's join), not in boxes
     /// (rayon's spawn).
@@ -167,7 +206,7 @@ impl<'a, S: Send> ShardQueue<'a, S> {
         }
     }
 
-    /// Runs `f` on the shards of `task`, with the first one's row and their slots.
+    /// Runs `f` on the shards of `task`, with their rows and slots.
     ///
     /// # Safety
     /// `task < tasks`, and no other reference to its shards' rows or slots is alive.
@@ -175,18 +214,18 @@ impl<'a, S: Send> ShardQueue<'a, S> {
     unsafe fn run_task(&self, task: usize, f: &(impl Fn(usize, &mut [f32], &mut [S]) + Sync)) {
         let first = task * self.per_task;
         let count = self.per_task.min(self.len - first);
-        // SAFETY: row `first` and slots first..first + count lie inside the borrowed slices
+        // SAFETY: rows and slots first..first + count lie inside the borrowed slices
         // (checked in `new`); the caller rules out other aliases.
-        let (row, slots) = unsafe {
+        let (rows, slots) = unsafe {
             (
                 std::slice::from_raw_parts_mut(
                     self.grads.add(first * self.row_stride),
-                    self.row_len,
+                    (count - 1) * self.row_stride + self.row_len,
                 ),
                 std::slice::from_raw_parts_mut(self.slots.add(first), count),
             )
         };
-        f(first, row, slots);
+        f(first, rows, slots);
     }
 
     /// Spins until every task is done; called after `take_all`, so that no task is left
@@ -266,63 +305,76 @@ mod tests {
         }
     }
 
-    /// Where shards go in pairs on several threads, the last thread to finish runs no more
-    /// shards than it would one by one (counted in whole shards), and each thread gets two
-    /// pairs or more.
+    /// Where shards go in groups on several threads, the last thread to finish runs no
+    /// more shards than it would one by one (counted in whole shards), every thread gets
+    /// the same number of groups, and a group holds at most `GROUP_ROWS` rows unless it is
+    /// a pair.
     #[test]
-    fn pairs_never_lengthen_the_step() {
-        for threads in 2..=16 {
+    fn groups_never_lengthen_the_step() {
+        for threads in 1..=16 {
             for n in 1..=300 {
-                if !in_pairs(n, threads) {
-                    continue;
+                for rows in [1, 8, 64, 100, 256, 1000] {
+                    let group = group_size(n, rows, threads);
+                    let case = format!("{n} shards of {rows} rows on {threads} threads");
+                    assert!(group.is_power_of_two() && group <= MAX_GROUP, "{case}");
+                    assert!(group == 2 || group * rows <= GROUP_ROWS.max(rows), "{case}");
+                    if threads == 1 {
+                        assert_eq!(group >= 2, n >= 2, "{case}");
+                        assert!(group < 2 * n, "{case}: a group of {group}");
+                        continue;
+                    }
+                    let tasks = n.div_ceil(group);
+                    assert!(
+                        group * tasks.div_ceil(threads) <= n.div_ceil(threads),
+                        "{case}"
+                    );
+                    if group > 1 {
+                        assert!(tasks.is_multiple_of(threads), "{case}");
+                    }
                 }
-                let tasks = n.div_ceil(2);
-                assert!(
-                    2 * tasks.div_ceil(threads) <= n.div_ceil(threads),
-                    "{n} shards on {threads} threads"
-                );
-                assert!(tasks / threads >= 2, "{n} shards on {threads} threads");
             }
         }
-        assert!(in_pairs(2, 1) && !in_pairs(1, 1) && in_pairs(8, 2) && !in_pairs(10, 2));
+        assert_eq!(group_size(8, 64, 1), 8);
+        assert_eq!(group_size(8, 64, 2), 4);
+        assert_eq!(group_size(16, 128, 2), 4);
+        assert_eq!(group_size(2, 64, 2), 1);
+        assert_eq!(group_size(10, 64, 2), 1);
+        assert_eq!(group_size(2, 4096, 1), 2);
     }
 
-    /// In pairs, shards 2j and 2j + 1 are one task, with row 2j and their two slots; an odd
-    /// last shard is a task alone; one by one, each shard is a task with its own row. Every
-    /// shard once. Rows are 2 values of every 3 (padded rows).
+    /// In groups of g, shards gj..gj + g are one task, with rows gj.. and their slots; a
+    /// short last group is a task too; one by one, each shard is a task with its own row.
+    /// Every shard once. Rows are 2 values of every 3 (padded rows).
     #[test]
-    fn shards_in_pairs_are_one_task_with_the_first_ones_row() {
+    fn shards_in_groups_are_one_task_with_their_rows() {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(3)
             .build()
             .unwrap();
-        for pairs in [true, false] {
+        for group in [1, 2, 4] {
             for n in [1, 2, 5, 8] {
                 let (mut grads, mut slots) = (vec![0.0f32; n * 3], vec![usize::MAX; n]);
                 let row0 = grads.as_ptr() as usize;
                 let tasks = std::sync::Mutex::new(Vec::new());
                 pool.install(|| {
                     let mut queue = ShardQueue::new(&mut grads, 3, 2, &mut slots);
-                    if pairs {
-                        queue.in_pairs();
-                    }
-                    queue.run(2, &|first, row: &mut [f32], slots: &mut [usize]| {
-                        assert_eq!(row.len(), 2);
+                    queue.in_groups(group);
+                    queue.run(2, &|first, rows: &mut [f32], slots: &mut [usize]| {
+                        assert_eq!(rows.len(), (slots.len() - 1) * 3 + 2);
                         for (i, slot) in slots.iter_mut().enumerate() {
                             *slot = first + i;
                         }
-                        let row_at = (row.as_ptr() as usize - row0) / (3 * size_of::<f32>());
+                        let row_at = (rows.as_ptr() as usize - row0) / (3 * size_of::<f32>());
                         tasks.lock().unwrap().push((first, slots.len(), row_at));
                     });
                 });
                 let mut tasks = tasks.into_inner().unwrap();
                 tasks.sort();
-                let want: Vec<_> = if pairs {
-                    (0..n).step_by(2).map(|i| (i, 2.min(n - i), i)).collect()
-                } else {
-                    (0..n).map(|i| (i, 1, i)).collect()
-                };
-                assert_eq!(tasks, want, "{n} shards, pairs {pairs}");
+                let want: Vec<_> = (0..n)
+                    .step_by(group)
+                    .map(|i| (i, group.min(n - i), i))
+                    .collect();
+                assert_eq!(tasks, want, "{n} shards in groups of {group}");
                 assert_eq!(slots, (0..n).collect::<Vec<_>>(), "each shard its own slot");
             }
         }

@@ -5,9 +5,9 @@
 //!    the built-in MLP packs its weights for the matrix kernel);
 //! 1. cuts them into shards (`shard.rs`); on the pool, each shard's model call reads its
 //!    rows (in place or gathered into its own block) and writes their gradient sum into the
-//!    shard's own gradient row, or a pair of shards goes through the model at once and
-//!    leaves both sums, added, in the first's row (`ShardQueue::in_pairs`,
-//!    `Model::loss_grad_pair`);
+//!    shard's own gradient row, or a group of shards goes through the model at once and
+//!    leaves their sums, added in the tree's order, in the first's row
+//!    (`ShardQueue::in_groups`, `Model::loss_grad_group`);
 //! 2. sums the shard rows with the fixed tree (`reduce.rs`), parallel over parameter chunks;
 //! 3. takes exactly one optimizer step with the sum and the batch length.
 //!
@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use ndarray::{Array2, s};
+use ndarray::{Array2, ArrayViewMut2, ShapeBuilder, s};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rayon::prelude::*;
@@ -38,7 +38,7 @@ use crate::noise::{NoiseScale, squared_norm};
 use crate::optim::{Optimizer, OptimizerState};
 use crate::reduce::{REDUCE_CHUNK, squared_norm_chunked, tree_reduce_above, tree_reduce_with_norm};
 use crate::sampler::{Sampler, Sampling, default_steps_per_epoch};
-use crate::shard::{ShardQueue, in_pairs, n_shards, shard_range};
+use crate::shard::{MAX_GROUP, ShardQueue, group_size, n_shards, shard_range};
 
 /// What one epoch did, handed to `fit`'s callback.
 #[derive(Debug, Clone, PartialEq)]
@@ -229,11 +229,21 @@ impl<M: Model> Trainer<M> {
         // Evaluation reuses the slots; give it one per thread even when batches need fewer.
         let n_slots = max_shards.max(cfg.threads.get());
         let rows = cfg.shard_rows.get().min(cfg.batch_size.get());
-        // A pair of shards runs in its first (even) slot's workspace.
-        let pair_rows = rows.saturating_mul(2).min(cfg.batch_size.get());
+        // A group of shards runs in its first slot's workspace: slot i starts groups of up
+        // to the largest power of two dividing i (`shard::group_size`).
+        let largest_group = group_size(max_shards, rows, 1);
+        let slot_rows = |i: usize| {
+            let group = if i == 0 {
+                largest_group
+            } else {
+                1 << i.trailing_zeros()
+            };
+            rows.saturating_mul(group.min(largest_group))
+                .min(cfg.batch_size.get())
+        };
         let slots = (0..n_slots)
             .map(|i| ShardSlot {
-                ws: model.workspace(if i % 2 == 0 { pair_rows } else { rows }),
+                ws: model.workspace(slot_rows(i)),
                 grad_sq: 0.0,
                 stats: Stats::default(),
             })
@@ -604,19 +614,18 @@ impl<M: Model> Trainer<M> {
                 .as_ref()
                 .is_some_and(|n| self.steps_taken.is_multiple_of(n.period));
         let threads = self.cfg.threads.get().min(n_local);
-        // Pairs of shards share a gradient row (the tree's level 1 summed as they run); not
-        // when each shard's own norm is wanted, nor across ranks, whose exchange starts from
-        // the shards' rows.
-        let pairs = self.exchange.is_none() && !measure_noise && in_pairs(n_local, threads);
+        // Groups of shards share a gradient row (the tree's bottom levels summed as they
+        // run); not when each shard's own norm is wanted, nor across ranks, whose exchange
+        // starts from the shards' rows.
+        let group = if self.exchange.is_none() && !measure_noise {
+            group_size(n_local, shard_rows.get(), threads)
+        } else {
+            1
+        };
         {
             let _prepare = trace_span!("prepare").entered();
-            // The rows one model call passes: a pair's when shards run in pairs.
-            let rows = if pairs {
-                shard_rows.get().saturating_mul(2)
-            } else {
-                shard_rows.get()
-            }
-            .min(batch_len);
+            // The rows one model call passes: a group's.
+            let rows = shard_rows.get().saturating_mul(group).min(batch_len);
             let readers = if parallel {
                 self.cfg.threads.get().min(n_local)
             } else {
@@ -633,7 +642,7 @@ impl<M: Model> Trainer<M> {
         let row_stride = self.grads.ncols();
         let grads = self.grads.as_slice_mut().expect("grads are contiguous");
         let first = mine.start;
-        // A task: one shard, or a pair (shards in pairs) passed through the model at once.
+        // A task: one shard, or a group of shards passed through the model at once.
         let task = |local: usize, grad: &mut [f32], slots: &mut [ShardSlot<M::Workspace>]| {
             let shard_idx = first + local;
             let range = shard_range(shard_idx, batch_len, shard_rows);
@@ -642,17 +651,28 @@ impl<M: Model> Trainer<M> {
             let _shard =
                 trace_span!(parent: &step_span, "shard", shard = shard_idx, rows = rows.len())
                     .entered();
-            run_task(model, params, shared, data, rows, range.len(), slots, grad);
+            let stride = (row_stride, n_params);
+            run_task(
+                model,
+                params,
+                shared,
+                data,
+                rows,
+                range.len(),
+                slots,
+                grad,
+                stride,
+            );
             if measure_noise {
-                // Never in pairs: each shard's own norm is wanted.
+                // Never in groups: each shard's own norm is wanted.
                 debug_assert_eq!(slots.len(), 1);
                 slots[0].grad_sq = squared_norm(grad);
             }
         };
         let shards_span = trace_span!("shards", n_shards = n_local).entered();
         let mut queue = ShardQueue::new(grads, row_stride, n_params, &mut self.slots[..n_local]);
-        if pairs {
-            queue.in_pairs();
+        if group > 1 {
+            queue.in_groups(group);
         }
         // One shard, or one thread: no dispatch to the pool.
         queue.run(threads.saturating_sub(1), &task);
@@ -715,7 +735,7 @@ impl<M: Model> Trainer<M> {
                             total_sq =
                                 tree_reduce_with_norm(rows, n_shards, &mut self.norm_partials);
                         } else {
-                            tree_reduce_above(rows, n_shards, u32::from(pairs));
+                            tree_reduce_above(rows, n_shards, group.ilog2());
                         }
                     }
                     &self.grads.as_slice().expect("grads are contiguous")[..n_params]
@@ -858,10 +878,10 @@ fn keep_workers_awake<R: Send>(threads: usize, run: impl FnOnce() -> R + Send) -
     })
 }
 
-/// One task's model call: a shard's gradient sum into `grad`, or a pair's (the first
-/// `first_rows` of `idx` the first shard's) through `Model::loss_grad_pair`; the stats into
-/// the shards' slots. The model reads the rows `idx` where they lie or gathers them, as
-/// suits it.
+/// One task's model call: a shard's gradient sum into `grad`, or a group's (of shards of
+/// `shard_rows` rows from `idx`; `grad` holds their rows, `stride.0` apart and `stride.1`
+/// long) through `Model::loss_grad_group`; the stats into the shards' slots. The model
+/// reads the rows `idx` where they lie or gathers them, as suits it.
 #[allow(clippy::too_many_arguments)]
 fn run_task<M: Model>(
     model: &M,
@@ -869,18 +889,33 @@ fn run_task<M: Model>(
     shared: &M::Shared,
     data: &Dataset,
     idx: &[usize],
-    first_rows: usize,
+    shard_rows: usize,
     slots: &mut [ShardSlot<M::Workspace>],
     grad: &mut [f32],
+    (row_stride, row_len): (usize, usize),
 ) {
     let _fwd_bwd = trace_span!("fwd_bwd").entered();
     let batch = data.indexed(idx);
-    match slots {
-        [slot] => slot.stats = model.loss_grad_sum(params, shared, batch, &mut slot.ws, grad),
-        [a, b] => {
-            [a.stats, b.stats] =
-                model.loss_grad_pair(params, shared, batch, first_rows, &mut a.ws, grad);
-        }
-        _ => unreachable!("a task is one shard or a pair"),
+    if let [slot] = slots {
+        slot.stats = model.loss_grad_sum(params, shared, batch, &mut slot.ws, grad);
+        return;
+    }
+    let shards = slots.len();
+    assert!(shards <= MAX_GROUP, "a group of {shards} shards");
+    let shape = (shards, row_len).strides((row_stride, 1));
+    let rows = ArrayViewMut2::from_shape(shape, grad).expect("the group's rows");
+    let mut stats = [Stats::default(); MAX_GROUP];
+    let ws = &mut slots[0].ws;
+    model.loss_grad_group(
+        params,
+        shared,
+        batch,
+        shard_rows,
+        ws,
+        rows,
+        &mut stats[..shards],
+    );
+    for (slot, stats) in slots.iter_mut().zip(stats) {
+        slot.stats = stats;
     }
 }

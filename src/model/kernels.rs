@@ -5,10 +5,11 @@
 //! `z` pre-activations, `a` activations, `dz` = dL/dz, all `(rows, width)` row-major.
 //! Every product adds into or overwrites a caller-owned buffer; nothing here allocates.
 
-use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
+use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, s};
 
-use super::gemm::{Accumulate, GemmScratch, PackedB, gemm, gemm_packed};
+use super::gemm::{Accumulate, GemmScratch, PackedB, gemm_packed, gemm_segments};
 use super::{Activation, Head, Stats};
+use crate::reduce::{TreeStack, add_into};
 
 /// z = x w + b, overwriting `z`.
 pub(super) fn affine(
@@ -27,24 +28,41 @@ pub(super) fn affine(
 
 /// gw = x^T dz and gb = column sums of dz: the weight and bias gradients summed over rows,
 /// written over (`Overwrite`) or added to what the buffers hold (`AddSum`: each sum formed
-/// on its own first, with `bias_sum` as room for the bias's).
+/// on its own first). The rows are cut into segments of `seg` (a group's shards), each
+/// segment summed on its own and the segments' sums added in the reduction tree's order
+/// (`gemm_segments`, `TreeStack`), with `bias_sums` as room for `tree_slots` partial sums
+/// of the bias's.
 pub(super) fn affine_grad(
     x: ArrayView2<f32>,
     dz: ArrayView2<f32>,
     (gw, mut gb): (ArrayViewMut2<f32>, ArrayViewMut1<f32>),
     mode: Accumulate,
-    bias_sum: &mut [f32],
+    seg: usize,
+    bias_sums: &mut [f32],
     scratch: &mut GemmScratch,
 ) {
-    gemm(x.t(), dz, gw, mode, scratch);
-    let mut sum = ArrayViewMut1::from(&mut bias_sum[..gb.len()]);
-    sum.fill(0.0);
-    for row in dz.axis_iter(Axis(0)) {
-        sum += &row;
+    gemm_segments(x.t(), dz, gw, mode, seg, scratch);
+    let (n, rows) = (gb.len(), dz.nrows());
+    let add = |sums: &mut [f32], dst: usize, src: usize| {
+        let (below, above) = sums.split_at_mut(src * n);
+        add_into(&mut below[dst * n..(dst + 1) * n], &above[..n]);
+    };
+    let mut stack = TreeStack::default();
+    for s in 0..rows.div_ceil(seg).max(1) {
+        let slot = stack.next_slot();
+        let sum = &mut bias_sums[slot * n..(slot + 1) * n];
+        sum.fill(0.0);
+        let segment = s * seg..(s.saturating_add(1).saturating_mul(seg)).min(rows);
+        for row in dz.slice(s![segment, ..]).rows() {
+            add_into(sum, row.as_slice().expect("rows are contiguous"));
+        }
+        stack.push(|d, s| add(bias_sums, d, s));
     }
+    stack.finish(|d, s| add(bias_sums, d, s));
+    let total = ArrayView1::from(&bias_sums[..n]);
     match mode {
-        Accumulate::Overwrite => gb.assign(&sum),
-        Accumulate::Add | Accumulate::AddSum => gb += &sum,
+        Accumulate::Overwrite => gb.assign(&total),
+        Accumulate::Add | Accumulate::AddSum => gb += &total,
     }
 }
 

@@ -9,7 +9,7 @@
 //! width and d_L the head's width (1 for MSE and logistic, k for softmax). So `z = x w + b`
 //! with `x` row-major `(rows, d_{l-1})`.
 
-use ndarray::{Array1, Array2, ArrayView2, s};
+use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2, s};
 use ndarray_rand::RandomExt;
 use ndarray_rand::rand_distr::Normal;
 use rand::rngs::StdRng;
@@ -20,8 +20,9 @@ use super::kernels::{
     activate, activation_backward, affine, affine_grad, affine_input_grad, axpy_rows, dot,
     dot_rows, head_loss, scalar_head,
 };
-use super::{Batch, GradInto, Model, Stats, Usage, loss_grad_pair_apart};
+use super::{Batch, GradInto, Model, Stats, Usage, loss_grad_group_apart};
 use crate::params::{ParamId, ParamLayout};
+use crate::reduce::tree_slots;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -150,8 +151,9 @@ struct LayerBuffers {
     a: Vec<Array2<f32>>,
     dz: Vec<Array2<f32>>,
     gemm: GemmScratch,
-    /// A gradient sum formed apart before it is added (`GradInto::Add`): a layer's bias
-    /// sum, or a single-output linear model's whole gradient.
+    /// Gradient sums formed apart before they are added: a layer's bias sums per shard of a
+    /// group (`tree_slots` of them) or before `GradInto::Add`, or a single-output linear
+    /// model's whole gradient.
     apart: Vec<f32>,
 }
 
@@ -272,39 +274,40 @@ impl Mlp {
         linear_rows::<8>(self.spec.head, w, bias, batch, grad)
     }
 
-    /// Forward and backward over every row of `batch` (a non-linear-path model), with the
-    /// loss and the weight gradients formed per segment: rows `..split` put into `grad` as
-    /// `into` says, rows `split..` (if any) added as `GradInto::Add` adds. Stats per
-    /// segment.
+    /// Forward and backward over every row of `batch` (a non-linear-path model), cut into
+    /// shards of `shard_rows` (the last may be shorter): each shard's loss into `stats`, and
+    /// each shard's weight gradients formed on its own and summed in the reduction tree's
+    /// order (`affine_grad`), the total put into `grad` as `into` says.
     #[allow(clippy::too_many_arguments)]
     fn pass(
         &self,
         params: &[f32],
         shared: &MlpShared,
         batch: Batch<'_>,
-        split: usize,
+        shard_rows: usize,
         into: GradInto,
         ws: &mut MlpWorkspace,
         grad: &mut [f32],
-    ) -> [Stats; 2] {
+        stats: &mut [Stats],
+    ) {
         let rows = batch.rows();
-        let first_mode = match into {
+        let mode = match into {
             GradInto::Overwrite => Accumulate::Overwrite,
             GradInto::Add => Accumulate::AddSum,
         };
-        let segments = [(0..split, first_mode), (split..rows, Accumulate::AddSum)];
         let MlpWorkspace { x, y, layers: ws } = ws;
         let (x, y) = batch.contiguous(x.view_mut(), y.view_mut());
         self.forward(shared, x, params, ws);
         let last = self.n_layers() - 1;
-        let stats = segments.clone().map(|(seg, _)| {
-            head_loss(
+        for (i, stats) in stats.iter_mut().enumerate() {
+            let shard = i * shard_rows..((i + 1) * shard_rows).min(rows);
+            *stats = head_loss(
                 self.spec.head,
-                ws.a[last].slice(s![seg.clone(), ..]),
-                y.slice(s![seg.clone()]),
-                Some(ws.dz[last].slice_mut(s![seg, ..])),
-            )
-        });
+                ws.a[last].slice(s![shard.clone(), ..]),
+                y.slice(s![shard.clone()]),
+                Some(ws.dz[last].slice_mut(s![shard, ..])),
+            );
+        }
         // Backward: dz[l] is known; accumulate layer l's gradients, then push dz into layer
         // l - 1 through w_l and the activation. The first layer needs no input gradient.
         for l in (0..=last).rev() {
@@ -314,20 +317,15 @@ impl Mlp {
             } else {
                 ws.a[l - 1].slice(s![..rows, ..])
             };
-            for (seg, mode) in segments.clone() {
-                if seg.is_empty() {
-                    continue;
-                }
-                let grads = self.layout.linear_mut(w, b, grad);
-                affine_grad(
-                    input.slice(s![seg.clone(), ..]),
-                    ws.dz[l].slice(s![seg, ..]),
-                    grads,
-                    mode,
-                    &mut ws.apart,
-                    &mut ws.gemm,
-                );
-            }
+            affine_grad(
+                input,
+                ws.dz[l].slice(s![..rows, ..]),
+                self.layout.linear_mut(w, b, grad),
+                mode,
+                shard_rows,
+                &mut ws.apart,
+                &mut ws.gemm,
+            );
             if l > 0 {
                 let (below, above) = ws.dz.split_at_mut(l);
                 let mut da = below[l - 1].slice_mut(s![..rows, ..]);
@@ -341,7 +339,6 @@ impl Mlp {
                 activation_backward(self.spec.activation, ws.a[l - 1].slice(s![..rows, ..]), da);
             }
         }
-        stats
     }
 
     /// Runs every layer on `x` and leaves the head's pre-activation in `ws.a[L-1]`.
@@ -515,7 +512,7 @@ impl Model for Mlp {
         let apart = if self.is_single_output_linear() {
             self.layout.n_params()
         } else {
-            widths[1..].iter().copied().max().unwrap_or(0)
+            tree_slots(max_rows) * widths[1..].iter().copied().max().unwrap_or(0)
         };
         MlpWorkspace {
             x: zeros_on_lines(gather_rows, self.spec.d_in),
@@ -593,38 +590,43 @@ impl Model for Mlp {
             crate::reduce::add_into(grad, apart);
             return stats;
         }
-        let rows = batch.rows();
-        let [stats, _] = self.pass(params, shared, batch, rows, into, ws, grad);
-        stats
-    }
-
-    /// Both shards' rows in one forward and backward pass (the products read each weight
-    /// once for twice the rows); the weight gradients and the stats are still formed shard
-    /// by shard, so the bits are those of two calls (every product's rows are independent:
-    /// `gemm`). Measured on W1, one thread (criterion): 554-560 us per 64-row shard alone,
-    /// 534-540 us per shard as a pair; `bench`, B = 512: 93,000-100,000 -> 98,000-109,000
-    /// examples/s.
-    fn loss_grad_pair(
-        &self,
-        params: &[f32],
-        shared: &MlpShared,
-        batch: Batch<'_>,
-        first_rows: usize,
-        ws: &mut MlpWorkspace,
-        grad: &mut [f32],
-    ) -> [Stats; 2] {
-        if self.is_single_output_linear() {
-            return loss_grad_pair_apart(self, params, shared, batch, first_rows, ws, grad);
-        }
+        let mut stats = [Stats::default()];
         self.pass(
             params,
             shared,
             batch,
-            first_rows,
-            GradInto::Overwrite,
+            usize::MAX,
+            into,
             ws,
             grad,
-        )
+            &mut stats,
+        );
+        stats[0]
+    }
+
+    /// A group's rows in one forward and backward pass: the products read each weight once
+    /// for all the group's rows, and the shards' weight gradients are summed tile by tile
+    /// in L1 (`gemm_segments`), written once into row 0 of `grads`. The bits are those of
+    /// one call per shard summed by the tree: a product's rows are independent of the rows
+    /// beside them, and each shard's gradient is formed on its own.
+    fn loss_grad_group(
+        &self,
+        params: &[f32],
+        shared: &MlpShared,
+        batch: Batch<'_>,
+        shard_rows: usize,
+        ws: &mut MlpWorkspace,
+        mut grads: ArrayViewMut2<f32>,
+        stats: &mut [Stats],
+    ) {
+        if self.is_single_output_linear() {
+            let (rows, ws) = (shard_rows, ws);
+            return loss_grad_group_apart(self, params, shared, batch, rows, ws, grads, stats);
+        }
+        let mut row = grads.row_mut(0);
+        let grad = row.as_slice_mut().expect("gradient rows are contiguous");
+        let over = GradInto::Overwrite;
+        self.pass(params, shared, batch, shard_rows, over, ws, grad, stats);
     }
 
     fn loss_sum(

@@ -17,6 +17,7 @@ pub use batch::{Batch, PREFETCH_ROWS, prefetch_row};
 pub use kernels::{argmax, log_sum_exp, sigmoid, softplus};
 pub use mlp::{Activation, Head, Mlp, MlpShared, MlpSpec, MlpWorkspace};
 
+use ndarray::ArrayViewMut2;
 use rand::rngs::StdRng;
 
 use crate::params::ParamLayout;
@@ -111,23 +112,26 @@ pub trait Model: Send + Sync {
         into: GradInto,
     ) -> Stats;
 
-    /// Two consecutive shards' gradient sums in one buffer, as `ShardQueue::in_pairs` runs
-    /// them: the first `first_rows` rows' sum written into `grad`, the rest's added as
-    /// `GradInto::Add` adds; the two `Stats` apart. The same bits as the two
-    /// `loss_grad_into` calls, which is what it does unless a model passes both shards'
-    /// rows through at once (the built-in MLP does: each weight is read once for twice the
-    /// rows, the weight gradients still formed shard by shard). `ws` holds twice a shard's
-    /// rows.
-    fn loss_grad_pair(
+    /// A group of consecutive shards (`shard_rows` rows each, the last perhaps fewer), as
+    /// `ShardQueue::in_groups` runs them: their gradient sums added in the reduction tree's
+    /// order, the total left in row 0 of `grads` (one row per shard; the others are room
+    /// the model may use), and each shard's stats in `stats` (one per shard). The default
+    /// (`loss_grad_group_apart`) calls `loss_grad_into` shard by shard; a model may pass
+    /// the group's rows through at once if the bits stay those of the shards apart (the
+    /// built-in MLP does: each weight is read once for all the group's rows, and the
+    /// shards' weight gradients are summed tile by tile). `ws` holds the group's rows.
+    #[allow(clippy::too_many_arguments)]
+    fn loss_grad_group(
         &self,
         params: &[f32],
         shared: &Self::Shared,
         batch: Batch<'_>,
-        first_rows: usize,
+        shard_rows: usize,
         ws: &mut Self::Workspace,
-        grad: &mut [f32],
-    ) -> [Stats; 2] {
-        loss_grad_pair_apart(self, params, shared, batch, first_rows, ws, grad)
+        grads: ArrayViewMut2<f32>,
+        stats: &mut [Stats],
+    ) {
+        loss_grad_group_apart(self, params, shared, batch, shard_rows, ws, grads, stats);
     }
 
     /// `loss_grad_into`, overwriting every element of `grad` (so nobody zeroes the buffer
@@ -156,19 +160,33 @@ pub trait Model: Send + Sync {
     fn is_classifier(&self) -> bool;
 }
 
-/// `Model::loss_grad_pair` as two `loss_grad_into` calls.
-pub fn loss_grad_pair_apart<M: Model + ?Sized>(
+/// `Model::loss_grad_group` by `loss_grad_into` calls: each pair of shards into the first's
+/// row (written, then added as `GradInto::Add` adds), then the tree's levels above the pairs
+/// over those rows.
+#[allow(clippy::too_many_arguments)]
+pub fn loss_grad_group_apart<M: Model + ?Sized>(
     model: &M,
     params: &[f32],
     shared: &M::Shared,
     batch: Batch<'_>,
-    first_rows: usize,
+    shard_rows: usize,
     ws: &mut M::Workspace,
-    grad: &mut [f32],
-) -> [Stats; 2] {
-    let (first, second) = batch.split_at(first_rows);
-    [
-        model.loss_grad_into(params, shared, first, ws, grad, GradInto::Overwrite),
-        model.loss_grad_into(params, shared, second, ws, grad, GradInto::Add),
-    ]
+    mut grads: ArrayViewMut2<f32>,
+    stats: &mut [Stats],
+) {
+    let mut rest = batch;
+    for (i, stats) in stats.iter_mut().enumerate() {
+        let (shard, after) = rest.split_at(shard_rows.min(rest.rows()));
+        rest = after;
+        let into = if i % 2 == 0 {
+            GradInto::Overwrite
+        } else {
+            GradInto::Add
+        };
+        let mut row = grads.row_mut(i & !1);
+        let grad = row.as_slice_mut().expect("gradient rows are contiguous");
+        *stats = model.loss_grad_into(params, shared, shard, ws, grad, into);
+    }
+    let shards = stats.len();
+    crate::reduce::tree_reduce_serial(grads.slice_mut(ndarray::s![..shards, ..]), 1);
 }

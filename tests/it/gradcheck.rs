@@ -6,7 +6,9 @@
 //! relative rounding error around sqrt(r w) * 6e-8, under 1e-4 here, so we ask
 //! |g - g_fd| <= 1e-3 * max(1, |g_fd|), while a wrong derivative is off by O(1).
 
-use minibatch::model::{Activation, Batch, GradInto, Head, Mlp, MlpSpec, Model};
+use minibatch::model::{Activation, Batch, GradInto, Head, Mlp, MlpSpec, Model, Stats};
+use minibatch::reduce::tree_reduce;
+use ndarray::Array2;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -225,56 +227,41 @@ fn adding_into_a_buffer_gives_the_bits_of_adding_the_sum_apart() {
     }
 }
 
-/// A pair of shards through the model at once (`loss_grad_pair`: the MLP's one pass over
-/// both shards' rows) gives the bits and stats of the two shards one after the other, the
-/// second adding into the first's buffer: for products past the kernel's tiny size only at
-/// twice the rows (8-row shards), 64-row shards, an uneven last shard, a shard deeper than a
-/// k-block (300 rows), indexed and contiguous rows, and the row-by-row linear model.
+/// A group of shards through the model at once (`loss_grad_group`: the MLP's one pass over
+/// the group's rows, the shards' weight gradients summed tile by tile) gives the bits of
+/// each shard's gradient in a row of its own summed by the reduction tree, and each
+/// shard's stats: at 2, 3, 4, 5 and 8 shards, within one k-block of the kernel (4 x 64
+/// rows) and across two (8 shards, the last of 37 rows), products too small to block
+/// (8-row shards), shards deeper than a k-block (300 rows), indexed and contiguous rows,
+/// and the row-by-row linear model.
 #[test]
-fn a_pair_in_one_pass_gives_the_bits_of_its_two_shards() {
-    for (spec, classes, first, second) in [
-        (
-            spec(
-                40,
-                &[72, 24],
-                Activation::Relu,
-                Head::Softmax { n_classes: 5 },
-            ),
-            Some(5),
-            64,
-            64,
-        ),
-        (
-            spec(40, &[72], Activation::Relu, Head::Softmax { n_classes: 5 }),
-            Some(5),
-            64,
-            37,
-        ),
-        (
-            spec(
-                12,
-                &[8, 6],
-                Activation::Tanh,
-                Head::Softmax { n_classes: 3 },
-            ),
-            Some(3),
-            8,
-            8,
-        ),
-        (
-            spec(12, &[16], Activation::Sigmoid, Head::Mse),
-            None,
-            300,
-            300,
-        ),
-        (
-            spec(30, &[], Activation::Relu, Head::Logistic),
-            Some(2),
-            64,
-            64,
-        ),
+fn a_group_in_one_pass_gives_the_bits_of_its_shards_summed_by_the_tree() {
+    let relu = || {
+        spec(
+            40,
+            &[72, 24],
+            Activation::Relu,
+            Head::Softmax { n_classes: 5 },
+        )
+    };
+    let tanh = spec(
+        12,
+        &[8, 6],
+        Activation::Tanh,
+        Head::Softmax { n_classes: 3 },
+    );
+    let mse = spec(12, &[16], Activation::Sigmoid, Head::Mse);
+    let logistic = spec(30, &[], Activation::Relu, Head::Logistic);
+    for (spec, classes, shard_rows, shards, last) in [
+        (relu(), Some(5), 64, 4, 64),
+        (relu(), Some(5), 64, 8, 37),
+        (relu(), Some(5), 64, 2, 64),
+        (relu(), Some(5), 100, 3, 100),
+        (tanh, Some(3), 8, 5, 8),
+        (mse, None, 300, 2, 300),
+        (logistic, Some(2), 64, 3, 20),
     ] {
-        let rows = first + second;
+        let rows = shard_rows * (shards - 1) + last;
         let data = random_dataset(rows + 5, spec.d_in, classes, 37);
         let model = Mlp::new(spec.clone());
         let mut params = vec![0.0f32; model.layout().n_params()];
@@ -288,28 +275,27 @@ fn a_pair_in_one_pass_gives_the_bits_of_its_two_shards() {
             x.slice(ndarray::s![..rows, ..]),
             targets.slice(ndarray::s![..rows]),
         );
+        let case = format!("{} in {shards} shards of {shard_rows}", spec.describe());
         for batch in [data.indexed(&idx), block] {
-            let (a, b) = batch.split_at(first);
-            let mut apart = vec![f32::NAN; params.len()];
-            let s1 = model.loss_grad_into(
-                &params,
-                &shared,
-                a,
-                &mut ws,
-                &mut apart,
-                GradInto::Overwrite,
+            let mut apart = Array2::from_elem((shards, params.len()), f32::NAN);
+            let mut want_stats = Vec::new();
+            let mut rest = batch;
+            for mut row in apart.rows_mut() {
+                let (shard, after) = rest.split_at(shard_rows.min(rest.rows()));
+                rest = after;
+                let grad = row.as_slice_mut().unwrap();
+                want_stats.push(model.loss_grad_sum(&params, &shared, shard, &mut ws, grad));
+            }
+            tree_reduce(apart.view_mut(), shards);
+            let mut grouped = Array2::from_elem((shards, params.len()), f32::NAN);
+            let mut stats = vec![Stats::default(); shards];
+            let view = grouped.view_mut();
+            model.loss_grad_group(
+                &params, &shared, batch, shard_rows, &mut ws, view, &mut stats,
             );
-            let s2 = model.loss_grad_into(&params, &shared, b, &mut ws, &mut apart, GradInto::Add);
-            let mut paired = vec![f32::NAN; params.len()];
-            let stats = model.loss_grad_pair(&params, &shared, batch, first, &mut ws, &mut paired);
-            assert_eq!(stats, [s1, s2], "{}", spec.describe());
-            for (i, (&got, &want)) in paired.iter().zip(&apart).enumerate() {
-                assert_eq!(
-                    got.to_bits(),
-                    want.to_bits(),
-                    "{}: param {i}",
-                    spec.describe()
-                );
+            assert_eq!(stats, want_stats, "{case}");
+            for (i, (&got, &want)) in grouped.row(0).iter().zip(apart.row(0)).enumerate() {
+                assert_eq!(got.to_bits(), want.to_bits(), "{case}: param {i}");
             }
         }
     }
