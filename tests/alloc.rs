@@ -69,10 +69,13 @@ fn a_hundred_steps_after_warm_up_allocate_nothing() {
         "[data]\nsynthetic = \"teacher\"\nn = 3200\nd = 30\n[model]\nhidden = [20]\n\
          [train]\nepochs = 2\nbatch_size = 32\nshard_rows = 8\nthreads = 2\nlr = 0.01\noptimizer = \"adam\"\n\
          clip_norm = 1.0\nsampling = \"uniform\"\nsteps_per_epoch = 100\n[train.schedule]\nkind = \"cosine\"\nwarmup_steps = 10\n",
-        // Shards in pairs sharing a row: on one thread (16-row shards, whose smaller
-        // products are added through scratch space) and on two (eight 64-row shards).
+        // Groups of shards sharing a row: on one thread (four 16-row shards in one pass;
+        // tiny layers whose products are summed through scratch space) and on two (eight
+        // 64-row shards, four to a group, summed tile by tile).
         "[data]\nsynthetic = \"teacher\"\nn = 6400\nd = 50\n[model]\nhidden = [32, 16]\n\
          [train]\nepochs = 2\nbatch_size = 64\nshard_rows = 16\nthreads = 1\nlr = 0.05\n",
+        "[data]\nsynthetic = \"teacher\"\nn = 3200\nd = 5\n[model]\nhidden = [4]\n\
+         [train]\nepochs = 2\nbatch_size = 32\nshard_rows = 8\nthreads = 1\nlr = 0.05\n",
         "[data]\nsynthetic = \"teacher\"\nn = 51200\nd = 50\n[model]\nhidden = [64, 32]\n\
          [train]\nepochs = 2\nbatch_size = 512\nshard_rows = 64\nthreads = 2\nlr = 0.05\n",
         // Pure SGD, B = 1, on one thread.

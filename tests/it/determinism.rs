@@ -1,5 +1,5 @@
-//! The thread count changes the speed and nothing else: the same config trained on 1, 2, 3
-//! and 8 threads saves byte-identical parameter files.
+//! The thread count changes the speed and nothing else: the same config trained on 1, 2, 3,
+//! 4 and 8 threads saves byte-identical parameter files.
 
 use std::process::Command;
 
@@ -27,7 +27,7 @@ fn assert_identical_across_threads(name: &str, toml_text: &str, extra: &[&str]) 
     let config = dir.join("cfg.toml");
     std::fs::write(&config, toml_text).unwrap();
     let reference = train_and_read(&config, 1, &dir, extra);
-    for threads in [2, 3, 8] {
+    for threads in [2, 3, 4, 8] {
         assert!(
             train_and_read(&config, threads, &dir, extra) == reference,
             "{name}: parameters on {threads} threads differ from 1 thread"
@@ -36,7 +36,7 @@ fn assert_identical_across_threads(name: &str, toml_text: &str, extra: &[&str]) 
 }
 
 #[test]
-fn mlp_params_are_bit_identical_for_1_2_3_8_threads() {
+fn mlp_params_are_bit_identical_for_1_2_3_4_8_threads() {
     // 7 shards per batch (the last one short) and a short last batch per epoch.
     assert_identical_across_threads(
         "det-mlp",
@@ -61,10 +61,12 @@ fn mlp_params_are_bit_identical_for_1_2_3_8_threads() {
 }
 
 #[test]
-fn packed_mlp_params_are_bit_identical_for_1_2_3_8_threads() {
+fn packed_mlp_params_are_bit_identical_for_1_2_3_4_8_threads() {
     // Shards of 64 rows, so the weights are packed for the kernel (a copy per thread on 2,
-    // 3 and 8 threads), and widths that leave partial panels. Eight shards a step run in
-    // pairs sharing a row on 1 and 2 threads, one by one on 3 and 8.
+    // 3, 4 and 8 threads), and widths that leave partial panels. Eight shards a step run
+    // in groups passed through the model at once: of 8 on 1 thread (two k-blocks of the
+    // kernel's sums), 4 on 2, 2 on 4, one by one on 3 and 8; the epoch's last batch (3
+    // shards, the last short) as one ragged group on 1 thread.
     assert_identical_across_threads(
         "det-packed",
         r#"
