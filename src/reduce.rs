@@ -23,8 +23,8 @@ pub fn tree_reduce(grads: ArrayViewMut2<f32>, n_rows: usize) {
     tree_reduce_above(grads, n_rows, 0);
 }
 
-/// `tree_reduce` when its bottom `done` levels are summed already (level 1 by shards run in
-/// pairs: `ShardQueue::in_pairs`).
+/// `tree_reduce` when its bottom `done` levels are summed already (by shards run in groups of
+/// 2^done: `ShardQueue::in_groups`).
 pub fn tree_reduce_above(grads: ArrayViewMut2<f32>, n_rows: usize, done: u32) {
     if n_rows <= 1 << done {
         return;

@@ -444,8 +444,8 @@ const SMALL_B: usize = 1024;
 /// C (+)= A B by plain loops, for tiny products, with the blocked path's arithmetic: each
 /// element summed from zero over each k-block in k order by the kernel's multiply-add, then
 /// stored or added to C. So a row's result does not depend on the path its product takes,
-/// and so not on how many rows the product has (shards run in pairs multiply both shards'
-/// rows at once).
+/// and so not on how many rows the product has (a group of shards multiplies all its
+/// shards' rows at once: `Model::loss_grad_group`).
 ///
 /// # Safety
 /// As for the blocked path: the shape describes live, non-overlapping matrices.
@@ -1426,8 +1426,8 @@ mod tests {
 
     /// A row's result does not depend on the other rows of its product: one row alone (a
     /// tiny product, plain loops) and the same row among many (the blocked kernels) give the
-    /// same bits, overwriting or adding, over one k-block or several, on every kernel. Shards
-    /// run in pairs rely on it: their products have twice a shard's rows.
+    /// same bits, overwriting or adding, over one k-block or several, on every kernel. Groups
+    /// of shards rely on it: their products have all the group's rows.
     /// Every segment's product into a row of its own, the rows summed by the reduction tree:
     /// what `gemm_segments` must equal bit for bit.
     fn segments_by_the_tree(isa: Isa, a: &Array2<f32>, b: &Array2<f32>, seg: usize) -> Array2<f32> {

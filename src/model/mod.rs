@@ -68,8 +68,7 @@ pub enum GradInto {
     Overwrite,
     /// Added to what the buffer holds, the sum formed on its own first: the same bits as
     /// writing it into a buffer of its own and adding the two buffers, which is what the
-    /// reduction tree would do. Two consecutive shards on one thread share a buffer this
-    /// way (see `ShardQueue::in_pairs`).
+    /// reduction tree would do (see `loss_grad_group_apart`).
     Add,
 }
 
