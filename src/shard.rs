@@ -23,17 +23,14 @@ pub fn shard_range(shard_idx: usize, batch_len: usize, shard_rows: NonZeroUsize)
 }
 
 /// The default shard size for a batch size: B / 16 rows, but at least 64 and at most 256.
-/// Many shards give parallel slack for large machines (16 shards from B = 1024 on); fewer,
-/// larger ones run faster per core, since every shard reads the packed weights and writes a
-/// gradient row whatever its rows (2.4 MB on the MLP workload, more than a 2 MB L2 keeps
-/// with the rest) and the reduction reads the rows back. Measured on the MLP workload
-/// (`minibatch bench -w w1 -b 512,2048 --shard-rows 64,128,256`, 2 cores, two runs): at
-/// B = 512 one thread ran 98,000-104,000 examples/s with 64-row shards, 110,000-113,000
-/// with 128 and 116,000-126,000 with 256; at 2048 90,000 against 99,000-101,000 and
-/// 109,000-110,000; 32-row shards 60-75% of 64-row ones. Since pairs of shards pass through
-/// the model at once the gap is smaller: at B = 512 104,800-113,200 with 64 rows against
-/// 111,400-112,000 and 114,100-116,700. The boundaries may not depend on the thread count,
-/// so the default keeps the slack: on a few cores, pass `--shard-rows`.
+/// Many shards give parallel slack for large machines (16 shards from B = 1024 on); on a
+/// few cores the shards run in groups (`group_size`), one pass through the model per
+/// group, so small shards cost little there: measured on the MLP workload (`minibatch bench
+/// -w w1 -b 512,2048 --shard-rows 64,128,256`, 2 cores, two runs), B = 512 on one thread
+/// ran 114,400-126,000 examples/s with 64-row shards, 112,800-123,500 with 128 and
+/// 113,700-125,200 with 256 (before groups: 98,000-104,000 against 116,000-126,000 for 64
+/// and 256). 32-row shards still cost 3-5% against 64, hence the floor. The boundaries may
+/// not depend on the thread count, so the default keeps the slack.
 pub fn auto_shard_rows(batch_size: NonZeroUsize) -> NonZeroUsize {
     let rows = batch_size.get().div_ceil(16).clamp(64, 256);
     NonZeroUsize::new(rows).expect("clamped to at least 64")
