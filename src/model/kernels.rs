@@ -11,19 +11,44 @@ use super::gemm::{Accumulate, GemmScratch, PackedB, gemm_packed, gemm_segments};
 use super::{Activation, Head, Stats};
 use crate::reduce::{TreeStack, add_into};
 
-/// z = x w + b, overwriting `z`.
+/// z = x w + b, overwriting `z`, then z = act(z) when `act` is given (a hidden layer). The
+/// product overwrites z and the bias is added in the activation's pass over it, so z is
+/// written once by the product and read and written once after (broadcasting the bias into
+/// z for the product to add to cost a pass of its own and a read of z in the product's first
+/// k-block).
 pub(super) fn affine(
     x: ArrayView2<f32>,
     w: &PackedB,
     w_source: ArrayView2<f32>,
     b: ArrayView1<f32>,
+    act: Option<Activation>,
     mut z: ArrayViewMut2<f32>,
     scratch: &mut GemmScratch,
 ) {
+    gemm_packed(x, w, w_source, z.view_mut(), Accumulate::Overwrite, scratch);
+    let b = b.as_slice().expect("biases are contiguous");
     for mut row in z.rows_mut() {
-        row.assign(&b);
+        let row = row.as_slice_mut().expect("rows are contiguous");
+        // One loop per activation, so that each vectorises on its own.
+        match act {
+            None => add_into(row, b),
+            Some(Activation::Relu) => {
+                for (v, &b) in row.iter_mut().zip(b) {
+                    *v = (*v + b).max(0.0);
+                }
+            }
+            Some(Activation::Tanh) => {
+                for (v, &b) in row.iter_mut().zip(b) {
+                    *v = (*v + b).tanh();
+                }
+            }
+            Some(Activation::Sigmoid) => {
+                for (v, &b) in row.iter_mut().zip(b) {
+                    *v = sigmoid(*v + b);
+                }
+            }
+        }
     }
-    gemm_packed(x, w, w_source, z, Accumulate::Add, scratch);
 }
 
 /// gw = x^T dz and gb = column sums of dz: the weight and bias gradients summed over rows,
@@ -76,15 +101,6 @@ pub(super) fn affine_input_grad(
     scratch: &mut GemmScratch,
 ) {
     gemm_packed(dz, wt, wt_source, dx, Accumulate::Overwrite, scratch);
-}
-
-/// a = act(z) in place.
-pub(super) fn activate(act: Activation, mut z: ArrayViewMut2<f32>) {
-    match act {
-        Activation::Relu => z.mapv_inplace(|v| v.max(0.0)),
-        Activation::Tanh => z.mapv_inplace(f32::tanh),
-        Activation::Sigmoid => z.mapv_inplace(sigmoid),
-    }
 }
 
 /// da *= act'(z), written with the activation's output a = act(z), which is what the

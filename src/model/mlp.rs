@@ -17,7 +17,7 @@ use rayon::prelude::*;
 
 use super::gemm::{Accumulate, B_IN_PLACE_MAX_ROWS, GemmScratch, PackedB, zeros_on_lines};
 use super::kernels::{
-    activate, activation_backward, affine, affine_grad, affine_input_grad, axpy_rows, dot,
+    activation_backward, affine, affine_grad, affine_input_grad, axpy_rows, dot,
     dot_rows, head_loss, scalar_head,
 };
 use super::{Batch, GradInto, Model, Stats, Usage, loss_grad_group_apart};
@@ -358,18 +358,16 @@ impl Mlp {
             } else {
                 done[l - 1].slice(s![..rows, ..])
             };
-            let mut z = rest[0].slice_mut(s![..rows, ..]);
+            let act = (l < last).then_some(self.spec.activation);
             affine(
                 input,
                 &shared.w[l],
                 self.layout.matrix(w, params),
                 self.layout.vector(b, params),
-                z.view_mut(),
+                act,
+                rest[0].slice_mut(s![..rows, ..]),
                 &mut ws.gemm,
             );
-            if l < last {
-                activate(self.spec.activation, z);
-            }
         }
     }
 }
