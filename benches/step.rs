@@ -78,12 +78,19 @@ fn benches(c: &mut Criterion) {
             let mut group_ws = model.workspace(group_rows);
             let mut group_grads = Array2::<f32>::zeros((group_shards, n_params));
             let mut stats = vec![minibatch::Stats::default(); group_rows.div_ceil(rows)];
+            // Prepared for the group's rows, as the trainer prepares for a step of groups.
+            let mut group_shared = model.shared();
+            let group_usage = minibatch::model::Usage {
+                rows: group_rows,
+                ..usage
+            };
+            model.prepare(&params, &mut group_shared, group_usage);
             group.throughput(Throughput::Elements(group_rows as u64));
             group.bench_function(BenchmarkId::new("group_fwd_bwd", group_rows), |b| {
                 b.iter(|| {
                     model.loss_grad_group(
                         &params,
-                        &shared,
+                        &group_shared,
                         train.rows(0..group_rows),
                         rows,
                         &mut group_ws,

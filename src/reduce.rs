@@ -205,7 +205,9 @@ pub(crate) fn tree_reduce_serial(mut rows: ArrayViewMut2<f32>, done: u32) {
 /// levels, merged on `push`), and a ragged end is folded in from the right (`finish`).
 #[derive(Debug, Clone, Copy)]
 pub struct TreeStack {
-    levels: [u32; usize::BITS as usize + 1],
+    /// Each partial sum's level (it sums 2^level leaves while it waits to merge); one per
+    /// bit of a leaf count, made anew for every tile of a product, so bytes.
+    levels: [u8; usize::BITS as usize + 1],
     depth: usize,
 }
 
@@ -218,9 +220,14 @@ impl Default for TreeStack {
     }
 }
 
-/// Slots a `TreeStack` over `n` leaves may use at once.
+/// Slots a `TreeStack` over `n` leaves may use at once: before leaf i's merges, one per set
+/// bit of i, and the leaf's own.
 pub fn tree_slots(n: usize) -> usize {
-    n.max(1).ilog2() as usize + 2
+    if n <= 1 {
+        1
+    } else {
+        (n - 1).ilog2() as usize + 2
+    }
 }
 
 impl TreeStack {

@@ -15,8 +15,9 @@
 //! serially in shard order, so the thread count changes the speed and nothing else.
 //!
 //! The pool is owned by the trainer and entered once per `fit`; every buffer the step touches
-//! is sized in `new` or grows on the first step, so later steps allocate nothing (tested by
-//! tests/alloc.rs).
+//! is sized in `new` or grows the first time a step of its shape runs (the first step, and
+//! an epoch's short last batch, whose fewer shards may form groups that full batches do
+//! not), so later steps allocate nothing (tested by tests/alloc.rs over a second epoch).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -231,7 +232,10 @@ impl<M: Model> Trainer<M> {
         let rows = cfg.shard_rows.get().min(cfg.batch_size.get());
         // A group of shards runs in its first slot's workspace: slot i starts groups of up
         // to the largest power of two dividing i (`shard::group_size`).
-        let largest_group = group_size(max_shards, rows, 1);
+        let largest_group = (1..=max_shards)
+            .map(|n| group_size(n, rows, cfg.threads.get().min(n)))
+            .max()
+            .unwrap_or(1);
         let slot_rows = |i: usize| {
             let group = if i == 0 {
                 largest_group

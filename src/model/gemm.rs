@@ -354,7 +354,6 @@ fn gemm_with(
 /// fit one k-block (a group of shards of twice `KC` rows: two passes, the second adding its
 /// tree's total to C as the top of the tree does); otherwise every segment's product goes
 /// into a buffer of its own, summed with `TreeStack`.
-#[allow(clippy::too_many_arguments)]
 fn segments_apart(
     isa: Isa,
     a: ArrayView2<f32>,
@@ -871,7 +870,7 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
         scratch.b.grow(n_panels * nr_full * kc_max);
     }
     let tiles = if s.seg < s.k {
-        debug_assert!(s.k <= KC, "segments within one k-block");
+        assert!(s.k <= KC, "segments within one k-block");
         scratch
             .tiles
             .grow(tree_slots(s.k.div_ceil(s.seg)) * mr_full * nr_full);
@@ -969,7 +968,8 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
 /// read C back from L2 or memory.
 ///
 /// # Safety
-/// As for `Microkernel::run`; with segments, `tiles` holds `tree_slots(kc / seg)` tiles.
+/// As for `Microkernel::run`; with segments, `tiles` holds `tree_slots(kc.div_ceil(seg))`
+/// tiles.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn run_tile<K: Microkernel, A: Lhs>(
@@ -1424,10 +1424,6 @@ mod tests {
         }
     }
 
-    /// A row's result does not depend on the other rows of its product: one row alone (a
-    /// tiny product, plain loops) and the same row among many (the blocked kernels) give the
-    /// same bits, overwriting or adding, over one k-block or several, on every kernel. Groups
-    /// of shards rely on it: their products have all the group's rows.
     /// Every segment's product into a row of its own, the rows summed by the reduction tree:
     /// what `gemm_segments` must equal bit for bit.
     fn segments_by_the_tree(isa: Isa, a: &Array2<f32>, b: &Array2<f32>, seg: usize) -> Array2<f32> {
@@ -1458,6 +1454,8 @@ mod tests {
             .unwrap()
     }
 
+    /// The weight gradients of a group of shards rely on it: a product over k-segments,
+    /// summed tile by tile, gives the bits of the segments' products summed by the tree.
     #[test]
     fn segments_give_the_bits_of_their_products_summed_by_the_tree() {
         let mut scratch = GemmScratch::default();
@@ -1476,6 +1474,9 @@ mod tests {
             (3, 40, 5, 6),
             (3, 9, 5, 1),
             (40, 100, 72, 100),
+            // B read in place (at most 32 rows of A, or 32 steps along k) on every kernel.
+            (24, 256, 64, 16),
+            (40, 32, 64, 8),
         ];
         for &(m, k, n, seg) in &cases {
             let (a, b) = operands(m, k, n);
@@ -1527,6 +1528,10 @@ mod tests {
         }
     }
 
+    /// A row's result does not depend on the other rows of its product: one row alone (a
+    /// tiny product, plain loops) and the same row among many (the blocked kernels) give the
+    /// same bits, overwriting or adding, over one k-block or several, on every kernel. Groups
+    /// of shards rely on it: their products have all the group's rows.
     #[test]
     fn a_rows_bits_do_not_depend_on_the_rows_beside_it() {
         let mut scratch = GemmScratch::default();

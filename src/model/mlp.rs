@@ -17,8 +17,8 @@ use rayon::prelude::*;
 
 use super::gemm::{Accumulate, B_IN_PLACE_MAX_ROWS, GemmScratch, PackedB, zeros_on_lines};
 use super::kernels::{
-    activation_backward, affine, affine_grad, affine_input_grad, axpy_rows, dot,
-    dot_rows, head_loss, scalar_head,
+    activation_backward, affine, affine_grad, affine_input_grad, axpy_rows, dot, dot_rows,
+    head_loss, scalar_head,
 };
 use super::{Batch, GradInto, Model, Stats, Usage, loss_grad_group_apart};
 use crate::params::{ParamId, ParamLayout};
@@ -532,8 +532,8 @@ impl Model for Mlp {
     }
 
     /// Packs every layer's weights for the matrix kernel (w for the forward products, w^T
-    /// for the input gradients), except that with at most `B_IN_PLACE_MAX_ROWS` rows per shard the
-    /// forward products read w where it lies: the copy would cost more than it saves (W1:
+    /// for the input gradients), except that with at most `B_IN_PLACE_MAX_ROWS` rows per model
+    /// call (a shard's, or a group's) the forward products read w where it lies: the copy would cost more than it saves (W1:
     /// B = 32 65,000-67,000 -> 74,000-76,000 examples/s; at 64 rows and more the packed
     /// products win, by 3-10% at B = 128).
     fn prepare(&self, params: &[f32], shared: &mut MlpShared, usage: Usage) {

@@ -52,8 +52,9 @@ pub struct Usage {
     /// Whether to split the preparation over the pool: false when the step runs as one
     /// shard, where waking idle workers would cost more than it saves.
     pub parallel: bool,
-    /// The most rows one shard will pass: for a few rows, copying weights into a layout the
-    /// kernel likes costs more than the products save.
+    /// The most rows one model call will pass (a shard's, or a group's when shards run in
+    /// groups): for a few rows, copying weights into a layout the kernel likes costs more
+    /// than the products save.
     pub rows: usize,
     /// How many threads will run shards at once: a small model gives each its own copy of
     /// what every shard reads, since cores reading the same lines at the same time slow

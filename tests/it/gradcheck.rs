@@ -177,8 +177,8 @@ fn an_indexed_batch_gives_the_same_bits_as_its_rows_gathered() {
     }
 }
 
-/// Adding a batch's gradient into a buffer (`GradInto::Add`, how two shards of a pair share
-/// a row) gives the bits of the sum formed apart and then added, as the reduction tree
+/// Adding a batch's gradient into a buffer (`GradInto::Add`, how `loss_grad_group_apart`
+/// puts two shards into one row) gives the bits of the sum formed apart and then added, as the reduction tree
 /// would: for products added by the kernel (64 rows), tiny ones, ones deeper than a k-block
 /// (300 rows), and the row-by-row linear model.
 #[test]
