@@ -86,7 +86,9 @@ fn benches(c: &mut Criterion) {
             };
             model.prepare(&params, &mut group_shared, group_usage);
             group.throughput(Throughput::Elements(group_rows as u64));
-            group.bench_function(BenchmarkId::new("group_fwd_bwd", group_rows), |b| {
+            // Named by the group's shards and their rows: B = 512 and 2048 both pass 512 rows.
+            let group_id = format!("{}x{rows}", group_rows.div_ceil(rows));
+            group.bench_function(BenchmarkId::new("group_fwd_bwd", group_id), |b| {
                 b.iter(|| {
                     model.loss_grad_group(
                         &params,
