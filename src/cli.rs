@@ -185,8 +185,9 @@ pub struct BenchArgs {
     /// Default: 1 and every core.
     #[arg(short, long, value_delimiter = ',')]
     pub threads: Vec<usize>,
-    /// Rows per shard to compare (e.g. 64,128,256) instead of the default chosen from the
-    /// batch size: fewer, larger shards run faster per core, more give more cores work.
+    /// Rows per shard to compare (e.g. 32,64,128) instead of the default chosen from the
+    /// batch size: more shards give more cores work; on few cores shards run in groups of
+    /// up to 512 rows, so their size matters less there.
     #[arg(long, value_delimiter = ',')]
     pub shard_rows: Vec<usize>,
     /// Rows of each workload's dataset instead of its standard N (e.g. to fit w2 in less
