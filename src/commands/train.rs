@@ -86,9 +86,15 @@ pub fn train(
     let (train, valid) = trainer.install(|| data::load(&cfg.data, cfg.seed));
     let t = &cfg.train;
     let shards = minibatch::shard::n_shards(t.batch_size.get(), t.shard_rows);
+    let shard_rows = t.shard_rows.get().min(t.batch_size.get());
+    // Across ranks the shards run one by one (the exchange starts from their rows).
+    let group = match ranks {
+        1 => minibatch::shard::group_size(shards, shard_rows, t.threads.get().min(shards)),
+        _ => 1,
+    };
     if !quiet {
         println!(
-            "{} ({n_params} params) | train {} x {}{} | B {} in {shards} shard{} of {} rows | {}{} thread{} | {}, {}",
+            "{} ({n_params} params) | train {} x {}{} | B {} in {shards} shard{} of {} rows{} | {}{} thread{} | {}, {}",
             cfg.model.describe(),
             train.n(),
             train.d(),
@@ -98,7 +104,12 @@ pub fn train(
                 .unwrap_or_default(),
             t.batch_size,
             if shards == 1 { "" } else { "s" },
-            t.shard_rows.get().min(t.batch_size.get()),
+            shard_rows,
+            if group > 1 {
+                format!(", {group} to a task")
+            } else {
+                String::new()
+            },
             if ranks > 1 {
                 format!("{ranks} MPI ranks x ")
             } else {
