@@ -170,6 +170,7 @@ pub fn squared_norm_chunked(v: &[f32], partials: &mut Vec<f64>) -> f64 {
 
 /// dst += src, element by element: the tree's addition, for a sum formed apart (see
 /// `model::GradInto::Add`).
+#[inline]
 pub fn add_into(dst: &mut [f32], src: &[f32]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d += s;
@@ -218,6 +219,14 @@ impl Default for TreeStack {
             depth: 0,
         }
     }
+}
+
+/// Slot `dst` += slot `src` of `slots` (slots of `len` values end to end, `dst < src`): the
+/// addition `TreeStack` asks of callers that keep their partial sums in one buffer.
+#[inline(always)]
+pub fn add_slot(slots: &mut [f32], len: usize, dst: usize, src: usize) {
+    let (below, above) = slots.split_at_mut(src * len);
+    add_into(&mut below[dst * len..(dst + 1) * len], &above[..len]);
 }
 
 /// Slots a `TreeStack` over `n` leaves may use at once: before leaf i's merges, one per set

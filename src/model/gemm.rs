@@ -19,7 +19,7 @@
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
-use crate::reduce::{TreeStack, tree_slots};
+use crate::reduce::{TreeStack, add_slot, tree_slots};
 
 /// Depth of one packed block: an `NR`-wide panel of B (KC x 32 x 4 bytes = 32 KB) stays in
 /// L1 while the A panels stream from L2.
@@ -400,10 +400,6 @@ fn segments_apart(
     let mut sums = std::mem::take(&mut scratch.sums);
     sums.grow(tree_slots(segments) * m * n);
     let mut stack = TreeStack::default();
-    let add = |sums: &mut LineBuf, dst: usize, src: usize| {
-        let (below, above) = sums.as_mut_slice().split_at_mut(src * m * n);
-        crate::reduce::add_into(&mut below[dst * m * n..(dst + 1) * m * n], &above[..m * n]);
-    };
     for s in 0..segments {
         let kk = s * seg..(s * seg + seg).min(k);
         let slot = stack.next_slot();
@@ -422,9 +418,9 @@ fn segments_apart(
             usize::MAX,
             scratch,
         );
-        stack.push(|d, s| add(&mut sums, d, s));
+        stack.push(|d, s| add_slot(sums.as_mut_slice(), m * n, d, s));
     }
-    stack.finish(|d, s| add(&mut sums, d, s));
+    stack.finish(|d, s| add_slot(sums.as_mut_slice(), m * n, d, s));
     let total = ArrayView2::from_shape((m, n), &sums.as_slice()[..m * n]).expect("m * n values");
     match mode {
         Accumulate::Overwrite => c.assign(&total),
@@ -985,31 +981,25 @@ unsafe fn run_tile<K: Microkernel, A: Lhs>(
         return unsafe { K::run(kc, a, b, b_rs, tile) };
     }
     let size = K::MR * K::NR;
-    let slot = |i: usize| tiles.wrapping_add(i * size);
-    // SAFETY: `dst < src`, so the two slots are distinct tiles inside `tiles`.
-    let add = |dst: usize, src: usize| unsafe {
-        let d = std::slice::from_raw_parts_mut(slot(dst), size);
-        let s = std::slice::from_raw_parts(slot(src), size);
-        for (d, &s) in d.iter_mut().zip(s) {
-            *d += s;
-        }
-    };
+    // SAFETY: the caller sized `tiles` for this many slots.
+    let slots =
+        unsafe { std::slice::from_raw_parts_mut(tiles, tree_slots(kc.div_ceil(seg)) * size) };
     let mut stack = TreeStack::default();
     let mut k0 = 0;
     while k0 < kc {
         let len = seg.min(kc - k0);
         let into = Tile {
-            c: slot(stack.next_slot()),
+            c: slots[stack.next_slot() * size..].as_mut_ptr(),
             ldc: K::NR,
             mr: K::MR,
             nr: K::NR,
             overwrite: true,
         };
         unsafe { K::run(len, a.skip(k0), b.add(k0 * b_rs), b_rs, into) };
-        stack.push(add);
+        stack.push(|d, s| add_slot(slots, size, d, s));
         k0 += len;
     }
-    stack.finish(add);
+    stack.finish(|d, s| add_slot(slots, size, d, s));
     let Tile {
         c,
         ldc,
@@ -1021,7 +1011,7 @@ unsafe fn run_tile<K: Microkernel, A: Lhs>(
         // SAFETY: slot 0 holds the MR x NR total; C's tile has `mr` rows of `nr` values.
         let (total, row) = unsafe {
             (
-                std::slice::from_raw_parts(slot(0).add(i * K::NR), nr),
+                &slots[i * K::NR..i * K::NR + nr],
                 std::slice::from_raw_parts_mut(c.add(i * ldc), nr),
             )
         };

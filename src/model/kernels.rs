@@ -9,7 +9,7 @@ use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, s};
 
 use super::gemm::{Accumulate, GemmScratch, PackedB, gemm_packed, gemm_segments};
 use super::{Activation, Head, Stats};
-use crate::reduce::{TreeStack, add_into};
+use crate::reduce::{TreeStack, add_into, add_slot};
 
 /// z = x w + b, overwriting `z`, then z = act(z) when `act` is given (a hidden layer). The
 /// product overwrites z and the bias is added in the activation's pass over it, so z is
@@ -68,10 +68,6 @@ pub(super) fn affine_grad(
 ) {
     gemm_segments(x.t(), dz, gw, mode, seg, scratch);
     let (n, rows) = (gb.len(), dz.nrows());
-    let add = |sums: &mut [f32], dst: usize, src: usize| {
-        let (below, above) = sums.split_at_mut(src * n);
-        add_into(&mut below[dst * n..(dst + 1) * n], &above[..n]);
-    };
     let mut stack = TreeStack::default();
     for s in 0..rows.div_ceil(seg).max(1) {
         let slot = stack.next_slot();
@@ -81,9 +77,9 @@ pub(super) fn affine_grad(
         for row in dz.slice(s![segment, ..]).rows() {
             add_into(sum, row.as_slice().expect("rows are contiguous"));
         }
-        stack.push(|d, s| add(bias_sums, d, s));
+        stack.push(|d, s| add_slot(bias_sums, n, d, s));
     }
-    stack.finish(|d, s| add(bias_sums, d, s));
+    stack.finish(|d, s| add_slot(bias_sums, n, d, s));
     let total = ArrayView1::from(&bias_sums[..n]);
     match mode {
         Accumulate::Overwrite => gb.assign(&total),
