@@ -33,11 +33,10 @@ const MC: usize = 256;
 pub struct GemmScratch {
     a: LineBuf,
     b: LineBuf,
-    /// A product held apart for `Accumulate::AddSum` when it cannot go straight into C.
-    c: LineBuf,
     /// A tile's partial sums over k-segments (`gemm_segments`): a few KB, kept in L1.
     tiles: LineBuf,
-    /// Whole products' partial sums over k-segments, where tiles cannot hold them.
+    /// Whole products held apart: partial sums over k-segments where tiles cannot hold
+    /// them, or a product for `Accumulate::AddSum` that cannot go straight into C.
     sums: LineBuf,
 }
 
@@ -284,28 +283,10 @@ fn gemm_with(
     assert!(seg > 0, "empty segments");
     let small = matches!(b, Rhs::View { .. }) && m * n * k <= SMALL_FLOPS;
     let segments = k.div_ceil(seg);
-    if segments > 1 && (small || k > KC) {
+    // `Add` adds each k-block's sum into C in turn, so `AddSum` past one k-block forms the
+    // product apart, as segments too large or too small for tile sums do.
+    if (segments > 1 && (small || k > KC)) || (mode == Accumulate::AddSum && k > KC) {
         return segments_apart(isa, a, b, c, mode, seg, scratch);
-    }
-    if mode == Accumulate::AddSum && k > KC {
-        // `Add` adds each k-block's sum into C in turn: form the product apart, then add it.
-        let mut apart = std::mem::take(&mut scratch.c);
-        apart.grow(m * n);
-        let mut product = ArrayViewMut2::from_shape((m, n), &mut apart.as_mut_slice()[..m * n])
-            .expect("m * n values");
-        gemm_with(
-            isa,
-            a,
-            (k, n),
-            b,
-            product.view_mut(),
-            Accumulate::Overwrite,
-            usize::MAX,
-            scratch,
-        );
-        c.zip_mut_with(&product, |c, &p| *c += p);
-        scratch.c = apart;
-        return;
     }
     if mode == Accumulate::Overwrite && k == 0 {
         c.fill(0.0);
@@ -350,10 +331,11 @@ fn gemm_with(
 }
 
 /// `gemm_with` over k-segments when one blocked pass cannot sum them tile by tile (k past
-/// one k-block, or a product too small to block). Split at the tree's top where both halves
-/// fit one k-block (a group of shards of twice `KC` rows: two passes, the second adding its
-/// tree's total to C as the top of the tree does); otherwise every segment's product goes
-/// into a buffer of its own, summed with `TreeStack`.
+/// one k-block, or a product too small to block), or with `AddSum` past one k-block (one
+/// segment). Split at the tree's top where both halves fit one k-block (a group of shards
+/// of twice `KC` rows: two passes, the second adding its tree's total to C as the top of
+/// the tree does); otherwise every segment's product goes into a buffer of its own, summed
+/// with `TreeStack`, and the total is put into C.
 fn segments_apart(
     isa: Isa,
     a: ArrayView2<f32>,
@@ -366,18 +348,24 @@ fn segments_apart(
     let (m, k) = a.dim();
     let n = c.ncols();
     assert!(mode != Accumulate::Add, "segments are summed apart");
-    let Rhs::View { ptr, rs, cs } = b else {
-        panic!("segments of a packed B");
-    };
-    let rows_of_b = |from: usize| Rhs::View {
-        ptr: ptr.wrapping_add(from * rs),
-        rs,
-        cs,
+    let rows_of_b = |from: usize| match b {
+        _ if from == 0 => b,
+        Rhs::View { ptr, rs, cs } => Rhs::View {
+            ptr: ptr.wrapping_add(from * rs),
+            rs,
+            cs,
+        },
+        Rhs::Packed(_) => panic!("segments of a packed B"),
     };
     let segments = k.div_ceil(seg);
-    let left = 1 << (segments - 1).ilog2();
-    let split = left * seg;
-    if mode == Accumulate::Overwrite
+    // The tree's top split: the largest power of two below the segment count, on the left.
+    let split = if segments > 1 {
+        (1 << (segments - 1).ilog2()) * seg
+    } else {
+        k
+    };
+    if split < k
+        && mode == Accumulate::Overwrite
         && split <= KC
         && k - split <= KC
         && m * n * (k - split) > SMALL_FLOPS
