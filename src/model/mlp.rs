@@ -532,10 +532,10 @@ impl Model for Mlp {
     }
 
     /// Packs every layer's weights for the matrix kernel (w for the forward products, w^T
-    /// for the input gradients), except that with at most `B_IN_PLACE_MAX_ROWS` rows per model
-    /// call (a shard's, or a group's) the forward products read w where it lies: the copy would cost more than it saves (W1:
-    /// B = 32 65,000-67,000 -> 74,000-76,000 examples/s; at 64 rows and more the packed
-    /// products win, by 3-10% at B = 128).
+    /// for the input gradients), except that with at most `B_IN_PLACE_MAX_ROWS` rows per
+    /// model call (a shard's, or a group's) the forward products read w where it lies: the
+    /// copy would cost more than it saves (W1: B = 32 65,000-67,000 -> 74,000-76,000
+    /// examples/s; at 64 rows and more the packed products win, by 3-10% at B = 128).
     fn prepare(&self, params: &[f32], shared: &mut MlpShared, usage: Usage) {
         if self.is_single_output_linear() {
             return;
