@@ -9,7 +9,8 @@
 //! rows, B with contiguous rows and whole panels): the training shapes are small enough
 //! that a copy costs more than it saves.
 //!
-//! Three microkernels: AVX-512 (tile 8 x 32, two zmm per row), AVX2 + FMA (6 x 16), both
+//! Three microkernels: AVX-512 (tile 8 x 32, two zmm per row, or 8 x 16 for products at
+//! most 16 columns wide), AVX2 + FMA (6 x 16), both
 //! written with `std::arch` intrinsics, and a portable one; the widest the CPU supports is
 //! chosen at run time by feature detection. So a binary built without `target-cpu` flags
 //! runs at AVX-512 speed where the CPU has it and correctly everywhere else. Shards are the
@@ -85,12 +86,12 @@ impl PackedB {
         self.copies = 1;
         if k * n <= SMALL_B {
             // Small operands are multiplied without packing; keep a plain copy only.
-            (self.k, self.n, self.nr) = (k, n, Isa::detect().nr());
+            (self.k, self.n, self.nr) = (k, n, Isa::detect().nr(n));
             self.plain.clear();
             self.plain.extend(b.iter());
             return;
         }
-        let nr = Isa::detect().nr();
+        let nr = Isa::detect().nr(n);
         if in_place && b.strides()[1] == 1 && b.strides()[0] >= 0 && n.is_multiple_of(nr) {
             // The kernel can read such a B in place (`gemm_packed` gets it again): for
             // products of a few rows, skipping the copy saves more than packing gains.
@@ -133,7 +134,10 @@ impl PackedB {
                 let src = b.as_ptr().add(p0 * nr * b_cs);
                 match Isa::detect() {
                     #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512 => Avx512::pack_b(first, src, b_cs, b_rs, lines, k0, kc),
+                    Isa::Avx512 if nr == 16 => {
+                        Avx512::<16>::pack_b(first, src, b_cs, b_rs, lines, k0, kc)
+                    }
+                    Isa::Avx512 => Avx512::<32>::pack_b(first, src, b_cs, b_rs, lines, k0, kc),
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx2 => Avx2::pack_b(first, src, b_cs, b_rs, lines, k0, kc),
                     _ => Scalar::pack_b(first, src, b_cs, b_rs, lines, k0, kc),
@@ -210,7 +214,7 @@ pub fn gemm_packed(
     mode: Accumulate,
     scratch: &mut GemmScratch,
 ) {
-    assert_eq!(b.nr, Isa::detect().nr(), "packed for another kernel");
+    assert_eq!(b.nr, Isa::detect().nr(b.n), "packed for another kernel");
     assert_eq!(source.dim(), b.dim(), "packed from another matrix");
     let rhs = if b.in_place {
         Rhs::View {
@@ -417,6 +421,9 @@ fn segments_apart(
     scratch.sums = sums;
 }
 
+/// Products at most this many columns wide run on the AVX-512 kernel's 16-wide tile.
+const NARROW: usize = 16;
+
 /// Products of at most this many multiply-adds skip packing: at B = 1 on a linear model
 /// the packing and tile bookkeeping would cost more than the arithmetic.
 const SMALL_FLOPS: usize = 8 * 1024;
@@ -503,11 +510,14 @@ impl Isa {
         Isa::Baseline
     }
 
-    /// Columns of the microkernel's tile, the width of packed B panels.
-    pub fn nr(self) -> usize {
+    /// Columns of the microkernel's tile for a product `n` wide, the width of packed B
+    /// panels.
+    pub fn nr(self, n: usize) -> usize {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx512 => Avx512::NR,
+            Isa::Avx512 if n <= NARROW => Avx512::<16>::NR,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Avx512::<32>::NR,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => Avx2::NR,
             _ => Scalar::NR,
@@ -535,7 +545,11 @@ struct Shape {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,fma")]
 unsafe fn gemm_avx512(shape: &Shape, scratch: &mut GemmScratch) {
-    unsafe { gemm_blocked::<Avx512>(shape, scratch) }
+    if shape.n <= NARROW {
+        unsafe { gemm_blocked::<Avx512<16>>(shape, scratch) }
+    } else {
+        unsafe { gemm_blocked::<Avx512<32>>(shape, scratch) }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -727,15 +741,45 @@ macro_rules! packers {
     };
 }
 
-/// 8 x 32: sixteen zmm accumulators, two B loads and eight broadcasts per step.
+/// 8 x `NR`, `NR` 32 or 16: two zmm accumulators per row (sixteen; two B loads and eight
+/// broadcasts per step), or one for products at most 16 columns wide (the W1 model's
+/// 10-wide head, where a 32-wide tile spent 22 of every 32 lanes on padding: the forward
+/// product and the weight gradient of a 512-row group took 26-28 and 36-40 us against
+/// 44-45 and 56-59). Both sum each element with the same multiply-adds in the same order,
+/// so the width never changes a bit.
 #[cfg(target_arch = "x86_64")]
-struct Avx512;
+struct Avx512<const NR: usize>;
 
 #[cfg(target_arch = "x86_64")]
-impl Microkernel for Avx512 {
+impl<const NR: usize> Microkernel for Avx512<NR> {
     const MR: usize = 8;
-    const NR: usize = 32;
-    packers!(8, 32);
+    const NR: usize = NR;
+
+    #[inline(always)]
+    unsafe fn pack_a(
+        dst: &mut [f32],
+        src: *const f32,
+        ls: usize,
+        ks: usize,
+        n: usize,
+        k0: usize,
+        kc: usize,
+    ) {
+        unsafe { pack::<8>(dst, src, ls, ks, n, k0, kc) }
+    }
+
+    #[inline(always)]
+    unsafe fn pack_b(
+        dst: &mut [f32],
+        src: *const f32,
+        ls: usize,
+        ks: usize,
+        n: usize,
+        k0: usize,
+        kc: usize,
+    ) {
+        unsafe { pack::<NR>(dst, src, ls, ks, n, k0, kc) }
+    }
 
     #[inline(always)]
     unsafe fn run<A: Lhs>(
@@ -754,21 +798,31 @@ impl Microkernel for Avx512 {
             overwrite,
         } = tile;
         use std::arch::x86_64::*;
+        let wide = NR > 16;
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); 2]; 8];
             for kk in 0..kc {
                 let b0 = _mm512_loadu_ps(b.add(kk * b_rs));
-                let b1 = _mm512_loadu_ps(b.add(kk * b_rs + 16));
+                let b1 = if wide {
+                    _mm512_loadu_ps(b.add(kk * b_rs + 16))
+                } else {
+                    b0
+                };
                 for (i, acc_row) in acc.iter_mut().enumerate() {
                     let ai = _mm512_set1_ps(a.at(i, kk));
                     acc_row[0] = _mm512_fmadd_ps(ai, b0, acc_row[0]);
-                    acc_row[1] = _mm512_fmadd_ps(ai, b1, acc_row[1]);
+                    if wide {
+                        acc_row[1] = _mm512_fmadd_ps(ai, b1, acc_row[1]);
+                    }
                 }
             }
             for p in partials.iter() {
                 for (i, acc_row) in acc.iter_mut().enumerate() {
-                    acc_row[0] = _mm512_add_ps(acc_row[0], _mm512_loadu_ps(p.add(i * 32)));
-                    acc_row[1] = _mm512_add_ps(acc_row[1], _mm512_loadu_ps(p.add(i * 32 + 16)));
+                    acc_row[0] = _mm512_add_ps(acc_row[0], _mm512_loadu_ps(p.add(i * NR)));
+                    if wide {
+                        let p1 = _mm512_loadu_ps(p.add(i * NR + 16));
+                        acc_row[1] = _mm512_add_ps(acc_row[1], p1);
+                    }
                 }
             }
             // Masks select the valid columns of a partial tile; masked-off lanes are neither
@@ -919,7 +973,7 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
     let n_panels = s.n.div_ceil(nr_full);
     let kc_max = KC.min(s.k);
     let mc_max = MC.min(s.m);
-    let a_in_place = a_in_place(s.a_cs);
+    let a_in_place = a_in_place(s.a_cs, n_panels);
     if !a_in_place {
         scratch.a.grow(mc_max.div_ceil(mr_full) * mr_full * kc_max);
     }
@@ -1100,9 +1154,11 @@ pub(crate) const B_IN_PLACE_MAX_ROWS: usize = 32;
 /// the W1 shard products (64 rows, one thread): forward 784 -> 256 160 -> 176-182 GFLOP/s,
 /// 256 -> 256 163 -> 177-192, the input gradients 166 -> 180-189. A transposed A (the
 /// weight gradients' X^T) is still packed: read in place, every step touched another line
-/// of X, and those products got 5-10% slower.
-fn a_in_place(a_cs: usize) -> bool {
-    a_cs == 1
+/// of X, and those products got 5-10% slower. But when B is one panel wide each A panel is
+/// read once, and packing it is a copy for nothing: the head's weight gradient (a 512-row
+/// group's, 256 x 512 x 10) 73-84 -> 56-63 us.
+fn a_in_place(a_cs: usize, n_panels: usize) -> bool {
+    a_cs == 1 || n_panels == 1
 }
 
 /// `pack`'s transposing case, lines contiguous along k (B = w^T of a row-major w): sixteen
@@ -1636,13 +1692,64 @@ mod tests {
         }
     }
 
+    /// A column's result does not depend on how many columns its product has: the first
+    /// columns of a wide product and the same columns alone (16 or fewer run on AVX-512's
+    /// narrow tile) give the same bits, overwriting or adding, A in place or transposed, in
+    /// k-segments or not, over one k-block or several, with B packed ahead or not.
+    #[test]
+    fn a_columns_bits_do_not_depend_on_the_columns_beside_it() {
+        let mut scratch = GemmScratch::default();
+        for &(m, k, n, seg) in &[
+            (64, 256, 10, 64),
+            (37, 300, 16, 300),
+            (40, 600, 7, 600),
+            (512, 512, 10, 64),
+            (9, 40, 1, 40),
+        ] {
+            let wide_n = n + 41;
+            let (a, b) = operands(m, k, wide_n);
+            let at = transposed(&a);
+            let c0 = Array2::from_shape_fn((m, wide_n), |(i, j)| ((i * 31 + j * 17) % 23) as f32);
+            for a_view in [a.view(), at.t()] {
+                for mode in [Accumulate::Overwrite, Accumulate::Add, Accumulate::AddSum] {
+                    if mode == Accumulate::Add && seg < k {
+                        continue;
+                    }
+                    let mut all = c0.clone();
+                    gemm_segments(a_view, b.view(), all.view_mut(), mode, seg, &mut scratch);
+                    let first = b.slice(ndarray::s![.., ..n]);
+                    let want = all.slice(ndarray::s![.., ..n]);
+                    let mut alone = c0.slice(ndarray::s![.., ..n]).to_owned();
+                    gemm_segments(a_view, first, alone.view_mut(), mode, seg, &mut scratch);
+                    let what = format!("{mode:?} ({m},{k},{n}) seg {seg}");
+                    assert_eq!(alone.mapv(f32::to_bits), want.mapv(f32::to_bits), "{what}");
+                    if seg == k {
+                        let first = first.to_owned();
+                        let mut packed = PackedB::default();
+                        packed.pack(first.view(), false, false, 1);
+                        let mut alone = c0.slice(ndarray::s![.., ..n]).to_owned();
+                        let c = alone.view_mut();
+                        gemm_packed(a_view, &packed, first.view(), c, mode, &mut scratch);
+                        let want = want.mapv(f32::to_bits);
+                        assert_eq!(alone.mapv(f32::to_bits), want, "packed {what}");
+                    }
+                }
+            }
+        }
+    }
+
     /// B read in place (contiguous rows, whole panels), packed per call, or packed ahead:
     /// the microkernel makes the same additions, so the three give the same bits.
     #[test]
     fn b_read_in_place_or_packed_gives_the_same_bits() {
         let mut scratch = GemmScratch::default();
-        let nr = Isa::detect().nr();
-        for &(m, k, n) in &[(9, 300, 2 * nr), (64, 784, 8 * nr), (1, 600, nr)] {
+        let (nr, narrow) = (Isa::detect().nr(usize::MAX), Isa::detect().nr(1));
+        for &(m, k, n) in &[
+            (9, 300, 2 * nr),
+            (64, 784, 8 * nr),
+            (1, 600, nr),
+            (40, 300, narrow),
+        ] {
             let a = Array2::from_shape_fn((m, k), |(i, j)| ((i * 7 + j * 3) % 11) as f32 / 3.0);
             let b = Array2::from_shape_fn((k, n), |(i, j)| ((i * 5 + j) % 13) as f32 / 7.0 - 0.9);
             let bt = transposed(&b);
