@@ -137,7 +137,9 @@ fn benches(c: &mut Criterion) {
 /// AVX-512 kernel enabled) on the W1 layer shapes, one thread; then the backward products
 /// of a shard. Throughput is in flops: the reports read as GFLOP/s.
 fn matmul(c: &mut Criterion) {
-    use minibatch::model::gemm::{Accumulate, GemmScratch, PackedB, gemm, gemm_packed};
+    use minibatch::model::gemm::{
+        Accumulate, GemmScratch, PackedB, gemm, gemm_packed, gemm_segments,
+    };
     let mut group = c.benchmark_group("matmul");
     // First the microkernel alone: one 8 x 32 tile over 256 steps, every operand in L1.
     for &(m, k, n) in &[
@@ -211,6 +213,53 @@ fn matmul(c: &mut Criterion) {
                 )
             })
         });
+    }
+    // A 512-row group's products (B = 512 on one thread), each alone: the forward products
+    // with the weights packed ahead, and the weight gradients x^T dz in segments of 64 rows
+    // (one shard each, summed in the tree's order) or as one sum, which shows what the
+    // segments cost. The head (10 columns) runs on the narrow tile.
+    let rows = 512;
+    for &(d_in, d_out) in &[(784, 256), (256, 256), (256, 10)] {
+        let x = Array2::from_shape_fn((rows, d_in), |(i, j)| ((i * 7 + j) % 13) as f32 * 0.1);
+        let dz = Array2::from_shape_fn((rows, d_out), |(i, j)| ((i + j * 3) % 11) as f32 * 0.1);
+        let w = Array2::from_shape_fn((d_in, d_out), |(i, j)| ((i * 5 + j) % 7) as f32 * 0.1);
+        let mut z = Array2::<f32>::zeros((rows, d_out));
+        let mut gw = Array2::<f32>::zeros((d_in, d_out));
+        let mut packed = PackedB::default();
+        packed.pack(w.view(), false, false, 1);
+        let mut scratch = GemmScratch::default();
+        group.throughput(Throughput::Elements((2 * rows * d_in * d_out) as u64));
+        let shape = format!("{rows}x{d_in}x{d_out}");
+        group.bench_function(BenchmarkId::new("group_forward", &shape), |bench| {
+            bench.iter(|| {
+                gemm_packed(
+                    x.view(),
+                    &packed,
+                    w.view(),
+                    z.view_mut(),
+                    Accumulate::Overwrite,
+                    &mut scratch,
+                )
+            })
+        });
+        let shape = format!("{d_in}x{rows}x{d_out}");
+        for (name, seg) in [
+            ("group_weight_grad_seg64", 64),
+            ("group_weight_grad_whole", rows),
+        ] {
+            group.bench_function(BenchmarkId::new(name, &shape), |bench| {
+                bench.iter(|| {
+                    gemm_segments(
+                        x.t(),
+                        dz.view(),
+                        gw.view_mut(),
+                        Accumulate::Overwrite,
+                        seg,
+                        &mut scratch,
+                    )
+                })
+            });
+        }
     }
     group.finish();
 }
