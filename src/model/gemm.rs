@@ -712,7 +712,7 @@ trait Microkernel {
 /// The packing methods of a kernel with tile `$mr x $nr` (const generics cannot take a
 /// trait's associated constants yet, so each kernel names its widths).
 macro_rules! packers {
-    ($mr:literal, $nr:literal) => {
+    ($mr:expr, $nr:expr) => {
         #[inline(always)]
         unsafe fn pack_a(
             dst: &mut [f32],
@@ -723,7 +723,7 @@ macro_rules! packers {
             k0: usize,
             kc: usize,
         ) {
-            unsafe { pack::<$mr>(dst, src, ls, ks, n, k0, kc) }
+            unsafe { pack::<{ $mr }>(dst, src, ls, ks, n, k0, kc) }
         }
 
         #[inline(always)]
@@ -736,7 +736,7 @@ macro_rules! packers {
             k0: usize,
             kc: usize,
         ) {
-            unsafe { pack::<$nr>(dst, src, ls, ks, n, k0, kc) }
+            unsafe { pack::<{ $nr }>(dst, src, ls, ks, n, k0, kc) }
         }
     };
 }
@@ -754,32 +754,7 @@ struct Avx512<const NR: usize>;
 impl<const NR: usize> Microkernel for Avx512<NR> {
     const MR: usize = 8;
     const NR: usize = NR;
-
-    #[inline(always)]
-    unsafe fn pack_a(
-        dst: &mut [f32],
-        src: *const f32,
-        ls: usize,
-        ks: usize,
-        n: usize,
-        k0: usize,
-        kc: usize,
-    ) {
-        unsafe { pack::<8>(dst, src, ls, ks, n, k0, kc) }
-    }
-
-    #[inline(always)]
-    unsafe fn pack_b(
-        dst: &mut [f32],
-        src: *const f32,
-        ls: usize,
-        ks: usize,
-        n: usize,
-        k0: usize,
-        kc: usize,
-    ) {
-        unsafe { pack::<NR>(dst, src, ls, ks, n, k0, kc) }
-    }
+    packers!(8, NR);
 
     #[inline(always)]
     unsafe fn run<A: Lhs>(
