@@ -135,7 +135,8 @@ fn benches(c: &mut Criterion) {
 /// The matrix-multiply decision: our packed AVX-512 kernel (weights packed once, as the
 /// trainer does) against ndarray's `general_mat_mul` (the matrixmultiply crate, with its
 /// AVX-512 kernel enabled) on the W1 layer shapes, one thread; then the backward products
-/// of a shard. Throughput is in flops: the reports read as GFLOP/s.
+/// of a shard, and every product of a 512-row group. Throughput is in flops: the reports
+/// read as GFLOP/s.
 fn matmul(c: &mut Criterion) {
     use minibatch::model::gemm::{
         Accumulate, GemmScratch, PackedB, gemm, gemm_packed, gemm_segments,

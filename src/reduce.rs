@@ -199,7 +199,9 @@ pub(crate) fn tree_reduce_serial(mut rows: ArrayViewMut2<f32>, done: u32) {
 /// that form the leaves themselves and keep the partial sums small and close (a product's
 /// tile in L1: `gemm::gemm_segments`; a group of shards' bias sums). A leaf goes into slot
 /// `next_slot()`; `push` then adds every completed pair (slot `dst` += slot `src`, through
-/// the caller's `add`), `finish` what is left. The total ends in slot 0.
+/// the caller's `add`), `finish` what is left. The total ends in slot 0. The stack itself
+/// only counts: a caller may ask `push` which additions a leaf completes before it forms
+/// the leaf, and make them on its way (`gemm`'s tiles add them in registers).
 ///
 /// Why the order matches: the tree adds row i + s into row i for strides s = 1, 2, 4, ...,
 /// so two partial sums meet when both cover a whole aligned block of the same size (equal
@@ -231,7 +233,7 @@ pub fn add_slot(slots: &mut [f32], len: usize, dst: usize, src: usize) {
 
 /// Slots a `TreeStack` over `n` leaves may use at once: before leaf i's merges, one per set
 /// bit of i, and the leaf's own.
-pub fn tree_slots(n: usize) -> usize {
+pub const fn tree_slots(n: usize) -> usize {
     if n <= 1 {
         1
     } else {

@@ -10,9 +10,9 @@
 //! that a copy costs more than it saves.
 //!
 //! Three microkernels: AVX-512 (tile 8 x 32, two zmm per row, or 8 x 16 for products at
-//! most 16 columns wide), AVX2 + FMA (6 x 16), both
-//! written with `std::arch` intrinsics, and a portable one; the widest the CPU supports is
-//! chosen at run time by feature detection. So a binary built without `target-cpu` flags
+//! most 16 columns wide), AVX2 + FMA (6 x 16), both written with `std::arch` intrinsics,
+//! and a portable one; the widest the CPU supports is chosen at run time by feature
+//! detection. So a binary built without `target-cpu` flags
 //! runs at AVX-512 speed where the CPU has it and correctly everywhere else. Shards are the
 //! only parallel layer for products, so `gemm` is single-threaded; only `PackedB::pack`
 //! may split its copy over the caller's pool.
@@ -137,6 +137,7 @@ impl PackedB {
                     Isa::Avx512 if nr == 16 => {
                         Avx512::<16>::pack_b(first, src, b_cs, b_rs, lines, k0, kc)
                     }
+                    #[cfg(target_arch = "x86_64")]
                     Isa::Avx512 => Avx512::<32>::pack_b(first, src, b_cs, b_rs, lines, k0, kc),
                     #[cfg(target_arch = "x86_64")]
                     Isa::Avx2 => Avx2::pack_b(first, src, b_cs, b_rs, lines, k0, kc),
@@ -422,6 +423,7 @@ fn segments_apart(
 }
 
 /// Products at most this many columns wide run on the AVX-512 kernel's 16-wide tile.
+#[cfg(target_arch = "x86_64")]
 const NARROW: usize = 16;
 
 /// Products of at most this many multiply-adds skip packing: at B = 1 on a linear model
@@ -583,15 +585,18 @@ struct Tile {
 /// tiles of `MR x NR` values, rows `NR` apart. A tile's k-segments are summed in the tree's
 /// order this way (`run_tile`): the tree adds each new partial sum to the one on its left,
 /// and as `a + b == b + a` in floating point, adding the left one into the registers gives
-/// the same bits as adding both in memory, without storing the new one first.
+/// the same bits as adding both in memory, without storing the new one first (NaN payloads
+/// aside: which of two NaNs an addition keeps is not the language's to promise).
 #[derive(Clone, Copy)]
 struct Partials {
     tiles: [*const f32; MAX_PARTIALS],
     len: usize,
 }
 
-/// The most partial sums one tile adds: `tree_slots` of the most segments in a k-block.
+/// Room for the partial sums one tile adds: at most `tree_slots` of the most segments in a
+/// k-block, less one.
 const MAX_PARTIALS: usize = 16;
+const _: () = assert!(tree_slots(KC) <= MAX_PARTIALS);
 
 impl Partials {
     const NONE: Partials = Partials {
@@ -793,10 +798,10 @@ impl<const NR: usize> Microkernel for Avx512<NR> {
             }
             for p in partials.iter() {
                 for (i, acc_row) in acc.iter_mut().enumerate() {
-                    acc_row[0] = _mm512_add_ps(acc_row[0], _mm512_loadu_ps(p.add(i * NR)));
+                    acc_row[0] = _mm512_add_ps(_mm512_loadu_ps(p.add(i * NR)), acc_row[0]);
                     if wide {
                         let p1 = _mm512_loadu_ps(p.add(i * NR + 16));
-                        acc_row[1] = _mm512_add_ps(acc_row[1], p1);
+                        acc_row[1] = _mm512_add_ps(p1, acc_row[1]);
                     }
                 }
             }
@@ -874,8 +879,8 @@ impl Microkernel for Avx2 {
             }
             for p in partials.iter() {
                 for (i, acc_row) in acc.iter_mut().enumerate() {
-                    acc_row[0] = _mm256_add_ps(acc_row[0], _mm256_loadu_ps(p.add(i * 16)));
-                    acc_row[1] = _mm256_add_ps(acc_row[1], _mm256_loadu_ps(p.add(i * 16 + 8)));
+                    acc_row[0] = _mm256_add_ps(_mm256_loadu_ps(p.add(i * 16)), acc_row[0]);
+                    acc_row[1] = _mm256_add_ps(_mm256_loadu_ps(p.add(i * 16 + 8)), acc_row[1]);
                 }
             }
             let mut tile = [0.0f32; 16];
@@ -1060,7 +1065,9 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
 /// summing a group of shards' weight gradients costs a few adds per segment, where adding
 /// each shard's tile into C read C back from L2 or memory. Against summing the stored
 /// slots in memory, the registers' additions made the 512-row group's first weight
-/// gradient (784 x 512 x 256 in segments of 64) about 5% faster (`examples`-free probe: 1.09-1.12x the time of the product without segments -> 1.05-1.06x).
+/// gradient (784 x 512 x 256 in segments of 64) about 5% faster: 1.09-1.12x the time of
+/// the same product without segments -> 1.05-1.06x (`cargo bench --bench step --
+/// matmul/group_weight_grad`).
 ///
 /// # Safety
 /// As for `Microkernel::run`; with segments, `tiles` holds `tree_slots(kc.div_ceil(seg))`
@@ -1557,6 +1564,12 @@ mod tests {
             (40, 100, 72, 100),
             // B read in place (at most 32 rows of A, or 32 steps along k) on every kernel.
             (24, 256, 64, 16),
+            // The narrow tile (A transposed and one panel wide: read in place), and one-step
+            // segments: 256 of them, the most partial sums a tile adds.
+            (64, 256, 10, 64),
+            (40, 256, 16, 7),
+            (8, 256, 16, 1),
+            (8, 256, 40, 1),
             (40, 32, 64, 8),
         ];
         for &(m, k, n, seg) in &cases {
