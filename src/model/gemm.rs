@@ -1087,7 +1087,6 @@ unsafe fn run_tile<K: Microkernel, A: Lhs>(
         return unsafe { K::run(kc, a, b, b_rs, &Partials::NONE, tile) };
     }
     let size = K::MR * K::NR;
-    debug_assert!(tree_slots(kc.div_ceil(seg)) <= MAX_PARTIALS);
     let slot = |i: usize| tiles.wrapping_add(i * size);
     let mut stack = TreeStack::default();
     let mut k0 = 0;
