@@ -1065,9 +1065,9 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
 /// summing a group of shards' weight gradients costs a few adds per segment, where adding
 /// each shard's tile into C read C back from L2 or memory. Against summing the stored
 /// slots in memory, the registers' additions made the 512-row group's first weight
-/// gradient (784 x 512 x 256 in segments of 64) about 5% faster: 1.09-1.12x the time of
-/// the same product without segments -> 1.05-1.06x (`cargo bench --bench step --
-/// matmul/group_weight_grad`).
+/// gradient (784 x 512 x 256 in segments of 64) about 4% faster: 1.05-1.12x the time of
+/// the same product without segments (median 1.10) -> 1.05-1.10x (median 1.06), six
+/// alternating runs (`cargo bench --bench step -- matmul/group_weight_grad` shows both).
 ///
 /// # Safety
 /// As for `Microkernel::run`; with segments, `tiles` holds `tree_slots(kc.div_ceil(seg))`
