@@ -268,12 +268,7 @@ fn time_reduce<M: crate::model::Model>(
     let n_params = trainer.params().len();
     let mut grads = zeros_on_lines(n_shards, n_params.next_multiple_of(LINE));
     let mut grads = grads.slice_mut(s![.., ..n_params]);
-    let group = group_size(
-        n_shards,
-        cfg.shard_rows.get(),
-        cfg.threads.get().min(n_shards),
-    );
-    let done = group.ilog2();
+    let done = group_size(n_shards, cfg.shard_rows.get(), cfg.threads.get()).ilog2();
     trainer.install(|| {
         tree_reduce_above(grads.view_mut(), n_shards, done);
         let reps = 20;

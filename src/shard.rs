@@ -49,15 +49,20 @@ pub const MAX_GROUP: usize = 16;
 /// reduction tree, summed inside its task; the bigger the group, the fewer rows the
 /// reduction adds and the more rows each product passes at once. A group holds at most
 /// `GROUP_ROWS` rows (but two shards of any size make a pair) and `MAX_GROUP` shards.
-/// On one thread the largest group is taken. On more, every thread must get the same
-/// number of whole groups, at least `GROUPS_PER_THREAD`: fewer, longer tasks must not
-/// leave a core idle at the end of the step (10 shards as 5 pairs on 2 threads take 3
-/// pairs' time against 5 shards'; measured on W1, 2 threads: 6 shards (B = 384) as 3 pairs
-/// 133,000-143,000 examples/s against 174,000-181,000 one by one).
+/// On one thread the largest group is taken. On more (up to one per shard), every thread
+/// must get the same number of whole groups: fewer, longer tasks must not leave a core idle
+/// at the end of the step (10 shards as 5 pairs on 2 threads take 3 pairs' time against 5
+/// shards'; measured on W1, 2 threads: 6 shards (B = 384) as 3 pairs 133,000-143,000
+/// examples/s against 174,000-181,000 one by one). One group per thread is enough, since a
+/// group's shards are summed tile by tile and a bigger group saves more than a second task
+/// per thread would balance (W1, 2 threads, three alternating runs: B = 512 as one group of
+/// four per thread 56-61% of peak against 50-56% as two pairs each; B = 256 51-55% against
+/// 46-48%).
 pub fn group_size(n_shards: usize, shard_rows: usize, threads: usize) -> usize {
     if n_shards < 2 {
         return 1;
     }
+    let threads = threads.min(n_shards);
     let by_rows = (GROUP_ROWS / shard_rows.max(1)).max(2);
     let largest = prev_power_of_two(by_rows.min(MAX_GROUP)).min(n_shards.next_power_of_two());
     if threads <= 1 {
@@ -66,23 +71,13 @@ pub fn group_size(n_shards: usize, shard_rows: usize, threads: usize) -> usize {
     let mut group = largest;
     while group >= 2 {
         let tasks = n_shards / group;
-        if n_shards.is_multiple_of(group)
-            && tasks.is_multiple_of(threads)
-            && tasks >= GROUPS_PER_THREAD * threads
-        {
+        if n_shards.is_multiple_of(group) && tasks.is_multiple_of(threads) {
             return group;
         }
         group /= 2;
     }
     1
 }
-
-/// The fewest groups each thread gets when groups run on several threads (`group_size`):
-/// one, since the group's shards are summed tile by tile, so a bigger group saves more
-/// than a second task per thread would balance. Measured on W1, 2 threads, three
-/// alternating runs: B = 512 as one group of four per thread 56-61% of peak against 50-56%
-/// as two pairs each; B = 256 51-55% against 46-48%.
-pub const GROUPS_PER_THREAD: usize = 1;
 
 /// The largest power of two not above `n` (1 for 0).
 fn prev_power_of_two(n: usize) -> usize {

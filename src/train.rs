@@ -233,7 +233,7 @@ impl<M: Model> Trainer<M> {
         // A group of shards runs in its first slot's workspace: slot i starts groups of up
         // to the largest power of two dividing i (`shard::group_size`).
         let largest_group = (1..=max_shards)
-            .map(|n| group_size(n, rows, cfg.threads.get().min(n)))
+            .map(|n| group_size(n, rows, cfg.threads.get()))
             .max()
             .unwrap_or(1);
         let slot_rows = |i: usize| {

@@ -89,7 +89,7 @@ pub fn train(
     let shard_rows = t.shard_rows.get().min(t.batch_size.get());
     // Across ranks the shards run one by one (the exchange starts from their rows).
     let group = match ranks {
-        1 => minibatch::shard::group_size(shards, shard_rows, t.threads.get().min(shards)),
+        1 => minibatch::shard::group_size(shards, shard_rows, t.threads.get()),
         _ => 1,
     };
     if !quiet {

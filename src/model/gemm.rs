@@ -12,10 +12,10 @@
 //! Three microkernels: AVX-512 (tile 8 x 32, two zmm per row, or 8 x 16 for products at
 //! most 16 columns wide), AVX2 + FMA (6 x 16), both written with `std::arch` intrinsics,
 //! and a portable one; the widest the CPU supports is chosen at run time by feature
-//! detection. So a binary built without `target-cpu` flags
-//! runs at AVX-512 speed where the CPU has it and correctly everywhere else. Shards are the
-//! only parallel layer for products, so `gemm` is single-threaded; only `PackedB::pack`
-//! may split its copy over the caller's pool.
+//! detection. So a binary built without `target-cpu` flags runs at AVX-512 speed where
+//! the CPU has it and correctly everywhere else. Shards are the only parallel layer for
+//! products, so `gemm` is single-threaded; only `PackedB::pack` may split its copy over the
+//! caller's pool.
 
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;

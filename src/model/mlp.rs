@@ -618,8 +618,9 @@ impl Model for Mlp {
         stats: &mut [Stats],
     ) {
         if self.is_single_output_linear() {
-            let (rows, ws) = (shard_rows, ws);
-            return loss_grad_group_apart(self, params, shared, batch, rows, ws, grads, stats);
+            return loss_grad_group_apart(
+                self, params, shared, batch, shard_rows, ws, grads, stats,
+            );
         }
         let mut row = grads.row_mut(0);
         let grad = row.as_slice_mut().expect("gradient rows are contiguous");
