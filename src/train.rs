@@ -579,8 +579,18 @@ impl<M: Model> Trainer<M> {
                 ),
             ));
         }
+        if self.is_one_shard(idx.len()) {
+            // Nothing runs in parallel, so no hop onto the pool and back: that costs more
+            // than the whole step at B = 1 (`cargo bench --bench step -- w3_sgd1/step`).
+            return Ok(self.step_one_shard(data, idx, lr));
+        }
         let pool = Arc::clone(&self.pool);
         Ok(pool.install(|| self.step_on_pool(data, idx, lr)))
+    }
+
+    /// Whether a batch of `batch_len` rows is one shard computed by this process alone.
+    fn is_one_shard(&self, batch_len: usize) -> bool {
+        self.exchange.is_none() && n_shards(batch_len, self.cfg.shard_rows) == 1
     }
 
     /// Whether this process or, across ranks, any rank wants to stop: all leave together.
@@ -595,10 +605,10 @@ impl<M: Model> Trainer<M> {
     fn step_on_pool(&mut self, data: &Dataset, idx: &[usize], lr: f32) -> Stats {
         let batch_len = idx.len();
         let shard_rows = self.cfg.shard_rows;
-        let n_shards = n_shards(batch_len, shard_rows);
-        if n_shards == 1 && self.exchange.is_none() {
+        if self.is_one_shard(batch_len) {
             return self.step_one_shard(data, idx, lr);
         }
+        let n_shards = n_shards(batch_len, shard_rows);
         assert!(
             n_shards <= self.grads.nrows(),
             "batch of {batch_len} exceeds the configured batch size"
@@ -773,7 +783,8 @@ impl<M: Model> Trainer<M> {
     /// the model call and the update with the same spans around them. The shard queue, the
     /// grouping and the stats loop cost about a quarter of a B = 1 step: W3 (d = 10, one
     /// thread, `bench -w w3 -t 1`, three alternating runs) 10.8-11.2 M -> 14.7-15.0 M
-    /// steps/s. Same calls on the same buffers as the general path, so the same bits.
+    /// steps/s. Same calls on the same buffers as the general path, so the same bits. Nothing
+    /// in it uses the pool, so `step` runs it on the calling thread.
     fn step_one_shard(&mut self, data: &Dataset, idx: &[usize], lr: f32) -> Stats {
         let batch_len = idx.len();
         let _step =

@@ -80,6 +80,10 @@ fn a_hundred_steps_after_warm_up_allocate_nothing() {
          [train]\nepochs = 2\nbatch_size = 512\nshard_rows = 64\nthreads = 2\nlr = 0.05\n",
         // Pure SGD, B = 1, on one thread.
         "[data]\nsynthetic = \"linear\"\nn = 100\nd = 10\n[train]\nepochs = 2\nbatch_size = 1\nthreads = 1\nlr = 0.01\n",
+        // A batch that is one shard (stepped without the shard queue) through an MLP with
+        // momentum, 2 threads.
+        "[data]\nsynthetic = \"teacher\"\nn = 3200\nd = 50\n[model]\nhidden = [32]\n\
+         [train]\nepochs = 2\nbatch_size = 32\nshard_rows = 32\nthreads = 2\nlr = 0.05\noptimizer = \"momentum\"\n",
     ];
     for toml_text in cases {
         let allocations = allocations_in_second_epoch(toml_text);
