@@ -275,7 +275,8 @@ impl Optimizer {
         }
     }
 
-    /// |grad_sum|_2 in f64: chunk sums in parallel, added in chunk order.
+    /// |grad_sum|_2 in f64: chunk sums (in parallel where the update is), added in chunk
+    /// order, so the bits do not depend on which.
     fn norm(&mut self, grad_sum: &[f32]) -> f64 {
         let sum_sq = |chunk: &[f32]| {
             chunk
@@ -283,10 +284,16 @@ impl Optimizer {
                 .map(|&g| f64::from(g) * f64::from(g))
                 .sum::<f64>()
         };
-        grad_sum
-            .par_chunks(UPDATE_CHUNK)
-            .map(sum_sq)
-            .collect_into_vec(&mut self.norm_partials);
+        if self.parallel {
+            grad_sum
+                .par_chunks(UPDATE_CHUNK)
+                .map(sum_sq)
+                .collect_into_vec(&mut self.norm_partials);
+        } else {
+            self.norm_partials.clear();
+            self.norm_partials
+                .extend(grad_sum.chunks(UPDATE_CHUNK).map(sum_sq));
+        }
         self.norm_partials.iter().sum::<f64>().sqrt()
     }
 }

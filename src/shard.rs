@@ -160,7 +160,8 @@ impl<'a, S: Send> ShardQueue<'a, S> {
     pub fn run(&mut self, helpers: usize, f: &(impl Fn(usize, &mut [f32], &mut [S]) + Sync)) {
         if helpers == 0 {
             // One thread: a plain loop. The queue's atomics cost 15% of a B = 1 step on the
-            // linear workload (W3, one thread: 10.7 M -> 11.3-12.4 M steps/s).
+            // linear workload when such steps still came here (W3, one thread: 10.7 M ->
+            // 11.3-12.4 M steps/s; they now skip the queue, `Trainer::step_one_shard`).
             let _reader = Reader::enter(0);
             for task in 0..self.tasks {
                 // SAFETY: `&mut self` rules out any other taker, here or inside `f`.

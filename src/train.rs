@@ -563,7 +563,9 @@ impl<M: Model> Trainer<M> {
 
     /// One synchronized step: theta <- theta - lr * (1/B) * sum_i grad L_i over the rows
     /// `idx`, and the batch's stats. When the batch's loss is not finite the parameters are
-    /// left as they were, so the caller can stop with the last good ones.
+    /// left as they were, so the caller can stop with the last good ones. A batch that is
+    /// one shard runs on the calling thread (a model's own rayon calls then use the
+    /// caller's pool); larger ones on the trainer's pool.
     pub fn step(&mut self, data: &Dataset, idx: &[usize], lr: f32) -> Result<Stats> {
         self.check_data(data)?;
         if idx.is_empty()
@@ -744,16 +746,12 @@ impl<M: Model> Trainer<M> {
                     sum
                 }
                 None => {
-                    // One shard's row is the sum already: no view to slice (a tenth of a
-                    // B = 1 step).
-                    if n_shards > 1 {
-                        let rows = self.grads.slice_mut(s![.., ..n_params]);
-                        if measure_noise {
-                            total_sq =
-                                tree_reduce_with_norm(rows, n_shards, &mut self.norm_partials);
-                        } else {
-                            tree_reduce_above(rows, n_shards, group.ilog2());
-                        }
+                    // Two shards or more: one is `step_one_shard`'s.
+                    let rows = self.grads.slice_mut(s![.., ..n_params]);
+                    if measure_noise {
+                        total_sq = tree_reduce_with_norm(rows, n_shards, &mut self.norm_partials);
+                    } else {
+                        tree_reduce_above(rows, n_shards, group.ilog2());
                     }
                     &self.grads.as_slice().expect("grads are contiguous")[..n_params]
                 }

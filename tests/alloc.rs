@@ -46,6 +46,9 @@ fn allocations_in_second_epoch(toml_text: &str) -> u64 {
         cfg.seed,
     )
     .unwrap();
+    // Every pool thread has started (a thread's start allocates, and on a busy machine the
+    // OS may first run a worker long after the pool spawned it, in the middle of a run).
+    trainer.install(|| rayon::broadcast(|_| ()));
     let mut at_epoch_end = Vec::with_capacity(4);
     trainer
         .fit(&train, None, |report| {

@@ -78,13 +78,13 @@ fn one_step_is_theta_minus_lr_times_the_mean_gradient() {
     let mut trainer = Trainer::new(model.clone(), 6, &cfg.train, 5).unwrap();
     let before = trainer.params().to_vec();
     let idx = [3, 97, 41, 0, 15, 16, 77, 58, 23, 9];
-    trainer.step(&data, &idx, 0.7).unwrap();
+    let got = trainer.step(&data, &idx, 0.7).unwrap();
 
     let x = ndarray::Array2::from_shape_fn((10, 6), |(r, c)| data.x()[[idx[r], c]]);
     let y: Vec<f32> = idx.iter().map(|&i| data.targets()[i]).collect();
     let mut ws = model.workspace(10);
     let mut grad = vec![0.0f32; before.len()];
-    model.loss_grad_sum(
+    let want = model.loss_grad_sum(
         &before,
         &prepared(&model, &before),
         minibatch::Batch::block(x.view(), ArrayView1::from(&y)),
@@ -96,4 +96,43 @@ fn one_step_is_theta_minus_lr_times_the_mean_gradient() {
         assert_eq!(p1.to_bits(), expected.to_bits(), "parameter {i}");
     }
     assert_ne!(before, trainer.params());
+    // The step's stats are the batch's, once.
+    assert_eq!(got.loss_sum.to_bits(), want.loss_sum.to_bits());
+    assert_eq!((got.rows, got.n_correct), (10, want.n_correct));
+    assert_eq!(trainer.optimizer().steps_taken(), 1);
+}
+
+#[test]
+fn a_step_whose_loss_is_not_finite_changes_neither_parameters_nor_optimizer() {
+    // One shard (stepped on its own) and two (through the shard queue and the reduction).
+    for shard_rows in [8, 4] {
+        let cfg = config(&format!(
+            "[data]\nsynthetic = \"linear\"\nn = 64\nd = 3\n[model]\nkind = \"linear\"\n\
+             [train]\nbatch_size = 8\nshard_rows = {shard_rows}\nthreads = 1\nlr = 0.01\n\
+             optimizer = \"momentum\"\n"
+        ));
+        let data = random_dataset(64, 3, None, 4);
+        let mut trainer = Trainer::new(Mlp::new(cfg.model.clone()), 3, &cfg.train, 1).unwrap();
+        let idx: Vec<usize> = (0..8).collect();
+        trainer.step(&data, &idx, 0.01).unwrap();
+        let momentum = trainer.optimizer().buffers().0.to_vec();
+        // w = (MAX, MAX, ...): every prediction is at least 1e20 away, its square infinite.
+        let mut bad = trainer.params().to_vec();
+        bad[..2].fill(f32::MAX);
+        trainer.set_params(&bad).unwrap();
+        let stats = trainer.step(&data, &idx, 0.01).unwrap();
+        assert!(!stats.loss_sum.is_finite(), "{shard_rows}-row shards");
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(trainer.params()),
+            bits(&bad),
+            "{shard_rows}-row shards"
+        );
+        assert_eq!(bits(trainer.optimizer().buffers().0), bits(&momentum));
+        assert_eq!(
+            trainer.optimizer().steps_taken(),
+            1,
+            "{shard_rows}-row shards"
+        );
+    }
 }
