@@ -799,21 +799,18 @@ impl<M: Model> Trainer<M> {
         }
         let n_params = self.params.len();
         let grad = &mut self.grads.as_slice_mut().expect("grads are contiguous")[..n_params];
-        let slot = &mut self.slots[0];
+        let slot = &mut self.slots[..1];
         {
             let _shards = trace_span!("shards", n_shards = 1).entered();
             let _shard = trace_span!("shard", shard = 0, rows = batch_len).entered();
-            let _fwd_bwd = trace_span!("fwd_bwd").entered();
-            slot.stats = self.model.loss_grad_sum(
-                &self.params,
-                &self.shared,
-                data.indexed(idx),
-                &mut slot.ws,
-                grad,
+            let (model, params, shared) = (&self.model, &self.params[..], &self.shared);
+            let stride = (n_params, n_params);
+            run_task(
+                model, params, shared, data, idx, batch_len, slot, grad, stride,
             );
         }
         let mut stats = Stats::default();
-        stats.add(&slot.stats);
+        stats.add(&slot[0].stats);
         if !stats.loss_sum.is_finite() {
             return stats;
         }
@@ -947,6 +944,7 @@ fn keep_workers_awake<R: Send>(threads: usize, run: impl FnOnce() -> R + Send) -
 /// long) through `Model::loss_grad_group`; the stats into the shards' slots. The model
 /// reads the rows `idx` where they lie or gathers them, as suits it.
 #[allow(clippy::too_many_arguments)]
+#[inline]
 fn run_task<M: Model>(
     model: &M,
     params: &[f32],
