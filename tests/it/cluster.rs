@@ -10,7 +10,7 @@ use minibatch::cluster::{Collective, Reduction};
 use minibatch::config::Config;
 use minibatch::{Dataset, Mlp, Observer, Position, TrainState, Trainer};
 
-use crate::common::{config, random_dataset};
+use crate::common::{bits, config, random_dataset};
 
 /// What the ranks of one job share: a barrier and one mailbox per rank.
 struct Hub {
@@ -216,10 +216,6 @@ fn across_ranks(
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     })
-}
-
-fn bits(v: &[f32]) -> Vec<u32> {
-    v.iter().map(|x| x.to_bits()).collect()
 }
 
 const CONFIG: &str = "[data]\nsynthetic = \"teacher\"\nn = 700\nd = 12\n[model]\nkind = \"mlp\"\nhidden = [9]\n\

@@ -15,6 +15,11 @@ pub fn config(toml_text: &str) -> Config {
         .unwrap_or_else(|e| panic!("test config is invalid: {e}"))
 }
 
+/// Each value's bits, for comparing results exactly.
+pub fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
 /// A seeded dataset of `n` rows: features in [-1, 1), targets real (None) or classes.
 pub fn random_dataset(n: usize, d: usize, n_classes: Option<usize>, seed: u64) -> Dataset {
     let mut rng = StdRng::seed_from_u64(seed);

@@ -5,7 +5,7 @@ use minibatch::model::Model;
 use minibatch::{Mlp, Trainer};
 use ndarray::ArrayView1;
 
-use crate::common::{config, prepared, random_dataset};
+use crate::common::{bits, config, prepared, random_dataset};
 
 /// Solves A x = b (A n x n, symmetric positive definite here) by Gaussian elimination with
 /// partial pivoting.
@@ -122,7 +122,6 @@ fn a_step_whose_loss_is_not_finite_changes_neither_parameters_nor_optimizer() {
         trainer.set_params(&bad).unwrap();
         let stats = trainer.step(&data, &idx, 0.01).unwrap();
         assert!(!stats.loss_sum.is_finite(), "{shard_rows}-row shards");
-        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(
             bits(trainer.params()),
             bits(&bad),
