@@ -167,9 +167,9 @@ impl NoiseSample {
     }
 }
 
-/// One shard's buffers, reused every step.
-struct ShardSlot<W> {
-    ws: W,
+/// What one shard leaves for the step to sum after it.
+#[derive(Default)]
+struct ShardSlot {
     /// |shard gradient sum|^2, on steps that estimate the noise scale.
     grad_sq: f64,
     stats: Stats,
@@ -181,7 +181,10 @@ pub struct Trainer<M: Model> {
     optimizer: Optimizer,
     /// Shared so that `fit` can enter it while borrowing `self` mutably.
     pool: Arc<rayon::ThreadPool>,
-    slots: Vec<ShardSlot<M::Workspace>>,
+    slots: Vec<ShardSlot>,
+    /// One per thread of the pool (`shard::ShardQueue` says why), each for the most rows a
+    /// task passes: reused every step, so the hot path allocates nothing.
+    workspaces: Vec<M::Workspace>,
     /// Derived from `params` by `Model::prepare` before each step and evaluation.
     shared: M::Shared,
     /// Row i (its first n_params values) is shard i's gradient sum; row 0 ends as the
@@ -227,30 +230,19 @@ impl<M: Model> Trainer<M> {
         let mut params = vec![0.0f32; n_params];
         model.init(&mut params, &mut StdRng::seed_from_u64(mix(seed, 4)));
         let max_shards = n_shards(cfg.batch_size.get(), cfg.shard_rows);
-        // Evaluation reuses the slots; give it one per thread even when batches need fewer.
+        // Evaluation keeps a block's stats in a slot; give it one per thread even when
+        // batches need fewer.
         let n_slots = max_shards.max(cfg.threads.get());
         let rows = cfg.shard_rows.get().min(cfg.batch_size.get());
-        // A group of shards runs in its first slot's workspace: slot i starts groups of up
-        // to the largest power of two dividing i (`shard::group_size`).
+        // The most rows a task passes: a shard's, or the largest group's.
         let largest_group = (1..=max_shards)
             .map(|n| group_size(n, rows, cfg.threads.get()))
             .max()
             .unwrap_or(1);
-        let slot_rows = |i: usize| {
-            let group = if i == 0 {
-                largest_group
-            } else {
-                1 << i.trailing_zeros()
-            };
-            rows.saturating_mul(group.min(largest_group))
-                .min(cfg.batch_size.get())
-        };
-        let slots = (0..n_slots)
-            .map(|i| ShardSlot {
-                ws: model.workspace(slot_rows(i)),
-                grad_sq: 0.0,
-                stats: Stats::default(),
-            })
+        let task_rows = rows.saturating_mul(largest_group).min(cfg.batch_size.get());
+        let slots = (0..n_slots).map(|_| ShardSlot::default()).collect();
+        let workspaces = (0..cfg.threads.get())
+            .map(|_| model.workspace(task_rows))
             .collect();
         Ok(Trainer {
             optimizer: Optimizer::new(cfg.optimizer, n_params),
@@ -260,6 +252,7 @@ impl<M: Model> Trainer<M> {
             params,
             pool: Arc::new(pool),
             slots,
+            workspaces,
             cfg: cfg.clone(),
             d,
             seed,
@@ -664,34 +657,37 @@ impl<M: Model> Trainer<M> {
         let grads = self.grads.as_slice_mut().expect("grads are contiguous");
         let first = mine.start;
         // A task: one shard, or a group of shards passed through the model at once.
-        let task = |local: usize, grad: &mut [f32], slots: &mut [ShardSlot<M::Workspace>]| {
-            let shard_idx = first + local;
-            let range = shard_range(shard_idx, batch_len, shard_rows);
-            let end = shard_range(shard_idx + slots.len() - 1, batch_len, shard_rows).end;
-            let rows = &idx[range.start..end];
-            let _shard =
-                trace_span!(parent: &step_span, "shard", shard = shard_idx, rows = rows.len())
-                    .entered();
-            let stride = (row_stride, n_params);
-            run_task(
-                model,
-                params,
-                shared,
-                data,
-                rows,
-                range.len(),
-                slots,
-                grad,
-                stride,
-            );
-            if measure_noise {
-                // Never in groups: each shard's own norm is wanted.
-                debug_assert_eq!(slots.len(), 1);
-                slots[0].grad_sq = squared_norm(grad);
-            }
-        };
+        let task =
+            |local: usize, grad: &mut [f32], slots: &mut [ShardSlot], ws: &mut M::Workspace| {
+                let shard_idx = first + local;
+                let range = shard_range(shard_idx, batch_len, shard_rows);
+                let end = shard_range(shard_idx + slots.len() - 1, batch_len, shard_rows).end;
+                let rows = &idx[range.start..end];
+                let _shard =
+                    trace_span!(parent: &step_span, "shard", shard = shard_idx, rows = rows.len())
+                        .entered();
+                let stride = (row_stride, n_params);
+                run_task(
+                    model,
+                    params,
+                    shared,
+                    data,
+                    rows,
+                    range.len(),
+                    slots,
+                    ws,
+                    grad,
+                    stride,
+                );
+                if measure_noise {
+                    // Never in groups: each shard's own norm is wanted.
+                    debug_assert_eq!(slots.len(), 1);
+                    slots[0].grad_sq = squared_norm(grad);
+                }
+            };
         let shards_span = trace_span!("shards", n_shards = n_local).entered();
-        let mut queue = ShardQueue::new(grads, row_stride, n_params, &mut self.slots[..n_local]);
+        let slots = &mut self.slots[..n_local];
+        let mut queue = ShardQueue::new(grads, row_stride, n_params, slots, &mut self.workspaces);
         if group > 1 {
             queue.in_groups(group);
         }
@@ -802,13 +798,16 @@ impl<M: Model> Trainer<M> {
         let n_params = self.params.len();
         let grad = &mut self.grads.as_slice_mut().expect("grads are contiguous")[..n_params];
         let slot = &mut self.slots[..1];
+        // This thread's workspace, as the shard queue would hand it.
+        let last = self.workspaces.len() - 1;
+        let ws = &mut self.workspaces[rayon::current_thread_index().unwrap_or(0).min(last)];
         {
             let _shards = trace_span!("shards", n_shards = 1).entered();
             let _shard = trace_span!("shard", shard = 0, rows = batch_len).entered();
             let (model, params, shared) = (&self.model, &self.params[..], &self.shared);
             let stride = (n_params, n_params);
             run_task(
-                model, params, shared, data, idx, batch_len, slot, grad, stride,
+                model, params, shared, data, idx, batch_len, slot, ws, grad, stride,
             );
         }
         let mut stats = Stats::default();
@@ -854,16 +853,17 @@ impl<M: Model> Trainer<M> {
         });
         let mut total = Stats::default();
         let mut per_block = Vec::new();
-        let n_slots = self.slots.len();
-        for round_start in mine.clone().step_by(n_slots) {
-            let round_blocks = (mine.end - round_start).min(n_slots);
+        let per_round = self.workspaces.len();
+        for round_start in mine.clone().step_by(per_round) {
+            let round_blocks = (mine.end - round_start).min(per_round);
             self.slots[..round_blocks]
                 .par_iter_mut()
+                .zip(&mut self.workspaces[..round_blocks])
                 .enumerate()
-                .for_each(|(i, slot)| {
+                .for_each(|(i, (slot, ws))| {
                     let start = (round_start + i) * block_rows;
                     let batch = data.rows(start..(start + block_rows).min(data.n()));
-                    slot.stats = model.loss_sum(params, shared, batch, &mut slot.ws);
+                    slot.stats = model.loss_sum(params, shared, batch, ws);
                 });
             for slot in &self.slots[..round_blocks] {
                 match split {
@@ -943,7 +943,7 @@ fn keep_workers_awake<R: Send>(threads: usize, run: impl FnOnce() -> R + Send) -
 
 /// One task's model call: a shard's gradient sum into `grad`, or a group's (of shards of
 /// `shard_rows` rows from `idx`; `grad` holds their rows, `stride.0` apart and `stride.1`
-/// long) through `Model::loss_grad_group`; the stats into the shards' slots. The model
+/// long) through `Model::loss_grad_group`; the stats into the shards' slots; `ws` is the running thread's. The model
 /// reads the rows `idx` where they lie or gathers them, as suits it.
 #[allow(clippy::too_many_arguments)]
 #[inline]
@@ -954,14 +954,15 @@ fn run_task<M: Model>(
     data: &Dataset,
     idx: &[usize],
     shard_rows: usize,
-    slots: &mut [ShardSlot<M::Workspace>],
+    slots: &mut [ShardSlot],
+    ws: &mut M::Workspace,
     grad: &mut [f32],
     (row_stride, row_len): (usize, usize),
 ) {
     let _fwd_bwd = trace_span!("fwd_bwd").entered();
     let batch = data.indexed(idx);
     if let [slot] = slots {
-        slot.stats = model.loss_grad_sum(params, shared, batch, &mut slot.ws, grad);
+        slot.stats = model.loss_grad_sum(params, shared, batch, ws, grad);
         return;
     }
     let shards = slots.len();
@@ -969,7 +970,6 @@ fn run_task<M: Model>(
     let shape = (shards, row_len).strides((row_stride, 1));
     let rows = ArrayViewMut2::from_shape(shape, grad).expect("the group's rows");
     let mut stats = [Stats::default(); MAX_GROUP];
-    let ws = &mut slots[0].ws;
     model.loss_grad_group(
         params,
         shared,

@@ -76,8 +76,9 @@ pub enum GradInto {
 /// What the trainer needs from a model. Implement it for your own model: the trainer,
 /// sampler, reduction and optimizer work on any layout.
 pub trait Model: Send + Sync {
-    /// Activations and scratch for one shard; allocated once per shard slot and reused every
-    /// step, so the hot path allocates nothing.
+    /// Activations and scratch for one task (a shard, or a group of shards); allocated once
+    /// per thread and reused for every task the thread runs, so the hot path allocates
+    /// nothing and the buffers stay in that thread's caches.
     type Workspace: Send;
 
     /// Read-only state derived from the parameters once per step and shared by every shard
