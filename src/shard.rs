@@ -221,9 +221,17 @@ impl<'a, S: Send, W: Send> ShardQueue<'a, S, W> {
 
     /// Runs `f` on tasks nobody has taken until none is left.
     fn take_all(&self, f: &(impl Fn(usize, &mut [f32], &mut [S], &mut W) + Sync)) {
+        // A task that itself calls into rayon (a model's own parallel loop) may, while it
+        // waits, run a queued job of this pool on its thread: if that job is this queue's
+        // `take_all`, it leaves the tasks to the threads already taking them, so that one
+        // thread never runs two tasks, and two workspaces, at once.
+        let Some(_taking) = Taking::enter() else {
+            return;
+        };
         let mut reader = None;
         // `share` runs this on threads of one pool (rayon's join keeps both sides in the
-        // caller's pool), one call per thread at a time, so no two live calls share an index.
+        // caller's pool), and at most once at a time per thread (`Taking`), so no two live
+        // calls share an index.
         let ws = self.workspace();
         loop {
             let task = self.next.fetch_add(1, Ordering::Relaxed);
@@ -314,6 +322,28 @@ impl Reader {
 impl Drop for Reader {
     fn drop(&mut self) {
         READER.set(usize::MAX);
+    }
+}
+
+thread_local! {
+    /// Whether this thread is inside `ShardQueue::take_all`.
+    static TAKING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread as taking shards until dropped (a panic included).
+struct Taking;
+
+impl Taking {
+    /// `None` if this thread is taking shards already. (Not `then_some(Taking)`: that
+    /// would build, and so drop, a `Taking` in that case too, clearing the mark.)
+    fn enter() -> Option<Taking> {
+        (!TAKING.replace(true)).then(|| Taking)
+    }
+}
+
+impl Drop for Taking {
+    fn drop(&mut self) {
+        TAKING.set(false);
     }
 }
 
@@ -490,5 +520,30 @@ mod tests {
             workspaces.iter().filter(|&&w| w != usize::MAX).count() >= 2,
             "the tasks went to one thread only: {workspaces:?}"
         );
+    }
+    /// A task that runs rayon jobs of its own (and so may run a queued job of the pool
+    /// while it waits) never shares its thread's workspace with a second task.
+    #[test]
+    fn a_task_running_rayon_jobs_never_shares_its_workspace() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(4)
+            .build()
+            .unwrap();
+        let mut workspaces = [false; 4];
+        for _ in 0..20 {
+            let (mut grads, mut slots) = (vec![0.0f32; 32], vec![0usize; 32]);
+            pool.install(|| {
+                let mut queue = ShardQueue::new(&mut grads, 1, 1, &mut slots, &mut workspaces);
+                queue.run(3, &|_, _, slots: &mut [usize], busy: &mut bool| {
+                    assert!(!*busy, "two tasks in one workspace at once");
+                    *busy = true;
+                    let pause = || std::thread::sleep(std::time::Duration::from_micros(200));
+                    rayon::join(pause, pause);
+                    *busy = false;
+                    slots[0] += 1;
+                });
+            });
+            assert!(slots.iter().all(|&n| n == 1), "every shard once: {slots:?}");
+        }
     }
 }
