@@ -1,7 +1,8 @@
 //! How a batch is cut into shards.
 //!
 //! A shard is a run of consecutive positions of the batch; each gets its own gradient buffer
-//! (or shares its group's: `ShardQueue::in_groups`), workspace and stats slot. Boundaries
+//! (or shares its group's: `ShardQueue::in_groups`) and stats slot, and runs in the
+//! workspace of the thread that takes it. Boundaries
 //! depend on the batch length and `shard_rows` only, never on the thread count: that, with
 //! the fixed reduction tree, is what makes the result bit-identical on any number of
 //! threads. Which thread computes a shard is decided at run time by `ShardQueue`, and does
