@@ -522,6 +522,7 @@ mod tests {
             "the tasks went to one thread only: {workspaces:?}"
         );
     }
+
     /// A task that runs rayon jobs of its own (and so may run a queued job of the pool
     /// while it waits) never shares its thread's workspace with a second task.
     #[test]

@@ -138,8 +138,9 @@ pub struct MlpShared {
 /// The most bytes the copies of the forward weights may take together (W1's are 1 MB).
 const COPIES_BUDGET: usize = 64 << 20;
 
-/// A thread's buffers for the tasks it runs: `a[l]` holds layer l's output (its pre-activation for the head) and
-/// `dz[l]` its gradient, each `(max_rows, d_{l+1})`; a block uses the first `rows` rows.
+/// A thread's buffers for the tasks it runs: `a[l]` holds layer l's output (its
+/// pre-activation for the head) and `dz[l]` its gradient, each `(max_rows, d_{l+1})`; a block
+/// uses the first `rows` rows.
 pub struct MlpWorkspace {
     /// An indexed batch's rows gathered `(max_rows, d_in)`, and their targets.
     x: Array2<f32>,
