@@ -432,10 +432,7 @@ mod tests {
                 pool.install(|| {
                     let mut queue = ShardQueue::new(&mut grads, 3, 2, &mut slots, &mut workspaces);
                     queue.in_groups(group);
-                    queue.run(2, &|first,
-                                   rows: &mut [f32],
-                                   slots: &mut [usize],
-                                   _: &mut ()| {
+                    queue.run(2, &|first, rows: &mut [f32], slots: &mut [usize], _| {
                         assert_eq!(rows.len(), (slots.len() - 1) * 3 + 2);
                         for (i, slot) in slots.iter_mut().enumerate() {
                             *slot = first + i;
