@@ -225,8 +225,8 @@ impl<'a, S: Send, W: Send> ShardQueue<'a, S, W> {
         // A task that itself calls into rayon (a model's own parallel loop) may, while it
         // waits, run a queued job of this pool on its thread: if that job is this queue's
         // `take_all`, it leaves the tasks to the threads already taking them, so that one
-        // thread never runs two tasks, and two workspaces, at once.
-        let Some(_taking) = Taking::enter() else {
+        // thread never runs two of this queue's tasks, and two workspaces, at once.
+        let Some(_taking) = Taking::enter(self as *const Self as usize) else {
             return;
         };
         let mut reader = None;
@@ -327,24 +327,32 @@ impl Drop for Reader {
 }
 
 thread_local! {
-    /// Whether this thread is inside `ShardQueue::take_all`.
-    static TAKING: Cell<bool> = const { Cell::new(false) };
+    /// The queue whose `take_all` this thread is inside (its address), or 0.
+    static TAKING: Cell<usize> = const { Cell::new(0) };
 }
 
-/// Marks this thread as taking shards until dropped (a panic included).
-struct Taking;
+/// Marks this thread as taking one queue's shards until dropped (a panic included), then
+/// puts back the mark it found: a task may run a queue of its own (a model built on one),
+/// whose shards this thread must then take.
+struct Taking {
+    outer: usize,
+}
 
 impl Taking {
-    /// `None` if this thread is taking shards already. (Not `then_some(Taking)`: that
-    /// would build, and so drop, a `Taking` in that case too, clearing the mark.)
-    fn enter() -> Option<Taking> {
-        (!TAKING.replace(true)).then(|| Taking)
+    /// `None` if this thread is taking the shards of `queue` already.
+    fn enter(queue: usize) -> Option<Taking> {
+        let outer = TAKING.get();
+        if outer == queue {
+            return None;
+        }
+        TAKING.set(queue);
+        Some(Taking { outer })
     }
 }
 
 impl Drop for Taking {
     fn drop(&mut self) {
-        TAKING.set(false);
+        TAKING.set(self.outer);
     }
 }
 
@@ -544,5 +552,35 @@ mod tests {
             });
             assert!(slots.iter().all(|&n| n == 1), "every shard once: {slots:?}");
         }
+    }
+    /// A task may run a queue of its own (a model built on one): its shards are taken, by
+    /// this thread too, and its `run` returns (with one mark for all queues it would spin).
+    #[test]
+    fn a_task_may_run_a_queue_of_its_own() {
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .unwrap();
+            let (mut grads, mut slots, mut workspaces) =
+                (vec![0.0f32; 2], vec![0usize; 2], [(); 1]);
+            pool.install(|| {
+                let mut outer = ShardQueue::new(&mut grads, 1, 1, &mut slots, &mut workspaces);
+                outer.run(1, &|_, _, slots: &mut [usize], _| {
+                    let (mut grads, mut inner_slots, mut workspaces) =
+                        (vec![0.0f32; 3], vec![0usize; 3], [(); 1]);
+                    let mut inner =
+                        ShardQueue::new(&mut grads, 1, 1, &mut inner_slots, &mut workspaces);
+                    inner.run(1, &|_, _, slots: &mut [usize], _| slots[0] += 1);
+                    slots[0] = inner_slots.iter().sum();
+                });
+            });
+            done.send(slots).unwrap();
+        });
+        let slots = finished
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("a queue run inside a task never returned");
+        assert_eq!(slots, vec![3, 3], "every inner shard, once per outer task");
     }
 }
