@@ -4,8 +4,8 @@
 //! 0. lets the model derive what every shard shares from the parameters (`Model::prepare`:
 //!    the built-in MLP packs its weights for the matrix kernel);
 //! 1. cuts them into shards (`shard.rs`); on the pool, each shard's model call reads its
-//!    rows (in place or gathered into its own block) and writes their gradient sum into the
-//!    shard's own gradient row, or a group of shards goes through the model at once and
+//!    rows (in place, or gathered into the running thread's workspace) and writes their
+//!    gradient sum into the shard's own gradient row, or a group of shards goes through the model at once and
 //!    leaves their sums, added in the tree's order, in the first's row
 //!    (`ShardQueue::in_groups`, `Model::loss_grad_group`);
 //! 2. sums the shard rows with the fixed tree (`reduce.rs`), parallel over parameter chunks;
@@ -15,15 +15,17 @@
 //! serially in shard order, so the thread count changes the speed and nothing else.
 //!
 //! The pool is owned by the trainer and entered once per `fit`; every buffer the step touches
-//! is sized in `new` or grows the first time a step of its shape runs (the first step, and
-//! an epoch's short last batch, whose fewer shards may form groups that full batches do
-//! not), so later steps allocate nothing (tested by tests/alloc.rs over a second epoch).
+//! is sized in `new` (each thread's workspace by running the largest task in it once) or
+//! grows the first time a step of its shape runs (the first step, and an epoch's short last
+//! batch), so later steps allocate nothing, whichever thread runs which task (tested by
+//! tests/alloc.rs over a second epoch, and with one thread held busy through the first
+//! steps).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use ndarray::{Array2, ArrayViewMut2, ShapeBuilder, s};
+use ndarray::{Array1, Array2, ArrayViewMut2, ShapeBuilder, s};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rayon::prelude::*;
@@ -183,7 +185,9 @@ pub struct Trainer<M: Model> {
     pool: Arc<rayon::ThreadPool>,
     slots: Vec<ShardSlot>,
     /// One per thread of the pool (`shard::ShardQueue` says why), each for the most rows a
-    /// task passes: reused every step, so the hot path allocates nothing.
+    /// task passes and sized by running that task once (`size_workspaces`): reused every
+    /// step, so the hot path allocates nothing. (Evaluation, not on the hot path, runs its
+    /// blocks a round at a time, block i of a round in workspace i, whichever thread.)
     workspaces: Vec<M::Workspace>,
     /// Derived from `params` by `Model::prepare` before each step and evaluation.
     shared: M::Shared,
@@ -244,7 +248,7 @@ impl<M: Model> Trainer<M> {
         let workspaces = (0..cfg.threads.get())
             .map(|_| model.workspace(task_rows))
             .collect();
-        Ok(Trainer {
+        let mut trainer = Trainer {
             optimizer: Optimizer::new(cfg.optimizer, n_params),
             grads: zeros_on_lines(max_shards, n_params.next_multiple_of(LINE)),
             shared: model.shared(),
@@ -261,7 +265,50 @@ impl<M: Model> Trainer<M> {
             norm_partials: Vec::with_capacity(n_params.div_ceil(REDUCE_CHUNK)),
             position: Position::default(),
             exchange: None,
-        })
+        };
+        trainer.size_workspaces(rows, task_rows);
+        Ok(trainer)
+    }
+
+    /// Runs the largest task a step hands out (`rows` rows in shards of `shard_rows`) once in
+    /// every thread's workspace, on zeros, so that what a workspace grows on first use (the
+    /// matrix kernel's packing space) has its full size before training: tasks land on
+    /// threads at run time, and a thread might first get the largest task many steps in,
+    /// and allocate there. Its spans go nowhere.
+    fn size_workspaces(&mut self, shard_rows: usize, rows: usize) {
+        let group = rows.div_ceil(shard_rows);
+        let Ok(data) = Dataset::new(Array2::zeros((rows, self.d)), Array1::zeros(rows), None)
+        else {
+            return;
+        };
+        let idx: Vec<usize> = (0..rows).collect();
+        let usage = Usage {
+            parallel: false,
+            rows,
+            readers: 1,
+        };
+        let quiet = tracing::subscriber::NoSubscriber::default();
+        tracing::subscriber::with_default(quiet, || {
+            self.model.prepare(&self.params, &mut self.shared, usage);
+            let row_stride = self.grads.ncols();
+            let n_params = self.params.len();
+            let rows_len = (group - 1) * row_stride + n_params;
+            let grads = self.grads.as_slice_mut().expect("grads are contiguous");
+            for ws in &mut self.workspaces {
+                run_task(
+                    &self.model,
+                    &self.params,
+                    &self.shared,
+                    &data,
+                    &idx,
+                    shard_rows,
+                    &mut self.slots[..group],
+                    ws,
+                    &mut grads[..rows_len],
+                    (row_stride, n_params),
+                );
+            }
+        });
     }
 
     /// Trains as one rank of `comm` from now on: each step computes this rank's run of the
@@ -798,7 +845,8 @@ impl<M: Model> Trainer<M> {
         let n_params = self.params.len();
         let grad = &mut self.grads.as_slice_mut().expect("grads are contiguous")[..n_params];
         let slot = &mut self.slots[..1];
-        // This thread's workspace, as the shard queue would hand it.
+        // This thread's workspace (as the shard queue hands it, but clamped: `step` may be
+        // called from another pool's thread).
         let last = self.workspaces.len() - 1;
         let ws = &mut self.workspaces[rayon::current_thread_index().unwrap_or(0).min(last)];
         {
@@ -943,8 +991,9 @@ fn keep_workers_awake<R: Send>(threads: usize, run: impl FnOnce() -> R + Send) -
 
 /// One task's model call: a shard's gradient sum into `grad`, or a group's (of shards of
 /// `shard_rows` rows from `idx`; `grad` holds their rows, `stride.0` apart and `stride.1`
-/// long) through `Model::loss_grad_group`; the stats into the shards' slots; `ws` is the running thread's. The model
-/// reads the rows `idx` where they lie or gathers them, as suits it.
+/// long) through `Model::loss_grad_group`; the stats into the shards' slots; `ws` is the
+/// running thread's. The model reads the rows `idx` where they lie or gathers them, as suits
+/// it.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 fn run_task<M: Model>(

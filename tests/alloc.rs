@@ -1,6 +1,7 @@
 //! The hot path allocates nothing after warm-up: a counting global allocator sees zero
 //! allocations during a whole epoch of 100 steps, after a first epoch has sized every
-//! buffer. Its own binary, because the allocator counts every thread of the process.
+//! buffer, nor when a pool thread first gets tasks steps after the others. Its own binary,
+//! because the allocator counts every thread of the process.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,4 +93,64 @@ fn a_hundred_steps_after_warm_up_allocate_nothing() {
         let allocations = allocations_in_second_epoch(toml_text);
         assert_eq!(allocations, 0, "allocations in 100 steps of:\n{toml_text}");
     }
+    // In this test rather than one of its own: the counter sees every thread of the process.
+    a_thread_that_first_runs_a_task_late_allocates_nothing();
+}
+
+/// Tasks land on threads at run time: here one of two pool threads is held busy through the
+/// first steps, so the other runs every task, and is then let go. Its first tasks, steps
+/// after the others', allocate nothing: every thread's workspace was sized up front.
+fn a_thread_that_first_runs_a_task_late_allocates_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    let toml_text = "[data]\nsynthetic = \"teacher\"\nn = 4096\nd = 50\n[model]\nhidden = [64, 32]\n\
+         [train]\nbatch_size = 512\nshard_rows = 64\nthreads = 2\nlr = 0.05\n";
+    let cfg = RawConfig::from_toml(toml_text, std::path::Path::new("alloc.toml"))
+        .and_then(|raw| raw.validate())
+        .expect("valid config");
+    let (train, _): (Dataset, _) = minibatch::data::synthetic(&cfg.data, cfg.seed);
+    let mut trainer = Trainer::new(
+        Mlp::new(cfg.model.clone()),
+        cfg.data.d,
+        &cfg.train,
+        cfg.seed,
+    )
+    .unwrap();
+    trainer.install(|| rayon::broadcast(|_| ()));
+    let (held, release) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (h, r) = (Arc::clone(&held), Arc::clone(&release));
+    trainer.install(move || {
+        rayon::spawn(move || {
+            h.store(true, Ordering::SeqCst);
+            while !r.load(Ordering::SeqCst) {
+                std::hint::spin_loop();
+            }
+        })
+    });
+    while !held.load(Ordering::SeqCst) {
+        std::hint::spin_loop();
+    }
+    let batches: Vec<Vec<usize>> = (0..8)
+        .map(|b| (b * 512..(b + 1) * 512).map(|i| i % 4096).collect())
+        .collect();
+    for idx in &batches[..3] {
+        trainer.step(&train, idx, 0.05).unwrap();
+    }
+    release.store(true, Ordering::SeqCst);
+    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    for round in 0..5 {
+        for idx in &batches {
+            trainer
+                .step(&train, idx, 0.05 / (round + 1) as f32)
+                .unwrap();
+        }
+    }
+    let allocations = ALLOCATIONS.load(Ordering::SeqCst) - before;
+    assert_eq!(
+        allocations, 0,
+        "a thread's first tasks, steps in, allocated"
+    );
 }
