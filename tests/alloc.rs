@@ -34,26 +34,27 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Allocations made during the second epoch of a run of `toml_text` (100 steps per epoch).
-fn allocations_in_second_epoch(toml_text: &str) -> u64 {
+/// The trainer, training data and batch size of `toml_text`, with every pool thread started
+/// (a thread's start allocates, and on a busy machine the OS may first run a worker long
+/// after the pool spawned it, in the middle of a run).
+fn trainer_for(toml_text: &str) -> (Trainer<Mlp>, Dataset, usize) {
     let cfg = RawConfig::from_toml(toml_text, std::path::Path::new("alloc.toml"))
         .and_then(|raw| raw.validate())
         .expect("valid config");
     let (train, _): (Dataset, _) = minibatch::data::synthetic(&cfg.data, cfg.seed);
-    let mut trainer = Trainer::new(
-        Mlp::new(cfg.model.clone()),
-        cfg.data.d,
-        &cfg.train,
-        cfg.seed,
-    )
-    .unwrap();
-    // Every pool thread has started (a thread's start allocates, and on a busy machine the
-    // OS may first run a worker long after the pool spawned it, in the middle of a run).
+    let model = Mlp::new(cfg.model.clone());
+    let trainer = Trainer::new(model, cfg.data.d, &cfg.train, cfg.seed).unwrap();
     trainer.install(|| rayon::broadcast(|_| ()));
+    (trainer, train, cfg.train.batch_size.get())
+}
+
+/// Allocations made during the second epoch of a run of `toml_text` (100 steps per epoch).
+fn allocations_in_second_epoch(toml_text: &str) -> u64 {
+    let (mut trainer, train, batch_size) = trainer_for(toml_text);
     let mut at_epoch_end = Vec::with_capacity(4);
     trainer
         .fit(&train, None, |report| {
-            assert_eq!(report.train.rows, 100 * cfg.train.batch_size.get() as u64);
+            assert_eq!(report.train.rows, 100 * batch_size as u64);
             at_epoch_end.push(ALLOCATIONS.load(Ordering::SeqCst));
         })
         .unwrap();
@@ -105,18 +106,7 @@ fn a_thread_that_first_runs_a_task_late_allocates_nothing() {
     use std::sync::atomic::AtomicBool;
     let toml_text = "[data]\nsynthetic = \"teacher\"\nn = 4096\nd = 50\n[model]\nhidden = [64, 32]\n\
          [train]\nbatch_size = 512\nshard_rows = 64\nthreads = 2\nlr = 0.05\n";
-    let cfg = RawConfig::from_toml(toml_text, std::path::Path::new("alloc.toml"))
-        .and_then(|raw| raw.validate())
-        .expect("valid config");
-    let (train, _): (Dataset, _) = minibatch::data::synthetic(&cfg.data, cfg.seed);
-    let mut trainer = Trainer::new(
-        Mlp::new(cfg.model.clone()),
-        cfg.data.d,
-        &cfg.train,
-        cfg.seed,
-    )
-    .unwrap();
-    trainer.install(|| rayon::broadcast(|_| ()));
+    let (mut trainer, train, _) = trainer_for(toml_text);
     let (held, release) = (
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
