@@ -5,9 +5,9 @@
 //!    the built-in MLP packs its weights for the matrix kernel);
 //! 1. cuts them into shards (`shard.rs`); on the pool, each shard's model call reads its
 //!    rows (in place, or gathered into the running thread's workspace) and writes their
-//!    gradient sum into the shard's own gradient row, or a group of shards goes through the model at once and
-//!    leaves their sums, added in the tree's order, in the first's row
-//!    (`ShardQueue::in_groups`, `Model::loss_grad_group`);
+//!    gradient sum into the shard's own gradient row, or a group of shards goes through
+//!    the model at once and leaves their sums, added in the tree's order, in the first's
+//!    row (`ShardQueue::in_groups`, `Model::loss_grad_group`);
 //! 2. sums the shard rows with the fixed tree (`reduce.rs`), parallel over parameter chunks;
 //! 3. takes exactly one optimizer step with the sum and the batch length.
 //!
@@ -277,10 +277,8 @@ impl<M: Model> Trainer<M> {
     /// and allocate there. Its spans go nowhere.
     fn size_workspaces(&mut self, shard_rows: usize, rows: usize) {
         let group = rows.div_ceil(shard_rows);
-        let Ok(data) = Dataset::new(Array2::zeros((rows, self.d)), Array1::zeros(rows), None)
-        else {
-            return;
-        };
+        let data = Dataset::new(Array2::zeros((rows, self.d)), Array1::zeros(rows), None)
+            .expect("zeros are valid regression data");
         let idx: Vec<usize> = (0..rows).collect();
         let usage = Usage {
             parallel: false,
