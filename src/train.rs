@@ -274,7 +274,13 @@ impl<M: Model> Trainer<M> {
     /// every thread's workspace, on zeros, so that what a workspace grows on first use (the
     /// matrix kernel's packing space) has its full size before training: tasks land on
     /// threads at run time, and a thread might first get the largest task many steps in,
-    /// and allocate there. Its spans go nowhere.
+    /// and allocate there. Its spans go nowhere: to `Dispatch::none`, which, unlike a
+    /// subscriber set for the scope, is not registered with the spans' callsites (with a
+    /// `NoSubscriber` there, the global subscriber built every trace span of the run after
+    /// it, although nothing listened: a W3 step (d = 10, B = 1) 20 times slower). A callsite
+    /// first reached inside the scope caches the scope's "never", so the cache is rebuilt
+    /// after it, or `--profile` would miss the model's spans (tests/spans.rs counts the
+    /// spans built when nothing listens, tests/it/profile.rs looks for every span).
     fn size_workspaces(&mut self, shard_rows: usize, rows: usize) {
         let group = rows.div_ceil(shard_rows);
         let data = Dataset::new(Array2::zeros((rows, self.d)), Array1::zeros(rows), None)
@@ -285,8 +291,7 @@ impl<M: Model> Trainer<M> {
             rows,
             readers: 1,
         };
-        let quiet = tracing::subscriber::NoSubscriber::default();
-        tracing::subscriber::with_default(quiet, || {
+        tracing::dispatcher::with_default(&tracing::Dispatch::none(), || {
             self.model.prepare(&self.params, &mut self.shared, usage);
             let row_stride = self.grads.ncols();
             let n_params = self.params.len();
@@ -307,6 +312,7 @@ impl<M: Model> Trainer<M> {
                 );
             }
         });
+        tracing_core::callsite::rebuild_interest_cache();
     }
 
     /// Trains as one rank of `comm` from now on: each step computes this rank's run of the
