@@ -236,8 +236,9 @@ pub struct TrainArgs {
     /// Also checkpoint every this many steps.
     #[arg(long, value_name = "STEPS")]
     pub checkpoint_every: Option<u64>,
-    /// Checkpoints to keep in the directory (the newest).
-    #[arg(long, default_value_t = 3, value_name = "N")]
+    /// Checkpoints of this run to keep in the directory (the newest); files already there,
+    /// an earlier run's checkpoints included, are never removed.
+    #[arg(long, default_value_t = 3, value_name = "N", requires = "checkpoint")]
     pub keep: usize,
     /// Continue the run saved in this checkpoint (its config, unless --config is given;
     /// flags still override). The final parameters are the same bits as an uninterrupted run.

@@ -1,6 +1,7 @@
 //! `minibatch train`: runs a config (or resumes a checkpoint), prints epochs around a progress
 //! bar, writes checkpoints, and stops cleanly on Ctrl-C.
 
+use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -349,6 +350,10 @@ struct CheckpointPolicy {
     dir: PathBuf,
     every: Option<u64>,
     keep: usize,
+    /// The checkpoints this run wrote, oldest first: the only files rotation removes. The
+    /// directory may hold an earlier run's checkpoints (with higher step numbers than this
+    /// run's, or the one being resumed) or files that merely share the name pattern.
+    written: VecDeque<PathBuf>,
     context: SaveContext,
 }
 
@@ -385,6 +390,7 @@ impl CheckpointPolicy {
             dir: dir.clone(),
             every: args.checkpoint_every,
             keep: args.keep,
+            written: VecDeque::new(),
             context,
         }))
     }
@@ -395,11 +401,13 @@ impl CheckpointPolicy {
             dir: PathBuf::from("."),
             every: None,
             keep: usize::MAX,
+            written: VecDeque::new(),
             context: INTERRUPT_CONTEXT.get().cloned().unwrap_or_default(),
         }
     }
 
-    /// Writes `step-NNNNNNNNN.safetensors` atomically and removes the oldest beyond `keep`.
+    /// Writes `step-NNNNNNNNN.safetensors` atomically and removes this run's oldest beyond
+    /// `keep`; a file this run did not write is never removed.
     fn write(&mut self, state: &TrainState<'_>) -> Result<PathBuf> {
         let path = self
             .dir
@@ -412,25 +420,11 @@ impl CheckpointPolicy {
             &c.config,
             c.standardization.as_ref(),
         )?;
-        if self.keep != usize::MAX
-            && let Ok(entries) = std::fs::read_dir(&self.dir)
-        {
-            // Ordered by the step number in the name (not the name: it outgrows its padding).
-            let mut steps: Vec<(u64, PathBuf)> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter_map(|p| {
-                    let name = p.file_name()?.to_str()?;
-                    let step = name
-                        .strip_prefix("step-")?
-                        .strip_suffix(".safetensors")?
-                        .parse()
-                        .ok()?;
-                    Some((step, p))
-                })
-                .collect();
-            steps.sort();
-            let excess = steps.len().saturating_sub(self.keep);
-            for (_, old) in &steps[..excess] {
+        // The same step may be written twice (an epoch's end is also the run's end).
+        self.written.retain(|p| *p != path);
+        self.written.push_back(path.clone());
+        while self.written.len() > self.keep {
+            if let Some(old) = self.written.pop_front() {
                 let _ = std::fs::remove_file(old);
             }
         }

@@ -322,3 +322,67 @@ fn resuming_at_an_epoch_end_starts_the_next_epoch_and_eval_checks_classes() {
         "{stderr}"
     );
 }
+
+#[test]
+fn rotation_removes_only_the_checkpoints_the_run_wrote() {
+    let dir = temp_dir("resume-rotation");
+    let config = dir.join("c.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let ckpt_dir = dir.join("ck");
+    std::fs::create_dir_all(&ckpt_dir).unwrap();
+    // An earlier, longer run's checkpoint (a higher step than any of this run's) and a file
+    // that only shares the name pattern.
+    let earlier = ckpt_dir.join("step-000000500.safetensors");
+    let foreign = ckpt_dir.join("step-000099999.safetensors");
+    std::fs::write(&earlier, b"an earlier run's checkpoint").unwrap();
+    std::fs::write(&foreign, b"not a checkpoint").unwrap();
+    // 24 steps per epoch, 2 epochs: checkpoints at steps 5, 10, ..., 45, 24 and 48.
+    let out = minibatch(&[
+        "train",
+        "-q",
+        "--config",
+        config.to_str().unwrap(),
+        "--checkpoint",
+        ckpt_dir.to_str().unwrap(),
+        "--checkpoint-every",
+        "5",
+        "--keep",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&earlier).unwrap(),
+        b"an earlier run's checkpoint"
+    );
+    assert_eq!(std::fs::read(&foreign).unwrap(), b"not a checkpoint");
+    let own: Vec<PathBuf> = checkpoints(&ckpt_dir)
+        .into_iter()
+        .filter(|p| *p != earlier && *p != foreign)
+        .collect();
+    let names: Vec<&str> = own
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["step-000000045.safetensors", "step-000000048.safetensors"]
+    );
+    for path in &own {
+        load_checkpoint(path, &layout(CONFIG)).unwrap();
+    }
+    // --keep means nothing without a directory to keep checkpoints in.
+    let out = minibatch(&[
+        "train",
+        "-q",
+        "--config",
+        config.to_str().unwrap(),
+        "--keep",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--checkpoint"));
+}
