@@ -353,6 +353,40 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result.map_err(write_err)
 }
 
+/// Checks, before the work whose result goes to `path`, that `write_atomic` will be able to
+/// write it: it is not a directory and a temporary file can be created beside it (and is
+/// removed again). An hour of training lost to a mistyped `--save` directory is what this
+/// prevents.
+pub fn check_writable(path: &Path) -> Result<()> {
+    let unwritable = |source| Error::Unwritable {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.is_dir() {
+        return Err(unwritable(std::io::Error::other("is a directory")));
+    }
+    let tmp = temp_path(path);
+    std::fs::File::create(&tmp).map_err(unwritable)?;
+    let _ = std::fs::remove_file(&tmp);
+    Ok(())
+}
+
+/// `check_writable` for an output directory (`write_files_in`'s): created if missing, then
+/// probed with a temporary file.
+pub fn check_output_dir(dir: &Path) -> Result<()> {
+    let unwritable = |source| Error::Unwritable {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if dir.exists() && !dir.is_dir() {
+        return Err(unwritable(std::io::Error::other(
+            "exists and is not a directory",
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(unwritable)?;
+    check_writable(&dir.join("probe"))
+}
+
 fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()

@@ -41,6 +41,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// An output path is checked before the work that fills it and cannot be written (a
+    /// missing or read-only directory, a directory where a file is wanted).
+    #[error("cannot write {}: {source}", .path.display())]
+    Unwritable {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// A tensor does not have the shape the model's layout expects.
     #[error("`{name}` has shape {got:?}, expected {expected:?}")]
     Shape {
@@ -89,6 +97,7 @@ impl Error {
             | Error::Parse { .. }
             | Error::Data { .. }
             | Error::Read { .. }
+            | Error::Unwritable { .. }
             | Error::Shape { .. }
             | Error::Cluster(_) => 2,
             Error::Write { .. } | Error::NonFinite { .. } => 1,

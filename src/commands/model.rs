@@ -42,6 +42,7 @@ pub fn descent(args: &DescentArgs, quiet: bool) -> Result<()> {
         shown_seeds: args.show_seeds,
         noise: args.noise,
     };
+    minibatch::checkpoint::check_output_dir(&args.out)?;
     let descent = minibatch::descent::run(&plan)?;
     minibatch::descent::write_outputs(&args.out, &descent)?;
     if args.text {

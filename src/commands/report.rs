@@ -140,6 +140,7 @@ pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
             format!("batch sizes must be at least 1, got {b}"),
         ));
     }
+    minibatch::checkpoint::check_output_dir(&args.out)?;
     let rows = minibatch::scale::run(&raw, &threads, &args.batch_sizes, recorder, |msg| {
         if !quiet {
             eprintln!("scale: {msg}");
@@ -210,6 +211,7 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
         lr_rule: minibatch::tune::LrRule::parse(&args.lr_rule)?,
         measure_seconds: args.seconds,
     };
+    minibatch::checkpoint::check_output_dir(&args.out)?;
     let report = minibatch::tune::run(&raw, &plan, |msg| {
         if !quiet {
             eprintln!("tune: {msg}");

@@ -45,6 +45,12 @@ pub fn train(
     let (rank, ranks) = trainer.rank();
     let leader = rank == 0;
     let quiet = quiet || !leader;
+    // Outputs are checked before the run, not found unwritable after it: the leader saves,
+    // every rank writes its own trace beside the path given.
+    let outputs = [args.save.as_ref().filter(|_| leader), args.trace.as_ref()];
+    for path in outputs.into_iter().flatten() {
+        minibatch::checkpoint::check_writable(path)?;
+    }
     if let Some(path) = &args.resume {
         let checkpoint = load_checkpoint(path, trainer.model().layout())?;
         trainer.restore(

@@ -430,3 +430,77 @@ fn a_build_without_mpi_under_a_launcher_explains_how_to_build_with_it() {
         assert!(stderr.contains("--features mpi"), "{stderr}");
     }
 }
+
+#[test]
+fn unwritable_outputs_are_refused_before_any_work() {
+    let dir = temp_dir("cli-outputs");
+    let config = dir.join("c.toml");
+    // Long enough that a run which trained first would print its epochs.
+    std::fs::write(
+        &config,
+        "[data]\nsynthetic = \"linear\"\nn = 2000\nd = 3\n[train]\nepochs = 3\nthreads = 1\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let missing_dir = dir.join("no-such-dir").join("m.safetensors");
+    let a_file = dir.join("a-file");
+    std::fs::write(&a_file, "keep me").unwrap();
+    let (missing_dir, a_file, a_dir) = (
+        missing_dir.to_str().unwrap(),
+        a_file.to_str().unwrap(),
+        dir.to_str().unwrap(),
+    );
+    let cases: &[(&[&str], &str)] = &[
+        (&["train", "-c", config, "--save", missing_dir], missing_dir),
+        (&["train", "-c", config, "--save", a_dir], "is a directory"),
+        (
+            &["train", "-c", config, "--trace", missing_dir],
+            missing_dir,
+        ),
+        (
+            &["scale", "-c", config, "-t", "1", "-b", "50", "-o", a_file],
+            "exists and is not a directory",
+        ),
+        (
+            &[
+                "tune",
+                "-c",
+                config,
+                "-b",
+                "50",
+                "--seconds",
+                "0.1",
+                "-o",
+                a_file,
+            ],
+            "exists and is not a directory",
+        ),
+        (&["descent", "-o", a_file], "exists and is not a directory"),
+    ];
+    for (args, expected) in cases {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: `{expected}` not in {stderr}"
+        );
+        // Refused up front: nothing trained or measured was printed.
+        assert!(
+            out.stdout.is_empty(),
+            "{args:?} ran first: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("a-file")).unwrap(),
+        "keep me"
+    );
+    // No probe file left behind.
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains(".tmp-"))
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
