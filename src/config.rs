@@ -286,6 +286,12 @@ impl RawConfig {
                 None
             }
         };
+        // Generated in memory: features and a target per row.
+        crate::memory::check(
+            "data.n",
+            &format!("{n} synthetic rows of {d} features"),
+            crate::memory::bytes(n, d + 1, 4),
+        )?;
         let noise = raw.noise.unwrap_or(0.1);
         if !(noise.is_finite() && noise >= 0.0) {
             return Err(self.err(

@@ -235,6 +235,11 @@ pub fn run(plan: &DescentPlan) -> Result<Descent> {
             format!("must be a finite number > 0, got {}", plan.lr),
         ));
     }
+    crate::memory::check(
+        "--n",
+        &format!("{} examples", plan.n),
+        crate::memory::bytes(plan.n, 2, 4),
+    )?;
     let data = dataset(plan);
     let bowl = Bowl::of(&data);
     let (w_min, b_min) = bowl.minimum();

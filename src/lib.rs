@@ -27,6 +27,7 @@
 //!   that finishes the tree), bit-identical to one process.
 //!
 //! Around it: `data` (datasets, synthetic workloads) and `io` (CSV, LIBSVM, .npy);
+//! `memory` (what a run needs against what the machine has, checked before allocating);
 //! `checkpoint` (safetensors parameters and checkpoints); `metrics` (evaluation);
 //! `profile` (the span recorder behind --trace and --profile); `bench`, `scale`, `tune` and
 //! `noise` (speed against the machine, thread scaling, batch size, the gradient noise
@@ -40,6 +41,7 @@ pub mod data;
 pub mod descent;
 pub mod error;
 pub mod io;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod noise;

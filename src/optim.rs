@@ -66,6 +66,16 @@ impl Default for OptimConfig {
 }
 
 impl OptimConfig {
+    /// State buffers as long as the parameters: none (plain SGD), the momentum buffer, or
+    /// Adam's two moments.
+    pub fn state_buffers(&self) -> usize {
+        match self.kind {
+            OptimKind::Sgd { momentum: 0.0, .. } => 0,
+            OptimKind::Sgd { .. } => 1,
+            OptimKind::Adam { .. } => 2,
+        }
+    }
+
     /// "sgd", "momentum 0.9", "adamw (0.9, 0.999)", ... for run headers.
     pub fn describe(&self) -> String {
         let mut text = match self.kind {
@@ -128,10 +138,10 @@ impl Optimizer {
     }
 
     pub fn new(config: OptimConfig, n_params: usize) -> Self {
-        let (m_len, v_len) = match config.kind {
-            OptimKind::Sgd { momentum: 0.0, .. } => (0, 0),
-            OptimKind::Sgd { .. } => (n_params, 0),
-            OptimKind::Adam { .. } => (n_params, n_params),
+        let (m_len, v_len) = match config.state_buffers() {
+            0 => (0, 0),
+            1 => (n_params, 0),
+            _ => (n_params, n_params),
         };
         Optimizer {
             config,

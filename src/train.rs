@@ -231,9 +231,17 @@ impl<M: Model> Trainer<M> {
                 )
             })?;
         let n_params = model.layout().n_params();
+        let max_shards = n_shards(cfg.batch_size.get(), cfg.shard_rows);
+        // The buffers as long as the parameters: themselves, a gradient row per shard, the
+        // optimizer's state and (for the MLP) a packed copy of the weights per thread.
+        let copies = 1 + max_shards + cfg.optimizer.state_buffers() + cfg.threads.get();
+        crate::memory::check(
+            "model",
+            &format!("{n_params} parameters with their gradient rows and optimizer state"),
+            crate::memory::bytes(n_params, copies, 4),
+        )?;
         let mut params = vec![0.0f32; n_params];
         model.init(&mut params, &mut StdRng::seed_from_u64(mix(seed, 4)));
-        let max_shards = n_shards(cfg.batch_size.get(), cfg.shard_rows);
         // Evaluation keeps a block's stats in a slot; give it one per thread even when
         // batches need fewer.
         let n_slots = max_shards.max(cfg.threads.get());

@@ -504,3 +504,29 @@ fn unwritable_outputs_are_refused_before_any_work() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+#[test]
+fn data_and_models_larger_than_memory_are_config_errors_not_aborts() {
+    // Sizes past any machine's memory (4 PB of features, 4 TB of parameters, 8 PB of
+    // examples): refused with the key that sized them before anything is allocated.
+    rejects(
+        "memory-data",
+        "[data]\nn = 1000000000000\nd = 1000\n",
+        &[],
+        "config `data.n`: 1000000000000 synthetic rows of 1000 features need 4.0 PB of memory",
+    );
+    rejects(
+        "memory-model",
+        "[data]\nn = 100\nd = 1000\n[model]\nhidden = [1000000, 1000000]\n[train]\nthreads = 1\n",
+        &[],
+        // 1000 x 10^6 + 10^6 + 10^6 x 10^6 + 10^6 + 10^6 x 10 + 10 parameters.
+        "config `model`: 1001012000010 parameters",
+    );
+    let out = run(&["descent", "--n", "1000000000000000"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("config `--n`: 1000000000000000 examples need"),
+        "{stderr}"
+    );
+}
