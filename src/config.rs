@@ -857,39 +857,49 @@ impl RawConfig {
                 ..Schedule::constant(base_lr)
             });
         };
-        // A duration in steps or in epochs (converted, rounded, at least 1 when given).
+        // A duration in steps or in epochs (converted, rounded), with the key it was given
+        // by, which errors about it name.
         let steps = |key_steps: &'static str,
                      s: Option<u64>,
                      key_epochs: &'static str,
                      e: Option<f64>|
-         -> Result<Option<u64>> {
+         -> Result<Option<(u64, &'static str)>> {
             match (s, e) {
                 (Some(_), Some(_)) => Err(self.err(
                     key_epochs,
                     format!("give `{key_steps}` or `{key_epochs}`, not both"),
                 )),
-                (Some(s), None) => Ok(Some(s)),
-                (None, Some(e)) if e.is_finite() && e >= 0.0 => {
-                    Ok(Some((e * steps_per_epoch as f64).round() as u64))
-                }
+                (Some(s), None) => Ok(Some((s, key_steps))),
+                (None, Some(e)) if e.is_finite() && e >= 0.0 => Ok(Some((
+                    (e * steps_per_epoch as f64).round() as u64,
+                    key_epochs,
+                ))),
                 (None, Some(e)) => {
                     Err(self.err(key_epochs, format!("must be finite and >= 0, got {e}")))
                 }
                 (None, None) => Ok(None),
             }
         };
-        let warmup_steps = steps(
+        let warmup = steps(
             "train.schedule.warmup_steps",
             raw.warmup_steps,
             "train.schedule.warmup_epochs",
             raw.warmup_epochs,
-        )?
-        .unwrap_or(0);
-        if warmup_steps >= total_steps && warmup_steps > 0 {
+        )?;
+        let warmup_steps = warmup.map_or(0, |(s, _)| s);
+        if let Some((_, key)) = warmup
+            && warmup_steps >= total_steps
+            && warmup_steps > 0
+        {
             return Err(self.err(
-                "train.schedule.warmup_steps",
+                key,
                 format!(
-                    "{warmup_steps} warmup steps leave nothing of the run's {total_steps} steps"
+                    "a warmup of {} steps leaves nothing of the run's {total_steps} steps",
+                    if warmup_steps == u64::MAX {
+                        "more than 2^64".to_string()
+                    } else {
+                        warmup_steps.to_string()
+                    }
                 ),
             ));
         }
@@ -919,7 +929,9 @@ impl RawConfig {
         };
         let decay = match kind {
             "constant" | "cosine" => {
-                unused("train.schedule.every_steps", every.is_some())?;
+                if let Some((_, key)) = every {
+                    unused(key, true)?;
+                }
                 unused("train.schedule.gamma", gamma.is_some())?;
                 if kind == "constant" {
                     unused("train.schedule.min_lr", raw.min_lr.is_some())?;
@@ -939,9 +951,10 @@ impl RawConfig {
             }
             "step" | "exponential" => {
                 unused("train.schedule.min_lr", raw.min_lr.is_some())?;
-                let every = every.unwrap_or(steps_per_epoch as u64);
+                let (every, key) =
+                    every.unwrap_or((steps_per_epoch as u64, "train.schedule.every_steps"));
                 if every == 0 {
-                    return Err(self.err("train.schedule.every_steps", "must be at least 1 step"));
+                    return Err(self.err(key, "must be at least 1 step"));
                 }
                 let gamma = gamma.unwrap_or(if kind == "step" { 0.1 } else { 0.9 });
                 if kind == "step" {

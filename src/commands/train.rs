@@ -391,7 +391,7 @@ impl CheckpointPolicy {
                 "must be at least 1",
             ));
         }
-        minibatch::checkpoint::create_dir(dir)?;
+        minibatch::checkpoint::check_output_dir(dir)?;
         Ok(Some(CheckpointPolicy {
             dir: dir.clone(),
             every: args.checkpoint_every,

@@ -221,7 +221,26 @@ fn bad_configs_and_flags_name_the_key_and_exit_2() {
             "warmup-too-long",
             "[data]\nsynthetic = \"linear\"\nn = 100\n[train]\nepochs = 1\nbatch_size = 50\n[train.schedule]\nwarmup_steps = 2\n",
             &[],
-            "2 warmup steps leave nothing of the run's 2 steps",
+            "`train.schedule.warmup_steps`: a warmup of 2 steps leaves nothing of the run's 2 steps",
+        ),
+        (
+            // Given in epochs: the error names the key given.
+            "warmup-epochs-too-long",
+            "[data]\nsynthetic = \"linear\"\nn = 100\n[train]\nepochs = 1\nbatch_size = 50\n[train.schedule]\nwarmup_epochs = 1e300\n",
+            &[],
+            "`train.schedule.warmup_epochs`: a warmup of more than 2^64 steps leaves nothing",
+        ),
+        (
+            "every-epochs-zero",
+            "[train.schedule]\nkind = \"step\"\nevery_epochs = 0\n",
+            &[],
+            "`train.schedule.every_epochs`: must be at least 1 step",
+        ),
+        (
+            "every-epochs-on-cosine",
+            "[train.schedule]\nkind = \"cosine\"\nevery_epochs = 1\n",
+            &[],
+            "`train.schedule.every_epochs`: does not apply to schedule kind `cosine`",
         ),
         (
             "both-durations",
