@@ -53,6 +53,18 @@ pub fn train(
     }
     if let Some(path) = &args.resume {
         let checkpoint = load_checkpoint(path, trainer.model().layout())?;
+        let done = checkpoint.position.epoch;
+        if done >= cfg.train.epochs.get() {
+            return Err(minibatch::Error::config(
+                "train.epochs",
+                format!(
+                    "the run in {} has done {done} epochs of {}; set more (--epochs {}) to train further",
+                    path.display(),
+                    cfg.train.epochs,
+                    done + 1
+                ),
+            ));
+        }
         trainer.restore(
             &checkpoint.params,
             checkpoint.optimizer,

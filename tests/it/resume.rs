@@ -386,3 +386,45 @@ fn rotation_removes_only_the_checkpoints_the_run_wrote() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--checkpoint"));
 }
+
+#[test]
+fn resuming_a_finished_run_asks_for_more_epochs() {
+    let dir = temp_dir("resume-finished");
+    let config = dir.join("c.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let ckpt_dir = dir.join("ck");
+    let ckpt = ckpt_dir.to_str().unwrap();
+    let out = minibatch(&[
+        "train",
+        "-q",
+        "-c",
+        config.to_str().unwrap(),
+        "--checkpoint",
+        ckpt,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = checkpoints(&ckpt_dir).pop().unwrap();
+    let last = last.to_str().unwrap();
+    // The run's own 2 epochs, or fewer: nothing to do, and the user is told how to go on.
+    for extra in [&[][..], &["--epochs", "1"]] {
+        let mut args = vec!["train", "--resume", last];
+        args.extend_from_slice(extra);
+        let out = minibatch(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("has done 2 epochs") && stderr.contains("--epochs 3"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let out = minibatch(&["train", "-q", "--resume", last, "--epochs", "3"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
