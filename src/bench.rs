@@ -122,6 +122,42 @@ fn standard_batch_sizes(workload: &str) -> &'static [usize] {
     }
 }
 
+/// A workload's config with the plan's data size; its own batch size gives way to the
+/// plan's (it is 1 here, so that only the data is checked until a batch size is set).
+fn workload_config(name: &str, toml_text: &str, plan: &BenchPlan) -> Result<RawConfig> {
+    let mut raw = RawConfig::from_toml(toml_text, std::path::Path::new(name))?;
+    if let Some(n) = plan.n {
+        raw.data.n = Some(n);
+    }
+    raw.train.batch_size = Some(1);
+    Ok(raw)
+}
+
+/// The batch sizes the plan runs for a workload: its own or the standard ones.
+fn batch_sizes(name: &str, plan: &BenchPlan) -> Vec<usize> {
+    if plan.batch_sizes.is_empty() {
+        standard_batch_sizes(name).to_vec()
+    } else {
+        plan.batch_sizes.clone()
+    }
+}
+
+/// One row's config: the workload's with the row's batch size, shards and threads.
+fn run_config(
+    raw: &RawConfig,
+    plan: &BenchPlan,
+    batch_size: usize,
+    shard_rows: Option<usize>,
+    threads: NonZeroUsize,
+) -> RawConfig {
+    let mut raw = raw.clone();
+    raw.train.batch_size = Some(batch_size);
+    raw.train.threads = Some(threads.get());
+    raw.train.shard_rows = shard_rows;
+    raw.train.epochs = Some(plan.epochs.get());
+    raw
+}
+
 pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchReport> {
     for name in &plan.workloads {
         if !WORKLOADS.iter().any(|(w, _, _)| w == name) {
@@ -129,6 +165,22 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
                 "--workload",
                 format!("unknown workload `{name}`; expected w1, w2 or w3"),
             ));
+        }
+    }
+    // Every config the plan will run, checked before the minutes of measuring.
+    let selected = || {
+        WORKLOADS
+            .iter()
+            .filter(|(w, _, _)| plan.workloads.iter().any(|p| p == w))
+    };
+    for &(name, _, toml_text) in selected() {
+        let raw = workload_config(name, toml_text, plan)?;
+        for &batch_size in &batch_sizes(name, plan) {
+            for shard_rows in shard_sizes(&plan.shard_rows, batch_size) {
+                for &threads in &plan.threads {
+                    run_config(&raw, plan, batch_size, shard_rows, threads).validate()?;
+                }
+            }
         }
     }
     progress("measuring peak FMA rate and copy bandwidth");
@@ -146,35 +198,19 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
             .collect(),
     };
     let mut rows = Vec::new();
-    for &(name, _, toml_text) in WORKLOADS
-        .iter()
-        .filter(|(w, _, _)| plan.workloads.iter().any(|p| p == w))
-    {
-        let mut raw = RawConfig::from_toml(toml_text, std::path::Path::new(name))?;
-        if let Some(n) = plan.n {
-            raw.data.n = Some(n);
-        }
+    for &(name, _, toml_text) in selected() {
+        let raw = workload_config(name, toml_text, plan)?;
         let base = raw.validate()?;
         progress(&format!(
             "{name}: generating {} x {} features",
             base.data.n_train, base.data.d
         ));
         let (train, _) = data::synthetic(&base.data, base.seed);
-        let batch_sizes = if plan.batch_sizes.is_empty() {
-            standard_batch_sizes(name).to_vec()
-        } else {
-            plan.batch_sizes.clone()
-        };
-        for &batch_size in &batch_sizes {
+        for &batch_size in &batch_sizes(name, plan) {
             for shard_rows in shard_sizes(&plan.shard_rows, batch_size) {
                 let mut one_thread = None;
                 for &threads in &plan.threads {
-                    let mut raw = raw.clone();
-                    raw.train.batch_size = Some(batch_size);
-                    raw.train.threads = Some(threads.get());
-                    raw.train.shard_rows = shard_rows;
-                    raw.train.epochs = Some(plan.epochs.get());
-                    let cfg = raw.validate()?;
+                    let cfg = run_config(&raw, plan, batch_size, shard_rows, threads).validate()?;
                     progress(&format!(
                         "{name}: B = {batch_size}, {threads} thread(s), shards of {} rows",
                         cfg.train.shard_rows.get().min(batch_size)

@@ -549,3 +549,24 @@ fn data_and_models_larger_than_memory_are_config_errors_not_aborts() {
         "{stderr}"
     );
 }
+
+#[test]
+fn bench_checks_every_row_before_measuring_and_takes_the_batch_sizes_given() {
+    // A batch larger than the data: refused before the peak and bandwidth are measured.
+    let out = run(&["bench", "-w", "w1", "--n", "100", "-b", "32,200", "-t", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("train.batch_size"), "{stderr}");
+    assert!(!stderr.contains("measuring"), "measured first: {stderr}");
+    // W1's own batch size (128) is larger than 100 rows, but it is not the one asked for.
+    let out = run(&[
+        "bench", "-w", "w1", "--n", "100", "-b", "32", "-t", "1", "--epochs", "1",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("| w1 | 32 | 1 |"), "{stdout}");
+}
