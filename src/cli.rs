@@ -32,26 +32,33 @@ pub struct Cli {
     pub quiet: bool,
 }
 
+/// Commands taking numbers accept negative ones as values (`--lr -1`), so that the range
+/// check, not the parser, answers them.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train a model from a config and print loss, accuracy and speed per epoch.
+    #[command(allow_negative_numbers = true)]
     Train(TrainArgs),
     /// Print the parameter layout (tensor names, shapes, offsets) a config's model uses.
     Layout(ConfigArgs),
     /// Measure training speed of the standard workloads against this machine's peak FMA
     /// rate and memory bandwidth, both measured in the same run.
+    #[command(allow_negative_numbers = true)]
     Bench(BenchArgs),
     /// Train a config on several thread counts and batch sizes and report speedup, parallel
     /// efficiency, the Karp-Flatt serial fraction and the per-phase breakdown that explains
     /// lost efficiency; writes scale.csv and scale.svg and predicts 16- and 64-core speedup.
+    #[command(allow_negative_numbers = true)]
     Scale(ScaleArgs),
     /// Recommend a batch size: measure throughput per batch size, estimate the gradient
     /// noise scale while training the config, and minimise the time to a given loss;
     /// optionally train each candidate to a target loss. Writes tune.csv and tune.svg.
+    #[command(allow_negative_numbers = true)]
     Tune(TuneArgs),
     /// Draw smooth (full-batch) and jittery (mini-batch) descent paths on the loss bowl of
     /// a two-parameter linear regression, trained by the engine: descent.svg, and
     /// descent.html with a batch-size slider and a Refresh button.
+    #[command(allow_negative_numbers = true)]
     Descent(DescentArgs),
     /// Evaluate a saved model (a --save file or a checkpoint) on its config's data: loss,
     /// accuracy and a confusion matrix for classifiers, MSE and R^2 for regression.
@@ -163,7 +170,7 @@ pub struct ScaleArgs {
     /// Batch sizes, e.g. 128,512; default the config's.
     #[arg(short, long, value_delimiter = ',')]
     pub batch_sizes: Vec<usize>,
-    /// Epochs per measurement (default 1).
+    /// Epochs per measurement.
     #[arg(short, long, default_value_t = 1)]
     pub epochs: usize,
     /// Directory for scale.csv and scale.svg.

@@ -634,11 +634,17 @@ impl RawConfig {
         if !(lr.is_finite() && lr > 0.0) {
             return Err(self.err("train.lr", format!("must be a finite number > 0, got {lr}")));
         }
-        let lr = lr * self.lr_scale(batch_size)?;
+        let scale = self.lr_scale(batch_size)?;
+        let lr = lr * scale;
         if !((lr as f32).is_finite() && lr as f32 > 0.0) {
+            let scaled = if scale == 1.0 {
+                ""
+            } else {
+                " after batch-size scaling"
+            };
             return Err(self.err(
                 "train.lr",
-                format!("{lr} (after batch-size scaling) is not a positive f32"),
+                format!("{lr:e}{scaled} is outside the range of f32 (about 1e-45 to 3e38)"),
             ));
         }
         let drop_last = raw.drop_last.unwrap_or(false);

@@ -4,7 +4,7 @@
 mod cli;
 mod commands;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::OnceLock;
 
@@ -161,6 +161,10 @@ fn install_subscriber(cli: &Cli, recorder: Option<Recorder>) {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let log = tracing_subscriber::fmt::layer()
+        .with_ansi(
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_writer(|| LogLine(Vec::new()))
         .with_filter(filter);
     let recording = recorder.map(|r| {

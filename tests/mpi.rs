@@ -261,7 +261,7 @@ fn per_rank_traces_and_profiles_show_the_exchange() {
     );
     // Only rank 0 prints the run.
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(stdout.matches("done: 1 epochs").count(), 1, "{stdout}");
+    assert_eq!(stdout.matches("done: 1 epoch,").count(), 1, "{stdout}");
 }
 
 #[test]

@@ -196,8 +196,9 @@ pub fn train(
     }
     if !quiet && let Some(last) = report.epochs.last() {
         println!(
-            "done: {} epochs, {} steps, {} examples in {:.2} s ({:.0} examples/s); final train loss {:.4}{}",
+            "done: {} epoch{}, {} steps, {} examples in {:.2} s ({:.0} examples/s); final train loss {:.4}{}",
             report.epochs.len(),
+            if report.epochs.len() == 1 { "" } else { "s" },
             report.steps,
             report.examples,
             report.seconds,

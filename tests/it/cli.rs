@@ -297,6 +297,38 @@ fn bad_flag_values_are_usage_errors() {
     let out = run(&["train", "--batch-size", "many"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--batch-size"));
+    // A negative number is a value out of range, answered by the check that knows the key.
+    for (args, expected) in [
+        (
+            &["train", "--lr", "-1"][..],
+            "config `train.lr` (set by --lr): must be a finite number > 0, got -1",
+        ),
+        (
+            &["tune", "--seconds", "-1"][..],
+            "config `--seconds`: must be a positive number",
+        ),
+    ] {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn log_lines_to_a_pipe_carry_no_colour_codes() {
+    let dir = temp_dir("cli-colour");
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!("{SMALL}[train]\nepochs = 1\nthreads = 1\n"),
+    )
+    .unwrap();
+    let out = run(&["train", "-v", "-c", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("INFO"), "no log line at -v: {stderr}");
+    assert!(!stderr.contains('\x1b'), "colour codes: {stderr:?}");
 }
 
 #[test]
