@@ -63,7 +63,7 @@ pub struct RawData {
 
 /// A CSV label column, by name or by 0-based index.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "a column index (0, 1, ...) or a column name")]
 pub enum LabelKey {
     Index(usize),
     Name(String),
@@ -480,7 +480,9 @@ impl RawConfig {
 
     fn validate_model(&self, data: &DataConfig) -> Result<MlpSpec> {
         let raw = &self.model;
+        // Hidden layers ask for an MLP; without them the data decides.
         let default_kind = match (&data.file, data.synthetic, data.n_classes) {
+            _ if raw.hidden.as_ref().is_some_and(|h| !h.is_empty()) => "mlp",
             (Some(_), _, None) => "linear",
             (Some(_), _, Some(2)) => "logistic",
             (Some(_), _, Some(_)) => "softmax",

@@ -19,6 +19,12 @@ use cli::{Cli, Command, ConfigArgs};
 use commands::{model, report, train};
 
 fn main() -> ExitCode {
+    // Output piped into `head` and closed early ends the process quietly, as it does any
+    // Unix tool, instead of a panic in the next print (Rust ignores SIGPIPE by default).
+    // SAFETY: restoring a signal's default disposition, before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let recorder = match &cli.command {
         Command::Train(args) if args.trace.is_some() || args.profile => Some(Recorder::new()),

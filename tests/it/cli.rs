@@ -602,3 +602,63 @@ fn bench_checks_every_row_before_measuring_and_takes_the_batch_sizes_given() {
     );
     assert!(stdout.contains("| w1 | 32 | 1 |"), "{stdout}");
 }
+
+#[test]
+fn output_piped_into_a_reader_that_stops_early_ends_without_a_panic() {
+    use std::io::{BufRead, BufReader};
+    let dir = temp_dir("cli-pipe");
+    let config = dir.join("c.toml");
+    // Enough epochs that lines are still being printed when the reader stops.
+    std::fs::write(
+        &config,
+        format!("{SMALL}[train]\nepochs = 2000\nthreads = 1\n"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(["train", "-c", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(!first.is_empty());
+    // The pipe's read end is closed here, as `head -1` closes it.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn hidden_layers_without_a_kind_make_an_mlp_on_file_data_too() {
+    let dir = temp_dir("cli-hidden");
+    std::fs::write(
+        dir.join("n.csv"),
+        "a,b,label\n0,0,0\n1,0,1\n0,1,2\n1,1,0\n2,0,1\n0,2,2\n",
+    )
+    .unwrap();
+    let config = dir.join("c.toml");
+    let data = dir.join("n.csv");
+    let toml_text = format!(
+        "[data]\npath = {:?}\n[model]\nhidden = [8]\n[train]\nepochs = 1\nbatch_size = 2\nthreads = 1\n",
+        data.to_str().unwrap()
+    );
+    std::fs::write(&config, &toml_text).unwrap();
+    let out = run(&["train", "-c", config.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("mlp 2-8-3 "), "{stdout}");
+    // A label column given as a negative number says what a label key is.
+    rejects(
+        "label-negative",
+        &toml_text.replace("[model]", "label = -1\n[model]"),
+        &[],
+        "a column index (0, 1, ...) or a column name",
+    );
+}
