@@ -19,6 +19,10 @@ use crate::sampler::Sampling;
 use crate::schedule::{Decay, Schedule};
 
 /// The config file as written, every field optional.
+/// The most worker threads a run may ask for: each costs a stack and a start-up (2,000
+/// took 14 s to start), and more than the cores only take turns on them.
+pub const MAX_THREADS: usize = 1024;
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -690,6 +694,14 @@ impl RawConfig {
             None => crate::shard::auto_shard_rows(batch_size),
         };
         let threads = match raw.threads {
+            Some(t) if t > MAX_THREADS => {
+                return Err(self.err(
+                    "train.threads",
+                    format!(
+                        "{t} is more than {MAX_THREADS}; threads past the cores only queue for them (omit it to use every core)"
+                    ),
+                ));
+            }
             Some(t) => NonZeroUsize::new(t).ok_or_else(|| {
                 self.err(
                     "train.threads",

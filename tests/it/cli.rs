@@ -243,6 +243,12 @@ fn bad_configs_and_flags_name_the_key_and_exit_2() {
             "`train.schedule.every_epochs`: does not apply to schedule kind `cosine`",
         ),
         (
+            "threads-too-many",
+            SMALL,
+            &["--threads", "100000"],
+            "config `train.threads` (set by --threads): 100000 is more than 1024",
+        ),
+        (
             "both-durations",
             "[train.schedule]\nkind = \"step\"\nevery_steps = 3\nevery_epochs = 1\n",
             &[],
