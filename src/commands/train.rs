@@ -47,8 +47,24 @@ pub fn train(
     let quiet = quiet || !leader;
     // Outputs are checked before the run, not found unwritable after it: the leader saves,
     // every rank writes its own trace beside the path given.
-    let outputs = [args.save.as_ref().filter(|_| leader), args.trace.as_ref()];
-    for path in outputs.into_iter().flatten() {
+    let outputs = [
+        ("--save", args.save.as_ref().filter(|_| leader)),
+        ("--trace", args.trace.as_ref()),
+    ];
+    let inputs = [&args.config.config, &args.resume, &args.init];
+    for (flag, path) in outputs {
+        let Some(path) = path else { continue };
+        // Not over a file this run reads (a config saved over is lost).
+        let same = |input: &PathBuf| matches!((path.canonicalize(), input.canonicalize()), (Ok(a), Ok(b)) if a == b);
+        if let Some(input) = inputs.iter().copied().flatten().find(|i| same(i)) {
+            return Err(minibatch::Error::config(
+                flag,
+                format!(
+                    "{} is an input of this run; write elsewhere",
+                    input.display()
+                ),
+            ));
+        }
         minibatch::checkpoint::check_writable(path)?;
     }
     if let Some(path) = &args.resume {

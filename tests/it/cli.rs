@@ -553,6 +553,16 @@ fn unwritable_outputs_are_refused_before_any_work() {
         std::fs::read_to_string(dir.join("a-file")).unwrap(),
         "keep me"
     );
+    // Nor over the run's own config.
+    let out = run(&["train", "-c", config, "--save", config]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is an input of this run"), "{stderr}");
+    assert!(
+        std::fs::read_to_string(config)
+            .unwrap()
+            .starts_with("[data]")
+    );
     // No probe file left behind.
     let left: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()
