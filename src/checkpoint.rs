@@ -387,6 +387,18 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
     check_writable(&dir.join("probe"))
 }
 
+/// `path` as one word of a shell command: as it is when it holds only characters no
+/// shell treats specially, else in single quotes.
+pub fn shell_word(path: &Path) -> String {
+    let text = path.display().to_string();
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:=@%".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
+
 fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()

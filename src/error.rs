@@ -57,11 +57,14 @@ pub enum Error {
         got: Vec<usize>,
     },
     /// The run was stopped by SIGINT or SIGTERM after writing a checkpoint.
-    #[error("interrupted at epoch {epoch}, step {step}; checkpoint written to {}; resume with: minibatch train --resume {}", .checkpoint.display(), .checkpoint.display())]
+    #[error("interrupted at epoch {epoch}, step {step}; checkpoint written to {}; resume with: minibatch train --resume {}{again}", .checkpoint.display(), crate::checkpoint::shell_word(.checkpoint))]
     Interrupted {
         checkpoint: PathBuf,
         epoch: usize,
         step: u64,
+        /// The interrupted command's output flags, for the resumed one to repeat (the
+        /// checkpoint holds the config, not where the results go).
+        again: String,
     },
     /// Training across processes cannot start as asked (built without MPI, a launcher
     /// the command does not support, an MPI library without thread support).

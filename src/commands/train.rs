@@ -165,6 +165,7 @@ pub fn train(
         leader,
         failure: None,
         interrupted: None,
+        again: resume_flags(args),
     };
     let report = trainer.fit_observed(&train, valid.as_deref(), &mut output);
     bar.finish_and_clear();
@@ -193,6 +194,7 @@ pub fn train(
             checkpoint,
             epoch: state.position.epoch + 1,
             step: state.steps,
+            again: output.again.clone(),
         });
     }
     if let Some(interrupted) = output.interrupted.take() {
@@ -307,6 +309,34 @@ struct TrainOutput {
     /// A checkpoint that could not be written; the run stops and reports it.
     failure: Option<minibatch::Error>,
     interrupted: Option<minibatch::Error>,
+    /// The output flags a resumed run repeats (`resume_flags`).
+    again: String,
+}
+
+/// The flags saying where a run's results go, as a resumed run must repeat them: the
+/// checkpoint holds the config and the state, not the command line's outputs.
+fn resume_flags(args: &TrainArgs) -> String {
+    use minibatch::checkpoint::shell_word;
+    let mut flags = String::new();
+    for (flag, path) in [
+        ("--save", &args.save),
+        ("--checkpoint", &args.checkpoint),
+        ("--trace", &args.trace),
+    ] {
+        if let Some(path) = path {
+            flags += &format!(" {flag} {}", shell_word(path));
+        }
+    }
+    if let Some(every) = args.checkpoint_every {
+        flags += &format!(" --checkpoint-every {every}");
+    }
+    if args.checkpoint.is_some() && args.keep != 3 {
+        flags += &format!(" --keep {}", args.keep);
+    }
+    if args.profile {
+        flags += " --profile";
+    }
+    flags
 }
 
 impl Observer for TrainOutput {
@@ -330,6 +360,7 @@ impl Observer for TrainOutput {
                         checkpoint: path,
                         epoch: state.position.epoch + 1,
                         step: state.steps,
+                        again: self.again.clone(),
                     })
                 }
                 Err(err) => self.failure = Some(err),

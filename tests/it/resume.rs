@@ -169,6 +169,8 @@ fn ctrl_c_finishes_the_step_checkpoints_and_exits_130() {
             config.to_str().unwrap(),
             "--checkpoint",
             ckpt_dir.to_str().unwrap(),
+            "--keep",
+            "2",
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -189,7 +191,13 @@ fn ctrl_c_finishes_the_step_checkpoints_and_exits_130() {
         "{stderr}"
     );
     let newest = checkpoints(&ckpt_dir).pop().unwrap();
-    assert!(stderr.contains(newest.to_str().unwrap()), "{stderr}");
+    // The hint repeats where the results go: the checkpoint holds the config only.
+    let hint = format!(
+        "resume with: minibatch train --resume {} --checkpoint {} --keep 2",
+        newest.display(),
+        ckpt_dir.display()
+    );
+    assert!(stderr.contains(&hint), "{stderr}");
     load_checkpoint(&newest, &layout(CONFIG)).unwrap();
 }
 
