@@ -75,6 +75,11 @@ pub fn train(
             .file
             .as_ref()
             .and_then(|f| f.standardization.clone()),
+        class_names: cfg
+            .data
+            .file
+            .as_ref()
+            .and_then(|f| f.classes.names().map(<[String]>::to_vec)),
     };
     let checkpoints = if leader {
         CheckpointPolicy::new(args, context.clone())?
@@ -226,14 +231,13 @@ pub fn train(
     }
     if let Some(path) = &args.save {
         let config_text = toml::to_string(&raw.recorded()).unwrap_or_default();
+        let file = cfg.data.file.as_ref();
         save_params(
             path,
             trainer.model().layout(),
             trainer.params(),
-            cfg.data
-                .file
-                .as_ref()
-                .and_then(|f| f.standardization.as_ref()),
+            file.and_then(|f| f.standardization.as_ref()),
+            file.and_then(|f| f.classes.names()),
             &[("model", cfg.model.describe()), ("config", config_text)],
         )?;
         if !quiet {
@@ -358,6 +362,7 @@ struct SaveContext {
     config: String,
     layout: minibatch::ParamLayout,
     standardization: Option<(Vec<f32>, Vec<f32>)>,
+    class_names: Option<Vec<String>>,
 }
 
 impl CheckpointPolicy {
@@ -411,6 +416,7 @@ impl CheckpointPolicy {
             state,
             &c.config,
             c.standardization.as_ref(),
+            c.class_names.as_deref(),
         )?;
         if self.keep != usize::MAX
             && let Ok(entries) = std::fs::read_dir(&self.dir)
