@@ -76,8 +76,11 @@ fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, std::sync::Arc<minibat
     // raw and apply those, not statistics recomputed from whatever data is given now.
     let standardization = minibatch::checkpoint::load_standardization(&args.model)?;
     let classes = trained_classes(args, &model_cfg, &model)?;
-    let data_cfg = match (&args.config, &args.data, &standardization) {
-        (None, None, None) => model_cfg,
+    let (data_cfg, data_path) = match (&args.config, &args.data, &standardization) {
+        (None, None, None) => {
+            let path = model_raw.data.path.clone();
+            (model_cfg, path)
+        }
         (path, file, _) => {
             let mut raw = match (path, file) {
                 (Some(path), _) => RawConfig::load(path)?,
@@ -118,14 +121,26 @@ fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, std::sync::Arc<minibat
                 raw.data.standardize = None;
             }
             raw.data.trained_classes = classes;
-            raw.validate()?
+            let path = raw.data.path.clone();
+            (raw.validate()?, path)
         }
     };
-    if data_cfg.data.d != model.spec().d_in {
-        return Err(minibatch::Error::Shape {
-            name: "features".into(),
-            expected: vec![model.spec().d_in],
-            got: vec![data_cfg.data.d],
+    let d_in = model.spec().d_in;
+    if data_cfg.data.d != d_in {
+        let d = data_cfg.data.d;
+        return Err(match data_path {
+            Some(path) => minibatch::Error::Data {
+                path,
+                line: 0,
+                msg: format!(
+                    "has {d} feature{}; the model expects {d_in}",
+                    if d == 1 { "" } else { "s" }
+                ),
+            },
+            None => minibatch::Error::config(
+                "data.d",
+                format!("is {d}; the model expects {d_in} features"),
+            ),
         });
     }
     let head = model.spec().head;

@@ -323,4 +323,11 @@ fn data_for_a_saved_model_may_lack_classes_but_not_have_new_ones() {
         ),
         "{err}"
     );
+    // Another width names the file and the model's.
+    let narrow = file("g.csv", "a,label\n0,0\n");
+    let err = refused(&["eval", "-m", model, "--data", &narrow]);
+    assert!(
+        err.contains("g.csv: has 1 feature; the model expects 2"),
+        "{err}"
+    );
 }
