@@ -84,6 +84,11 @@ fn metadata(path: &Path, bytes: &[u8]) -> Result<std::collections::HashMap<Strin
     Ok(meta.metadata().clone().unwrap_or_default())
 }
 
+/// A file's `format` for messages, in words.
+fn describe_format(format: Option<&str>) -> String {
+    format.map_or("no format field".into(), |f| format!("format `{f}`"))
+}
+
 /// The parameters under their layout names, then the standardisation, if any (`d` holds
 /// its length): what both a parameter file and a checkpoint start with.
 fn model_tensors<'a>(
@@ -222,28 +227,26 @@ pub fn model_config(path: &Path) -> Result<String> {
 }
 
 fn file_config(path: &Path, formats: &[&str]) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+    let bytes = read_file(path)?;
+    let info = metadata(path, &bytes)?;
+    let bad = |msg: String| Error::Parse {
         path: path.to_path_buf(),
-        source,
-    })?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::Parse {
-        path: path.to_path_buf(),
-        msg: format!("not a valid safetensors file: {e}"),
-    })?;
-    let info = meta.metadata().clone().unwrap_or_default();
+        msg,
+    };
     match (info.get("format").map(String::as_str), info.get("config")) {
         (Some(format), Some(config)) if formats.contains(&format) => Ok(config.clone()),
-        (format, _) => Err(Error::Parse {
-            path: path.to_path_buf(),
-            msg: format!(
-                "is not a {} (format {format:?})",
-                if formats.len() == 1 {
-                    "checkpoint"
-                } else {
-                    "minibatch model file"
-                }
-            ),
-        }),
+        (Some(format), None) if formats.contains(&format) => {
+            Err(bad("has no `config` in its metadata".into()))
+        }
+        (format, _) => Err(bad(format!(
+            "is not a {} ({})",
+            if formats.len() == 1 {
+                "checkpoint"
+            } else {
+                "minibatch model file"
+            },
+            describe_format(format)
+        ))),
     }
 }
 
@@ -257,13 +260,12 @@ pub fn load_checkpoint(path: &Path, layout: &ParamLayout) -> Result<Checkpoint> 
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
     let params = params_from(path, &file, layout)?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| corrupt(format!("unreadable header: {e}")))?;
-    let info = meta.metadata().clone().unwrap_or_default();
-    if info.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
+    let info = metadata(path, &bytes)?;
+    let format = info.get("format").map(String::as_str);
+    if format != Some(CHECKPOINT_FORMAT) {
         return Err(corrupt(format!(
-            "is not a checkpoint (format {:?}, expected {CHECKPOINT_FORMAT})",
-            info.get("format")
+            "is not a checkpoint ({}, expected `{CHECKPOINT_FORMAT}`)",
+            describe_format(format)
         )));
     }
     let number = |key: &str| -> Result<u64> {

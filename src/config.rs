@@ -449,17 +449,16 @@ impl RawConfig {
                 ),
             ));
         }
+        // Its labels were read as the training file's classes, so only the width can differ.
         if let Some(v) = &loaded.valid
-            && (v.d() != loaded.train.d() || v.n_classes() != loaded.train.n_classes())
+            && v.d() != loaded.train.d()
         {
             return Err(self.err(
                 "data.valid_path",
                 format!(
-                    "has {} features and {:?} classes; the training file has {} and {:?}",
+                    "has {} features; the training file has {}",
                     v.d(),
-                    v.n_classes(),
-                    loaded.train.d(),
-                    loaded.train.n_classes()
+                    loaded.train.d()
                 ),
             ));
         }

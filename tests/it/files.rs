@@ -450,6 +450,12 @@ fn review_cases_load_or_fail_cleanly() {
             "a,y\n1,3\n",
             "v3.csv:2: label 3 is not a class of the training data (class ids 0 to 2)",
         ),
+        (
+            "t.csv",
+            "wide.csv",
+            "a,b,y\n1,2,0\n",
+            "has 2 features; the training file has 1",
+        ),
     ] {
         std::fs::write(dir.join(valid), text).unwrap();
         let err = load(&format!(
