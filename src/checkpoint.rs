@@ -1,8 +1,9 @@
 //! Saved parameters and checkpoints: safetensors files that numpy and PyTorch read directly.
 //!
 //! One tensor per layout entry, under the layout's name and shape, little-endian f32; the
-//! header's string metadata carries `format` (`minibatch-params-v1`), the model description
-//! and the config as TOML, so a file says what produced it. Writes go to a temporary file in
+//! header's string metadata carries `format` (`minibatch-params-v1`), the model description,
+//! the config as TOML and, when the training labels were words, the class names, so a file
+//! says what produced it and what its outputs mean. Writes go to a temporary file in
 //! the same directory, are synced, then renamed over the target: a crash leaves either the
 //! old file or the new one, never half of one.
 
@@ -30,6 +31,7 @@ pub fn save_params(
     layout: &ParamLayout,
     params: &[f32],
     standardization: Option<&(Vec<f32>, Vec<f32>)>,
+    class_names: Option<&[String]>,
     metadata: &[(&str, String)],
 ) -> Result<()> {
     assert_eq!(
@@ -39,7 +41,52 @@ pub fn save_params(
     );
     let d = [standardization.map_or(0, |(mean, _)| mean.len())];
     let tensors = model_tensors(layout, params, standardization, &d);
-    write_tensors(path, &tensors, FORMAT, metadata)
+    let mut metadata = metadata.to_vec();
+    metadata.extend(classes_entry(class_names));
+    write_tensors(path, &tensors, FORMAT, &metadata)
+}
+
+/// Metadata key of the class names, in class id order, as a JSON list of strings.
+pub const CLASSES: &str = "classes";
+
+/// The metadata entry for `class_names`, if any: class ids are positions in the sorted
+/// training labels, so only the names say which id is which label in another file.
+fn classes_entry(class_names: Option<&[String]>) -> Option<(&'static str, String)> {
+    class_names.map(|names| {
+        (
+            CLASSES,
+            serde_json::to_string(names).expect("strings serialise"),
+        )
+    })
+}
+
+/// The class names saved with a model or checkpoint; `None` for numeric labels, regression,
+/// and files written before the names were recorded.
+pub fn load_class_names(path: &Path) -> Result<Option<Vec<String>>> {
+    let bytes = read_file(path)?;
+    let info = metadata(path, &bytes)?;
+    info.get(CLASSES)
+        .map(|text| {
+            serde_json::from_str(text).map_err(|_| Error::Parse {
+                path: path.to_path_buf(),
+                msg: format!("metadata `{CLASSES}` is not a JSON list of class names"),
+            })
+        })
+        .transpose()
+}
+
+/// The header's string metadata (empty if it has none).
+fn metadata(path: &Path, bytes: &[u8]) -> Result<std::collections::HashMap<String, String>> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| Error::Parse {
+        path: path.to_path_buf(),
+        msg: format!("not a valid safetensors file: {e}"),
+    })?;
+    Ok(meta.metadata().clone().unwrap_or_default())
+}
+
+/// A file's `format` for messages, in words.
+fn describe_format(format: Option<&str>) -> String {
+    format.map_or("no format field".into(), |f| format!("format `{f}`"))
 }
 
 /// The parameters under their layout names, then the standardisation, if any (`d` holds
@@ -146,6 +193,7 @@ pub fn save_checkpoint(
     state: &TrainState<'_>,
     config: &str,
     standardization: Option<&(Vec<f32>, Vec<f32>)>,
+    class_names: Option<&[String]>,
 ) -> Result<()> {
     let (m, v) = state.optimizer.buffers();
     let (m_shape, v_shape) = ([m.len()], [v.len()]);
@@ -157,13 +205,14 @@ pub fn save_checkpoint(
     if !v.is_empty() {
         tensors.push(("optimizer.v", &v_shape, v));
     }
-    let metadata = [
+    let mut metadata = vec![
         ("epoch", state.position.epoch.to_string()),
         ("step_in_epoch", state.position.step_in_epoch.to_string()),
         ("steps", state.steps.to_string()),
         ("optimizer_t", state.optimizer.steps_taken().to_string()),
         ("config", config.to_string()),
     ];
+    metadata.extend(classes_entry(class_names));
     write_tensors(path, &tensors, CHECKPOINT_FORMAT, &metadata)
 }
 
@@ -178,28 +227,26 @@ pub fn model_config(path: &Path) -> Result<String> {
 }
 
 fn file_config(path: &Path, formats: &[&str]) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Read {
+    let bytes = read_file(path)?;
+    let info = metadata(path, &bytes)?;
+    let bad = |msg: String| Error::Parse {
         path: path.to_path_buf(),
-        source,
-    })?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| Error::Parse {
-        path: path.to_path_buf(),
-        msg: format!("not a valid safetensors file: {e}"),
-    })?;
-    let info = meta.metadata().clone().unwrap_or_default();
+        msg,
+    };
     match (info.get("format").map(String::as_str), info.get("config")) {
         (Some(format), Some(config)) if formats.contains(&format) => Ok(config.clone()),
-        (format, _) => Err(Error::Parse {
-            path: path.to_path_buf(),
-            msg: format!(
-                "is not a {} (format {format:?})",
-                if formats.len() == 1 {
-                    "checkpoint"
-                } else {
-                    "minibatch model file"
-                }
-            ),
-        }),
+        (Some(format), None) if formats.contains(&format) => {
+            Err(bad("has no `config` in its metadata".into()))
+        }
+        (format, _) => Err(bad(format!(
+            "is not a {} ({})",
+            if formats.len() == 1 {
+                "checkpoint"
+            } else {
+                "minibatch model file"
+            },
+            describe_format(format)
+        ))),
     }
 }
 
@@ -213,13 +260,12 @@ pub fn load_checkpoint(path: &Path, layout: &ParamLayout) -> Result<Checkpoint> 
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| corrupt(format!("not a valid safetensors file: {e}")))?;
     let params = params_from(path, &file, layout)?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| corrupt(format!("unreadable header: {e}")))?;
-    let info = meta.metadata().clone().unwrap_or_default();
-    if info.get("format").map(String::as_str) != Some(CHECKPOINT_FORMAT) {
+    let info = metadata(path, &bytes)?;
+    let format = info.get("format").map(String::as_str);
+    if format != Some(CHECKPOINT_FORMAT) {
         return Err(corrupt(format!(
-            "is not a checkpoint (format {:?}, expected {CHECKPOINT_FORMAT})",
-            info.get("format")
+            "is not a checkpoint ({}, expected `{CHECKPOINT_FORMAT}`)",
+            describe_format(format)
         )));
     }
     let number = |key: &str| -> Result<u64> {

@@ -63,6 +63,10 @@ pub struct RawData {
     pub classes: Option<usize>,
     pub noise: Option<f64>,
     pub valid_fraction: Option<f64>,
+    /// The classes of a saved model whose data this is (for eval and predict): labels are
+    /// read as these instead of being derived from the file. Never written to a file.
+    #[serde(skip)]
+    pub trained_classes: Option<crate::io::Classes>,
 }
 
 /// A CSV label column, by name or by 0-based index.
@@ -386,19 +390,21 @@ impl RawConfig {
             delimiter,
             task,
         };
-        let mut class_names = None;
+        // The training file sets the classes (unless they are given, for a saved model's
+        // data), and the validation file is read against them.
+        let mut classes = raw.trained_classes.clone().unwrap_or_default();
         let mut read = |path: &std::path::Path,
                         labels: Option<&std::path::PathBuf>,
                         labels_key: &'static str|
          -> Result<crate::data::Dataset> {
             match format.as_str() {
-                "csv" => crate::io::read_csv(path, &csv, &mut class_names),
-                "libsvm" => crate::io::read_libsvm(path, raw.d, task),
+                "csv" => crate::io::read_csv(path, &csv, &mut classes),
+                "libsvm" => crate::io::read_libsvm(path, raw.d, task, &mut classes),
                 "npy" => {
                     let labels = labels.ok_or_else(|| {
                         self.err(labels_key, "format = \"npy\" needs the targets' .npy file")
                     })?;
-                    crate::io::read_npy_pair(path, labels, task)
+                    crate::io::read_npy_pair(path, labels, task, &mut classes)
                 }
                 other => Err(self.err(
                     "data.format",
@@ -408,16 +414,11 @@ impl RawConfig {
         };
         let train = read(&path, raw.labels.as_ref(), "data.labels")?;
         let valid = match &raw.valid_path {
-            Some(valid_path) => {
-                let valid = read(valid_path, raw.valid_labels.as_ref(), "data.valid_labels")?;
-                // Classes are the training file's: the validation file may lack some.
-                let classes = train.n_classes();
-                Some(valid.with_classes(classes).map_err(|msg| Error::Data {
-                    path: valid_path.clone(),
-                    line: 0,
-                    msg: format!("{msg} (the training file has {classes:?} classes)"),
-                })?)
-            }
+            Some(valid_path) => Some(read(
+                valid_path,
+                raw.valid_labels.as_ref(),
+                "data.valid_labels",
+            )?),
             None => None,
         };
         let valid_fraction = raw.valid_fraction.unwrap_or(0.0);
@@ -439,6 +440,7 @@ impl RawConfig {
             valid_fraction,
             self.seed.unwrap_or(0),
             raw.standardize.unwrap_or(false),
+            classes,
         )
         .map_err(|msg| Error::Data {
             path: path.clone(),
@@ -457,17 +459,16 @@ impl RawConfig {
                 ),
             ));
         }
+        // Its labels were read as the training file's classes, so only the width can differ.
         if let Some(v) = &loaded.valid
-            && (v.d() != loaded.train.d() || v.n_classes() != loaded.train.n_classes())
+            && v.d() != loaded.train.d()
         {
             return Err(self.err(
                 "data.valid_path",
                 format!(
-                    "has {} features and {:?} classes; the training file has {} and {:?}",
+                    "has {} features; the training file has {}",
                     v.d(),
-                    v.n_classes(),
-                    loaded.train.d(),
-                    loaded.train.n_classes()
+                    loaded.train.d()
                 ),
             ));
         }

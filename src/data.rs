@@ -31,7 +31,7 @@ pub struct Dataset {
 
 impl Dataset {
     /// Checks what the trainer relies on: one target per row, finite values, class ids that
-    /// are integers in 0..n_classes. The message names the first offending row.
+    /// are integers in 0..n_classes. The message names the first offending row (from 1).
     pub fn new(x: Array2<f32>, y: Array1<f32>, n_classes: Option<usize>) -> Result<Self, String> {
         if x.nrows() != y.len() {
             return Err(format!(
@@ -45,9 +45,10 @@ impl Dataset {
             .into_iter()
             .position(|r| r.iter().any(|v| !v.is_finite()))
         {
-            return Err(format!("row {row}: features must be finite"));
+            return Err(format!("row {}: features must be finite", row + 1));
         }
-        for (row, &t) in y.iter().enumerate() {
+        for (i, &t) in y.iter().enumerate() {
+            let row = i + 1;
             let ok = match n_classes {
                 None => t.is_finite(),
                 Some(k) => t >= 0.0 && t.fract() == 0.0 && (t as usize) < k,
@@ -66,12 +67,6 @@ impl Dataset {
             x.as_standard_layout().into_owned()
         };
         Ok(Dataset { x, y, n_classes })
-    }
-
-    /// The same rows with `n_classes` classes (a validation file may lack the top classes
-    /// of its training file); an error if a label is out of range.
-    pub fn with_classes(self, n_classes: Option<usize>) -> Result<Self, String> {
-        Dataset::new(self.x, self.y, n_classes)
     }
 
     /// x <- (x - mean) / std per feature (the statistics of the training rows).
@@ -137,6 +132,9 @@ pub struct LoadedData {
     /// Per-feature (mean, standard deviation) of the training rows, when standardised; saved
     /// with the model so that evaluation applies the same transformation.
     pub standardization: Option<(Vec<f32>, Vec<f32>)>,
+    /// The classes the labels were read as (class names when they are words); saved with
+    /// the model so that other files' labels are read as the same classes.
+    pub classes: crate::io::Classes,
 }
 
 impl LoadedData {
@@ -146,6 +144,7 @@ impl LoadedData {
         valid_fraction: f64,
         seed: u64,
         standardize: bool,
+        classes: crate::io::Classes,
     ) -> Result<Self, String> {
         let (mut train, mut valid) = if valid_fraction > 0.0 {
             let n_valid = (train.n() as f64 * valid_fraction).round() as usize;
@@ -185,6 +184,7 @@ impl LoadedData {
             train: Arc::new(train),
             valid: valid.map(Arc::new),
             standardization,
+            classes,
         })
     }
 }

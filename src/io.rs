@@ -4,7 +4,8 @@
 //! the file, the line (or byte offset) and the column, and what was expected. CSV is parsed
 //! in parallel: the file is cut into chunks at line ends and each chunk parsed on its own;
 //! line numbers come from counting the newlines before each chunk. Labels may be numbers or
-//! words; words become class ids in sorted order.
+//! words; words become class ids in sorted order. The training file sets the classes, and
+//! every later file (validation rows, data for a saved model) is read against them.
 
 use std::path::Path;
 
@@ -56,25 +57,119 @@ enum Targets {
     Words(Vec<String>),
 }
 
-/// Turns targets into a dataset: words become classes in sorted order; numbers are classes
-/// (0..k, integers) for classification or values for regression.
+/// The classes a file's labels are read as. The training file sets them; a validation file,
+/// and the data given to a saved model, are read against them, so that a label means the
+/// same class in every file and one the model never saw is an error, not a new class.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Classes {
+    /// Not known yet: the file's words in sorted order, or its ids 0..=max (at least 2).
+    #[default]
+    FromFile,
+    /// The training labels' words: every label is one of them ("1" is a name then).
+    Names(Vec<String>),
+    /// The training labels' ids 0..k: every label is one of them, a file may lack some.
+    Ids(usize),
+}
+
+impl Classes {
+    /// The class names, when the training labels are words.
+    pub fn names(&self) -> Option<&[String]> {
+        match self {
+            Classes::Names(names) => Some(names),
+            _ => None,
+        }
+    }
+}
+
+/// Turns targets into a dataset, reading labels as `classes` and setting them when they
+/// are not known yet (numbers are values for regression). `line_of` gives the line (for
+/// .npy the 1-based row) of a 0-based row, for messages only.
 fn finish(
     path: &Path,
     x: Vec<f32>,
     d: usize,
     targets: Targets,
     task: Task,
-    class_names: &mut Option<Vec<String>>,
+    classes: &mut Classes,
+    line_of: &dyn Fn(usize) -> usize,
 ) -> Result<Dataset> {
     let n = x.len() / d.max(1);
     let (y, n_classes) = match (targets, task) {
-        (Targets::Words(words), _) => {
-            let names = class_names.get_or_insert_with(|| {
-                let mut names = words.clone();
-                names.sort();
-                names.dedup();
-                names
-            });
+        (Targets::Numbers(y), Task::Regression) => {
+            if let Some(i) = y.iter().position(|v| !v.is_finite()) {
+                return Err(parse_err(
+                    path,
+                    line_of(i),
+                    format!("target {} is not finite", y[i]),
+                ));
+            }
+            (y, None)
+        }
+        (Targets::Numbers(y), Task::Classification) if classes.names().is_none() => {
+            let known = match classes {
+                Classes::Ids(k) => Some(*k),
+                _ => None,
+            };
+            let mut max = 0usize;
+            for (i, &v) in y.iter().enumerate() {
+                if !(v >= 0.0 && v.fract() == 0.0 && v < 1e6) {
+                    return Err(parse_err(
+                        path,
+                        line_of(i),
+                        format!(
+                            "label {v} is not a class id (a whole number >= 0); set task = \"regression\" for real targets"
+                        ),
+                    ));
+                }
+                if let Some(k) = known
+                    && v as usize >= k
+                {
+                    return Err(parse_err(
+                        path,
+                        line_of(i),
+                        format!(
+                            "label {v} is not a class of the training data (class ids 0 to {})",
+                            k - 1
+                        ),
+                    ));
+                }
+                max = max.max(v as usize);
+            }
+            let k = known.unwrap_or((max + 1).max(2));
+            *classes = Classes::Ids(k);
+            (y, Some(k))
+        }
+        (targets, _) => {
+            let words = match targets {
+                Targets::Words(words) => words,
+                // Class names are text: the number 1 is the name "1".
+                Targets::Numbers(y) => y.iter().map(|v| v.to_string()).collect(),
+            };
+            // Taken out and put back below (an error leaves the caller nothing to reuse).
+            let names = match std::mem::take(classes) {
+                Classes::Names(names) => names,
+                Classes::Ids(k) => {
+                    let i = words
+                        .iter()
+                        .position(|w| w.parse::<f32>().is_err())
+                        .unwrap_or(0);
+                    return Err(parse_err(
+                        path,
+                        line_of(i),
+                        format!(
+                            "label `{}` is not a class id; the training labels are the numbers 0 to {}",
+                            words[i],
+                            k - 1
+                        ),
+                    ));
+                }
+                Classes::FromFile => {
+                    let mut names = words.clone();
+                    names.sort();
+                    names.dedup();
+                    names
+                }
+            };
             let mut y = Vec::with_capacity(words.len());
             for (i, w) in words.iter().enumerate() {
                 match names.binary_search(w) {
@@ -82,35 +177,18 @@ fn finish(
                     Err(_) => {
                         return Err(parse_err(
                             path,
-                            0,
+                            line_of(i),
                             format!(
-                                "data row {}: label `{w}` is not a class of the training data {names:?}",
-                                i + 1
+                                "label `{w}` is not a class of the training data [{}]",
+                                names.join(", ")
                             ),
                         ));
                     }
                 }
             }
             let k = names.len();
+            *classes = Classes::Names(names);
             (y, Some(k))
-        }
-        (Targets::Numbers(y), Task::Regression) => (y, None),
-        (Targets::Numbers(y), Task::Classification) => {
-            let mut max = 0usize;
-            for (i, &v) in y.iter().enumerate() {
-                if !(v >= 0.0 && v.fract() == 0.0 && v < 1e6) {
-                    return Err(parse_err(
-                        path,
-                        0,
-                        format!(
-                            "data row {}: label {v} is not a class id (a whole number >= 0); set task = \"regression\" for real targets",
-                            i + 1
-                        ),
-                    ));
-                }
-                max = max.max(v as usize);
-            }
-            (y, Some((max + 1).max(2)))
         }
     };
     let x = Array2::from_shape_vec((n, d), x).expect("n * d values");
@@ -127,11 +205,7 @@ pub struct CsvOptions {
 }
 
 /// Reads a CSV file of numeric features and one label column.
-pub fn read_csv(
-    path: &Path,
-    opts: &CsvOptions,
-    class_names: &mut Option<Vec<String>>,
-) -> Result<Dataset> {
+pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result<Dataset> {
     let bytes = read(path)?;
     let text = std::str::from_utf8(&bytes).map_err(|e| {
         let line = bytes[..e.valid_up_to()]
@@ -337,15 +411,30 @@ pub fn read_csv(
         }
         Targets::Words(names)
     };
-    finish(path, x, n_cols - 1, targets, opts.task, class_names)
+    // A data row's line, found again only for a message.
+    let line_of = |row: usize| {
+        body.lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .nth(row)
+            .map_or(0, |(i, _)| first_line + i)
+    };
+    finish(path, x, n_cols - 1, targets, opts.task, classes, &line_of)
 }
 
 /// Reads LIBSVM/svmlight text: `label index:value ...` with 1-based feature indices, rows
 /// densified to `d` columns (the largest index when not given). Labels -1/+1 become 0/1.
-pub fn read_libsvm(path: &Path, d: Option<usize>, task: Task) -> Result<Dataset> {
+pub fn read_libsvm(
+    path: &Path,
+    d: Option<usize>,
+    task: Task,
+    classes: &mut Classes,
+) -> Result<Dataset> {
     let bytes = read(path)?;
     let text = String::from_utf8_lossy(&bytes);
     let mut rows: Vec<(f32, Vec<(usize, f32)>)> = Vec::new();
+    // Each row's line, for messages about its label.
+    let mut lines = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
         let line = line.split('#').next().unwrap_or("").trim();
@@ -403,6 +492,7 @@ pub fn read_libsvm(path: &Path, d: Option<usize>, task: Task) -> Result<Dataset>
             features.push((index - 1, value));
         }
         rows.push((label, features));
+        lines.push(line_no);
     }
     if rows.is_empty() {
         return Err(parse_err(
@@ -454,7 +544,9 @@ pub fn read_libsvm(path: &Path, d: Option<usize>, task: Task) -> Result<Dataset>
             }
         })
         .collect();
-    finish(path, x, d, Targets::Numbers(y), task, &mut None)
+    finish(path, x, d, Targets::Numbers(y), task, classes, &|row| {
+        lines[row]
+    })
 }
 
 /// Reads a 1-D or 2-D little-endian f32/f64 (or, for labels, integer) `.npy` array in C order.
@@ -571,8 +663,14 @@ fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     Ok((shape, values))
 }
 
-/// Features from one `.npy` (2-D) and targets from another (1-D).
-pub fn read_npy_pair(x_path: &Path, y_path: &Path, task: Task) -> Result<Dataset> {
+/// Features from one `.npy` (2-D) and targets from another (1-D); messages about a label
+/// name the labels file and the 1-based row.
+pub fn read_npy_pair(
+    x_path: &Path,
+    y_path: &Path,
+    task: Task,
+    classes: &mut Classes,
+) -> Result<Dataset> {
     let (x_shape, x) = read_npy(x_path)?;
     let (y_shape, y) = read_npy(y_path)?;
     if x_shape.len() != 2 || x_shape[0] == 0 || x_shape[1] == 0 {
@@ -597,5 +695,13 @@ pub fn read_npy_pair(x_path: &Path, y_path: &Path, task: Task) -> Result<Dataset
             format!("column {}: not a finite number", i % x_shape[1]),
         ));
     }
-    finish(x_path, x, x_shape[1], Targets::Numbers(y), task, &mut None)
+    finish(
+        y_path,
+        x,
+        x_shape[1],
+        Targets::Numbers(y),
+        task,
+        classes,
+        &|row| row + 1,
+    )
 }

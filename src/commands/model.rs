@@ -76,8 +76,12 @@ fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, std::sync::Arc<minibat
     // A model trained on standardised data carries its training statistics: read the data
     // raw and apply those, not statistics recomputed from whatever data is given now.
     let standardization = minibatch::checkpoint::load_standardization(&args.model)?;
-    let data_cfg = match (&args.config, &args.data, &standardization) {
-        (None, None, None) => model_cfg,
+    let classes = trained_classes(args, &model_cfg, &model)?;
+    let (data_cfg, data_path) = match (&args.config, &args.data, &standardization) {
+        (None, None, None) => {
+            let path = model_raw.data.path.clone();
+            (model_cfg, path)
+        }
         (path, file, _) => {
             let mut raw = match (path, file) {
                 (Some(path), _) => RawConfig::load(path)?,
@@ -117,14 +121,27 @@ fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, std::sync::Arc<minibat
             if standardization.is_some() {
                 raw.data.standardize = None;
             }
-            raw.validate()?
+            raw.data.trained_classes = classes;
+            let path = raw.data.path.clone();
+            (raw.validate()?, path)
         }
     };
-    if data_cfg.data.d != model.spec().d_in {
-        return Err(minibatch::Error::Shape {
-            name: "features".into(),
-            expected: vec![model.spec().d_in],
-            got: vec![data_cfg.data.d],
+    let d_in = model.spec().d_in;
+    if data_cfg.data.d != d_in {
+        let d = data_cfg.data.d;
+        return Err(match data_path {
+            Some(path) => minibatch::Error::Data {
+                path,
+                line: 0,
+                msg: format!(
+                    "has {d} feature{}; the model expects {d_in}",
+                    if d == 1 { "" } else { "s" }
+                ),
+            },
+            None => minibatch::Error::config(
+                "data.d",
+                format!("is {d}; the model expects {d_in} features"),
+            ),
         });
     }
     let head = model.spec().head;
@@ -153,6 +170,30 @@ fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, std::sync::Arc<minibat
         None => rows,
     };
     Ok((model, params, rows))
+}
+
+/// The classes the model's outputs stand for, to read other files' labels as (so a label
+/// the model never saw is an error, and a file may lack some classes): the names saved with
+/// the model; for a file saved before names were recorded, those of its training data as
+/// read now; else the class ids 0..k. `None` for regression.
+fn trained_classes(
+    args: &EvalArgs,
+    model_cfg: &minibatch::Config,
+    model: &Mlp,
+) -> Result<Option<minibatch::io::Classes>> {
+    use minibatch::io::Classes;
+    let Some(k) = model.spec().head.n_classes() else {
+        return Ok(None);
+    };
+    if let Some(names) = minibatch::checkpoint::load_class_names(&args.model)? {
+        return Ok(Some(Classes::Names(names)));
+    }
+    Ok(Some(
+        match model_cfg.data.file.as_ref().map(|f| &f.classes) {
+            Some(Classes::Names(names)) => Classes::Names(names.clone()),
+            _ => Classes::Ids(k),
+        },
+    ))
 }
 
 pub fn eval(args: &EvalArgs) -> Result<()> {

@@ -110,6 +110,11 @@ pub fn train(
             .file
             .as_ref()
             .and_then(|f| f.standardization.clone()),
+        class_names: cfg
+            .data
+            .file
+            .as_ref()
+            .and_then(|f| f.classes.names().map(<[String]>::to_vec)),
     };
     let checkpoints = if leader {
         CheckpointPolicy::new(args, context.clone())?
@@ -264,14 +269,13 @@ pub fn train(
     }
     if let Some(path) = &args.save {
         let config_text = toml::to_string(&raw.recorded()).unwrap_or_default();
+        let file = cfg.data.file.as_ref();
         save_params(
             path,
             trainer.model().layout(),
             trainer.params(),
-            cfg.data
-                .file
-                .as_ref()
-                .and_then(|f| f.standardization.as_ref()),
+            file.and_then(|f| f.standardization.as_ref()),
+            file.and_then(|f| f.classes.names()),
             &[("model", cfg.model.describe()), ("config", config_text)],
         )?;
         if !quiet {
@@ -429,6 +433,7 @@ struct SaveContext {
     config: String,
     layout: minibatch::ParamLayout,
     standardization: Option<(Vec<f32>, Vec<f32>)>,
+    class_names: Option<Vec<String>>,
 }
 
 impl CheckpointPolicy {
@@ -485,6 +490,7 @@ impl CheckpointPolicy {
             state,
             &c.config,
             c.standardization.as_ref(),
+            c.class_names.as_deref(),
         )?;
         // The same step may be written twice (an epoch's end is also the run's end).
         self.written.retain(|p| *p != path);

@@ -162,3 +162,172 @@ fn a_model_trained_on_standardised_data_is_evaluated_with_its_own_statistics() {
     ]);
     assert!(on_file.contains("logistic 2-1 on 400 rows"), "{on_file}");
 }
+
+/// Runs the binary and returns its exit code, stdout and stderr.
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The binary's message for input it must refuse with exit code 2.
+fn refused(args: &[&str]) -> String {
+    let (code, _, stderr) = run(args);
+    assert_eq!(code, Some(2), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+/// The (target, prediction) columns of a predictions file.
+fn targets_and_predictions(path: &std::path::Path) -> Vec<(String, String)> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[1].to_string(), f[2].to_string())
+        })
+        .collect()
+}
+
+/// Rewrites a safetensors file without the `classes` metadata, as files were saved before
+/// the class names were recorded.
+fn drop_class_names(path: &std::path::Path) {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["__metadata__"]
+        .as_object_mut()
+        .unwrap()
+        .remove("classes")
+        .expect("the file had class names");
+    let mut text = header.to_string();
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(path, out).unwrap();
+}
+
+#[test]
+fn word_labels_are_read_as_the_classes_the_model_was_trained_on() {
+    let dir = temp_dir("evaluate-words");
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let train = file(
+        "t.csv",
+        "x,y,species\n1,0,cat\n2,0,cat\n3,0,cat\n-1,0,dog\n-2,0,dog\n-3,0,dog\n",
+    );
+    let config = file(
+        "t.toml",
+        &format!(
+            "[data]\npath = \"{train}\"\nlabel = \"species\"\n[model]\nkind = \"mlp\"\nhidden = [4]\n[train]\nepochs = 50\nbatch_size = 2\nlr = 0.1\nthreads = 1\n"
+        ),
+    );
+    // "zebra" sorts after "dog": read on its own, it would take the id of "dog".
+    let zebra = file("z.csv", "x,y,species\n1,0,zebra\n-1,0,dog\n");
+    // Only the second class, before the first in the file.
+    let dogs = file("d.csv", "x,y,species\n-1,0,dog\n-2,0,dog\n");
+    let model = dir.join("m.safetensors");
+    let model = model.to_str().unwrap();
+    minibatch(&["train", "-q", "-c", &config, "--save", model]);
+    assert_eq!(
+        minibatch::checkpoint::load_class_names(std::path::Path::new(model)).unwrap(),
+        Some(vec!["cat".to_string(), "dog".to_string()])
+    );
+    let on_training = minibatch(&["eval", "-m", model, "--data", &train]);
+    assert!(on_training.contains("accuracy 100.00%"), "{on_training}");
+    let predictions = dir.join("p.csv");
+    let out = predictions.to_str().unwrap();
+    let check = || {
+        let err = refused(&["eval", "-m", model, "--data", &zebra]);
+        assert!(
+            err.contains("z.csv:2: label `zebra` is not a class of the training data [cat, dog]"),
+            "{err}"
+        );
+        minibatch(&["predict", "-q", "-m", model, "--data", &dogs, "-o", out]);
+        assert_eq!(
+            targets_and_predictions(&predictions),
+            vec![("1".into(), "1".into()); 2]
+        );
+    };
+    check();
+    // A file saved without class names reads them from the training data in its config.
+    drop_class_names(std::path::Path::new(model));
+    assert_eq!(
+        minibatch::checkpoint::load_class_names(std::path::Path::new(model)).unwrap(),
+        None
+    );
+    check();
+}
+
+#[test]
+fn data_for_a_saved_model_may_lack_classes_but_not_have_new_ones() {
+    let dir = temp_dir("evaluate-subset");
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let train = file(
+        "n.csv",
+        "a,b,label\n0,0,0\n1,0,1\n0,1,2\n1,1,0\n2,0,1\n0,2,2\n",
+    );
+    let config = file(
+        "n.toml",
+        &format!("[data]\npath = \"{train}\"\n[train]\nepochs = 1\nbatch_size = 2\nthreads = 1\n"),
+    );
+    let model = dir.join("m.safetensors");
+    let model = model.to_str().unwrap();
+    minibatch(&["train", "-q", "-c", &config, "--save", model]);
+    let out = dir.join("p.csv");
+    let out = out.to_str().unwrap();
+
+    let first_two = file("n01.csv", "a,b,label\n0,0,0\n1,0,1\n");
+    minibatch(&[
+        "predict", "-q", "-m", model, "--data", &first_two, "-o", out,
+    ]);
+    let csv = std::fs::read_to_string(out).unwrap();
+    assert!(csv.starts_with("row,target,prediction,p0,p1,p2\n"), "{csv}");
+    let targets: Vec<String> = targets_and_predictions(std::path::Path::new(out))
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    assert_eq!(targets, ["0", "1"]);
+    let evaluated = minibatch(&["eval", "-m", model, "--data", &first_two]);
+    assert!(evaluated.contains("on 2 rows"), "{evaluated}");
+
+    let beyond = file("n3.csv", "a,b,label\n0,0,0\n1,0,3\n");
+    let err = refused(&["eval", "-m", model, "--data", &beyond]);
+    assert!(
+        err.contains("n3.csv:3: label 3 is not a class of the training data (class ids 0 to 2)"),
+        "{err}"
+    );
+    let word = file("w.csv", "a,b,label\n0,0,0\n1,0,cat\n");
+    let err = refused(&["predict", "-m", model, "--data", &word, "-o", out]);
+    assert!(
+        err.contains(
+            "w.csv:3: label `cat` is not a class id; the training labels are the numbers 0 to 2"
+        ),
+        "{err}"
+    );
+    // Another width names the file and the model's.
+    let narrow = file("g.csv", "a,label\n0,0\n");
+    let err = refused(&["eval", "-m", model, "--data", &narrow]);
+    assert!(
+        err.contains("g.csv: has 1 feature; the model expects 2"),
+        "{err}"
+    );
+}

@@ -115,6 +115,12 @@ fn malformed_data_files_name_the_file_line_and_column() {
         &f64_bytes(&[0.0, 1.0, 1.0]),
     );
     std::fs::write(dir.join("junk.npy"), b"PK\x03\x04 not numpy").unwrap();
+    write_npy(
+        &dir.join("y_nan.npy"),
+        "<f8",
+        "(2,)",
+        &f64_bytes(&[0.0, f64::NAN]),
+    );
     let cases: Vec<(String, &str)> = vec![
         (
             format!(
@@ -171,7 +177,7 @@ fn malformed_data_files_name_the_file_line_and_column() {
                 "path = \"{}\"",
                 csv("fraction.csv", "a,b,y\n1,2,0.5\n").display()
             ),
-            "fraction.csv: data row 1: label 0.5 is not a class id",
+            "fraction.csv:2: label 0.5 is not a class id",
         ),
         (
             format!(
@@ -219,6 +225,23 @@ fn malformed_data_files_name_the_file_line_and_column() {
                 dir.join("y3.npy").display()
             ),
             "y3.npy: has shape [3]; expected (2,)",
+        ),
+        // Labels are checked in their own file, rows counted from 1 as elsewhere.
+        (
+            format!(
+                "path = \"{}\"\nlabels = \"{}\"",
+                dir.join("x.npy").display(),
+                dir.join("y_nan.npy").display()
+            ),
+            "y_nan.npy:2: label NaN is not a class id",
+        ),
+        (
+            format!(
+                "path = \"{}\"\nlabels = \"{}\"\ntask = \"regression\"",
+                dir.join("x.npy").display(),
+                dir.join("y_nan.npy").display()
+            ),
+            "y_nan.npy:2: target NaN is not finite",
         ),
         (
             format!("path = \"{}\"", dir.join("x.npy").display()),
@@ -326,12 +349,18 @@ fn readers_never_panic_on_corrupted_input() {
         let path = dir.join(name);
         std::fs::write(&path, &bytes).unwrap();
         let result = match round % 3 {
-            0 => minibatch::io::read_csv(&path, &opts, &mut None),
-            1 => minibatch::io::read_libsvm(&path, None, minibatch::io::Task::Classification),
+            0 => minibatch::io::read_csv(&path, &opts, &mut Default::default()),
+            1 => minibatch::io::read_libsvm(
+                &path,
+                None,
+                minibatch::io::Task::Classification,
+                &mut Default::default(),
+            ),
             _ => minibatch::io::read_npy_pair(
                 &path,
                 &dir.join("y.npy"),
                 minibatch::io::Task::Classification,
+                &mut Default::default(),
             ),
         };
         outcomes[usize::from(result.is_ok())] += 1;
@@ -393,6 +422,52 @@ fn review_cases_load_or_fail_cleanly() {
     ))
     .unwrap();
     assert_eq!(cfg.data.n_classes, Some(3));
+    // Its labels are the training file's classes: a word is not a class id, a number not
+    // one of the training words, and a new word not a class.
+    std::fs::write(dir.join("tw.csv"), "a,y\n1,cat\n2,dog\n").unwrap();
+    for (train, valid, text, expected) in [
+        (
+            "t.csv",
+            "vw.csv",
+            "a,y\n1,0\n2,cat\n",
+            "vw.csv:3: label `cat` is not a class id; the training labels are the numbers 0 to 2",
+        ),
+        (
+            "tw.csv",
+            "vn.csv",
+            "a,y\n1,1\n2,0\n",
+            "vn.csv:2: label `1` is not a class of the training data [cat, dog]",
+        ),
+        (
+            "tw.csv",
+            "vz.csv",
+            "a,y\n1,zebra\n",
+            "vz.csv:2: label `zebra` is not a class of the training data [cat, dog]",
+        ),
+        (
+            "t.csv",
+            "v3.csv",
+            "a,y\n1,3\n",
+            "v3.csv:2: label 3 is not a class of the training data (class ids 0 to 2)",
+        ),
+        (
+            "t.csv",
+            "wide.csv",
+            "a,b,y\n1,2,0\n",
+            "has 2 features; the training file has 1",
+        ),
+    ] {
+        std::fs::write(dir.join(valid), text).unwrap();
+        let err = load(&format!(
+            "[data]\npath = \"{}\"\nvalid_path = \"{}\"\nheader = true\n[train]\nbatch_size = 1\n",
+            dir.join(train).display(),
+            dir.join(valid).display()
+        ))
+        .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = err.to_string();
+        assert!(err.contains(expected), "expected `{expected}` in: {err}");
+    }
 
     // Sizes no machine holds, and empty arrays, are errors rather than aborts or panics.
     std::fs::write(dir.join("huge.svm"), "1 9223372036854775808:1\n").unwrap();

@@ -229,7 +229,10 @@ fn bad_checkpoints_and_init_files_are_errors_naming_the_file() {
     for (path, expected) in [
         (truncated.clone(), "truncated.safetensors"),
         (garbage.clone(), "garbage.safetensors"),
-        (saved.clone(), "is not a checkpoint"),
+        (
+            saved.clone(),
+            "is not a checkpoint (format `minibatch-params-v1`)",
+        ),
         (dir.join("missing.safetensors"), "missing.safetensors"),
     ] {
         let out = minibatch(&["train", "-q", "--resume", path.to_str().unwrap()]);
@@ -239,6 +242,34 @@ fn bad_checkpoints_and_init_files_are_errors_naming_the_file() {
             stderr.contains(expected) && !stderr.contains("panicked"),
             "{stderr}"
         );
+    }
+    // A safetensors file from elsewhere is not taken for a model; the message is in words.
+    for (name, metadata, expected) in [
+        (
+            "bare.safetensors",
+            "",
+            "is not a minibatch model file (no format field)",
+        ),
+        (
+            "other.safetensors",
+            r#""__metadata__":{"format":"other"},"#,
+            "is not a minibatch model file (format `other`)",
+        ),
+    ] {
+        let path = dir.join(name);
+        let mut header =
+            format!(r#"{{{metadata}"w1":{{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}}}"#);
+        while !header.len().is_multiple_of(8) {
+            header.push(' ');
+        }
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(&1.0f32.to_le_bytes());
+        std::fs::write(&path, bytes).unwrap();
+        let out = minibatch(&["eval", "--model", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
     }
     // --init with the right shapes works; with another model's it names the tensor.
     let out = minibatch(&[

@@ -15,6 +15,6 @@ fuzz_target!(|data: &[u8]| {
             delimiter: b',',
             task,
         };
-        let _ = read_csv(&path, &opts, &mut None);
+        let _ = read_csv(&path, &opts, &mut Default::default());
     }
 });

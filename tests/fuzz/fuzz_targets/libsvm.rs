@@ -8,6 +8,6 @@ use minibatch::io::{Task, read_libsvm};
 fuzz_target!(|data: &[u8]| {
     let path = std::env::temp_dir().join(format!("minibatch-fuzz-{}.svm", std::process::id()));
     std::fs::write(&path, data).unwrap();
-    let _ = read_libsvm(&path, None, Task::Classification);
-    let _ = read_libsvm(&path, Some(4), Task::Regression);
+    let _ = read_libsvm(&path, None, Task::Classification, &mut Default::default());
+    let _ = read_libsvm(&path, Some(4), Task::Regression, &mut Default::default());
 });

@@ -22,5 +22,5 @@ fuzz_target!(|data: &[u8]| {
         std::fs::write(&y, bytes).unwrap();
     }
     std::fs::write(&x, data).unwrap();
-    let _ = read_npy_pair(&x, &y, Task::Classification);
+    let _ = read_npy_pair(&x, &y, Task::Classification, &mut Default::default());
 });
