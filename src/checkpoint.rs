@@ -344,17 +344,24 @@ fn params_from(path: &Path, file: &SafeTensors<'_>, layout: &ParamLayout) -> Res
             )));
         }
         if tensor.shape() != entry.shape.as_slice() {
-            return Err(Error::Shape {
-                name: entry.name.clone(),
-                expected: entry.shape.clone(),
-                got: tensor.shape().to_vec(),
-            });
+            return Err(corrupt(format!(
+                "`{}` has shape {:?}, expected {:?} (the model of the config in use)",
+                entry.name,
+                tensor.shape(),
+                entry.shape
+            )));
         }
-        for (dst, src) in params[entry.range()]
-            .iter_mut()
-            .zip(tensor.data().chunks_exact(4))
-        {
+        let values = &mut params[entry.range()];
+        for (dst, src) in values.iter_mut().zip(tensor.data().chunks_exact(4)) {
             *dst = f32::from_le_bytes([src[0], src[1], src[2], src[3]]);
+        }
+        // Training never saves a non-finite parameter; one here would poison every output
+        // (or hide behind a ReLU and come back in the next save).
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(corrupt(format!(
+                "`{}` holds {} at flat index {i}; parameters must be finite",
+                entry.name, values[i]
+            )));
         }
     }
     Ok(params)

@@ -298,7 +298,28 @@ fn bad_checkpoints_and_init_files_are_errors_naming_the_file() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("`w1` has shape [16, 12], expected [16, 13]"),
+        stderr.contains("`w1` has shape [16, 12], expected [16, 13]")
+            && stderr.contains("params.safetensors"),
+        "{stderr}"
+    );
+    // A non-finite parameter (the first value of the tensor data made NaN) is refused.
+    let mut bytes = std::fs::read(&saved).unwrap();
+    let data_start = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    bytes[data_start..data_start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let poisoned = dir.join("nan.safetensors");
+    std::fs::write(&poisoned, bytes).unwrap();
+    let out = minibatch(&[
+        "train",
+        "-q",
+        "--config",
+        config.to_str().unwrap(),
+        "--init",
+        poisoned.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("nan.safetensors") && stderr.contains("holds NaN at flat index"),
         "{stderr}"
     );
 }
