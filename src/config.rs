@@ -369,6 +369,22 @@ impl RawConfig {
                 "svm" | "libsvm" | "svmlight" => "libsvm".into(),
                 _ => "csv".into(),
             });
+        // Keys of one format given for another would be silently unused.
+        let format_keys: [(&str, bool, &str); 5] = [
+            ("data.labels", raw.labels.is_some(), "npy"),
+            ("data.valid_labels", raw.valid_labels.is_some(), "npy"),
+            ("data.label", raw.label.is_some(), "csv"),
+            ("data.header", raw.header.is_some(), "csv"),
+            ("data.delimiter", raw.delimiter.is_some(), "csv"),
+        ];
+        for (key, given, applies_to) in format_keys {
+            if given && format != applies_to {
+                return Err(self.err(
+                    key,
+                    format!("applies to format = \"{applies_to}\", and this data is {format}"),
+                ));
+            }
+        }
         let delimiter = match raw.delimiter.as_deref() {
             None => b',',
             Some(d) if d.len() == 1 => d.as_bytes()[0],
@@ -376,7 +392,7 @@ impl RawConfig {
             Some(d) => {
                 return Err(self.err(
                     "data.delimiter",
-                    format!("must be one character, got `{d}`"),
+                    format!("must be one ASCII character (or \\t), got `{d}`"),
                 ));
             }
         };

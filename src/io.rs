@@ -329,6 +329,14 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
                     if c == label {
                         match field.parse::<f32>() {
                             Ok(v) if v.is_finite() => y.push(v),
+                            // Not a class name: "inf", "nan" and 1e300 (past f32) are numbers.
+                            Ok(_) => {
+                                return Err(parse_err(
+                                    path,
+                                    line_no,
+                                    format!("column {c}: label {field} is not a finite number"),
+                                ));
+                            }
                             _ if field.is_empty() => {
                                 return Err(parse_err(
                                     path,

@@ -112,12 +112,37 @@ pub struct TuneReport {
 
 pub fn run(raw: &RawConfig, plan: &TunePlan, mut progress: impl FnMut(&str)) -> Result<TuneReport> {
     let base = raw.validate()?;
+    // The candidates, checked before the data is made and the noise scale estimated.
+    let n = base.data.n_train;
+    let batch_sizes: Vec<usize> = if plan.batch_sizes.is_empty() {
+        std::iter::successors(Some(8usize), |b| Some(b * 2))
+            .take_while(|&b| b <= (n / 8).max(8))
+            .collect()
+    } else {
+        plan.batch_sizes.clone()
+    };
+    if let Some(&b) = batch_sizes.iter().find(|&&b| b == 0 || b > n) {
+        return Err(Error::config(
+            "--batch-sizes",
+            format!("{b} is not in 1..={n} (the training rows)"),
+        ));
+    }
+    let threads = if plan.threads.is_empty() {
+        vec![base.train.threads.get()]
+    } else {
+        plan.threads.clone()
+    };
+    if threads.contains(&0) {
+        return Err(Error::config(
+            "--threads",
+            "thread counts must be at least 1",
+        ));
+    }
     progress(&format!(
         "generating {} x {} features",
         base.data.n_train, base.data.d
     ));
     let (train, valid) = data::load(&base.data, base.seed);
-    let n = train.n();
     let b0 = base.train.batch_size.get();
     let base_lr = f64::from(base.train.schedule.base_lr);
 
@@ -168,30 +193,6 @@ pub fn run(raw: &RawConfig, plan: &TunePlan, mut progress: impl FnMut(&str)) -> 
     let estimator_overhead = (plain / tracked - 1.0).max(0.0);
 
     // Hardware: steady-state throughput per candidate.
-    let batch_sizes: Vec<usize> = if plan.batch_sizes.is_empty() {
-        std::iter::successors(Some(8usize), |b| Some(b * 2))
-            .take_while(|&b| b <= (n / 8).max(8))
-            .collect()
-    } else {
-        plan.batch_sizes.clone()
-    };
-    if let Some(&b) = batch_sizes.iter().find(|&&b| b == 0 || b > n) {
-        return Err(Error::config(
-            "--batch-sizes",
-            format!("{b} is not in 1..={n} (the training rows)"),
-        ));
-    }
-    let threads = if plan.threads.is_empty() {
-        vec![base.train.threads.get()]
-    } else {
-        plan.threads.clone()
-    };
-    if threads.contains(&0) {
-        return Err(Error::config(
-            "--threads",
-            "thread counts must be at least 1",
-        ));
-    }
     let mut rows = Vec::new();
     for &b in &batch_sizes {
         for &t in &threads {

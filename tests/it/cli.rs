@@ -243,6 +243,25 @@ fn bad_configs_and_flags_name_the_key_and_exit_2() {
             "`train.schedule.every_epochs`: does not apply to schedule kind `cosine`",
         ),
         (
+            // Keys of another format than the data's (checked before the file is read).
+            "labels-on-csv",
+            "[data]\npath = \"x.csv\"\nlabels = \"y.npy\"\n",
+            &[],
+            "config `data.labels`: applies to format = \"npy\", and this data is csv",
+        ),
+        (
+            "header-on-libsvm",
+            "[data]\npath = \"x.svm\"\nheader = true\n",
+            &[],
+            "config `data.header`: applies to format = \"csv\", and this data is libsvm",
+        ),
+        (
+            "delimiter-not-ascii",
+            "[data]\npath = \"x.csv\"\ndelimiter = \"\\u00e9\"\n",
+            &[],
+            "must be one ASCII character",
+        ),
+        (
             "threads-too-many",
             SMALL,
             &["--threads", "100000"],
@@ -353,6 +372,11 @@ fn bad_tune_and_bench_options_exit_2_with_the_option_named() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        // Refused before any data is made or anything measured.
+        assert!(
+            !stderr.contains("generating") && !stderr.contains("measuring"),
+            "{args:?} worked first: {stderr}"
+        );
     }
 }
 

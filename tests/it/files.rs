@@ -130,6 +130,21 @@ fn malformed_data_files_name_the_file_line_and_column() {
             "ragged.csv:3: has 2 columns, expected 3",
         ),
         (
+            // A number past f32 is not a class name.
+            format!(
+                "path = \"{}\"",
+                csv("huge-label.csv", "a,b,y\n1,2,0\n3,4,1e300\n").display()
+            ),
+            "huge-label.csv:3: column 2: label 1e300 is not a finite number",
+        ),
+        (
+            format!(
+                "path = \"{}\"",
+                csv("inf-label.csv", "a,b,y\n1,2,cat\n3,4,inf\n").display()
+            ),
+            "inf-label.csv:3: column 2: label inf is not a finite number",
+        ),
+        (
             format!(
                 "path = \"{}\"",
                 csv("word.csv", "a,b,y\n1,2,0\n3,x,1\n").display()
