@@ -65,6 +65,16 @@ impl Default for OptimConfig {
     }
 }
 
+/// A hyperparameter as a run header shows it: as written for ordinary sizes, in exponent
+/// form beyond them (f32's `Display` never uses one: 1e-30 would print 31 digits).
+pub(crate) fn show(x: f32) -> String {
+    if x == 0.0 || (1e-4..1e6).contains(&x.abs()) {
+        format!("{x}")
+    } else {
+        format!("{x:e}")
+    }
+}
+
 impl OptimConfig {
     /// State buffers as long as the parameters: none (plain SGD), the momentum buffer, or
     /// Adam's two moments.
@@ -83,8 +93,9 @@ impl OptimConfig {
             OptimKind::Sgd {
                 momentum, nesterov, ..
             } => format!(
-                "{} {momentum}",
-                if nesterov { "nesterov" } else { "momentum" }
+                "{} {}",
+                if nesterov { "nesterov" } else { "momentum" },
+                show(momentum)
             ),
             OptimKind::Adam {
                 beta1,
@@ -97,10 +108,10 @@ impl OptimConfig {
             ),
         };
         if self.weight_decay > 0.0 {
-            text += &format!(" wd {}", self.weight_decay);
+            text += &format!(" wd {}", show(self.weight_decay));
         }
         if let Some(c) = self.clip_norm {
-            text += &format!(" clip {c}");
+            text += &format!(" clip {}", show(c));
         }
         text
     }
@@ -305,5 +316,20 @@ impl Optimizer {
                 .extend(grad_sum.chunks(UPDATE_CHUNK).map(sum_sq));
         }
         self.norm_partials.iter().sum::<f64>().sqrt()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::show;
+
+    #[test]
+    fn hyperparameters_show_in_exponent_form_beyond_ordinary_sizes() {
+        assert_eq!(show(0.05), "0.05");
+        assert_eq!(show(0.9), "0.9");
+        assert_eq!(show(0.0), "0");
+        assert_eq!(show(1e-30), "1e-30");
+        assert_eq!(show(3e7), "3e7");
+        assert_eq!(show(-2.5e-6), "-2.5e-6");
     }
 }

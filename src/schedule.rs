@@ -11,6 +11,8 @@
 //! - cosine: min_lr + (lr - min_lr) (1 + cos(pi t' / T')) / 2 with T' = total - W, falling
 //!   from lr right after warmup to min_lr at the end of the run.
 
+use crate::optim::show;
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Decay {
     Constant,
@@ -67,15 +69,16 @@ impl Schedule {
 
     /// "cosine to 0.001 after 100 warmup steps", for run headers.
     pub fn describe(&self) -> String {
+        let lr = show(self.base_lr);
         let mut text = match self.decay {
-            Decay::Constant => format!("lr {}", self.base_lr),
+            Decay::Constant => format!("lr {lr}"),
             Decay::Step { every, gamma } => {
-                format!("lr {} x{gamma} every {every} steps", self.base_lr)
+                format!("lr {lr} x{} every {every} steps", show(gamma))
             }
             Decay::Exponential { every, gamma } => {
-                format!("lr {} x{gamma} per {every} steps", self.base_lr)
+                format!("lr {lr} x{} per {every} steps", show(gamma))
             }
-            Decay::Cosine { min_lr } => format!("lr {} cosine to {min_lr}", self.base_lr),
+            Decay::Cosine { min_lr } => format!("lr {lr} cosine to {}", show(min_lr)),
         };
         if self.warmup_steps > 0 {
             text += &format!(" after {} warmup steps", self.warmup_steps);

@@ -14,12 +14,14 @@ pub fn layout(args: &ConfigArgs) -> Result<()> {
         cfg.model.describe(),
         model.layout().n_params()
     );
-    for entry in model.layout().entries() {
+    let entries = model.layout().entries();
+    let shapes: Vec<String> = entries.iter().map(|e| format!("{:?}", e.shape)).collect();
+    let name_width = entries.iter().map(|e| e.name.len()).max().unwrap_or(0);
+    let shape_width = shapes.iter().map(String::len).max().unwrap_or(0);
+    for (entry, shape) in entries.iter().zip(&shapes) {
         println!(
-            "  {:<4} {:<14} offset {}",
-            entry.name,
-            format!("{:?}", entry.shape),
-            entry.offset
+            "  {:<name_width$} {:<shape_width$} offset {}",
+            entry.name, shape, entry.offset
         );
     }
     Ok(())
