@@ -315,10 +315,16 @@ pub fn load_params(path: &Path, layout: &ParamLayout) -> Result<Vec<f32>> {
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).map_err(|source| Error::Read {
+    let read_err = |source| Error::Read {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    if path.is_dir() {
+        return Err(read_err(std::io::Error::other(
+            "is a directory, expected a safetensors file (a --save file or a checkpoint)",
+        )));
+    }
+    std::fs::read(path).map_err(read_err)
 }
 
 /// The tensors of `layout`, by name, from a deserialised file.

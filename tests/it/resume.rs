@@ -234,6 +234,10 @@ fn bad_checkpoints_and_init_files_are_errors_naming_the_file() {
             "is not a checkpoint (format `minibatch-params-v1`)",
         ),
         (dir.join("missing.safetensors"), "missing.safetensors"),
+        (
+            ckpt_dir.clone(),
+            "is a directory, expected a safetensors file",
+        ),
     ] {
         let out = minibatch(&["train", "-q", "--resume", path.to_str().unwrap()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
