@@ -430,6 +430,25 @@ pub fn check_writable(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `check_writable` for the output `flag` names, which must not be any of `inputs` (the
+/// files the command reads: a model, data or config written over is lost).
+pub fn check_output(flag: &str, path: &Path, inputs: &[&Path]) -> Result<()> {
+    let canonical = path.canonicalize().ok();
+    if let Some(input) = inputs
+        .iter()
+        .find(|i| canonical.is_some() && i.canonicalize().ok() == canonical)
+    {
+        return Err(Error::config(
+            flag,
+            format!(
+                "{} is an input of this command; write elsewhere",
+                input.display()
+            ),
+        ));
+    }
+    check_writable(path)
+}
+
 /// `check_writable` for an output directory (`write_files_in`'s): created if missing, then
 /// probed with a temporary file.
 pub fn check_output_dir(dir: &Path) -> Result<()> {

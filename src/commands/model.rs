@@ -232,6 +232,25 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
 }
 
 pub fn predict(args: &PredictArgs, quiet: bool) -> Result<()> {
+    // The output is checked first, and never over the model or the data it is made from.
+    let e = &args.eval;
+    let trained =
+        RawConfig::from_toml(&minibatch::checkpoint::model_config(&e.model)?, &e.model)?.data;
+    let inputs: Vec<&std::path::Path> = [
+        Some(&e.model),
+        e.config.as_ref(),
+        e.data.as_ref(),
+        e.labels.as_ref(),
+        trained.path.as_ref(),
+        trained.labels.as_ref(),
+        trained.valid_path.as_ref(),
+        trained.valid_labels.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| p.as_path())
+    .collect();
+    minibatch::checkpoint::check_output("--out", &args.out, &inputs)?;
     let (model, params, data) = saved_model(&args.eval)?;
     let head = model.spec().head;
     let outputs = model.outputs(&params, data.x());

@@ -51,21 +51,24 @@ pub fn train(
         ("--save", args.save.as_ref().filter(|_| leader)),
         ("--trace", args.trace.as_ref()),
     ];
-    let inputs = [&args.config.config, &args.resume, &args.init];
+    let d = &raw.data;
+    let inputs: Vec<&std::path::Path> = [
+        &args.config.config,
+        &args.resume,
+        &args.init,
+        &d.path,
+        &d.labels,
+        &d.valid_path,
+        &d.valid_labels,
+    ]
+    .into_iter()
+    .flatten()
+    .map(PathBuf::as_path)
+    .collect();
     for (flag, path) in outputs {
-        let Some(path) = path else { continue };
-        // Not over a file this run reads (a config saved over is lost).
-        let same = |input: &PathBuf| matches!((path.canonicalize(), input.canonicalize()), (Ok(a), Ok(b)) if a == b);
-        if let Some(input) = inputs.iter().copied().flatten().find(|i| same(i)) {
-            return Err(minibatch::Error::config(
-                flag,
-                format!(
-                    "{} is an input of this run; write elsewhere",
-                    input.display()
-                ),
-            ));
+        if let Some(path) = path {
+            minibatch::checkpoint::check_output(flag, path, &inputs)?;
         }
-        minibatch::checkpoint::check_writable(path)?;
     }
     if let Some(path) = &args.resume {
         let checkpoint = load_checkpoint(path, trainer.model().layout())?;

@@ -581,7 +581,7 @@ fn unwritable_outputs_are_refused_before_any_work() {
     let out = run(&["train", "-c", config, "--save", config]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("is an input of this run"), "{stderr}");
+    assert!(stderr.contains("is an input of this command"), "{stderr}");
     assert!(
         std::fs::read_to_string(config)
             .unwrap()
@@ -701,4 +701,69 @@ fn hidden_layers_without_a_kind_make_an_mlp_on_file_data_too() {
         &[],
         "a column index (0, 1, ...) or a column name",
     );
+}
+
+#[test]
+fn outputs_never_replace_the_files_a_command_reads() {
+    let dir = temp_dir("cli-inputs");
+    let data = dir.join("d.csv");
+    let rows: String = (0..40)
+        .map(|i| format!("{},{},{}\n", i % 7, i % 5, i % 2))
+        .collect();
+    std::fs::write(&data, format!("a,b,y\n{rows}")).unwrap();
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[data]\npath = {:?}\n[train]\nepochs = 1\nbatch_size = 8\nthreads = 1\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let model = dir.join("m.safetensors");
+    let (data, config, model) = (
+        data.to_str().unwrap(),
+        config.to_str().unwrap(),
+        model.to_str().unwrap(),
+    );
+    let out = run(&["train", "-q", "-c", config, "--save", model]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = (std::fs::read(data).unwrap(), std::fs::read(model).unwrap());
+    let missing = dir.join("no-dir").join("p.csv");
+    for (args, expected) in [
+        (
+            vec!["train", "-c", config, "--save", data],
+            "is an input of this command",
+        ),
+        (
+            vec!["train", "-c", config, "--trace", data],
+            "is an input of this command",
+        ),
+        (
+            vec!["predict", "-m", model, "-o", model],
+            "is an input of this command",
+        ),
+        (
+            vec!["predict", "-m", model, "-d", data, "-o", data],
+            "is an input of this command",
+        ),
+        (
+            vec!["predict", "-m", model, "-o", data],
+            "is an input of this command",
+        ),
+        (
+            vec!["predict", "-m", model, "-o", missing.to_str().unwrap()],
+            "no-dir",
+        ),
+    ] {
+        let out = run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+    assert!(before == (std::fs::read(data).unwrap(), std::fs::read(model).unwrap()));
 }
