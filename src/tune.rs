@@ -47,6 +47,16 @@ impl LrRule {
         }
     }
 
+    /// The factor `scale` applies, as the recommendation prints it.
+    pub fn formula(self) -> &'static str {
+        match self {
+            LrRule::NoiseScale => "(B1/B0)(B0 + B_noise)/(B1 + B_noise)",
+            LrRule::Linear => "B1/B0",
+            LrRule::Sqrt => "sqrt(B1/B0)",
+            LrRule::Constant => "1",
+        }
+    }
+
     pub fn scale(self, b0: usize, b: usize, b_noise: f64) -> f64 {
         let ratio = b as f64 / b0 as f64;
         match self {
@@ -101,8 +111,11 @@ pub struct TuneReport {
     pub recommended_batch_size: usize,
     pub recommended_threads: usize,
     pub reason: String,
-    /// The learning rate to use at the recommended B, and whether to warm up to it.
+    /// The learning rate to use at the recommended B (by the plan's rule, as every row's),
+    /// and whether to warm up to it.
     pub suggested_lr: f64,
+    #[serde(skip)]
+    pub lr_rule: LrRule,
     pub suggest_warmup: bool,
     /// Step time added by the noise-scale estimator at the config's batch size.
     pub estimator_overhead: f64,
@@ -273,12 +286,13 @@ pub fn run(raw: &RawConfig, plan: &TunePlan, mut progress: impl FnMut(&str)) -> 
             best.batch_size, best.threads, b_noise, best.examples_per_sec
         )
     };
-    let suggested_lr = base_lr * LrRule::NoiseScale.scale(b0, best.batch_size, b_noise);
+    let suggested_lr = best.lr;
     Ok(TuneReport {
         recommended_batch_size: best.batch_size,
         recommended_threads: best.threads,
         reason,
         suggested_lr,
+        lr_rule: plan.lr_rule,
         suggest_warmup: suggested_lr > 2.0 * base_lr,
         rows,
         noise_history,

@@ -267,11 +267,12 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
     }
     println!("\nrecommended: {}", report.reason);
     println!(
-        "learning rate at B = {}: {:.5} (from {:.5} at B = {}, scaled by (B1/B0)(B0 + B_noise)/(B1 + B_noise)){}",
+        "learning rate at B = {}: {:.5} (from {:.5} at B = {}, scaled by {}){}",
         report.recommended_batch_size,
         report.suggested_lr,
         report.base_lr,
         report.base_batch_size,
+        report.lr_rule.formula(),
         if report.suggest_warmup {
             "; more than 2x the reference: warm up to it"
         } else {

@@ -126,3 +126,34 @@ fn tune_with_a_target_reports_steps_and_validation_loss_per_batch_size() {
     };
     assert_eq!(recommended(&stdout), argmin(&rows, column));
 }
+
+#[test]
+fn the_recommended_learning_rate_follows_the_rule_asked_for() {
+    let (stdout, rows) = tune(
+        "tune-lr-rule",
+        &[
+            "--batch-sizes",
+            "8,32,128",
+            "--seconds",
+            "0.05",
+            "--lr-rule",
+            "linear",
+        ],
+    );
+    let b = recommended(&stdout);
+    let row = rows
+        .iter()
+        .find(|r| r["batch_size"] == b.to_string())
+        .unwrap();
+    // Linear: lr 0.1 at the config's B = 32, times B / 32.
+    let lr: f64 = row["lr"].parse().unwrap();
+    assert!((lr - 0.1 * b as f64 / 32.0).abs() < 1e-6, "{lr} at B = {b}");
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("learning rate at B"))
+        .unwrap();
+    assert!(
+        line.contains(&format!(": {lr:.5} ")) && line.contains("scaled by B1/B0)"),
+        "{line}"
+    );
+}
