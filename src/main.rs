@@ -1,6 +1,22 @@
 //! The `minibatch` binary: parse arguments, install the log subscriber, run the command, and
 //! turn any error into one message on stderr and an exit code (2: bad input, 1: run failure).
 
+/// `println!` and `print!` for the commands' results: a stdout closed early (output piped
+/// into `head`) loses the rest of the text, not the run: training goes on to its saves
+/// and checkpoints instead of panicking in a print.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod cli;
 mod commands;
 
@@ -19,12 +35,6 @@ use cli::{Cli, Command, ConfigArgs};
 use commands::{model, report, train};
 
 fn main() -> ExitCode {
-    // Output piped into `head` and closed early ends the process quietly, as it does any
-    // Unix tool, instead of a panic in the next print (Rust ignores SIGPIPE by default).
-    // SAFETY: restoring a signal's default disposition, before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
     let recorder = match &cli.command {
         Command::Train(args) if args.trace.is_some() || args.profile => Some(Recorder::new()),

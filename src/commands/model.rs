@@ -9,7 +9,7 @@ use crate::load_config;
 pub fn layout(args: &ConfigArgs) -> Result<()> {
     let (_, cfg) = load_config(args)?;
     let model = Mlp::new(cfg.model.clone());
-    println!(
+    outln!(
         "{} ({} parameters)",
         cfg.model.describe(),
         model.layout().n_params()
@@ -19,9 +19,11 @@ pub fn layout(args: &ConfigArgs) -> Result<()> {
     let name_width = entries.iter().map(|e| e.name.len()).max().unwrap_or(0);
     let shape_width = shapes.iter().map(String::len).max().unwrap_or(0);
     for (entry, shape) in entries.iter().zip(&shapes) {
-        println!(
+        outln!(
             "  {:<name_width$} {:<shape_width$} offset {}",
-            entry.name, shape, entry.offset
+            entry.name,
+            shape,
+            entry.offset
         );
     }
     Ok(())
@@ -48,16 +50,18 @@ pub fn descent(args: &DescentArgs, quiet: bool) -> Result<()> {
     let descent = minibatch::descent::run(&plan)?;
     minibatch::descent::write_outputs(&args.out, &descent)?;
     if args.text {
-        print!("{}", minibatch::descent::to_text(&descent, 64, 24));
+        out!("{}", minibatch::descent::to_text(&descent, 64, 24));
     }
     if !quiet {
         let (w, b) = descent.bowl.minimum();
         let end = descent.full_batch.last().copied().unwrap_or(descent.start);
-        println!(
+        outln!(
             "least squares at w = {w:.4}, b = {b:.4}; full batch ended at w = {:.4}, b = {:.4} after {} steps",
-            end.0, end.1, plan.steps
+            end.0,
+            end.1,
+            plan.steps
         );
-        println!(
+        outln!(
             "wrote {} and {} (open the page in a browser; it needs no network)",
             args.out.join("descent.svg").display(),
             args.out.join("descent.html").display()
@@ -201,31 +205,31 @@ fn trained_classes(
 pub fn eval(args: &EvalArgs) -> Result<()> {
     let (model, params, data) = saved_model(args)?;
     let m = minibatch::metrics::evaluate(&model, &params, &data);
-    println!(
+    outln!(
         "{} on {} rows: mean loss {:.4}",
         model.spec().describe(),
         m.rows,
         m.mean_loss
     );
     if let (Some(mse), Some(r2)) = (m.mse, m.r2) {
-        println!("MSE {mse:.4}, R^2 {r2:.4}");
+        outln!("MSE {mse:.4}, R^2 {r2:.4}");
     }
     if let (Some(accuracy), Some(confusion)) = (m.accuracy, &m.confusion) {
-        println!(
+        outln!(
             "accuracy {:.2}%\nconfusion matrix (rows: target class, columns: predicted):",
             100.0 * accuracy
         );
-        print!("      ");
+        out!("      ");
         for p in 0..confusion.len() {
-            print!("{p:>7}");
+            out!("{p:>7}");
         }
-        println!();
+        outln!();
         for (t, row) in confusion.iter().enumerate() {
-            print!("{t:>5} ");
+            out!("{t:>5} ");
             for count in row {
-                print!("{count:>7}");
+                out!("{count:>7}");
             }
-            println!();
+            outln!();
         }
     }
     Ok(())
@@ -280,7 +284,7 @@ pub fn predict(args: &PredictArgs, quiet: bool) -> Result<()> {
     }
     minibatch::checkpoint::write_atomic(&args.out, csv.as_bytes())?;
     if !quiet {
-        println!(
+        outln!(
             "wrote {} predictions to {}",
             outputs.nrows(),
             args.out.display()

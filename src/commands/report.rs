@@ -56,23 +56,23 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
         }
     })?;
     if args.json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&report).expect("plain data serialises")
         );
         return Ok(());
     }
     let limits = &report.limits;
-    println!("kernel: {}", limits.isa);
+    outln!("kernel: {}", limits.isa);
     for ((t, peak), (_, bw)) in limits.peak_gflops.iter().zip(&limits.copy_gb_per_sec) {
-        println!("{t} thread(s): peak FMA {peak:.1} GFLOP/s, copy bandwidth {bw:.1} GB/s");
+        outln!("{t} thread(s): peak FMA {peak:.1} GFLOP/s, copy bandwidth {bw:.1} GB/s");
     }
-    println!(
+    outln!(
         "\n| workload | B | threads | shard rows | examples/s | GFLOP/s | of peak FMA | feature GB/s | of bandwidth | reduce share | speedup |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    outln!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &report.rows {
-        println!(
+        outln!(
             "| {} | {} | {} | {} | {:.0} | {:.1} | {:.0}% | {:.2} | {:.0}% | {:.1}% | {} |",
             r.workload,
             r.batch_size,
@@ -95,15 +95,15 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
         .filter_map(|r| r.serial_fraction.map(|e| (r, e.max(0.0))))
         .collect();
     if !predictions.is_empty() {
-        println!(
+        outln!(
             "\nScaling predicted by Amdahl's law from the measured (Karp-Flatt) serial fraction:"
         );
-        println!(
+        outln!(
             "| workload | B | threads | shard rows | serial fraction | 16 threads | 64 threads |"
         );
-        println!("|---|---|---|---|---|---|---|");
+        outln!("|---|---|---|---|---|---|---|");
         for (r, e) in predictions {
-            println!(
+            outln!(
                 "| {} | {} | {} | {} | {:.3} | {:.1}x | {:.1}x |",
                 r.workload,
                 r.batch_size,
@@ -147,12 +147,12 @@ pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
         }
     })?;
     minibatch::scale::write_outputs(&args.out, &rows)?;
-    println!(
+    outln!(
         "| B | threads | examples/s | speedup | efficiency | serial fraction | prepare | shards | reduce | update | workers busy |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    outln!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
-        println!(
+        outln!(
             "| {} | {} | {:.0} | {:.2}x | {:.0}% | {} | {:.1}% | {:.1}% | {:.1}% | {:.1}% | {:.0}% |",
             r.batch_size,
             r.threads,
@@ -170,12 +170,12 @@ pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
         );
     }
     for (b, e, s16, s64) in minibatch::scale::predictions(&rows) {
-        println!(
+        outln!(
             "B = {b}: serial fraction {e:.3}; Amdahl's law predicts {s16:.1}x on 16 cores, {s64:.1}x on 64"
         );
     }
     if !quiet {
-        println!(
+        outln!(
             "wrote {} and {}",
             args.out.join("scale.csv").display(),
             args.out.join("scale.svg").display()
@@ -218,22 +218,22 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
         }
     })?;
     minibatch::tune::write_outputs(&args.out, &report)?;
-    println!(
+    outln!(
         "gradient noise scale while training B = {}:",
         report.base_batch_size
     );
     for (epoch, loss, b_noise) in &report.noise_history {
-        println!("  epoch {epoch}: train loss {loss:.4}, B_noise {b_noise:.1}");
+        outln!("  epoch {epoch}: train loss {loss:.4}, B_noise {b_noise:.1}");
     }
-    println!(
+    outln!(
         "(the estimator added {:.1}% to the step time at B = {})\n",
         100.0 * report.estimator_overhead,
         report.base_batch_size
     );
-    println!(
+    outln!(
         "| B | threads | examples/s | steps/s | predicted time | lr | steps to target | seconds to target | train loss | valid loss | B > 2 B_noise |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    outln!("|---|---|---|---|---|---|---|---|---|---|---|");
     let opt = |v: Option<f64>, digits: usize| {
         v.map(|v| format!("{v:.digits$}"))
             .unwrap_or_else(|| "-".into())
@@ -244,7 +244,7 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
             (Some(s), _) => s.to_string(),
             (None, _) => "-".into(),
         };
-        println!(
+        outln!(
             "| {} | {} | {:.0} | {:.1} | {:.2}x | {:.4} | {} | {} | {} | {} | {} |",
             r.batch_size,
             r.threads,
@@ -260,13 +260,13 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
         );
     }
     if let Some((s_min, e_min)) = report.tradeoff {
-        println!(
+        outln!(
             "\nfitted S = S_min (1 + B_crit / B): S_min = {s_min:.0} steps, E_min = {e_min:.0} examples, B_crit = {:.0}",
             e_min / s_min
         );
     }
-    println!("\nrecommended: {}", report.reason);
-    println!(
+    outln!("\nrecommended: {}", report.reason);
+    outln!(
         "learning rate at B = {}: {:.5} (from {:.5} at B = {}, scaled by {}){}",
         report.recommended_batch_size,
         report.suggested_lr,
@@ -280,12 +280,12 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
         }
     );
     if report.recommended_batch_size as f64 > 2.0 * report.b_noise {
-        println!(
+        outln!(
             "note: B > 2 B_noise, the large-batch regime where minima tend to be sharp and generalise worse; compare the validation loss column"
         );
     }
     if !quiet {
-        println!(
+        outln!(
             "wrote {} and {}",
             args.out.join("tune.csv").display(),
             args.out.join("tune.svg").display()

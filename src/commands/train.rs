@@ -91,7 +91,7 @@ pub fn train(
             checkpoint.steps,
         )?;
         if !quiet {
-            println!(
+            outln!(
                 "resuming {} at epoch {}, step {} of it ({} steps done)",
                 path.display(),
                 checkpoint.position.epoch + 1,
@@ -136,7 +136,7 @@ pub fn train(
         _ => 1,
     };
     if !quiet {
-        println!(
+        outln!(
             "{} ({n_params} params) | train {} x {}{} | B {} in {shards} shard{} of {} rows{} | {}{} thread{} | {}, {}",
             cfg.model.describe(),
             train.n(),
@@ -217,11 +217,11 @@ pub fn train(
         };
         let path = policy.write(&state)?;
         if !quiet {
-            println!("checkpoint {}", path.display());
+            outln!("checkpoint {}", path.display());
         }
     }
     if !quiet && let Some(last) = report.epochs.last() {
-        println!(
+        outln!(
             "done: {} epoch{}, {} steps, {} examples in {:.2} s ({:.0} examples/s); final train loss {:.4}{}",
             report.epochs.len(),
             if report.epochs.len() == 1 { "" } else { "s" },
@@ -248,7 +248,7 @@ pub fn train(
             };
             minibatch::profile::write_chrome_trace(&path, recorder)?;
             if !quiet || ranks > 1 {
-                println!(
+                outln!(
                     "wrote trace to {} (open in ui.perfetto.dev)",
                     path.display()
                 );
@@ -282,7 +282,7 @@ pub fn train(
             &[("model", cfg.model.describe()), ("config", config_text)],
         )?;
         if !quiet {
-            println!("saved parameters to {}", path.display());
+            outln!("saved parameters to {}", path.display());
         }
     }
     Ok(())
@@ -349,7 +349,7 @@ fn resume_flags(args: &TrainArgs) -> String {
 impl Observer for TrainOutput {
     fn epoch(&mut self, report: &EpochReport) {
         if !self.quiet {
-            self.bar.suspend(|| println!("{}", epoch_line(report)));
+            self.bar.suspend(|| outln!("{}", epoch_line(report)));
         }
     }
 

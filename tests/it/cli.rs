@@ -644,18 +644,20 @@ fn bench_checks_every_row_before_measuring_and_takes_the_batch_sizes_given() {
 }
 
 #[test]
-fn output_piped_into_a_reader_that_stops_early_ends_without_a_panic() {
+fn output_piped_into_a_reader_that_stops_early_loses_text_not_the_run() {
     use std::io::{BufRead, BufReader};
     let dir = temp_dir("cli-pipe");
     let config = dir.join("c.toml");
     // Enough epochs that lines are still being printed when the reader stops.
     std::fs::write(
         &config,
-        format!("{SMALL}[train]\nepochs = 2000\nthreads = 1\n"),
+        format!("{SMALL}[train]\nepochs = 300\nthreads = 1\n"),
     )
     .unwrap();
+    let saved = dir.join("m.safetensors");
     let mut child = Command::new(env!("CARGO_BIN_EXE_minibatch"))
         .args(["train", "-c", config.to_str().unwrap()])
+        .args(["--save", saved.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -669,6 +671,9 @@ fn output_piped_into_a_reader_that_stops_early_ends_without_a_panic() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
+    // The run finished and saved.
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(saved.exists());
 }
 
 #[test]
