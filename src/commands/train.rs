@@ -205,10 +205,12 @@ pub fn train(
             again: output.again.clone(),
         });
     }
-    if let Some(interrupted) = output.interrupted.take() {
-        return Err(interrupted);
-    }
-    if let Some(policy) = &mut output.checkpoints {
+    // An interrupted run skips its end-of-run checkpoint and summary, but still writes the
+    // trace and profile of what it ran.
+    let interrupted = output.interrupted.take();
+    if interrupted.is_none()
+        && let Some(policy) = &mut output.checkpoints
+    {
         let state = TrainState {
             params: trainer.params(),
             optimizer: trainer.optimizer(),
@@ -220,7 +222,10 @@ pub fn train(
             outln!("checkpoint {}", path.display());
         }
     }
-    if !quiet && let Some(last) = report.epochs.last() {
+    if !quiet
+        && interrupted.is_none()
+        && let Some(last) = report.epochs.last()
+    {
         outln!(
             "done: {} epoch{}, {} steps, {} examples in {:.2} s ({:.0} examples/s); final train loss {:.4}{}",
             report.epochs.len(),
@@ -266,6 +271,9 @@ pub fn train(
                 recorder,
             );
         }
+    }
+    if let Some(interrupted) = interrupted {
+        return Err(interrupted);
     }
     if !leader {
         return Ok(());

@@ -171,6 +171,8 @@ fn ctrl_c_finishes_the_step_checkpoints_and_exits_130() {
             ckpt_dir.to_str().unwrap(),
             "--keep",
             "2",
+            "--trace",
+            dir.join("trace.json").to_str().unwrap(),
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -193,11 +195,20 @@ fn ctrl_c_finishes_the_step_checkpoints_and_exits_130() {
     let newest = checkpoints(&ckpt_dir).pop().unwrap();
     // The hint repeats where the results go: the checkpoint holds the config only.
     let hint = format!(
-        "resume with: minibatch train --resume {} --checkpoint {} --keep 2",
+        "resume with: minibatch train --resume {} --checkpoint {} --trace {} --keep 2",
         newest.display(),
-        ckpt_dir.display()
+        ckpt_dir.display(),
+        dir.join("trace.json").display()
     );
     assert!(stderr.contains(&hint), "{stderr}");
+    // The trace of what ran is written all the same.
+    let trace: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("trace.json")).unwrap()).unwrap();
+    assert!(
+        trace["traceEvents"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+    );
     load_checkpoint(&newest, &layout(CONFIG)).unwrap();
 }
 
