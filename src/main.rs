@@ -182,6 +182,13 @@ fn install_subscriber(cli: &Cli, recorder: Option<Recorder>) {
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         )
         .with_writer(|| LogLine(Vec::new()))
+        // From -vv on, a line as each span the filter lets through closes (a step, with its
+        // busy and idle time; at -vvv its shards, reduction and update too).
+        .with_span_events(if cli.verbose >= 2 {
+            tracing_subscriber::fmt::format::FmtSpan::CLOSE
+        } else {
+            tracing_subscriber::fmt::format::FmtSpan::NONE
+        })
         .with_filter(filter);
     let recording = recorder.map(|r| {
         r.with_filter(

@@ -354,6 +354,14 @@ fn log_lines_to_a_pipe_carry_no_colour_codes() {
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("INFO"), "no log line at -v: {stderr}");
     assert!(!stderr.contains('\x1b'), "colour codes: {stderr:?}");
+    assert!(!stderr.contains("step{"), "step lines at -v: {stderr}");
+    // -vv: a line per step as it closes, with its time.
+    let out = run(&["train", "-vv", "-c", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("step{step=1 ") && stderr.contains("close time.busy="),
+        "no step lines at -vv: {stderr}"
+    );
 }
 
 #[test]
