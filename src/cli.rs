@@ -164,7 +164,8 @@ pub struct ScaleArgs {
     /// TOML config file (default: the built-in quickstart-like MLP).
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Thread counts, e.g. 1,2,4; default 1, 2, 4, ... up to every core.
+    /// Thread counts, rising from 1 (the baseline), e.g. 1,2,4; default 1, 2, 4, ... up to
+    /// every core.
     #[arg(short, long, value_delimiter = ',')]
     pub threads: Vec<usize>,
     /// Batch sizes, e.g. 128,512; default the config's.

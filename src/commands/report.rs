@@ -134,6 +134,23 @@ pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
     } else {
         args.threads.clone()
     };
+    // Speedup, efficiency and the serial fraction are over the 1-thread run.
+    let mut sorted = threads.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if threads.first() != Some(&1) || sorted != threads {
+        return Err(minibatch::Error::config(
+            "--threads",
+            format!(
+                "must start with 1 (the baseline of speedup and efficiency) and rise without repeats, got {}",
+                threads
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        ));
+    }
     if let Some(&b) = args.batch_sizes.iter().find(|&&b| b == 0) {
         return Err(minibatch::Error::config(
             "--batch-sizes",

@@ -375,6 +375,8 @@ fn bad_tune_and_bench_options_exit_2_with_the_option_named() {
         (vec!["bench", "--epochs", "0"], "--epochs"),
         (vec!["bench", "--shard-rows", "64,0"], "--shard-rows"),
         (vec!["scale", "--threads", "0"], "--threads"),
+        (vec!["scale", "--threads", "2,1"], "must start with 1"),
+        (vec!["scale", "--threads", "1,1"], "rise without repeats"),
     ] {
         let out = run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
