@@ -180,8 +180,23 @@ pub struct Checkpoint {
     pub optimizer: OptimizerState,
     pub position: Position,
     pub steps: u64,
+    /// What the position means (absent in files written before it was recorded).
+    pub run: Option<RunShape>,
     /// The run's config as TOML (without the thread count, which does not change results).
     pub config: String,
+}
+
+/// What a checkpoint's position counts in: a step is a batch of `batch_size` rows drawn by
+/// `seed`'s sampler, `steps_per_epoch` to an epoch, and the optimizer's state is `optimizer`'s.
+/// A run resumed with any of them changed would skip or repeat rows, or start the state
+/// afresh, without a word; resuming checks them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunShape {
+    pub batch_size: u64,
+    pub seed: u64,
+    pub steps_per_epoch: u64,
+    /// `OptimConfig::kind_name`: sgd, momentum, nesterov, adam or adamw.
+    pub optimizer: String,
 }
 
 /// Writes a checkpoint atomically: the parameters under their layout names (so it also
@@ -192,6 +207,7 @@ pub fn save_checkpoint(
     layout: &ParamLayout,
     state: &TrainState<'_>,
     config: &str,
+    run: &RunShape,
     standardization: Option<&(Vec<f32>, Vec<f32>)>,
     class_names: Option<&[String]>,
 ) -> Result<()> {
@@ -211,6 +227,10 @@ pub fn save_checkpoint(
         ("steps", state.steps.to_string()),
         ("optimizer_t", state.optimizer.steps_taken().to_string()),
         ("config", config.to_string()),
+        ("batch_size", run.batch_size.to_string()),
+        ("seed", run.seed.to_string()),
+        ("steps_per_epoch", run.steps_per_epoch.to_string()),
+        ("optimizer", run.optimizer.clone()),
     ];
     metadata.extend(classes_entry(class_names));
     write_tensors(path, &tensors, CHECKPOINT_FORMAT, &metadata)
@@ -299,6 +319,15 @@ pub fn load_checkpoint(path: &Path, layout: &ParamLayout) -> Result<Checkpoint> 
             step_in_epoch: number("step_in_epoch")? as usize,
         },
         steps: number("steps")?,
+        run: match info.get("optimizer") {
+            Some(optimizer) => Some(RunShape {
+                batch_size: number("batch_size")?,
+                seed: number("seed")?,
+                steps_per_epoch: number("steps_per_epoch")?,
+                optimizer: optimizer.clone(),
+            }),
+            None => None,
+        },
         config: info.get("config").cloned().unwrap_or_default(),
     })
 }

@@ -76,6 +76,23 @@ pub(crate) fn show(x: f32) -> String {
 }
 
 impl OptimConfig {
+    /// The rule's name as `train.optimizer` spells it.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            OptimKind::Sgd { momentum: 0.0, .. } => "sgd",
+            OptimKind::Sgd {
+                nesterov: false, ..
+            } => "momentum",
+            OptimKind::Sgd { nesterov: true, .. } => "nesterov",
+            OptimKind::Adam {
+                decoupled: false, ..
+            } => "adam",
+            OptimKind::Adam {
+                decoupled: true, ..
+            } => "adamw",
+        }
+    }
+
     /// State buffers as long as the parameters: none (plain SGD), the momentum buffer, or
     /// Adam's two moments.
     pub fn state_buffers(&self) -> usize {

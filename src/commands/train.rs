@@ -72,13 +72,20 @@ pub fn train(
     }
     if let Some(path) = &args.resume {
         let checkpoint = load_checkpoint(path, trainer.model().layout())?;
-        let done = checkpoint.position.epoch;
+        if let Some(was) = &checkpoint.run {
+            check_resume_shape(path, was, &run_shape(&cfg))?;
+        }
+        // A checkpoint at an epoch's end records the epoch with all its steps taken.
+        let position = checkpoint.position;
+        let done =
+            position.epoch + usize::from(position.step_in_epoch >= cfg.train.steps_per_epoch.get());
         if done >= cfg.train.epochs.get() {
             return Err(minibatch::Error::config(
                 "train.epochs",
                 format!(
-                    "the run in {} has done {done} epochs of {}; set more (--epochs {}) to train further",
+                    "the run in {} has done {done} epoch{} of {}; set more (--epochs {}) to train further",
                     path.display(),
+                    if done == 1 { "" } else { "s" },
                     cfg.train.epochs,
                     done + 1
                 ),
@@ -107,6 +114,7 @@ pub fn train(
     let config_text = toml::to_string(&raw.recorded()).unwrap_or_default();
     let context = SaveContext {
         config: config_text.clone(),
+        run: run_shape(&cfg),
         layout: trainer.model().layout().clone(),
         standardization: cfg
             .data
@@ -426,6 +434,60 @@ fn epoch_line(r: &EpochReport) -> String {
     line
 }
 
+/// What a checkpoint of this run records about its steps (`RunShape`).
+fn run_shape(cfg: &minibatch::Config) -> minibatch::checkpoint::RunShape {
+    minibatch::checkpoint::RunShape {
+        batch_size: cfg.train.batch_size.get() as u64,
+        seed: cfg.seed,
+        steps_per_epoch: cfg.train.steps_per_epoch.get() as u64,
+        optimizer: cfg.train.optimizer.kind_name().to_string(),
+    }
+}
+
+/// Refuses to resume `path` (written as `was`) as a run of another shape: its position
+/// counts batches of its own size from its own seed's sampler, and its optimizer state
+/// is its optimizer's.
+fn check_resume_shape(
+    path: &std::path::Path,
+    was: &minibatch::checkpoint::RunShape,
+    now: &minibatch::checkpoint::RunShape,
+) -> Result<()> {
+    let rows = "its position would skip or repeat rows";
+    let changed = [
+        (
+            "train.batch_size",
+            was.batch_size.to_string(),
+            now.batch_size.to_string(),
+            rows,
+        ),
+        ("seed", was.seed.to_string(), now.seed.to_string(), rows),
+        (
+            "train.steps_per_epoch",
+            was.steps_per_epoch.to_string(),
+            now.steps_per_epoch.to_string(),
+            "its position would skip or repeat rows (steps per epoch follow from the data, \
+             the batch size and the sampling)",
+        ),
+        (
+            "train.optimizer",
+            was.optimizer.clone(),
+            now.optimizer.clone(),
+            "the optimizer's state would not carry over",
+        ),
+    ];
+    match changed.into_iter().find(|(_, a, b, _)| a != b) {
+        None => Ok(()),
+        Some((key, was_value, now_value, why)) => Err(minibatch::Error::config(
+            key,
+            format!(
+                "{} was written with {was_value}, this run has {now_value}: {why}. Resume with \
+                 the same settings, or start a new run from its parameters with --init",
+                path.display()
+            ),
+        )),
+    }
+}
+
 /// Where and how often `train` writes checkpoints, and which it keeps.
 struct CheckpointPolicy {
     dir: PathBuf,
@@ -442,6 +504,7 @@ struct CheckpointPolicy {
 #[derive(Clone, Default)]
 struct SaveContext {
     config: String,
+    run: minibatch::checkpoint::RunShape,
     layout: minibatch::ParamLayout,
     standardization: Option<(Vec<f32>, Vec<f32>)>,
     class_names: Option<Vec<String>>,
@@ -500,6 +563,7 @@ impl CheckpointPolicy {
             &c.layout,
             state,
             &c.config,
+            &c.run,
             c.standardization.as_ref(),
             c.class_names.as_deref(),
         )?;

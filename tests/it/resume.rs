@@ -503,3 +503,49 @@ fn resuming_a_finished_run_asks_for_more_epochs() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn resuming_refuses_another_batch_size_seed_or_optimizer_and_counts_an_epoch_end_as_done() {
+    let dir = temp_dir("resume-shape");
+    let config = dir.join("c.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let ckpt_dir = dir.join("ck");
+    let out = minibatch(&[
+        "train",
+        "-q",
+        "-c",
+        config.to_str().unwrap(),
+        "--checkpoint",
+        ckpt_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // 24 steps per epoch: step 24 is the end of the first epoch.
+    let first_epoch = ckpt_dir.join("step-000000024.safetensors");
+    let first_epoch = first_epoch.to_str().unwrap();
+    for (flags, expected) in [
+        (
+            &["--epochs", "1"][..],
+            "has done 1 epoch of 1; set more (--epochs 2)",
+        ),
+        (&["-b", "25"][..], "config `train.batch_size`: "),
+        (&["--seed", "3"][..], "config `seed`: "),
+        (&["--optimizer", "adam"][..], "config `train.optimizer`: "),
+    ] {
+        let mut args = vec!["train", "-q", "--resume", first_epoch];
+        args.extend_from_slice(flags);
+        let out = minibatch(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
+        assert!(stderr.contains(expected), "{flags:?}: {stderr}");
+    }
+    let out = minibatch(&["train", "-q", "--resume", first_epoch]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
