@@ -69,6 +69,25 @@ pub struct RawData {
     pub trained_classes: Option<crate::io::Classes>,
 }
 
+/// A data file's format: `data.format` when given, else by the file's extension (`.npy`;
+/// `.svm`, `.libsvm`, `.svmlight`; anything else is CSV).
+pub fn data_format(path: &std::path::Path, given: Option<&str>) -> String {
+    if let Some(format) = given {
+        return format.to_string();
+    }
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    match extension.as_str() {
+        "npy" => "npy",
+        "svm" | "libsvm" | "svmlight" => "libsvm",
+        _ => "csv",
+    }
+    .to_string()
+}
+
 /// A CSV label column, by name or by 0-based index.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(untagged, expecting = "a column index (0, 1, ...) or a column name")]
@@ -356,19 +375,7 @@ impl RawConfig {
                 ));
             }
         };
-        let extension = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        let format = raw
-            .format
-            .clone()
-            .unwrap_or_else(|| match extension.as_str() {
-                "npy" => "npy".into(),
-                "svm" | "libsvm" | "svmlight" => "libsvm".into(),
-                _ => "csv".into(),
-            });
+        let format = data_format(&path, raw.format.as_deref());
         // Keys of one format given for another would be silently unused.
         let format_keys: [(&str, bool, &str); 5] = [
             ("data.labels", raw.labels.is_some(), "npy"),
@@ -411,11 +418,12 @@ impl RawConfig {
         let mut classes = raw.trained_classes.clone().unwrap_or_default();
         let mut read = |path: &std::path::Path,
                         labels: Option<&std::path::PathBuf>,
-                        labels_key: &'static str|
+                        labels_key: &'static str,
+                        d: Option<usize>|
          -> Result<crate::data::Dataset> {
             match format.as_str() {
                 "csv" => crate::io::read_csv(path, &csv, &mut classes),
-                "libsvm" => crate::io::read_libsvm(path, raw.d, task, &mut classes),
+                "libsvm" => crate::io::read_libsvm(path, d, task, &mut classes),
                 "npy" => {
                     let labels = labels.ok_or_else(|| {
                         self.err(labels_key, "format = \"npy\" needs the targets' .npy file")
@@ -428,12 +436,15 @@ impl RawConfig {
                 )),
             }
         };
-        let train = read(&path, raw.labels.as_ref(), "data.labels")?;
+        let train = read(&path, raw.labels.as_ref(), "data.labels", raw.d)?;
+        // A sparse validation file is read at the training data's width: its rows need
+        // not reach the last feature.
         let valid = match &raw.valid_path {
             Some(valid_path) => Some(read(
                 valid_path,
                 raw.valid_labels.as_ref(),
                 "data.valid_labels",
+                Some(train.d()),
             )?),
             None => None,
         };

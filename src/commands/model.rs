@@ -95,14 +95,24 @@ fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, std::sync::Arc<minibat
                     // The model's label settings, this file, all of its rows.
                     let mut raw = model_raw.clone();
                     let trained = &model_raw.data;
+                    let format = minibatch::config::data_format(file, None);
+                    // The CSV settings carry over to a CSV file only; a LIBSVM file's
+                    // feature count is the model's (its rows may not reach the last index).
+                    let csv = trained
+                        .path
+                        .as_deref()
+                        .map(|p| minibatch::config::data_format(p, trained.format.as_deref()))
+                        == Some("csv".into())
+                        && format == "csv";
                     raw.data = minibatch::config::RawData {
                         path: Some(file.clone()),
                         labels: args.labels.clone(),
-                        label: trained.label.clone(),
-                        header: trained.header,
-                        delimiter: trained.delimiter.clone(),
+                        label: trained.label.clone().filter(|_| csv),
+                        header: trained.header.filter(|_| csv),
+                        delimiter: trained.delimiter.clone().filter(|_| csv),
                         task: trained.task.clone(),
                         standardize: trained.standardize,
+                        d: (format == "libsvm").then_some(model.spec().d_in),
                         ..Default::default()
                     };
                     raw.train.batch_size = Some(1);

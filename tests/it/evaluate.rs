@@ -331,3 +331,67 @@ fn data_for_a_saved_model_may_lack_classes_but_not_have_new_ones() {
         "{err}"
     );
 }
+
+#[test]
+fn data_for_a_saved_model_may_come_in_another_format_or_sparser() {
+    let dir = temp_dir("evaluate-formats");
+    // Three features, label column named, so the model's config carries CSV settings.
+    let rows = [
+        ([0.5, 0.0, 1.0], 1),
+        ([0.0, 2.0, 0.0], 0),
+        ([1.5, 0.0, 0.5], 1),
+        ([0.0, 1.0, 0.0], 0),
+    ];
+    let mut csv = String::from("a,b,c,y\n");
+    let mut svm = String::new();
+    let mut sparse = String::new();
+    for (x, y) in rows.iter().cycle().take(40) {
+        csv += &format!("{},{},{},{y}\n", x[0], x[1], x[2]);
+        svm += &format!("{y} 1:{} 2:{} 3:{}\n", x[0], x[1], x[2]);
+        // Index 3 never appears: the file alone would have 2 features.
+        sparse += &format!("{y} 1:{} 2:{}\n", x[0], x[1]);
+    }
+    std::fs::write(dir.join("d.csv"), csv).unwrap();
+    std::fs::write(dir.join("d.svm"), &svm).unwrap();
+    std::fs::write(dir.join("sparse.svm"), sparse).unwrap();
+    let data = dir.join("d.csv");
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[data]\npath = {:?}\nlabel = \"y\"\nheader = true\n[train]\nepochs = 2\nbatch_size = 8\nthreads = 1\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let model = dir.join("m.safetensors");
+    minibatch(&[
+        "train",
+        "-q",
+        "-c",
+        config.to_str().unwrap(),
+        "--save",
+        model.to_str().unwrap(),
+    ]);
+    let model = model.to_str().unwrap();
+    let eval =
+        |file: &str| minibatch(&["eval", "-m", model, "-d", dir.join(file).to_str().unwrap()]);
+    // The same rows as LIBSVM evaluate as the CSV did.
+    let as_csv = eval("d.csv");
+    assert_eq!(eval("d.svm"), as_csv.replace("d.csv", "d.svm"));
+    // A LIBSVM file whose rows never reach the last feature is read at the model's width,
+    // and as a validation file at the training file's.
+    assert!(eval("sparse.svm").contains("accuracy"));
+    let svm_config = dir.join("svm.toml");
+    std::fs::write(
+        &svm_config,
+        format!(
+            "[data]\npath = {:?}\nvalid_path = {:?}\n[train]\nepochs = 1\nbatch_size = 8\nthreads = 1\n",
+            dir.join("d.svm").to_str().unwrap(),
+            dir.join("sparse.svm").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let trained = minibatch(&["train", "-c", svm_config.to_str().unwrap()]);
+    assert!(trained.contains("valid"), "{trained}");
+}
