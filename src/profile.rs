@@ -269,7 +269,10 @@ const PHASE_ORDER: &[&str] = &[
     "exchange", "update", "eval",
 ];
 
-pub fn profile(recorder: &Recorder) -> Profile {
+/// The per-phase profile of what `recorder` holds, for a run on a pool of `workers` threads:
+/// every worker is listed, one that ran no shard (a step of fewer shards than threads) as
+/// idle all along.
+pub fn profile(recorder: &Recorder, workers: usize) -> Profile {
     let (events, threads) = recorder.events();
     let mut by_name: BTreeMap<&'static str, Vec<u64>> = BTreeMap::new();
     for e in &events {
@@ -301,23 +304,21 @@ pub fn profile(recorder: &Recorder) -> Profile {
             .position(|n| *n == p.name)
             .unwrap_or(usize::MAX)
     });
-    let mut busy = vec![0u64; threads.len()];
-    let mut active = vec![false; threads.len()];
-    for e in &events {
-        active[e.tid] = true;
-        if e.name == "shard" {
-            busy[e.tid] += e.dur_ns;
-        }
+    // Time in shards by thread name: the recorder may hold threads of earlier pools (scale
+    // runs one per row) under the same names, whose events were cleared.
+    let mut busy_by_name: BTreeMap<&str, u64> = BTreeMap::new();
+    for e in events.iter().filter(|e| e.name == "shard") {
+        *busy_by_name.entry(threads[e.tid].as_str()).or_default() += e.dur_ns;
     }
-    // Only threads that recorded something: pools of earlier runs may have left names behind.
-    let workers = threads
-        .iter()
-        .enumerate()
-        .filter(|(tid, name)| active[*tid] && name.starts_with("minibatch-worker"))
-        .map(|(tid, name)| WorkerStats {
-            thread: name.clone(),
-            busy_s: busy[tid] as f64 / 1e9,
-            idle_s: step_total_ns.saturating_sub(busy[tid]) as f64 / 1e9,
+    let workers = (0..workers)
+        .map(|i| {
+            let thread = crate::train::worker_name(i);
+            let busy = busy_by_name.get(thread.as_str()).copied().unwrap_or(0);
+            WorkerStats {
+                thread,
+                busy_s: busy as f64 / 1e9,
+                idle_s: step_total_ns.saturating_sub(busy) as f64 / 1e9,
+            }
         })
         .collect();
     Profile {

@@ -87,7 +87,7 @@ pub fn run(
             let report = trainer.fit(&train, None, |_| {})?;
             let seconds: f64 = report.epochs.iter().map(|e| e.seconds).sum();
             let examples_per_sec = report.examples as f64 / seconds.max(1e-12);
-            let phases = profile(recorder);
+            let phases = profile(recorder, t);
             let (p0, x0) = *baseline.get_or_insert((t, examples_per_sec));
             let speedup = examples_per_sec / x0;
             let relative_threads = t as f64 / p0 as f64;

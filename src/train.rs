@@ -222,7 +222,7 @@ impl<M: Model> Trainer<M> {
     pub fn new(model: M, d: usize, cfg: &TrainConfig, seed: u64) -> Result<Self> {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.threads.get())
-            .thread_name(|i| format!("minibatch-worker-{i}"))
+            .thread_name(worker_name)
             .build()
             .map_err(|e| {
                 Error::config(
@@ -952,6 +952,11 @@ impl<M: Model> Trainer<M> {
         }
         Ok(())
     }
+}
+
+/// The name of the trainer's pool thread `i`: its track in a trace, its row in a profile.
+pub fn worker_name(i: usize) -> String {
+    format!("minibatch-worker-{i}")
 }
 
 /// Runs `run` on the calling pool worker while the pool's other workers poll for work

@@ -275,7 +275,7 @@ pub fn train(
             };
             minibatch::profile::print_profile(
                 &title,
-                &minibatch::profile::profile(recorder),
+                &minibatch::profile::profile(recorder, cfg.train.threads.get()),
                 recorder,
             );
         }

@@ -205,3 +205,25 @@ fn scale_writes_its_csv_and_karp_flatt_follows_from_the_speedups() {
     let svg = std::fs::read_to_string(out_dir.join("scale.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("polyline") && svg.contains("ideal"));
 }
+
+#[test]
+fn the_profile_lists_every_worker_even_one_that_ran_nothing() {
+    let dir = temp_dir("profile-idle-worker");
+    let config = dir.join("c.toml");
+    // B = 64 in one shard on two threads: the second worker has nothing to do.
+    std::fs::write(
+        &config,
+        SMALL_MLP.replace(
+            "batch_size = 256\nshard_rows = 64",
+            "batch_size = 64\nshard_rows = 64",
+        ),
+    )
+    .unwrap();
+    let out = minibatch(&["train", "--config", config.to_str().unwrap(), "--profile"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let idle = stderr
+        .lines()
+        .find(|l| l.starts_with("| minibatch-worker-1 |"))
+        .unwrap_or_else(|| panic!("worker 1 missing: {stderr}"));
+    assert!(idle.ends_with("| 0.0% |"), "{idle}");
+}
