@@ -79,6 +79,13 @@ impl Bowl {
             + self.syy
     }
 
+    /// The learning rate below which full-batch descent on this bowl converges: 2 over the
+    /// largest eigenvalue of the Hessian, 2 [[E x^2, E x], [E x, 1]].
+    pub fn stable_lr(&self) -> f64 {
+        let (a, c) = (self.sxx, self.sx);
+        2.0 / ((a + 1.0) + ((a - 1.0).powi(2) + 4.0 * c * c).sqrt())
+    }
+
     /// The full-batch gradient of the mean loss.
     pub fn gradient(&self, w: f64, b: f64) -> (f64, f64) {
         (
@@ -194,7 +201,21 @@ pub fn record_path(
             continue;
         };
         let idx = idx.to_vec();
-        trainer.step(data, &idx, plan.lr)?;
+        let stats = trainer.step(data, &idx, plan.lr)?;
+        if !stats.loss_sum.is_finite() {
+            // The trainer leaves the parameters where the loss overflowed: a path that
+            // stops there would be drawn as if it had arrived.
+            return Err(Error::config(
+                "--lr",
+                format!(
+                    "{} makes the B = {b} path diverge (its loss overflowed at step {}); on this \
+                     bowl full-batch descent converges below lr {:.3}, smaller batches need less",
+                    plan.lr,
+                    path.len(),
+                    Bowl::of(data).stable_lr()
+                ),
+            ));
+        }
         let p = trainer.params();
         path.push((f64::from(p[0]), f64::from(p[1])));
     }

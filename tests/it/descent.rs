@@ -160,3 +160,32 @@ fn svg_is_well_formed_with_both_paths_and_contours() {
     );
     assert!(!balanced("<svg><g></svg>"));
 }
+
+#[test]
+fn a_learning_rate_past_the_bowls_stable_one_is_an_error_not_a_stalled_picture() {
+    let plan = plan();
+    let data = dataset(&plan);
+    let bowl = minibatch::descent::Bowl::of(&data);
+    let stable = bowl.stable_lr();
+    // The bound, checked by plain gradient descent in f64: just below it the distance to
+    // the minimum shrinks, just above it grows.
+    let distance_after = |lr: f64| {
+        let (w_min, b_min) = bowl.minimum();
+        let (mut w, mut b) = (w_min + 1.0, b_min + 1.0);
+        for _ in 0..2000 {
+            let (gw, gb) = bowl.gradient(w, b);
+            (w, b) = (w - lr * gw, b - lr * gb);
+        }
+        ((w - w_min).powi(2) + (b - b_min).powi(2)).sqrt()
+    };
+    assert!(distance_after(0.98 * stable) < 1e-3);
+    assert!(distance_after(1.02 * stable) > 10.0);
+    // Far past it, descent says so instead of drawing a path stopped where it overflowed.
+    let diverging = DescentPlan {
+        lr: 50.0 * stable as f32,
+        steps: 400,
+        ..plan
+    };
+    let err = run(&diverging).unwrap_err().to_string();
+    assert!(err.contains("`--lr`") && err.contains("diverge"), "{err}");
+}
