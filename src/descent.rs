@@ -244,6 +244,15 @@ pub fn run(plan: &DescentPlan) -> Result<Descent> {
             ),
         ));
     }
+    if plan.shown_seeds > plan.seeds {
+        return Err(Error::config(
+            "--show-seeds",
+            format!(
+                "{} paths shown, but only {} seeds are drawn (--seeds)",
+                plan.shown_seeds, plan.seeds
+            ),
+        ));
+    }
     if plan.steps == 0 || plan.seeds == 0 {
         return Err(Error::config(
             "--steps",

@@ -222,7 +222,11 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         m.mean_loss
     );
     if let (Some(mse), Some(r2)) = (m.mse, m.r2) {
-        outln!("MSE {mse:.4}, R^2 {r2:.4}");
+        if r2.is_finite() {
+            outln!("MSE {mse:.4}, R^2 {r2:.4}");
+        } else {
+            outln!("MSE {mse:.4}, R^2 undefined (the targets are constant)");
+        }
     }
     if let (Some(accuracy), Some(confusion)) = (m.accuracy, &m.confusion) {
         outln!(

@@ -212,6 +212,21 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
             "must be a positive number of seconds",
         ));
     }
+    if args.budget == Some(0) {
+        return Err(minibatch::Error::config(
+            "--budget",
+            "must be at least 1 example",
+        ));
+    }
+    let mut unique = args.batch_sizes.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    if unique.len() != args.batch_sizes.len() {
+        return Err(minibatch::Error::config(
+            "--batch-sizes",
+            "lists a batch size twice",
+        ));
+    }
     if let Some(t) = args.target_loss
         && !t.is_finite()
     {

@@ -51,6 +51,12 @@ pub fn train(
         ("--save", args.save.as_ref().filter(|_| leader)),
         ("--trace", args.trace.as_ref()),
     ];
+    if args.save.is_some() && args.save == args.trace {
+        return Err(minibatch::Error::config(
+            "--trace",
+            "names the --save file; one would overwrite the other",
+        ));
+    }
     let d = &raw.data;
     let inputs: Vec<&std::path::Path> = [
         &args.config.config,
@@ -312,9 +318,18 @@ fn progress_bar(quiet: bool, total_steps: usize) -> ProgressBar {
     }
     let bar = ProgressBar::with_draw_target(Some(total_steps as u64), ProgressDrawTarget::stderr());
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} steps, {per_sec}, ETA {eta}")
-            .expect("static template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {pos}/{len} steps, {steps_per_sec} steps/s, ETA {eta}",
+        )
+        .expect("static template")
+        // Whole steps per second: indicatif's own {per_sec} prints four decimals.
+        .with_key(
+            "steps_per_sec",
+            |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0}", state.per_sec());
+            },
+        )
+        .progress_chars("=> "),
     );
     let _ = BAR.set(bar.clone());
     bar

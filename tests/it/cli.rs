@@ -262,6 +262,12 @@ fn bad_configs_and_flags_name_the_key_and_exit_2() {
             "must be one ASCII character",
         ),
         (
+            "save-is-trace",
+            SMALL,
+            &["--save", "same.out", "--trace", "same.out"],
+            "config `--trace`: names the --save file",
+        ),
+        (
             "threads-too-many",
             SMALL,
             &["--threads", "100000"],
@@ -376,6 +382,15 @@ fn bad_tune_and_bench_options_exit_2_with_the_option_named() {
         (vec!["bench", "--shard-rows", "64,0"], "--shard-rows"),
         (vec!["scale", "--threads", "0"], "--threads"),
         (vec!["scale", "--threads", "2,1"], "must start with 1"),
+        (vec!["tune", "--budget", "0"], "--budget"),
+        (
+            vec!["tune", "--batch-sizes", "16,16"],
+            "lists a batch size twice",
+        ),
+        (
+            vec!["descent", "--seeds", "2", "--show-seeds", "5"],
+            "config `--show-seeds`",
+        ),
         (vec!["scale", "--threads", "1,1"], "rise without repeats"),
     ] {
         let out = run(&args);
