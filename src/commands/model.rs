@@ -71,7 +71,16 @@ pub fn descent(args: &DescentArgs, quiet: bool) -> Result<()> {
 }
 
 /// The saved model, its parameters and the rows to evaluate on.
-fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, std::sync::Arc<minibatch::Dataset>)> {
+/// A saved model, its parameters, the data to run it on, and its class names when its
+/// training labels were words.
+type SavedModel = (
+    Mlp,
+    Vec<f32>,
+    std::sync::Arc<minibatch::Dataset>,
+    Option<Vec<String>>,
+);
+
+fn saved_model(args: &EvalArgs) -> Result<SavedModel> {
     let model_raw = RawConfig::from_toml(
         &minibatch::checkpoint::model_config(&args.model)?,
         &args.model,
@@ -83,6 +92,10 @@ fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, std::sync::Arc<minibat
     // raw and apply those, not statistics recomputed from whatever data is given now.
     let standardization = minibatch::checkpoint::load_standardization(&args.model)?;
     let classes = trained_classes(args, &model_cfg, &model)?;
+    let names = classes
+        .as_ref()
+        .and_then(|c| c.names())
+        .map(<[String]>::to_vec);
     let (data_cfg, data_path) = match (&args.config, &args.data, &standardization) {
         (None, None, None) => {
             let path = model_raw.data.path.clone();
@@ -185,7 +198,7 @@ fn saved_model(args: &EvalArgs) -> Result<(Mlp, Vec<f32>, std::sync::Arc<minibat
         }
         None => rows,
     };
-    Ok((model, params, rows))
+    Ok((model, params, rows, names))
 }
 
 /// The classes the model's outputs stand for, to read other files' labels as (so a label
@@ -213,7 +226,9 @@ fn trained_classes(
 }
 
 pub fn eval(args: &EvalArgs) -> Result<()> {
-    let (model, params, data) = saved_model(args)?;
+    let (model, params, data, names) = saved_model(args)?;
+    // A class as the user's labels named it.
+    let class = |c: usize| names.as_ref().map_or(c.to_string(), |n| n[c].clone());
     let m = minibatch::metrics::evaluate(&model, &params, &data);
     outln!(
         "{} on {} rows: mean loss {:.4}",
@@ -233,15 +248,20 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             "accuracy {:.2}%\nconfusion matrix (rows: target class, columns: predicted):",
             100.0 * accuracy
         );
-        out!("      ");
+        let width = (0..confusion.len())
+            .map(|c| class(c).len())
+            .max()
+            .unwrap_or(0)
+            .max(6);
+        out!("{:width$} ", "");
         for p in 0..confusion.len() {
-            out!("{p:>7}");
+            out!(" {:>width$}", class(p));
         }
         outln!();
         for (t, row) in confusion.iter().enumerate() {
-            out!("{t:>5} ");
+            out!("{:>width$} ", class(t));
             for count in row {
-                out!("{count:>7}");
+                out!(" {count:>width$}");
             }
             outln!();
         }
@@ -269,13 +289,26 @@ pub fn predict(args: &PredictArgs, quiet: bool) -> Result<()> {
     .map(|p| p.as_path())
     .collect();
     minibatch::checkpoint::check_output("--out", &args.out, &inputs)?;
-    let (model, params, data) = saved_model(&args.eval)?;
+    let (model, params, data, names) = saved_model(&args.eval)?;
+    // Classes as the user's labels named them (ids when the labels were ids), as CSV
+    // fields: quoted where a name holds a comma or a quote.
+    let field = |text: String| {
+        if text.contains([',', '"']) {
+            format!("\"{}\"", text.replace('"', "\"\""))
+        } else {
+            text
+        }
+    };
+    let class = |c: usize| field(names.as_ref().map_or(c.to_string(), |n| n[c].clone()));
     let head = model.spec().head;
     let outputs = model.outputs(&params, data.x());
     let mut csv = String::from("row,target,prediction");
     let n_classes = head.n_classes().unwrap_or(0);
     for c in 0..n_classes {
-        csv += &format!(",p{c}");
+        match &names {
+            Some(n) => csv += &format!(",{}", field(format!("p_{}", n[c]))),
+            None => csv += &format!(",p{c}"),
+        }
     }
     csv.push('\n');
     for (i, (z, &y)) in outputs.rows().into_iter().zip(data.targets()).enumerate() {
@@ -284,11 +317,13 @@ pub fn predict(args: &PredictArgs, quiet: bool) -> Result<()> {
             minibatch::model::Head::Mse => csv += &format!("{i},{y},{}\n", z[0]),
             minibatch::model::Head::Logistic => {
                 let p1 = minibatch::model::sigmoid(z[0]);
-                csv += &format!("{i},{y},{},{},{}\n", usize::from(z[0] > 0.0), 1.0 - p1, p1);
+                let (y, predicted) = (class(y as usize), class(usize::from(z[0] > 0.0)));
+                csv += &format!("{i},{y},{predicted},{},{}\n", 1.0 - p1, p1);
             }
             minibatch::model::Head::Softmax { .. } => {
                 let lse = minibatch::model::log_sum_exp(ndarray::ArrayView1::from(z));
-                csv += &format!("{i},{y},{}", minibatch::metrics::predicted_class(head, z));
+                let predicted = minibatch::metrics::predicted_class(head, z);
+                csv += &format!("{i},{},{}", class(y as usize), class(predicted));
                 for v in z {
                     csv += &format!(",{}", (v - lse).exp());
                 }

@@ -258,9 +258,23 @@ fn word_labels_are_read_as_the_classes_the_model_was_trained_on() {
             "{err}"
         );
         minibatch(&["predict", "-q", "-m", model, "--data", &dogs, "-o", out]);
+        // Classes by the names the labels gave them.
         assert_eq!(
             targets_and_predictions(&predictions),
-            vec![("1".into(), "1".into()); 2]
+            vec![("dog".into(), "dog".into()); 2]
+        );
+        let csv = std::fs::read_to_string(&predictions).unwrap();
+        assert!(
+            csv.starts_with("row,target,prediction,p_cat,p_dog\n"),
+            "{csv}"
+        );
+        let evaluated = minibatch(&["eval", "-m", model, "--data", &train]);
+        let matrix: Vec<&str> = evaluated.lines().rev().take(3).collect();
+        assert!(
+            matrix[2].split_whitespace().eq(["cat", "dog"])
+                && matrix[1].split_whitespace().eq(["cat", "3", "0"])
+                && matrix[0].split_whitespace().eq(["dog", "0", "3"]),
+            "{evaluated}"
         );
     };
     check();
