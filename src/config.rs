@@ -67,6 +67,10 @@ pub struct RawData {
     /// read as these instead of being derived from the file. Never written to a file.
     #[serde(skip)]
     pub trained_classes: Option<crate::io::Classes>,
+    /// A CSV without a label column (data for `predict`): every column is a feature. Never
+    /// written to a file.
+    #[serde(skip)]
+    pub unlabeled: bool,
 }
 
 /// A data file's format: `data.format` when given, else by the file's extension (`.npy`;
@@ -406,6 +410,7 @@ impl RawConfig {
         let csv = CsvOptions {
             header: raw.header,
             label: match &raw.label {
+                _ if raw.unlabeled => LabelColumn::None,
                 None => LabelColumn::Last,
                 Some(LabelKey::Index(i)) => LabelColumn::Index(*i),
                 Some(LabelKey::Name(n)) => LabelColumn::Name(n.clone()),

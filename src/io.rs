@@ -21,6 +21,9 @@ pub enum LabelColumn {
     Index(usize),
     Name(String),
     Last,
+    /// No label column: every column is a feature (data to predict on). Every row's target
+    /// is then class 0 or 0.0, a placeholder nothing reads as a label.
+    None,
 }
 
 /// Whether targets are classes or real values.
@@ -240,7 +243,8 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
             || first_fields.iter().all(|f| f.parse::<f32>().is_err())
     });
     let n_cols = first_fields.len();
-    if n_cols < 2 {
+    let unlabeled = opts.label == LabelColumn::None;
+    if n_cols < 2 && !unlabeled {
         return Err(parse_err(
             path,
             first_no + 1,
@@ -248,6 +252,8 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
         ));
     }
     let label = match &opts.label {
+        // Past the last column: no field is the label.
+        LabelColumn::None => n_cols,
         LabelColumn::Last => n_cols - 1,
         LabelColumn::Index(i) if *i < n_cols => *i,
         LabelColumn::Index(i) => {
@@ -408,6 +414,17 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
             first_line,
             "has a header but no rows".into(),
         ));
+    }
+    if unlabeled {
+        let n = x.len() / n_cols;
+        let n_classes = match classes {
+            Classes::Names(names) => Some(names.len()),
+            Classes::Ids(k) => Some(*k),
+            Classes::FromFile if opts.task == Task::Classification => Some(2),
+            Classes::FromFile => None,
+        };
+        let x = Array2::from_shape_vec((n, n_cols), x).expect("rows of n_cols");
+        return Dataset::new(x, Array1::zeros(n), n_classes).map_err(|msg| parse_err(path, 0, msg));
     }
     let targets = if words.is_empty() {
         Targets::Numbers(y)
@@ -712,4 +729,24 @@ pub fn read_npy_pair(
         classes,
         &|row| row + 1,
     )
+}
+
+/// Columns of the first non-empty line of a delimited text file: whether a file given to a
+/// saved model has its label column (one more than the model's features) or not.
+pub fn first_line_columns(path: &Path, delimiter: u8) -> Result<usize> {
+    use std::io::BufRead;
+    let file = std::fs::File::open(path).map_err(|source| Error::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line.map_err(|source| Error::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if !line.trim().is_empty() {
+            return Ok(line.split(delimiter as char).count());
+        }
+    }
+    Ok(0)
 }

@@ -71,16 +71,20 @@ pub fn descent(args: &DescentArgs, quiet: bool) -> Result<()> {
 }
 
 /// The saved model, its parameters and the rows to evaluate on.
-/// A saved model, its parameters, the data to run it on, and its class names when its
-/// training labels were words.
-type SavedModel = (
-    Mlp,
-    Vec<f32>,
-    std::sync::Arc<minibatch::Dataset>,
-    Option<Vec<String>>,
-);
+/// A saved model, its parameters, the data to run it on, its class names when its
+/// training labels were words, and whether that data has labels.
+struct SavedModel {
+    model: Mlp,
+    params: Vec<f32>,
+    data: std::sync::Arc<minibatch::Dataset>,
+    names: Option<Vec<String>>,
+    labelled: bool,
+}
 
-fn saved_model(args: &EvalArgs) -> Result<SavedModel> {
+/// `eval`'s and `predict`'s model and data. With `unlabeled_ok` (predict), a CSV given by
+/// --data whose rows have as many columns as the model has features is read as features
+/// only: data to predict on has no labels yet.
+fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
     let model_raw = RawConfig::from_toml(
         &minibatch::checkpoint::model_config(&args.model)?,
         &args.model,
@@ -96,6 +100,7 @@ fn saved_model(args: &EvalArgs) -> Result<SavedModel> {
         .as_ref()
         .and_then(|c| c.names())
         .map(<[String]>::to_vec);
+    let mut labelled = true;
     let (data_cfg, data_path) = match (&args.config, &args.data, &standardization) {
         (None, None, None) => {
             let path = model_raw.data.path.clone();
@@ -117,6 +122,15 @@ fn saved_model(args: &EvalArgs) -> Result<SavedModel> {
                         .map(|p| minibatch::config::data_format(p, trained.format.as_deref()))
                         == Some("csv".into())
                         && format == "csv";
+                    let delimiter = trained
+                        .delimiter
+                        .as_deref()
+                        .filter(|d| csv && d.len() == 1)
+                        .map_or(b',', |d| d.as_bytes()[0]);
+                    let unlabeled = unlabeled_ok
+                        && format == "csv"
+                        && minibatch::io::first_line_columns(file, delimiter)? == model.spec().d_in;
+                    labelled = !unlabeled;
                     raw.data = minibatch::config::RawData {
                         path: Some(file.clone()),
                         labels: args.labels.clone(),
@@ -126,6 +140,7 @@ fn saved_model(args: &EvalArgs) -> Result<SavedModel> {
                         task: trained.task.clone(),
                         standardize: trained.standardize,
                         d: (format == "libsvm").then_some(model.spec().d_in),
+                        unlabeled,
                         ..Default::default()
                     };
                     raw.train.batch_size = Some(1);
@@ -198,7 +213,13 @@ fn saved_model(args: &EvalArgs) -> Result<SavedModel> {
         }
         None => rows,
     };
-    Ok((model, params, rows, names))
+    Ok(SavedModel {
+        model,
+        params,
+        data: rows,
+        names,
+        labelled,
+    })
 }
 
 /// The classes the model's outputs stand for, to read other files' labels as (so a label
@@ -226,7 +247,13 @@ fn trained_classes(
 }
 
 pub fn eval(args: &EvalArgs) -> Result<()> {
-    let (model, params, data, names) = saved_model(args)?;
+    let SavedModel {
+        model,
+        params,
+        data,
+        names,
+        ..
+    } = saved_model(args, false)?;
     // A class as the user's labels named it.
     let class = |c: usize| names.as_ref().map_or(c.to_string(), |n| n[c].clone());
     let m = minibatch::metrics::evaluate(&model, &params, &data);
@@ -289,7 +316,13 @@ pub fn predict(args: &PredictArgs, quiet: bool) -> Result<()> {
     .map(|p| p.as_path())
     .collect();
     minibatch::checkpoint::check_output("--out", &args.out, &inputs)?;
-    let (model, params, data, names) = saved_model(&args.eval)?;
+    let SavedModel {
+        model,
+        params,
+        data,
+        names,
+        labelled,
+    } = saved_model(&args.eval, true)?;
     // Classes as the user's labels named them (ids when the labels were ids), as CSV
     // fields: quoted where a name holds a comma or a quote.
     let field = |text: String| {
@@ -313,17 +346,23 @@ pub fn predict(args: &PredictArgs, quiet: bool) -> Result<()> {
     csv.push('\n');
     for (i, (z, &y)) in outputs.rows().into_iter().zip(data.targets()).enumerate() {
         let z = z.as_slice().expect("row-major");
+        // The target column stays empty for data without labels.
+        let target = match head {
+            _ if !labelled => String::new(),
+            minibatch::model::Head::Mse => y.to_string(),
+            _ => class(y as usize),
+        };
         match head {
-            minibatch::model::Head::Mse => csv += &format!("{i},{y},{}\n", z[0]),
+            minibatch::model::Head::Mse => csv += &format!("{i},{target},{}\n", z[0]),
             minibatch::model::Head::Logistic => {
                 let p1 = minibatch::model::sigmoid(z[0]);
-                let (y, predicted) = (class(y as usize), class(usize::from(z[0] > 0.0)));
-                csv += &format!("{i},{y},{predicted},{},{}\n", 1.0 - p1, p1);
+                let predicted = class(usize::from(z[0] > 0.0));
+                csv += &format!("{i},{target},{predicted},{},{}\n", 1.0 - p1, p1);
             }
             minibatch::model::Head::Softmax { .. } => {
                 let lse = minibatch::model::log_sum_exp(ndarray::ArrayView1::from(z));
                 let predicted = minibatch::metrics::predicted_class(head, z);
-                csv += &format!("{i},{},{}", class(y as usize), class(predicted));
+                csv += &format!("{i},{target},{}", class(predicted));
                 for v in z {
                     csv += &format!(",{}", (v - lse).exp());
                 }

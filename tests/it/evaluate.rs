@@ -278,6 +278,22 @@ fn word_labels_are_read_as_the_classes_the_model_was_trained_on() {
         );
     };
     check();
+    // Data to predict on has no labels yet: a CSV with only the model's features.
+    let unlabelled = file("new.csv", "x,y\n2,0\n-2,0\n");
+    minibatch(&[
+        "predict",
+        "-q",
+        "-m",
+        model,
+        "--data",
+        &unlabelled,
+        "-o",
+        out,
+    ]);
+    assert_eq!(
+        targets_and_predictions(&predictions),
+        vec![("".into(), "cat".into()), ("".into(), "dog".into())]
+    );
     // A file saved without class names reads them from the training data in its config.
     drop_class_names(std::path::Path::new(model));
     assert_eq!(
