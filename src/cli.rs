@@ -27,7 +27,8 @@ pub struct Cli {
     /// when set, takes precedence.
     #[arg(short, long, global = true, action = clap::ArgAction::Count, display_order = 1000)]
     pub verbose: u8,
-    /// Print nothing but errors.
+    /// Print nothing but errors and the results asked for (eval's figures, layout's table,
+    /// descent --text): no headers, epoch lines, progress or notes.
     #[arg(short, long, global = true, display_order = 1000)]
     pub quiet: bool,
 }

@@ -76,8 +76,11 @@ pub fn train(
             minibatch::checkpoint::check_output(flag, path, &inputs)?;
         }
     }
+    // Steps the run had taken before this process (a resumed run's).
+    let mut steps_before = 0;
     if let Some(path) = &args.resume {
         let checkpoint = load_checkpoint(path, trainer.model().layout())?;
+        steps_before = checkpoint.steps;
         if let Some(was) = &checkpoint.run {
             check_resume_shape(path, was, &run_shape(&cfg))?;
         }
@@ -241,10 +244,15 @@ pub fn train(
         && let Some(last) = report.epochs.last()
     {
         outln!(
-            "done: {} epoch{}, {} steps, {} examples in {:.2} s ({:.0} examples/s); final train loss {:.4}{}",
+            "done: {} epoch{}, {} steps{}, {} examples in {:.2} s ({:.0} examples/s); final train loss {:.4}{}",
             report.epochs.len(),
             if report.epochs.len() == 1 { "" } else { "s" },
-            report.steps,
+            report.steps.saturating_sub(steps_before),
+            if steps_before > 0 {
+                format!(" ({} in all)", report.steps)
+            } else {
+                String::new()
+            },
             report.examples,
             report.seconds,
             report.examples as f64 / report.seconds.max(1e-12),

@@ -542,10 +542,16 @@ fn resuming_refuses_another_batch_size_seed_or_optimizer_and_counts_an_epoch_end
         assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
         assert!(stderr.contains(expected), "{flags:?}: {stderr}");
     }
-    let out = minibatch(&["train", "-q", "--resume", first_epoch]);
+    let out = minibatch(&["train", "--resume", first_epoch]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    // The summary counts this process's steps, and the run's.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("done: 1 epoch, 24 steps (48 in all), 1200 examples"),
+        "{stdout}"
     );
 }
