@@ -22,6 +22,17 @@ fn minibatch(args: &[&str]) -> Output {
         .expect("binary runs")
 }
 
+/// `minibatch(args)`, which must succeed.
+fn succeeds(args: &[&str]) -> Output {
+    let out = minibatch(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn checkpoints(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|entries| {
@@ -64,7 +75,7 @@ fn resuming_from_any_checkpoint_gives_the_uninterrupted_bytes_for_every_optimize
         .unwrap();
         let straight = dir.join("straight.safetensors");
         let ckpt_dir = dir.join("ckpt");
-        let out = minibatch(&[
+        succeeds(&[
             "train",
             "-q",
             "--config",
@@ -78,11 +89,6 @@ fn resuming_from_any_checkpoint_gives_the_uninterrupted_bytes_for_every_optimize
             "--keep",
             "100",
         ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
         let all = checkpoints(&ckpt_dir);
         // 24 steps per epoch: checkpoints every 7 steps, at both epoch ends and at the end.
         assert!(all.len() >= 7, "{all:?}");
@@ -92,7 +98,7 @@ fn resuming_from_any_checkpoint_gives_the_uninterrupted_bytes_for_every_optimize
             ckpt_dir.join("step-000000035.safetensors"),
         ] {
             let resumed = dir.join("resumed.safetensors");
-            let out = minibatch(&[
+            succeeds(&[
                 "train",
                 "-q",
                 "--resume",
@@ -102,11 +108,6 @@ fn resuming_from_any_checkpoint_gives_the_uninterrupted_bytes_for_every_optimize
                 "--save",
                 resumed.to_str().unwrap(),
             ]);
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
             assert!(
                 std::fs::read(&straight).unwrap() == std::fs::read(&resumed).unwrap(),
                 "{optimizer}: resumed from {} differs from the straight run",
@@ -287,7 +288,7 @@ fn bad_checkpoints_and_init_files_are_errors_naming_the_file() {
         assert!(stderr.contains(expected), "{stderr}");
     }
     // --init with the right shapes works; with another model's it names the tensor.
-    let out = minibatch(&[
+    succeeds(&[
         "train",
         "-q",
         "--config",
@@ -295,11 +296,6 @@ fn bad_checkpoints_and_init_files_are_errors_naming_the_file() {
         "--init",
         saved.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let other = dir.join("other.toml");
     std::fs::write(&other, CONFIG.replace("hidden = [12]", "hidden = [13]")).unwrap();
     let out = minibatch(&[
@@ -412,7 +408,7 @@ fn rotation_removes_only_the_checkpoints_the_run_wrote() {
     std::fs::write(&earlier, b"an earlier run's checkpoint").unwrap();
     std::fs::write(&foreign, b"not a checkpoint").unwrap();
     // 24 steps per epoch, 2 epochs: checkpoints at steps 5, 10, ..., 45, 24 and 48.
-    let out = minibatch(&[
+    succeeds(&[
         "train",
         "-q",
         "--config",
@@ -424,11 +420,6 @@ fn rotation_removes_only_the_checkpoints_the_run_wrote() {
         "--keep",
         "2",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert_eq!(
         std::fs::read(&earlier).unwrap(),
         b"an earlier run's checkpoint"
@@ -469,7 +460,7 @@ fn resuming_a_finished_run_asks_for_more_epochs() {
     std::fs::write(&config, CONFIG).unwrap();
     let ckpt_dir = dir.join("ck");
     let ckpt = ckpt_dir.to_str().unwrap();
-    let out = minibatch(&[
+    succeeds(&[
         "train",
         "-q",
         "-c",
@@ -477,11 +468,6 @@ fn resuming_a_finished_run_asks_for_more_epochs() {
         "--checkpoint",
         ckpt,
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let last = checkpoints(&ckpt_dir).pop().unwrap();
     let last = last.to_str().unwrap();
     // The run's own 2 epochs, or fewer: nothing to do, and the user is told how to go on.
@@ -496,12 +482,7 @@ fn resuming_a_finished_run_asks_for_more_epochs() {
             "{args:?}: {stderr}"
         );
     }
-    let out = minibatch(&["train", "-q", "--resume", last, "--epochs", "3"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeds(&["train", "-q", "--resume", last, "--epochs", "3"]);
 }
 
 #[test]
@@ -510,7 +491,7 @@ fn resuming_refuses_another_batch_size_seed_or_optimizer_and_counts_an_epoch_end
     let config = dir.join("c.toml");
     std::fs::write(&config, CONFIG).unwrap();
     let ckpt_dir = dir.join("ck");
-    let out = minibatch(&[
+    succeeds(&[
         "train",
         "-q",
         "-c",
@@ -518,11 +499,6 @@ fn resuming_refuses_another_batch_size_seed_or_optimizer_and_counts_an_epoch_end
         "--checkpoint",
         ckpt_dir.to_str().unwrap(),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     // 24 steps per epoch: step 24 is the end of the first epoch.
     let first_epoch = ckpt_dir.join("step-000000024.safetensors");
     let first_epoch = first_epoch.to_str().unwrap();
@@ -542,12 +518,7 @@ fn resuming_refuses_another_batch_size_seed_or_optimizer_and_counts_an_epoch_end
         assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
         assert!(stderr.contains(expected), "{flags:?}: {stderr}");
     }
-    let out = minibatch(&["train", "--resume", first_epoch]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeds(&["train", "--resume", first_epoch]);
     // The summary counts this process's steps, and the run's.
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
