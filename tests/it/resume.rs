@@ -296,18 +296,23 @@ fn bad_checkpoints_and_init_files_are_errors_naming_the_file() {
         "--init",
         saved.to_str().unwrap(),
     ]);
+    // stderr of a --init that must be refused as bad input.
+    let refused_init = |config: &Path, params: &Path| {
+        let out = minibatch(&[
+            "train",
+            "-q",
+            "--config",
+            config.to_str().unwrap(),
+            "--init",
+            params.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        stderr
+    };
     let other = dir.join("other.toml");
     std::fs::write(&other, CONFIG.replace("hidden = [12]", "hidden = [13]")).unwrap();
-    let out = minibatch(&[
-        "train",
-        "-q",
-        "--config",
-        other.to_str().unwrap(),
-        "--init",
-        saved.to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused_init(&other, &saved);
     assert!(
         stderr.contains("`w1` has shape [16, 12], expected [16, 13]")
             && stderr.contains("params.safetensors"),
@@ -319,16 +324,7 @@ fn bad_checkpoints_and_init_files_are_errors_naming_the_file() {
     bytes[data_start..data_start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
     let poisoned = dir.join("nan.safetensors");
     std::fs::write(&poisoned, bytes).unwrap();
-    let out = minibatch(&[
-        "train",
-        "-q",
-        "--config",
-        config.to_str().unwrap(),
-        "--init",
-        poisoned.to_str().unwrap(),
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let stderr = refused_init(&config, &poisoned);
     assert!(
         stderr.contains("nan.safetensors") && stderr.contains("holds NaN at flat index"),
         "{stderr}"
