@@ -45,37 +45,7 @@ pub fn train(
     let (rank, ranks) = trainer.rank();
     let leader = rank == 0;
     let quiet = quiet || !leader;
-    // Outputs are checked before the run, not found unwritable after it: the leader saves,
-    // every rank writes its own trace beside the path given.
-    let outputs = [
-        ("--save", args.save.as_ref().filter(|_| leader)),
-        ("--trace", args.trace.as_ref()),
-    ];
-    if args.save.is_some() && args.save == args.trace {
-        return Err(minibatch::Error::config(
-            "--trace",
-            "names the --save file; one would overwrite the other",
-        ));
-    }
-    let d = &raw.data;
-    let inputs: Vec<&std::path::Path> = [
-        &args.config.config,
-        &args.resume,
-        &args.init,
-        &d.path,
-        &d.labels,
-        &d.valid_path,
-        &d.valid_labels,
-    ]
-    .into_iter()
-    .flatten()
-    .map(PathBuf::as_path)
-    .collect();
-    for (flag, path) in outputs {
-        if let Some(path) = path {
-            minibatch::checkpoint::check_output(flag, path, &inputs)?;
-        }
-    }
+    check_outputs(args, &raw, leader)?;
     // Steps the run had taken before this process (a resumed run's).
     let mut steps_before = 0;
     if let Some(path) = &args.resume {
@@ -455,6 +425,42 @@ fn epoch_line(r: &EpochReport) -> String {
     }
     line += &format!("  {:>10.0} ex/s  {:.2} s", r.examples_per_sec(), r.seconds);
     line
+}
+
+/// The outputs of a run, checked before it starts rather than found unwritable after it:
+/// writable, not over a file the run reads, and not one over the other. The leader saves,
+/// every rank writes its own trace beside the path given.
+fn check_outputs(args: &TrainArgs, raw: &RawConfig, leader: bool) -> Result<()> {
+    let outputs = [
+        ("--save", args.save.as_ref().filter(|_| leader)),
+        ("--trace", args.trace.as_ref()),
+    ];
+    if args.save.is_some() && args.save == args.trace {
+        return Err(minibatch::Error::config(
+            "--trace",
+            "names the --save file; one would overwrite the other",
+        ));
+    }
+    let d = &raw.data;
+    let inputs: Vec<&std::path::Path> = [
+        &args.config.config,
+        &args.resume,
+        &args.init,
+        &d.path,
+        &d.labels,
+        &d.valid_path,
+        &d.valid_labels,
+    ]
+    .into_iter()
+    .flatten()
+    .map(PathBuf::as_path)
+    .collect();
+    for (flag, path) in outputs {
+        if let Some(path) = path {
+            minibatch::checkpoint::check_output(flag, path, &inputs)?;
+        }
+    }
+    Ok(())
 }
 
 /// What a checkpoint of this run records about its steps (`RunShape`).
