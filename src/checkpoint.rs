@@ -478,20 +478,32 @@ pub fn check_output(flag: &str, path: &Path, inputs: &[&Path]) -> Result<()> {
     check_writable(path)
 }
 
-/// `check_writable` for an output directory (`write_files_in`'s): created if missing, then
-/// probed with a temporary file.
+/// `check_writable` for an output directory (`write_files_in`'s): the directory, or the
+/// nearest one above it that exists, must take a new file. Nothing is created: the
+/// directory is made when the results are written, so a run stopped before leaves none.
 pub fn check_output_dir(dir: &Path) -> Result<()> {
     let unwritable = |source| Error::Unwritable {
         path: dir.to_path_buf(),
         source,
     };
-    if dir.exists() && !dir.is_dir() {
-        return Err(unwritable(std::io::Error::other(
-            "exists and is not a directory",
-        )));
+    let mut existing = dir;
+    while !existing.exists() {
+        existing = match existing.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        };
     }
-    std::fs::create_dir_all(dir).map_err(unwritable)?;
-    check_writable(&dir.join("probe"))
+    if !existing.is_dir() {
+        return Err(unwritable(std::io::Error::other(if existing == dir {
+            "exists and is not a directory".to_string()
+        } else {
+            format!("{} is not a directory", existing.display())
+        })));
+    }
+    let probe = existing.join(format!(".minibatch-probe-{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(unwritable)?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 /// `path` as one word of a shell command: as it is when it holds only characters no

@@ -560,6 +560,7 @@ impl CheckpointPolicy {
             ));
         }
         minibatch::checkpoint::check_output_dir(dir)?;
+        minibatch::checkpoint::create_dir(dir)?;
         Ok(Some(CheckpointPolicy {
             dir: dir.clone(),
             every: args.checkpoint_every,

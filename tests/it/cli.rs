@@ -556,6 +556,7 @@ fn unwritable_outputs_are_refused_before_any_work() {
         a_file.to_str().unwrap(),
         dir.to_str().unwrap(),
     );
+    let below_a_file = format!("{a_file}/out");
     let cases: &[(&[&str], &str)] = &[
         (&["train", "-c", config, "--save", missing_dir], missing_dir),
         (&["train", "-c", config, "--save", a_dir], "is a directory"),
@@ -582,6 +583,7 @@ fn unwritable_outputs_are_refused_before_any_work() {
             "exists and is not a directory",
         ),
         (&["descent", "-o", a_file], "exists and is not a directory"),
+        (&["descent", "-o", &below_a_file], "is not a directory"),
     ];
     for (args, expected) in cases {
         let out = run(args);
@@ -602,6 +604,11 @@ fn unwritable_outputs_are_refused_before_any_work() {
         std::fs::read_to_string(dir.join("a-file")).unwrap(),
         "keep me"
     );
+    // Checking makes nothing: a run refused after the check leaves no empty directory.
+    let never_made = dir.join("never-made");
+    let out = run(&["descent", "--n", "1", "-o", never_made.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!never_made.exists());
     // Nor over the run's own config.
     let out = run(&["train", "-c", config, "--save", config]);
     let stderr = String::from_utf8_lossy(&out.stderr);
