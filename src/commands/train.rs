@@ -46,8 +46,9 @@ pub fn train(
     let leader = rank == 0;
     let quiet = quiet || !leader;
     check_outputs(args, &raw, leader)?;
-    // Steps the run had taken before this process (a resumed run's).
+    // Steps the run had taken before this process, and where in an epoch it resumed.
     let mut steps_before = 0;
+    let mut resumed_mid_epoch = None;
     if let Some(path) = &args.resume {
         let checkpoint = load_checkpoint(path, trainer.model().layout())?;
         steps_before = checkpoint.steps;
@@ -56,6 +57,9 @@ pub fn train(
         }
         // A checkpoint at an epoch's end records the epoch with all its steps taken.
         let position = checkpoint.position;
+        if (1..cfg.train.steps_per_epoch.get()).contains(&position.step_in_epoch) {
+            resumed_mid_epoch = Some((position.epoch + 1, position.step_in_epoch));
+        }
         let done =
             position.epoch + usize::from(position.step_in_epoch >= cfg.train.steps_per_epoch.get());
         if done >= cfg.train.epochs.get() {
@@ -161,6 +165,7 @@ pub fn train(
         failure: None,
         interrupted: None,
         again: resume_flags(args),
+        resumed_mid_epoch,
     };
     let report = trainer.fit_observed(&train, valid.as_deref(), &mut output);
     bar.finish_and_clear();
@@ -327,6 +332,8 @@ struct TrainOutput {
     interrupted: Option<minibatch::Error>,
     /// The output flags a resumed run repeats (`resume_flags`).
     again: String,
+    /// The 1-based epoch a resumed run started inside, and its step there.
+    resumed_mid_epoch: Option<(usize, usize)>,
 }
 
 /// The flags saying where a run's results go, as a resumed run must repeat them: the
@@ -358,7 +365,14 @@ fn resume_flags(args: &TrainArgs) -> String {
 impl Observer for TrainOutput {
     fn epoch(&mut self, report: &EpochReport) {
         if !self.quiet {
-            self.bar.suspend(|| outln!("{}", epoch_line(report)));
+            let mut line = epoch_line(report);
+            // A resumed epoch's figures are over its remaining steps only.
+            if let Some((epoch, step)) = self.resumed_mid_epoch
+                && epoch == report.epoch
+            {
+                line += &format!("  (resumed at step {step}: the steps after it)");
+            }
+            self.bar.suspend(|| outln!("{line}"));
         }
     }
 

@@ -522,3 +522,38 @@ fn resuming_refuses_another_batch_size_seed_or_optimizer_and_counts_an_epoch_end
         "{stdout}"
     );
 }
+
+#[test]
+fn a_resumed_epoch_says_its_figures_cover_the_steps_after_the_checkpoint() {
+    let dir = temp_dir("resume-mid-epoch");
+    let config = dir.join("c.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let ckpt_dir = dir.join("ck");
+    let (config, ckpt) = (config.to_str().unwrap(), ckpt_dir.to_str().unwrap());
+    succeeds(&[
+        "train",
+        "-q",
+        "-c",
+        config,
+        "--checkpoint",
+        ckpt,
+        "--checkpoint-every",
+        "10",
+        "--keep",
+        "100",
+    ]);
+    let mid = ckpt_dir.join("step-000000010.safetensors");
+    let out = succeeds(&["train", "--resume", mid.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let first = stdout.lines().find(|l| l.starts_with("epoch")).unwrap();
+    assert!(
+        first.starts_with("epoch   1/2")
+            && first.ends_with("(resumed at step 10: the steps after it)"),
+        "{stdout}"
+    );
+    let second = stdout
+        .lines()
+        .find(|l| l.starts_with("epoch   2/2"))
+        .unwrap();
+    assert!(!second.contains("resumed"), "{stdout}");
+}
