@@ -401,6 +401,15 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
         y.extend(py);
         words.extend(pw.into_iter().map(|(row, line, w)| (offset + row, line, w)));
     }
+    // A first line whose label alone is a word, over a column of numbers, is a header whose
+    // feature columns are named by numbers (`1,2,label`), unless `header` says otherwise.
+    let mut skipped = 0;
+    if !header && opts.header.is_none() && words.len() == 1 && words[0].0 == 0 && y.len() > 1 {
+        x.drain(..n_cols - 1);
+        y.remove(0);
+        words.clear();
+        skipped = 1;
+    }
     if let (Some((_, line, word)), Task::Regression) = (words.first(), opts.task) {
         return Err(parse_err(
             path,
@@ -441,7 +450,7 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
         body.lines()
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
-            .nth(row)
+            .nth(row + skipped)
             .map_or(0, |(i, _)| first_line + i)
     };
     finish(path, x, n_cols - 1, targets, opts.task, classes, &line_of)

@@ -542,3 +542,32 @@ fn review_cases_load_or_fail_cleanly() {
         .to_string();
     assert!(err.contains("train.eps"), "{err}");
 }
+
+#[test]
+fn a_header_naming_features_by_numbers_is_a_header() {
+    let dir = temp_dir("files-number-header");
+    let path = dir.join("h.csv");
+    std::fs::write(&path, "1,2,label\n0,1,0\n1,0,1\n2,2,0\n3,1,1\n").unwrap();
+    let cfg = load(&format!("[data]\npath = {:?}\n", path.to_str().unwrap())).unwrap();
+    assert_eq!(
+        (cfg.data.n_train, cfg.data.d, cfg.data.n_classes),
+        (4, 2, Some(2))
+    );
+    // Lines keep their numbers in messages.
+    std::fs::write(&path, "1,2,label\n0,1,0\n1,0,0.5\n").unwrap();
+    let err = load(&format!("[data]\npath = {:?}\n", path.to_str().unwrap()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("h.csv:3: label 0.5 is not a class id"),
+        "{err}"
+    );
+    // header = false keeps the first line as data: its label is then a class name.
+    std::fs::write(&path, "1,2,label\n0,1,0\n1,0,1\n").unwrap();
+    let cfg = load(&format!(
+        "[data]\npath = {:?}\nheader = false\n",
+        path.to_str().unwrap()
+    ))
+    .unwrap();
+    assert_eq!(cfg.data.n_train, 3);
+}
