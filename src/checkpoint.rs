@@ -75,6 +75,12 @@ pub fn load_class_names(path: &Path) -> Result<Option<Vec<String>>> {
         .transpose()
 }
 
+/// The model a saved file names (`MlpSpec::describe`'s words), if it names one.
+pub fn model_description(path: &Path) -> Result<Option<String>> {
+    let bytes = read_file(path)?;
+    Ok(metadata(path, &bytes)?.get("model").cloned())
+}
+
 /// The header's string metadata (empty if it has none).
 fn metadata(path: &Path, bytes: &[u8]) -> Result<std::collections::HashMap<String, String>> {
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| Error::Parse {
@@ -199,40 +205,49 @@ pub struct RunShape {
     pub optimizer: String,
 }
 
+/// What every checkpoint of a run records besides the training state: the model (as
+/// `MlpSpec::describe` names it, so a checkpoint rebuilds its model as a --save file does),
+/// the config, what its position counts in, its layout, and the standardisation and class
+/// names of its data.
+#[derive(Debug, Clone, Default)]
+pub struct RunRecord {
+    pub model: String,
+    pub config: String,
+    pub run: RunShape,
+    pub layout: ParamLayout,
+    pub standardization: Option<(Vec<f32>, Vec<f32>)>,
+    pub class_names: Option<Vec<String>>,
+}
+
 /// Writes a checkpoint atomically: the parameters under their layout names (so it also
 /// loads as a parameter file, in numpy and PyTorch too), the optimizer buffers as
 /// `optimizer.m` and `optimizer.v`, the rest in the header's metadata.
-pub fn save_checkpoint(
-    path: &Path,
-    layout: &ParamLayout,
-    state: &TrainState<'_>,
-    config: &str,
-    run: &RunShape,
-    standardization: Option<&(Vec<f32>, Vec<f32>)>,
-    class_names: Option<&[String]>,
-) -> Result<()> {
+pub fn save_checkpoint(path: &Path, state: &TrainState<'_>, record: &RunRecord) -> Result<()> {
+    let standardization = record.standardization.as_ref();
     let (m, v) = state.optimizer.buffers();
     let (m_shape, v_shape) = ([m.len()], [v.len()]);
     let d = [standardization.map_or(0, |(mean, _)| mean.len())];
-    let mut tensors = model_tensors(layout, state.params, standardization, &d);
+    let mut tensors = model_tensors(&record.layout, state.params, standardization, &d);
     if !m.is_empty() {
         tensors.push(("optimizer.m", &m_shape, m));
     }
     if !v.is_empty() {
         tensors.push(("optimizer.v", &v_shape, v));
     }
+    let run = &record.run;
     let mut metadata = vec![
         ("epoch", state.position.epoch.to_string()),
         ("step_in_epoch", state.position.step_in_epoch.to_string()),
         ("steps", state.steps.to_string()),
         ("optimizer_t", state.optimizer.steps_taken().to_string()),
-        ("config", config.to_string()),
+        ("model", record.model.clone()),
+        ("config", record.config.clone()),
         ("batch_size", run.batch_size.to_string()),
         ("seed", run.seed.to_string()),
         ("steps_per_epoch", run.steps_per_epoch.to_string()),
         ("optimizer", run.optimizer.clone()),
     ];
-    metadata.extend(classes_entry(class_names));
+    metadata.extend(classes_entry(record.class_names.as_deref()));
     write_tensors(path, &tensors, CHECKPOINT_FORMAT, &metadata)
 }
 

@@ -89,13 +89,27 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
         &minibatch::checkpoint::model_config(&args.model)?,
         &args.model,
     )?;
-    let model_cfg = model_raw.validate()?;
-    let model = Mlp::new(model_cfg.model.clone());
+    // The model as its file names it: then the training data its config points to is read
+    // only when that is the data asked for (or for a file that does not name its model),
+    // so a model moved without its training data still evaluates and predicts new data.
+    let described = minibatch::checkpoint::model_description(&args.model)?
+        .and_then(|text| minibatch::model::MlpSpec::parse(&text));
+    let own_data = args.config.is_none() && args.data.is_none();
+    let model_cfg = match (&described, own_data) {
+        (Some(_), false) => None,
+        _ => Some(model_raw.validate()?),
+    };
+    let spec = match (&model_cfg, described) {
+        (Some(cfg), _) => cfg.model.clone(),
+        (None, Some(spec)) => spec,
+        (None, None) => unreachable!("validated above when the file does not name its model"),
+    };
+    let model = Mlp::new(spec);
     let params = minibatch::checkpoint::load_params(&args.model, model.layout())?;
     // A model trained on standardised data carries its training statistics: read the data
     // raw and apply those, not statistics recomputed from whatever data is given now.
     let standardization = minibatch::checkpoint::load_standardization(&args.model)?;
-    let classes = trained_classes(args, &model_cfg, &model)?;
+    let classes = trained_classes(args, &model_raw, model_cfg.as_ref(), &model)?;
     let names = classes
         .as_ref()
         .and_then(|c| c.names())
@@ -104,7 +118,7 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
     let (data_cfg, data_path) = match (&args.config, &args.data, &standardization) {
         (None, None, None) => {
             let path = model_raw.data.path.clone();
-            (model_cfg, path)
+            (model_cfg.expect("validated for its own data"), path)
         }
         (path, file, _) => {
             let mut raw = match (path, file) {
@@ -225,10 +239,12 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
 /// The classes the model's outputs stand for, to read other files' labels as (so a label
 /// the model never saw is an error, and a file may lack some classes): the names saved with
 /// the model; for a file saved before names were recorded, those of its training data as
-/// read now; else the class ids 0..k. `None` for regression.
+/// read now (`model_cfg`, or the model's config validated here, when that data is still
+/// there); else the class ids 0..k. `None` for regression.
 fn trained_classes(
     args: &EvalArgs,
-    model_cfg: &minibatch::Config,
+    model_raw: &RawConfig,
+    model_cfg: Option<&minibatch::Config>,
     model: &Mlp,
 ) -> Result<Option<minibatch::io::Classes>> {
     use minibatch::io::Classes;
@@ -238,8 +254,19 @@ fn trained_classes(
     if let Some(names) = minibatch::checkpoint::load_class_names(&args.model)? {
         return Ok(Some(Classes::Names(names)));
     }
+    let read_now;
+    let model_cfg = match model_cfg {
+        Some(cfg) => Some(cfg),
+        None => {
+            read_now = model_raw.validate().ok();
+            read_now.as_ref()
+        }
+    };
     Ok(Some(
-        match model_cfg.data.file.as_ref().map(|f| &f.classes) {
+        match model_cfg
+            .and_then(|c| c.data.file.as_ref())
+            .map(|f| &f.classes)
+        {
             Some(Classes::Names(names)) => Classes::Names(names.clone()),
             _ => Classes::Ids(k),
         },

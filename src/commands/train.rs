@@ -8,7 +8,9 @@ use std::sync::OnceLock;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use minibatch::checkpoint::{checkpoint_config, load_checkpoint, save_checkpoint, save_params};
+use minibatch::checkpoint::{
+    RunRecord, checkpoint_config, load_checkpoint, save_checkpoint, save_params,
+};
 use minibatch::cluster::Collective;
 use minibatch::profile::Recorder;
 use minibatch::{
@@ -95,7 +97,8 @@ pub fn train(
         trainer.set_params(&params)?;
     }
     let config_text = toml::to_string(&raw.recorded()).unwrap_or_default();
-    let context = SaveContext {
+    let context = RunRecord {
+        model: cfg.model.describe(),
         config: config_text.clone(),
         run: run_shape(&cfg),
         layout: trainer.model().layout().clone(),
@@ -540,21 +543,11 @@ struct CheckpointPolicy {
     /// directory may hold an earlier run's checkpoints (with higher step numbers than this
     /// run's, or the one being resumed) or files that merely share the name pattern.
     written: VecDeque<PathBuf>,
-    context: SaveContext,
-}
-
-/// What every checkpoint of a run records besides the training state.
-#[derive(Clone, Default)]
-struct SaveContext {
-    config: String,
-    run: minibatch::checkpoint::RunShape,
-    layout: minibatch::ParamLayout,
-    standardization: Option<(Vec<f32>, Vec<f32>)>,
-    class_names: Option<Vec<String>>,
+    context: RunRecord,
 }
 
 impl CheckpointPolicy {
-    fn new(args: &TrainArgs, context: SaveContext) -> Result<Option<Self>> {
+    fn new(args: &TrainArgs, context: RunRecord) -> Result<Option<Self>> {
         let Some(dir) = &args.checkpoint else {
             if args.checkpoint_every.is_some() {
                 return Err(minibatch::Error::config(
@@ -601,16 +594,7 @@ impl CheckpointPolicy {
         let path = self
             .dir
             .join(format!("step-{:09}.safetensors", state.steps));
-        let c = &self.context;
-        save_checkpoint(
-            &path,
-            &c.layout,
-            state,
-            &c.config,
-            &c.run,
-            c.standardization.as_ref(),
-            c.class_names.as_deref(),
-        )?;
+        save_checkpoint(&path, state, &self.context)?;
         // The same step may be written twice (an epoch's end is also the run's end).
         self.written.retain(|p| *p != path);
         self.written.push_back(path.clone());
@@ -624,7 +608,7 @@ impl CheckpointPolicy {
 }
 
 /// Config and layout for a checkpoint written on Ctrl-C when no --checkpoint was given.
-static INTERRUPT_CONTEXT: OnceLock<SaveContext> = OnceLock::new();
+static INTERRUPT_CONTEXT: OnceLock<RunRecord> = OnceLock::new();
 
 /// SIGINT and SIGTERM set a flag that the training loop checks after every step, so the
 /// current step finishes and a checkpoint is written before the process exits with 130.

@@ -119,6 +119,48 @@ impl MlpSpec {
     }
 }
 
+impl MlpSpec {
+    /// The spec `describe` wrote: a saved model names its shape in words, so that it can be
+    /// rebuilt without the training data its config points to. `None` for any other text.
+    pub fn parse(text: &str) -> Option<MlpSpec> {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let widths: Vec<usize> = words
+            .get(1)?
+            .split('-')
+            .map(|w| w.parse().ok())
+            .collect::<Option<_>>()?;
+        let (&d_in, rest) = widths.split_first()?;
+        let (&outputs, hidden) = rest.split_last()?;
+        let head = |name: &str| match name {
+            "mse" | "linear" if outputs == 1 => Some(Head::Mse),
+            "logistic" if outputs == 1 => Some(Head::Logistic),
+            "softmax" if outputs >= 2 => Some(Head::Softmax { n_classes: outputs }),
+            _ => None,
+        };
+        let spec = match (words[0], words.len()) {
+            ("mlp", 4) if !hidden.is_empty() => MlpSpec {
+                d_in,
+                hidden: hidden.to_vec(),
+                activation: match words[2] {
+                    "relu" => Activation::Relu,
+                    "tanh" => Activation::Tanh,
+                    "sigmoid" => Activation::Sigmoid,
+                    _ => return None,
+                },
+                head: head(words[3])?,
+            },
+            (kind, 2) if hidden.is_empty() => MlpSpec {
+                d_in,
+                hidden: Vec::new(),
+                activation: Activation::Relu,
+                head: head(kind)?,
+            },
+            _ => return None,
+        };
+        Some(spec)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Mlp {
     spec: MlpSpec,
@@ -656,6 +698,41 @@ impl Model for Mlp {
 mod tests {
     use super::*;
     use ndarray::{Array1, Array2};
+
+    #[test]
+    fn a_spec_is_read_back_from_its_description() {
+        let spec = |hidden: &[usize], activation, head| MlpSpec {
+            d_in: 784,
+            hidden: hidden.to_vec(),
+            activation,
+            head,
+        };
+        for original in [
+            spec(
+                &[256, 256],
+                Activation::Relu,
+                Head::Softmax { n_classes: 10 },
+            ),
+            spec(&[16], Activation::Tanh, Head::Logistic),
+            spec(&[8, 4, 2], Activation::Sigmoid, Head::Mse),
+            spec(&[], Activation::Relu, Head::Mse),
+            spec(&[], Activation::Relu, Head::Logistic),
+            spec(&[], Activation::Relu, Head::Softmax { n_classes: 3 }),
+        ] {
+            let text = original.describe();
+            assert_eq!(MlpSpec::parse(&text), Some(original), "{text}");
+        }
+        for text in [
+            "",
+            "mlp",
+            "mlp 3-4",
+            "mlp 3-4-2 gelu softmax",
+            "softmax 3-1",
+            "cnn 3-2",
+        ] {
+            assert_eq!(MlpSpec::parse(text), None, "{text}");
+        }
+    }
 
     /// The AVX-512 build of the linear rows gives the same bits as the baseline build, so a
     /// saved file does not depend on the CPU's vector width.

@@ -425,3 +425,70 @@ fn data_for_a_saved_model_may_come_in_another_format_or_sparser() {
     let trained = minibatch(&["train", "-c", svm_config.to_str().unwrap()]);
     assert!(trained.contains("valid"), "{trained}");
 }
+
+#[test]
+fn a_model_moved_without_its_training_data_still_evaluates_and_predicts_new_data() {
+    let dir = temp_dir("evaluate-moved");
+    let train = dir.join("t.csv");
+    let rows = "x,y,species\n1,0,cat\n2,0,cat\n3,0,cat\n-1,0,dog\n-2,0,dog\n-3,0,dog\n";
+    std::fs::write(&train, rows).unwrap();
+    let new = dir.join("new.csv");
+    std::fs::write(&new, rows).unwrap();
+    let config = dir.join("t.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[data]\npath = {:?}\nlabel = \"species\"\n[model]\nhidden = [4]\n[train]\nepochs = 50\nbatch_size = 2\nlr = 0.1\nthreads = 1\n",
+            train.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let (model, ckpt) = (dir.join("m.safetensors"), dir.join("ck"));
+    minibatch(&[
+        "train",
+        "-q",
+        "-c",
+        config.to_str().unwrap(),
+        "--save",
+        model.to_str().unwrap(),
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+    ]);
+    let on_training = minibatch(&[
+        "eval",
+        "-m",
+        model.to_str().unwrap(),
+        "-d",
+        new.to_str().unwrap(),
+    ]);
+    std::fs::remove_file(&train).unwrap();
+    // Both a --save file and a checkpoint name their model: no training data needed.
+    let last_checkpoint = std::fs::read_dir(&ckpt)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max()
+        .unwrap();
+    for saved in [&model, &last_checkpoint] {
+        let saved = saved.to_str().unwrap();
+        let evaluated = minibatch(&["eval", "-m", saved, "-d", new.to_str().unwrap()]);
+        assert_eq!(evaluated, on_training);
+    }
+    let predictions = dir.join("p.csv");
+    minibatch(&[
+        "predict",
+        "-q",
+        "-m",
+        model.to_str().unwrap(),
+        "-d",
+        new.to_str().unwrap(),
+        "-o",
+        predictions.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        targets_and_predictions(&predictions)[0],
+        ("cat".into(), "cat".into())
+    );
+    // Its own data is the training file, which is gone: that says so.
+    let err = refused(&["eval", "-m", model.to_str().unwrap()]);
+    assert!(err.contains("t.csv"), "{err}");
+}
