@@ -69,7 +69,7 @@ impl Driver {
         let mut bytes = Vec::new();
         let mut buf = [0u8; 8192];
         let header_end = loop {
-            let n = stream.read(&mut buf)?;
+            let n = read_some(&mut stream, &mut buf)?;
             if n == 0 {
                 return Err(std::io::Error::other(
                     "connection closed before the headers ended",
@@ -87,7 +87,7 @@ impl Driver {
             .and_then(|v| v.trim().parse().ok())
             .ok_or_else(|| std::io::Error::other("no content-length"))?;
         while bytes.len() < header_end + length {
-            let n = stream.read(&mut buf)?;
+            let n = read_some(&mut stream, &mut buf)?;
             if n == 0 {
                 break;
             }
@@ -228,4 +228,15 @@ fn slider_and_refresh_redraw_the_jittery_path_without_page_errors() {
     let errors = script("return window.__errors;");
     assert_eq!(errors, json!([]), "the page logged errors");
     let _ = driver.request("DELETE", &format!("/session/{id}"), None);
+}
+
+/// `stream.read`, retried when a signal interrupts it: the test binary runs other tests'
+/// child processes alongside, and a read cut short by a signal is not chromedriver's reply.
+fn read_some(stream: &mut TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            done => return done,
+        }
+    }
 }
