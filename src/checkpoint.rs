@@ -468,9 +468,13 @@ pub fn check_writable(path: &Path) -> Result<()> {
     if path.is_dir() {
         return Err(unwritable(std::io::Error::other("is a directory")));
     }
-    let tmp = temp_path(path);
-    std::fs::File::create(&tmp).map_err(unwritable)?;
-    let _ = std::fs::remove_file(&tmp);
+    probe(&temp_path(path)).map_err(unwritable)
+}
+
+/// Creates `file` and removes it again: whether its directory takes new files.
+fn probe(file: &Path) -> std::io::Result<()> {
+    std::fs::File::create(file)?;
+    let _ = std::fs::remove_file(file);
     Ok(())
 }
 
@@ -515,10 +519,7 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
             format!("{} is not a directory", existing.display())
         })));
     }
-    let probe = existing.join(format!(".minibatch-probe-{}", std::process::id()));
-    std::fs::File::create(&probe).map_err(unwritable)?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
+    probe(&existing.join(format!(".minibatch-probe-{}", std::process::id()))).map_err(unwritable)
 }
 
 /// `path` as one word of a shell command: as it is when it holds only characters no

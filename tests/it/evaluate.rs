@@ -6,6 +6,10 @@ use std::process::Command;
 
 use crate::common::temp_dir;
 
+/// Two classes named by words, one per sign of the first feature.
+const CATS_AND_DOGS: &str =
+    "x,y,species\n1,0,cat\n2,0,cat\n3,0,cat\n-1,0,dog\n-2,0,dog\n-3,0,dog\n";
+
 fn minibatch(args: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_minibatch"))
         .args(args)
@@ -226,10 +230,7 @@ fn word_labels_are_read_as_the_classes_the_model_was_trained_on() {
         std::fs::write(&path, text).unwrap();
         path.to_str().unwrap().to_string()
     };
-    let train = file(
-        "t.csv",
-        "x,y,species\n1,0,cat\n2,0,cat\n3,0,cat\n-1,0,dog\n-2,0,dog\n-3,0,dog\n",
-    );
+    let train = file("t.csv", CATS_AND_DOGS);
     let config = file(
         "t.toml",
         &format!(
@@ -430,7 +431,7 @@ fn data_for_a_saved_model_may_come_in_another_format_or_sparser() {
 fn a_model_moved_without_its_training_data_still_evaluates_and_predicts_new_data() {
     let dir = temp_dir("evaluate-moved");
     let train = dir.join("t.csv");
-    let rows = "x,y,species\n1,0,cat\n2,0,cat\n3,0,cat\n-1,0,dog\n-2,0,dog\n-3,0,dog\n";
+    let rows = CATS_AND_DOGS;
     std::fs::write(&train, rows).unwrap();
     let new = dir.join("new.csv");
     std::fs::write(&new, rows).unwrap();

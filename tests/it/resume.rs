@@ -22,6 +22,15 @@ fn minibatch(args: &[&str]) -> Output {
         .expect("binary runs")
 }
 
+/// A fresh directory holding CONFIG as c.toml, and where its checkpoints go (not made).
+fn run_dir(name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = temp_dir(name);
+    let config = dir.join("c.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    let ckpt_dir = dir.join("ck");
+    (dir, config, ckpt_dir)
+}
+
 /// `minibatch(args)`, which must succeed.
 fn succeeds(args: &[&str]) -> Output {
     let out = minibatch(args);
@@ -215,10 +224,7 @@ fn ctrl_c_finishes_the_step_checkpoints_and_exits_130() {
 
 #[test]
 fn bad_checkpoints_and_init_files_are_errors_naming_the_file() {
-    let dir = temp_dir("resume-bad");
-    let config = dir.join("c.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let ckpt_dir = dir.join("ckpt");
+    let (dir, config, ckpt_dir) = run_dir("resume-bad");
     let saved = dir.join("params.safetensors");
     let out = minibatch(&[
         "train",
@@ -333,10 +339,7 @@ fn bad_checkpoints_and_init_files_are_errors_naming_the_file() {
 
 #[test]
 fn resuming_at_an_epoch_end_starts_the_next_epoch_and_eval_checks_classes() {
-    let dir = temp_dir("resume-epoch-end");
-    let config = dir.join("c.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let ckpt_dir = dir.join("ckpt");
+    let (dir, config, ckpt_dir) = run_dir("resume-epoch-end");
     let model = dir.join("m.safetensors");
     let out = minibatch(&[
         "train",
@@ -392,10 +395,7 @@ fn resuming_at_an_epoch_end_starts_the_next_epoch_and_eval_checks_classes() {
 
 #[test]
 fn rotation_removes_only_the_checkpoints_the_run_wrote() {
-    let dir = temp_dir("resume-rotation");
-    let config = dir.join("c.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let ckpt_dir = dir.join("ck");
+    let (_, config, ckpt_dir) = run_dir("resume-rotation");
     std::fs::create_dir_all(&ckpt_dir).unwrap();
     // An earlier, longer run's checkpoint (a higher step than any of this run's) and a file
     // that only shares the name pattern.
@@ -451,10 +451,7 @@ fn rotation_removes_only_the_checkpoints_the_run_wrote() {
 
 #[test]
 fn resuming_a_finished_run_asks_for_more_epochs() {
-    let dir = temp_dir("resume-finished");
-    let config = dir.join("c.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let ckpt_dir = dir.join("ck");
+    let (_, config, ckpt_dir) = run_dir("resume-finished");
     let ckpt = ckpt_dir.to_str().unwrap();
     succeeds(&[
         "train",
@@ -483,10 +480,7 @@ fn resuming_a_finished_run_asks_for_more_epochs() {
 
 #[test]
 fn resuming_refuses_another_batch_size_seed_or_optimizer_and_counts_an_epoch_end_as_done() {
-    let dir = temp_dir("resume-shape");
-    let config = dir.join("c.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let ckpt_dir = dir.join("ck");
+    let (_, config, ckpt_dir) = run_dir("resume-shape");
     succeeds(&[
         "train",
         "-q",
@@ -525,10 +519,7 @@ fn resuming_refuses_another_batch_size_seed_or_optimizer_and_counts_an_epoch_end
 
 #[test]
 fn a_resumed_epoch_says_its_figures_cover_the_steps_after_the_checkpoint() {
-    let dir = temp_dir("resume-mid-epoch");
-    let config = dir.join("c.toml");
-    std::fs::write(&config, CONFIG).unwrap();
-    let ckpt_dir = dir.join("ck");
+    let (_, config, ckpt_dir) = run_dir("resume-mid-epoch");
     let (config, ckpt) = (config.to_str().unwrap(), ckpt_dir.to_str().unwrap());
     succeeds(&[
         "train",
