@@ -447,10 +447,13 @@ fn linear_rows<const R: usize>(
     let blocks = batch.rows() / R * R;
     for r in (0..blocks).step_by(R) {
         let x: [&[f32]; R] = std::array::from_fn(|k| batch.row(r + k));
+        // Read before the rows: each target is a cache miss of its own (a random element
+        // of the targets), which then overlaps the rows' streams instead of following them.
+        let targets: [f32; R] = std::array::from_fn(|k| batch.target(r + k));
         let z = dot_rows(x, w);
         let mut dz = [0.0f32; R];
         for k in 0..R {
-            let (loss, d, correct) = scalar_head(head, z[k] + bias, batch.target(r + k));
+            let (loss, d, correct) = scalar_head(head, z[k] + bias, targets[k]);
             stats.loss_sum += f64::from(loss);
             stats.n_correct += u64::from(correct);
             dz[k] = d;
