@@ -94,8 +94,11 @@ pub fn karp_flatt(speedup: f64, threads: usize) -> Option<f64> {
 }
 
 /// Amdahl's law: the speedup on `threads` threads of a run whose serial fraction is `e`.
+/// A measured fraction outside [0, 1] is taken at the nearer end: above 1 (more threads
+/// ran slower) predicts no gain, below 0 (a superlinear measurement) a linear one.
 pub fn amdahl(serial_fraction: f64, threads: usize) -> f64 {
-    1.0 / (serial_fraction + (1.0 - serial_fraction) / threads as f64)
+    let e = serial_fraction.clamp(0.0, 1.0);
+    1.0 / (e + (1.0 - e) / threads as f64)
 }
 
 /// The machine's limits, measured in this process.
@@ -458,5 +461,11 @@ mod tests {
         assert_eq!(karp_flatt(1.0, 1), None);
         // 16 threads at e = 0.05: 1 / (0.05 + 0.95 / 16) = 9.14...
         assert!((amdahl(0.05, 16) - 1.0 / (0.05 + 0.95 / 16.0)).abs() < 1e-12);
+        // Two threads at 0.46x of one: Karp-Flatt gives 1/0.46 * 2 - 1 = 3.35, past 1; the
+        // prediction is then no gain, and a superlinear measurement (e < 0) a linear one.
+        let slower = karp_flatt(0.46, 2).unwrap();
+        assert!((slower - (2.0 / 0.46 - 1.0)).abs() < 1e-12);
+        assert_eq!(amdahl(slower, 16), 1.0);
+        assert_eq!(amdahl(karp_flatt(2.2, 2).unwrap(), 16), 16.0);
     }
 }

@@ -178,6 +178,18 @@ pub struct DataConfig {
     pub noise: f32,
 }
 
+impl DataConfig {
+    /// What loading the training rows is about to do, for a progress line.
+    pub fn load_note(&self) -> String {
+        let (n, d) = (self.n_train, self.d);
+        if self.file.is_some() {
+            format!("preparing the {n} x {d} features read from the data file")
+        } else {
+            format!("generating {n} x {d} features")
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrainConfig {
     pub epochs: NonZeroUsize,

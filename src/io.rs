@@ -457,7 +457,8 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
 }
 
 /// Reads LIBSVM/svmlight text: `label index:value ...` with 1-based feature indices, rows
-/// densified to `d` columns (the largest index when not given). Labels -1/+1 become 0/1.
+/// densified to `d` columns (the largest index when not given). Class labels that are all
+/// -1 or +1 become 0/1.
 pub fn read_libsvm(
     path: &Path,
     d: Option<usize>,
@@ -563,7 +564,9 @@ pub fn read_libsvm(
         )
     })?;
     x.resize(cells, 0.0f32);
-    let binary_pm = rows.iter().all(|(l, _)| *l == 1.0 || *l == -1.0);
+    // The format's binary convention; a regression's targets are kept as they are.
+    let binary_pm =
+        task == Task::Classification && rows.iter().all(|(l, _)| *l == 1.0 || *l == -1.0);
     let y: Vec<f32> = rows
         .iter()
         .enumerate()

@@ -56,10 +56,7 @@ pub fn run(
     let mut raw = raw.clone();
     raw.data.valid_fraction = None;
     let base = raw.validate()?;
-    progress(&format!(
-        "generating {} x {} features",
-        base.data.n_train, base.data.d
-    ));
+    progress(&base.data.load_note());
     let (train, _) = data::load(&base.data, base.seed);
     let batch_sizes = if batch_sizes.is_empty() {
         vec![base.train.batch_size.get()]
@@ -126,7 +123,6 @@ pub fn predictions(rows: &[ScaleRow]) -> Vec<(usize, f64, f64, f64)> {
             .max_by_key(|r| r.threads)
             .and_then(|r| r.serial_fraction)
         {
-            let e = e.clamp(0.0, 1.0);
             out.push((b, e, amdahl(e, 16), amdahl(e, 64)));
         }
     }

@@ -151,10 +151,7 @@ pub fn run(raw: &RawConfig, plan: &TunePlan, mut progress: impl FnMut(&str)) -> 
             "thread counts must be at least 1",
         ));
     }
-    progress(&format!(
-        "generating {} x {} features",
-        base.data.n_train, base.data.d
-    ));
+    progress(&base.data.load_note());
     let (train, valid) = data::load(&base.data, base.seed);
     let b0 = base.train.batch_size.get();
     let base_lr = f64::from(base.train.schedule.base_lr);

@@ -92,7 +92,7 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
     let predictions: Vec<_> = report
         .rows
         .iter()
-        .filter_map(|r| r.serial_fraction.map(|e| (r, e.max(0.0))))
+        .filter_map(|r| r.serial_fraction.map(|e| (r, e)))
         .collect();
     if !predictions.is_empty() {
         outln!(
@@ -187,8 +187,13 @@ pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
         );
     }
     for (b, e, s16, s64) in minibatch::scale::predictions(&rows) {
+        let slower = if e > 1.0 {
+            " (more threads ran slower than one)"
+        } else {
+            ""
+        };
         outln!(
-            "B = {b}: serial fraction {e:.3}; Amdahl's law predicts {s16:.1}x on 16 cores, {s64:.1}x on 64"
+            "B = {b}: serial fraction {e:.3}{slower}; Amdahl's law predicts {s16:.1}x on 16 cores, {s64:.1}x on 64"
         );
     }
     if !quiet {

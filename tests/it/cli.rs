@@ -804,3 +804,73 @@ fn outputs_never_replace_the_files_a_command_reads() {
     }
     assert!(before == (std::fs::read(data).unwrap(), std::fs::read(model).unwrap()));
 }
+
+/// `scale` on rows read from a file says so (not "generating"), and a batch size at which
+/// more threads ran slower gets no Amdahl gain in its summary, whatever its serial fraction.
+#[test]
+fn scale_on_a_data_file_reports_what_it_read() {
+    let dir = temp_dir("cli-scale-file");
+    let mut csv = String::new();
+    for i in 0..400 {
+        let x = (i % 17) as f32 / 17.0;
+        csv += &format!("{x},{},{}\n", 1.0 - x, usize::from(x > 0.5));
+    }
+    let rows = dir.join("rows.csv");
+    std::fs::write(&rows, csv).unwrap();
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[data]\npath = {:?}\n[model]\nkind = \"logistic\"\n[train]\nepochs = 1\n",
+            rows.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out_dir = dir.join("out");
+    let out = run(&[
+        "scale",
+        "-c",
+        config.to_str().unwrap(),
+        "-t",
+        "1,2",
+        "-b",
+        "100",
+        "-o",
+        out_dir.to_str().unwrap(),
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("400 x 2 features read from the data file"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("generating"), "{stderr}");
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("B = 100: serial fraction"))
+        .unwrap_or_else(|| panic!("no summary in {stdout}"));
+    let e: f64 = summary["B = 100: serial fraction ".len()..]
+        .split([';', ' '])
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // One shard of 100 rows: the second thread has nothing to do, so whatever the noise
+    // made of the speedup, the prediction never exceeds what the fraction allows.
+    let s16: f64 = summary
+        .split("predicts ")
+        .nth(1)
+        .and_then(|s| s.split('x').next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let expected = minibatch::bench::amdahl(e, 16);
+    assert!((s16 - expected).abs() < 0.06, "{summary}");
+    if e > 1.0 {
+        assert_eq!(s16, 1.0, "{summary}");
+        assert!(summary.contains("ran slower"), "{summary}");
+    }
+}

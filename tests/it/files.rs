@@ -571,3 +571,20 @@ fn a_header_naming_features_by_numbers_is_a_header() {
     .unwrap();
     assert_eq!(cfg.data.n_train, 3);
 }
+
+/// LIBSVM's binary labels -1/+1 are classes 0 and 1; as regression targets they stay -1
+/// and +1.
+#[test]
+fn libsvm_plus_minus_one_labels_are_classes_only_for_classification() {
+    let dir = temp_dir("files-libsvm-pm");
+    let path = dir.join("pm.svm");
+    std::fs::write(&path, "+1 1:0.5\n-1 2:1.5\n1 1:2\n").unwrap();
+    let read = |task| {
+        minibatch::io::read_libsvm(&path, None, task, &mut Default::default())
+            .unwrap()
+            .targets()
+            .to_vec()
+    };
+    assert_eq!(read(minibatch::io::Task::Classification), [1.0, 0.0, 1.0]);
+    assert_eq!(read(minibatch::io::Task::Regression), [1.0, -1.0, 1.0]);
+}
