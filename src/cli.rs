@@ -239,14 +239,16 @@ pub struct TrainArgs {
     pub profile: bool,
     /// Write checkpoints (parameters, optimizer state, position, config) into this
     /// directory: at the end of every epoch, every --checkpoint-every steps, at the end of
-    /// the run and on Ctrl-C. Each is written to a temporary file and renamed.
+    /// the run and on Ctrl-C. Each is written to a temporary file and renamed. A directory
+    /// holding checkpoints past the step the run starts from is refused (they would be
+    /// overwritten).
     #[arg(long, value_name = "DIR")]
     pub checkpoint: Option<PathBuf>,
     /// Also checkpoint every this many steps.
     #[arg(long, value_name = "STEPS")]
     pub checkpoint_every: Option<u64>,
-    /// Checkpoints of this run to keep in the directory (the newest); files already there,
-    /// an earlier run's checkpoints included, are never removed.
+    /// Checkpoints of this run to keep in the directory (the newest); files already there
+    /// are never removed.
     #[arg(long, default_value_t = 3, value_name = "N", requires = "checkpoint")]
     pub keep: usize,
     /// Continue the run saved in this checkpoint (its config, unless --config is given;

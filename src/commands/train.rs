@@ -114,7 +114,7 @@ pub fn train(
             .and_then(|f| f.classes.names().map(<[String]>::to_vec)),
     };
     let checkpoints = if leader {
-        CheckpointPolicy::new(args, context.clone())?
+        CheckpointPolicy::new(args, context.clone(), steps_before)?
     } else {
         None
     };
@@ -540,14 +540,15 @@ struct CheckpointPolicy {
     every: Option<u64>,
     keep: usize,
     /// The checkpoints this run wrote, oldest first: the only files rotation removes. The
-    /// directory may hold an earlier run's checkpoints (with higher step numbers than this
-    /// run's, or the one being resumed) or files that merely share the name pattern.
+    /// directory may hold checkpoints up to the step the run starts from (the run it
+    /// resumes, or files that merely share the name pattern); later ones are refused.
     written: VecDeque<PathBuf>,
     context: RunRecord,
 }
 
 impl CheckpointPolicy {
-    fn new(args: &TrainArgs, context: RunRecord) -> Result<Option<Self>> {
+    /// `start`: the steps the run had taken before this process (what it resumed).
+    fn new(args: &TrainArgs, context: RunRecord, start: u64) -> Result<Option<Self>> {
         let Some(dir) = &args.checkpoint else {
             if args.checkpoint_every.is_some() {
                 return Err(minibatch::Error::config(
@@ -567,6 +568,7 @@ impl CheckpointPolicy {
             ));
         }
         minibatch::checkpoint::check_output_dir(dir)?;
+        refuse_later_checkpoints(dir, start)?;
         minibatch::checkpoint::create_dir(dir)?;
         Ok(Some(CheckpointPolicy {
             dir: dir.clone(),
@@ -591,9 +593,18 @@ impl CheckpointPolicy {
     /// Writes `step-NNNNNNNNN.safetensors` atomically and removes this run's oldest beyond
     /// `keep`; a file this run did not write is never removed.
     fn write(&mut self, state: &TrainState<'_>) -> Result<PathBuf> {
-        let path = self
+        let mut path = self
             .dir
             .join(format!("step-{:09}.safetensors", state.steps));
+        // A file of that name that this run did not write (only possible in the current
+        // directory, after a Ctrl-C without --checkpoint) stays: take the next free name.
+        let mut n = 1;
+        while path.exists() && !self.written.contains(&path) {
+            n += 1;
+            path = self
+                .dir
+                .join(format!("step-{:09}-{n}.safetensors", state.steps));
+        }
         save_checkpoint(&path, state, &self.context)?;
         // The same step may be written twice (an epoch's end is also the run's end).
         self.written.retain(|p| *p != path);
@@ -605,6 +616,45 @@ impl CheckpointPolicy {
         }
         Ok(path)
     }
+}
+
+/// The step of a file named as `CheckpointPolicy::write` names them.
+fn checkpoint_step(name: &std::ffi::OsStr) -> Option<u64> {
+    let digits = name
+        .to_str()?
+        .strip_prefix("step-")?
+        .strip_suffix(".safetensors")?;
+    digits.parse().ok()
+}
+
+/// Refuses a checkpoint directory holding checkpoints past `start`: this run would write
+/// files of the same names over them (another run's, or the later steps of the run being
+/// resumed from an earlier checkpoint), and rotation would then remove them as its own.
+fn refuse_later_checkpoints(dir: &std::path::Path, start: u64) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut later: Vec<u64> = entries
+        .flatten()
+        .filter_map(|e| checkpoint_step(&e.file_name()))
+        .filter(|&step| step > start)
+        .collect();
+    later.sort_unstable();
+    let Some(&first) = later.first() else {
+        return Ok(());
+    };
+    let more = match later.len() {
+        1 => String::new(),
+        n => format!(" and {} more", n - 1),
+    };
+    Err(minibatch::Error::config(
+        "--checkpoint",
+        format!(
+            "{} already holds step-{first:09}.safetensors{more}, which this run would \
+             overwrite; give an empty directory, or move those files",
+            dir.display()
+        ),
+    ))
 }
 
 /// Config and layout for a checkpoint written on Ctrl-C when no --checkpoint was given.

@@ -396,55 +396,82 @@ fn resuming_at_an_epoch_end_starts_the_next_epoch_and_eval_checks_classes() {
 #[test]
 fn rotation_removes_only_the_checkpoints_the_run_wrote() {
     let (_, config, ckpt_dir) = run_dir("resume-rotation");
-    std::fs::create_dir_all(&ckpt_dir).unwrap();
-    // An earlier, longer run's checkpoint (a higher step than any of this run's) and a file
-    // that only shares the name pattern.
-    let earlier = ckpt_dir.join("step-000000500.safetensors");
-    let foreign = ckpt_dir.join("step-000099999.safetensors");
-    std::fs::write(&earlier, b"an earlier run's checkpoint").unwrap();
-    std::fs::write(&foreign, b"not a checkpoint").unwrap();
-    // 24 steps per epoch, 2 epochs: checkpoints at steps 5, 10, ..., 45, 24 and 48.
-    succeeds(&[
+    let (config, ckpt) = (config.to_str().unwrap(), ckpt_dir.to_str().unwrap());
+    let names = |dir: &Path| -> Vec<String> {
+        checkpoints(dir)
+            .iter()
+            .map(|p| p.file_name().unwrap().to_str().unwrap().to_string())
+            .collect()
+    };
+    let step = |n: u64| format!("step-{n:09}.safetensors");
+    // 24 steps per epoch: one epoch keeping everything, checkpoints at 5, 10, 15, 20, 24.
+    let every = ["--checkpoint", ckpt, "--checkpoint-every", "5"];
+    succeeds(
+        &[
+            &["train", "-q", "-c", config, "--epochs", "1", "--keep", "9"],
+            &every[..],
+        ]
+        .concat(),
+    );
+    let first_run: Vec<String> = [5, 10, 15, 20, 24].map(step).to_vec();
+    assert_eq!(names(&ckpt_dir), first_run);
+    // Resumed from its last checkpoint for a second epoch, keeping two: it writes 25, 30,
+    // ..., 45 and 48 and removes its own older ones, never the files it found.
+    let last = ckpt_dir.join(step(24));
+    let resume = [
         "train",
         "-q",
-        "--config",
-        config.to_str().unwrap(),
-        "--checkpoint",
-        ckpt_dir.to_str().unwrap(),
-        "--checkpoint-every",
-        "5",
+        "--resume",
+        last.to_str().unwrap(),
+        "--epochs",
+        "2",
         "--keep",
         "2",
-    ]);
-    assert_eq!(
-        std::fs::read(&earlier).unwrap(),
-        b"an earlier run's checkpoint"
-    );
-    assert_eq!(std::fs::read(&foreign).unwrap(), b"not a checkpoint");
-    let own: Vec<PathBuf> = checkpoints(&ckpt_dir)
-        .into_iter()
-        .filter(|p| *p != earlier && *p != foreign)
-        .collect();
-    let names: Vec<&str> = own
-        .iter()
-        .map(|p| p.file_name().unwrap().to_str().unwrap())
-        .collect();
-    assert_eq!(
-        names,
-        ["step-000000045.safetensors", "step-000000048.safetensors"]
-    );
-    for path in &own {
-        load_checkpoint(path, &layout(CONFIG)).unwrap();
+    ];
+    succeeds(&[&resume[..], &every[..]].concat());
+    let mut expected = first_run.clone();
+    expected.extend([45, 48].map(step));
+    assert_eq!(names(&ckpt_dir), expected);
+    for path in checkpoints(&ckpt_dir) {
+        load_checkpoint(&path, &layout(CONFIG)).unwrap();
     }
+    // A new run in that directory would write step-000000005 and on over the files there
+    // (and then rotate them away as its own): refused before anything is written. So is
+    // resuming an earlier checkpoint, whose later steps are on disk.
+    let before: Vec<Vec<u8>> = checkpoints(&ckpt_dir)
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    let earlier = ckpt_dir.join(step(10));
+    let cases: [(Vec<&str>, &str); 2] = [
+        (
+            [&["train", "-q", "-c", config, "--seed", "7"], &every[..]].concat(),
+            "holds step-000000005.safetensors and 6 more",
+        ),
+        (
+            [
+                &["train", "-q", "--resume", earlier.to_str().unwrap()],
+                &every[..],
+            ]
+            .concat(),
+            "holds step-000000015.safetensors and 4 more",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = minibatch(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("--checkpoint"), "{stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?} trained first");
+    }
+    let after: Vec<Vec<u8>> = checkpoints(&ckpt_dir)
+        .iter()
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    assert_eq!(before, after);
     // --keep means nothing without a directory to keep checkpoints in.
-    let out = minibatch(&[
-        "train",
-        "-q",
-        "--config",
-        config.to_str().unwrap(),
-        "--keep",
-        "0",
-    ]);
+    let out = minibatch(&["train", "-q", "--config", config, "--keep", "0"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--checkpoint"));
 }
