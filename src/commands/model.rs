@@ -151,7 +151,12 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
                         label: trained.label.clone().filter(|_| csv),
                         header: trained.header.filter(|_| csv),
                         delimiter: trained.delimiter.clone().filter(|_| csv),
-                        task: trained.task.clone(),
+                        // The model's head says what the targets are, whatever its
+                        // training data named (a synthetic linear set names no task).
+                        task: match model.spec().head {
+                            minibatch::model::Head::Mse => Some("regression".into()),
+                            _ => trained.task.clone(),
+                        },
                         standardize: trained.standardize,
                         d: (format == "libsvm").then_some(model.spec().d_in),
                         unlabeled,

@@ -493,3 +493,29 @@ fn a_model_moved_without_its_training_data_still_evaluates_and_predicts_new_data
     let err = refused(&["eval", "-m", model.to_str().unwrap()]);
     assert!(err.contains("t.csv"), "{err}");
 }
+
+/// A regression model trained on a synthetic set (whose config names no task) reads the
+/// real targets of a file given to eval and predict as real targets: its head says so.
+#[test]
+fn a_regression_model_from_synthetic_data_evaluates_real_targets_from_a_file() {
+    let dir = temp_dir("eval-synthetic-regression");
+    let config = dir.join("reg.toml");
+    std::fs::write(
+        &config,
+        "[data]\nsynthetic = \"linear\"\nn = 400\nd = 3\n[train]\nepochs = 2\nthreads = 1\n",
+    )
+    .unwrap();
+    let model = dir.join("reg.safetensors");
+    let (config, model) = (config.to_str().unwrap(), model.to_str().unwrap());
+    minibatch(&["train", "-q", "-c", config, "--save", model]);
+    let data = dir.join("reg.csv");
+    std::fs::write(&data, "a,b,c,y\n1,2,3,4.5\n-1,0.5,2,-0.25\n").unwrap();
+    let data = data.to_str().unwrap();
+    let report = minibatch(&["eval", "-m", model, "--data", data]);
+    assert!(report.contains("R^2"), "{report}");
+    let out = dir.join("pred.csv");
+    minibatch(&["predict", "-m", model, "--data", data, "-o", out.to_str().unwrap()]);
+    let rows = targets_and_predictions(&out);
+    let targets: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(targets, ["4.5", "-0.25"]);
+}
