@@ -51,6 +51,11 @@ pub fn train(
     // Steps the run had taken before this process, and where in an epoch it resumed.
     let mut steps_before = 0;
     let mut resumed_mid_epoch = None;
+    for (flag, path) in [("--resume", &args.resume), ("--init", &args.init)] {
+        if let Some(path) = path {
+            check_standardization(flag, path, &cfg)?;
+        }
+    }
     if let Some(path) = &args.resume {
         let checkpoint = load_checkpoint(path, trainer.model().layout())?;
         steps_before = checkpoint.steps;
@@ -478,6 +483,38 @@ fn check_outputs(args: &TrainArgs, raw: &RawConfig, leader: bool) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// Refuses parameters trained on standardised features for a run on raw ones, or the other
+/// way round: each weight is scaled for the inputs it was trained on, so the run would
+/// start from a model that no longer fits its data (the loss jumps by orders of magnitude).
+fn check_standardization(
+    flag: &str,
+    path: &std::path::Path,
+    cfg: &minibatch::Config,
+) -> Result<()> {
+    let saved = minibatch::checkpoint::load_standardization(path)?.is_some();
+    let now = cfg
+        .data
+        .file
+        .as_ref()
+        .is_some_and(|f| f.standardization.is_some());
+    if saved == now {
+        return Ok(());
+    }
+    let (was, is) = if saved {
+        ("standardised", "raw")
+    } else {
+        ("raw", "standardised")
+    };
+    Err(minibatch::Error::config(
+        "data.standardize",
+        format!(
+            "the parameters in {} ({flag}) were trained on {was} features, and this run's \
+             are {is}; set data.standardize = {saved}",
+            path.display()
+        ),
+    ))
 }
 
 /// What a checkpoint of this run records about its steps (`RunShape`).

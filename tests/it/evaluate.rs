@@ -514,7 +514,15 @@ fn a_regression_model_from_synthetic_data_evaluates_real_targets_from_a_file() {
     let report = minibatch(&["eval", "-m", model, "--data", data]);
     assert!(report.contains("R^2"), "{report}");
     let out = dir.join("pred.csv");
-    minibatch(&["predict", "-m", model, "--data", data, "-o", out.to_str().unwrap()]);
+    minibatch(&[
+        "predict",
+        "-m",
+        model,
+        "--data",
+        data,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
     let rows = targets_and_predictions(&out);
     let targets: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(targets, ["4.5", "-0.25"]);

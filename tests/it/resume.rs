@@ -575,3 +575,60 @@ fn a_resumed_epoch_says_its_figures_cover_the_steps_after_the_checkpoint() {
         .unwrap();
     assert!(!second.contains("resumed"), "{stdout}");
 }
+
+/// Parameters trained on standardised features do not continue on raw ones (nor the other
+/// way round), by --resume or --init: the run would start from a model that no longer fits.
+#[test]
+fn a_change_of_standardisation_is_refused_on_resume_and_init() {
+    let dir = temp_dir("resume-standardize");
+    let mut csv = String::from("a,b,label\n");
+    for i in 0..200 {
+        let x = 100.0 + (i % 13) as f32 * 70.0;
+        csv += &format!("{x},{},{}\n", 1000.0 - x, usize::from(x > 500.0));
+    }
+    let data = dir.join("d.csv");
+    std::fs::write(&data, csv).unwrap();
+    let config = |name: &str, standardize: bool| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[data]\npath = {:?}\nstandardize = {standardize}\n[model]\nkind = \"logistic\"\n\
+                 [train]\nepochs = 1\nbatch_size = 20\n",
+                data.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let (on, off) = (config("on.toml", true), config("off.toml", false));
+    let ckpt_dir = dir.join("ck");
+    succeeds(&[
+        "train",
+        "-q",
+        "-c",
+        on.to_str().unwrap(),
+        "--checkpoint",
+        ckpt_dir.to_str().unwrap(),
+        "--checkpoint-every",
+        "4",
+    ]);
+    let ckpt = ckpt_dir.join("step-000000004.safetensors");
+    let ckpt = ckpt.to_str().unwrap();
+    let raw = off.to_str().unwrap();
+    for args in [
+        vec!["train", "-q", "--resume", ckpt, "-c", raw, "--epochs", "2"],
+        vec!["train", "-q", "--init", ckpt, "-c", raw],
+    ] {
+        let out = minibatch(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("data.standardize"), "{stderr}");
+        assert!(
+            stderr.contains("trained on standardised features"),
+            "{stderr}"
+        );
+    }
+    // The same settings continue.
+    succeeds(&["train", "-q", "--init", ckpt, "-c", on.to_str().unwrap()]);
+}
