@@ -70,17 +70,29 @@ pub enum Error {
     /// the command does not support, an MPI library without thread support).
     #[error("{0}")]
     Cluster(String),
-    /// Training diverged.
+    /// Training diverged: a batch's loss was not finite (the step was not applied).
     #[error(
-        "loss became {value} at epoch {epoch}, step {step} (lr {lr}, last finite batch loss {last_finite}); \
-         try a smaller learning rate"
+        "loss became {value} at epoch {epoch}, step {step} (lr {lr}{}); try a smaller learning rate",
+        last_finite.map(|l| format!(", last finite batch loss {l}")).unwrap_or_default()
     )]
     NonFinite {
         value: f64,
         epoch: usize,
         step: u64,
         lr: f32,
-        last_finite: f64,
+        /// The last batch loss that was finite, if this process took a step before.
+        last_finite: Option<f64>,
+    },
+    /// Training diverged: an update whose batch's loss (computed before it) was finite left
+    /// parameters that are not finite, or so large that the validation loss is not.
+    #[error(
+        "{what} became non-finite by epoch {epoch}, step {step}: an update overflowed; try a \
+         smaller learning rate"
+    )]
+    Overflow {
+        what: &'static str,
+        epoch: usize,
+        step: u64,
     },
 }
 
@@ -103,7 +115,7 @@ impl Error {
             | Error::Unwritable { .. }
             | Error::Shape { .. }
             | Error::Cluster(_) => 2,
-            Error::Write { .. } | Error::NonFinite { .. } => 1,
+            Error::Write { .. } | Error::NonFinite { .. } | Error::Overflow { .. } => 1,
             Error::Interrupted { .. } => 130,
         }
     }

@@ -78,7 +78,9 @@ fn fail(err: &minibatch::Error, launch: &Launch) -> ExitCode {
     // stops are agreed): rank 0 reports them and every rank exits normally.
     let every_rank = matches!(
         err,
-        minibatch::Error::Interrupted { .. } | minibatch::Error::NonFinite { .. }
+        minibatch::Error::Interrupted { .. }
+            | minibatch::Error::NonFinite { .. }
+            | minibatch::Error::Overflow { .. }
     );
     if !every_rank || launch.rank == 0 {
         eprintln!("minibatch: rank {} of {}: {err}", launch.rank, launch.size);

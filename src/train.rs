@@ -489,7 +489,7 @@ impl<M: Model> Trainer<M> {
         let progress_stride = (steps_per_epoch / 100).max(1);
         // Reserved (up to a bound) so that recording an epoch's report allocates nothing.
         let mut reports = Vec::with_capacity(cfg.epochs.get().min(1024));
-        let mut last_finite = f64::NAN;
+        let mut last_finite = None;
         let mut stopped = false;
         // A checkpoint taken at an epoch's end resumes at the next epoch's start.
         let resume = if self.position.step_in_epoch >= steps_per_epoch {
@@ -543,7 +543,7 @@ impl<M: Model> Trainer<M> {
                         last_finite,
                     });
                 }
-                last_finite = batch_stats.mean_loss();
+                last_finite = Some(batch_stats.mean_loss());
                 stats.add(&batch_stats);
                 step_in_epoch += 1;
                 self.position = Position {
@@ -567,7 +567,7 @@ impl<M: Model> Trainer<M> {
                         step_in_epoch,
                         steps_per_epoch,
                         mean_loss: stats.mean_loss(),
-                        batch_loss: last_finite,
+                        batch_loss: last_finite.unwrap_or(f64::NAN),
                         steps: self.steps_taken,
                     });
                     if self.agree(observer.should_stop()) {
@@ -577,7 +577,22 @@ impl<M: Model> Trainer<M> {
                 }
             }
             let seconds = start.elapsed().as_secs_f64();
+            // A step whose loss was finite may still overflow in its update; the next
+            // step's loss would show it, but the epoch's end (checkpoint, report, the
+            // run's saved parameters) comes first. Once an epoch, so it costs nothing.
+            let steps = self.steps_taken;
+            let overflow = |what| Error::Overflow {
+                what,
+                epoch: epoch + 1,
+                step: steps,
+            };
+            if !self.params.iter().all(|v| v.is_finite()) {
+                return Err(overflow("the parameters"));
+            }
             let valid_stats = valid.map(|v| self.evaluate_on_pool(v));
+            if valid_stats.is_some_and(|v| !v.loss_sum.is_finite()) {
+                return Err(overflow("the validation loss"));
+            }
             let report = EpochReport {
                 epoch: epoch + 1,
                 epochs: cfg.epochs.get(),

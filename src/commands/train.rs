@@ -630,6 +630,14 @@ impl CheckpointPolicy {
     /// Writes `step-NNNNNNNNN.safetensors` atomically and removes this run's oldest beyond
     /// `keep`; a file this run did not write is never removed.
     fn write(&mut self, state: &TrainState<'_>) -> Result<PathBuf> {
+        // The step's loss was finite, but its update may have overflowed: never keep that.
+        if !state.params.iter().all(|v| v.is_finite()) {
+            return Err(minibatch::Error::Overflow {
+                what: "the parameters",
+                epoch: state.position.epoch + 1,
+                step: state.steps,
+            });
+        }
         let mut path = self
             .dir
             .join(format!("step-{:09}.safetensors", state.steps));

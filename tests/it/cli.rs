@@ -874,3 +874,72 @@ fn scale_on_a_data_file_reports_what_it_read() {
         assert!(summary.contains("ran slower"), "{summary}");
     }
 }
+
+/// A run whose last update overflows (its loss, computed before the update, was finite)
+/// stops with exit 1 and writes no --save file: here the parameters stay finite but so
+/// large that the validation loss is not; with larger steps they overflow too.
+#[test]
+fn an_update_that_overflows_on_the_last_step_saves_nothing() {
+    let dir = temp_dir("cli-last-step-overflow");
+    let cfg = dir.join("c.toml");
+    // One step per epoch, one epoch: the only step's update is the one that overflows.
+    std::fs::write(
+        &cfg,
+        "[data]\nsynthetic = \"teacher\"\nn = 2000\nd = 20\nclasses = 3\nvalid_fraction = 0.2\n\
+         [train]\nbatch_size = 1600\nepochs = 1\nlr = 1e30\n",
+    )
+    .unwrap();
+    let (save, ckpt) = (dir.join("m.safetensors"), dir.join("ck"));
+    let out = run(&[
+        "train",
+        "-q",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--save",
+        save.to_str().unwrap(),
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the validation loss became non-finite by epoch 1, step 1"),
+        "{stderr}"
+    );
+    assert!(!save.exists());
+    // Parameters that are not finite are never written: not at an epoch's end, not on the
+    // periodic checkpoints (targets in the hundreds make gradients that lr 1e38 turns into
+    // infinities on the first step).
+    let linear = dir.join("linear.toml");
+    std::fs::write(
+        &linear,
+        "[data]\nsynthetic = \"linear\"\nn = 200\nd = 4\nnoise = 100\n\
+         [train]\nbatch_size = 200\nepochs = 1\nlr = 1e38\n",
+    )
+    .unwrap();
+    let out = run(&[
+        "train",
+        "-q",
+        "--config",
+        linear.to_str().unwrap(),
+        "--save",
+        save.to_str().unwrap(),
+        "--checkpoint",
+        dir.join("ck2").to_str().unwrap(),
+        "--checkpoint-every",
+        "1",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the parameters became non-finite by epoch 1, step 1"),
+        "{stderr}"
+    );
+    assert!(!save.exists());
+    let left = std::fs::read_dir(dir.join("ck2")).map_or(0, |d| d.count());
+    assert_eq!(
+        left, 0,
+        "a checkpoint of the overflowed parameters was kept"
+    );
+    let _ = ckpt;
+}
