@@ -177,10 +177,20 @@ pub fn train(
     };
     let report = trainer.fit_observed(&train, valid.as_deref(), &mut output);
     bar.finish_and_clear();
-    let report = report?;
-    if let Some(err) = output.failure.take() {
-        return Err(err);
-    }
+    let failure = match &report {
+        Ok(_) => output.failure.take(),
+        Err(_) => None,
+    };
+    let report = match (report, failure) {
+        (Ok(report), None) => report,
+        (Err(err), _) | (Ok(_), Some(err)) => {
+            // The trace and profile of what ran still help to see why; the failure is the
+            // error to report.
+            let threads = cfg.train.threads.get();
+            let _ = write_trace_and_profile(args, recorder, (rank, ranks), quiet, threads);
+            return Err(err);
+        }
+    };
     if output.interrupted.is_none() && report.stopped {
         // Across ranks: another rank saw Ctrl-C (or this one, not the leader), and every
         // rank stopped after the same step. Rank 0 writes the checkpoint.
@@ -245,38 +255,13 @@ pub fn train(
                 .unwrap_or_default(),
         );
     }
-    if let Some(recorder) = recorder {
-        // Each rank reports its own spans, communication included.
-        if let Some(path) = &args.trace {
-            let path = if ranks > 1 {
-                path.with_extension(format!(
-                    "rank{rank}.{}",
-                    path.extension().and_then(|e| e.to_str()).unwrap_or("json")
-                ))
-            } else {
-                path.clone()
-            };
-            minibatch::profile::write_chrome_trace(&path, recorder)?;
-            if !quiet || ranks > 1 {
-                outln!(
-                    "wrote trace to {} (open in ui.perfetto.dev)",
-                    path.display()
-                );
-            }
-        }
-        if args.profile {
-            let title = if ranks > 1 {
-                format!("Profile of rank {rank} of {ranks}:\n")
-            } else {
-                String::new()
-            };
-            minibatch::profile::print_profile(
-                &title,
-                &minibatch::profile::profile(recorder, cfg.train.threads.get()),
-                recorder,
-            );
-        }
-    }
+    write_trace_and_profile(
+        args,
+        recorder,
+        (rank, ranks),
+        quiet,
+        cfg.train.threads.get(),
+    )?;
     if let Some(interrupted) = interrupted {
         return Err(interrupted);
     }
@@ -515,6 +500,51 @@ fn check_standardization(
             path.display()
         ),
     ))
+}
+
+/// Writes `--trace` and prints `--profile` from what the recorder holds: after a run that
+/// ended, was interrupted or failed (the spans of what it ran are worth as much then).
+fn write_trace_and_profile(
+    args: &TrainArgs,
+    recorder: Option<&Recorder>,
+    (rank, ranks): (usize, usize),
+    quiet: bool,
+    threads: usize,
+) -> Result<()> {
+    let Some(recorder) = recorder else {
+        return Ok(());
+    };
+    // Each rank reports its own spans, communication included.
+    if let Some(path) = &args.trace {
+        let path = if ranks > 1 {
+            path.with_extension(format!(
+                "rank{rank}.{}",
+                path.extension().and_then(|e| e.to_str()).unwrap_or("json")
+            ))
+        } else {
+            path.clone()
+        };
+        minibatch::profile::write_chrome_trace(&path, recorder)?;
+        if !quiet || ranks > 1 {
+            outln!(
+                "wrote trace to {} (open in ui.perfetto.dev)",
+                path.display()
+            );
+        }
+    }
+    if args.profile {
+        let title = if ranks > 1 {
+            format!("Profile of rank {rank} of {ranks}:\n")
+        } else {
+            String::new()
+        };
+        minibatch::profile::print_profile(
+            &title,
+            &minibatch::profile::profile(recorder, threads),
+            recorder,
+        );
+    }
+    Ok(())
 }
 
 /// What a checkpoint of this run records about its steps (`RunShape`).

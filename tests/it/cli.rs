@@ -463,7 +463,7 @@ fn a_diverging_run_stops_with_the_step_and_a_hint_and_keeps_its_checkpoints() {
     let dir = temp_dir("cli-nan");
     let cfg = dir.join("c.toml");
     std::fs::write(&cfg, "[data]\nsynthetic = \"linear\"\nn = 2000\nd = 10\n[train]\nepochs = 50\nbatch_size = 10\nlr = 5.0\n").unwrap();
-    let ckpt = dir.join("ckpt");
+    let (ckpt, trace) = (dir.join("ckpt"), dir.join("trace.json"));
     let out = run(&[
         "train",
         "-q",
@@ -473,9 +473,21 @@ fn a_diverging_run_stops_with_the_step_and_a_hint_and_keeps_its_checkpoints() {
         ckpt.to_str().unwrap(),
         "--checkpoint-every",
         "1",
+        "--trace",
+        trace.to_str().unwrap(),
+        "--profile",
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // The trace and profile of the steps that ran are written all the same.
+    let events: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&trace).unwrap()).unwrap();
+    assert!(
+        events["traceEvents"]
+            .as_array()
+            .is_some_and(|e| !e.is_empty())
+    );
+    assert!(stderr.contains("| step |"), "{stderr}");
     assert!(
         stderr.contains("loss became") && stderr.contains("try a smaller learning rate"),
         "{stderr}"
