@@ -434,10 +434,36 @@ impl RawConfig {
         // data), and the validation file is read against them.
         let mut classes = raw.trained_classes.clone().unwrap_or_default();
         let mut read = |path: &std::path::Path,
+                        path_key: &'static str,
                         labels: Option<&std::path::PathBuf>,
                         labels_key: &'static str,
                         d: Option<usize>|
          -> Result<crate::data::Dataset> {
+            // A file that is not there is named with the key that gave it, and where a
+            // relative path was looked for.
+            let missing = |err: Error| match err {
+                Error::Read {
+                    path: missing,
+                    source,
+                } if source.kind() == std::io::ErrorKind::NotFound => {
+                    let key = if labels.is_some_and(|l| *l == missing) {
+                        labels_key
+                    } else {
+                        path_key
+                    };
+                    let from = match std::env::current_dir() {
+                        Ok(dir) if missing.is_relative() => {
+                            format!(" (relative paths are taken from {})", dir.display())
+                        }
+                        _ => String::new(),
+                    };
+                    self.err(
+                        key,
+                        format!("cannot read {}: {source}{from}", missing.display()),
+                    )
+                }
+                other => other,
+            };
             match format.as_str() {
                 "csv" => crate::io::read_csv(path, &csv, &mut classes),
                 "libsvm" => crate::io::read_libsvm(path, d, task, &mut classes),
@@ -452,13 +478,21 @@ impl RawConfig {
                     format!("unknown format `{other}`; expected csv, libsvm or npy"),
                 )),
             }
+            .map_err(missing)
         };
-        let train = read(&path, raw.labels.as_ref(), "data.labels", raw.d)?;
+        let train = read(
+            &path,
+            "data.path",
+            raw.labels.as_ref(),
+            "data.labels",
+            raw.d,
+        )?;
         // A sparse validation file is read at the training data's width: its rows need
         // not reach the last feature.
         let valid = match &raw.valid_path {
             Some(valid_path) => Some(read(
                 valid_path,
+                "data.valid_path",
                 raw.valid_labels.as_ref(),
                 "data.valid_labels",
                 Some(train.d()),

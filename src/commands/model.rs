@@ -162,6 +162,9 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
                         unlabeled,
                         ..Default::default()
                     };
+                    // Messages about these keys name the flags that gave them.
+                    raw.mark_overridden("data.path", "--data");
+                    raw.mark_overridden("data.labels", "--labels");
                     raw.train.batch_size = Some(1);
                     // Name the model's kind and head, so they are not inferred from this file.
                     let spec = model.spec();

@@ -588,3 +588,32 @@ fn libsvm_plus_minus_one_labels_are_classes_only_for_classification() {
     assert_eq!(read(minibatch::io::Task::Classification), [1.0, 0.0, 1.0]);
     assert_eq!(read(minibatch::io::Task::Regression), [1.0, -1.0, 1.0]);
 }
+
+/// A data file that is not there is named with the config key that gave it, and with the
+/// directory a relative path was looked for in.
+#[test]
+fn a_missing_data_file_names_its_key_and_where_it_was_looked_for() {
+    let dir = temp_dir("files-missing");
+    std::fs::write(dir.join("rows.csv"), "1,2,0\n3,4,1\n").unwrap();
+    for (data, key, file) in [
+        ("path = \"no-such.csv\"", "data.path", "no-such.csv"),
+        (
+            "path = \"rows.csv\"\nvalid_path = \"gone.csv\"",
+            "data.valid_path",
+            "gone.csv",
+        ),
+    ] {
+        std::fs::write(dir.join("c.toml"), format!("[data]\n{data}\n")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+            .args(["train", "-c", "c.toml"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(&format!("config `{key}`")), "{stderr}");
+        assert!(stderr.contains(&format!("cannot read {file}")), "{stderr}");
+        let looked_in = format!("relative paths are taken from {}", dir.display());
+        assert!(stderr.contains(&looked_in), "{stderr}");
+    }
+}
