@@ -218,6 +218,8 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
             + 1;
         parse_err(path, line, "is not UTF-8 text".into())
     })?;
+    // A UTF-8 byte order mark (spreadsheets write one) is not part of the first field.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text
         .lines()
         .enumerate()
@@ -230,7 +232,17 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
         ));
     };
     let delim = opts.delimiter as char;
-    let first_fields: Vec<&str> = first.split(delim).map(str::trim).collect();
+    // A header's names may be quoted ("a","b"): matched without the quotes. (Quoted data
+    // fields are refused where the rows are parsed.)
+    let first_fields: Vec<&str> = first
+        .split(delim)
+        .map(|f| {
+            let f = f.trim();
+            f.strip_prefix('"')
+                .and_then(|f| f.strip_suffix('"'))
+                .unwrap_or(f)
+        })
+        .collect();
     let header = opts.header.unwrap_or_else(|| {
         // A header if any field of the first line, other than a word label, is not a number.
         first_fields.iter().any(|f| f.parse::<f32>().is_err())
@@ -495,11 +507,20 @@ pub fn read_libsvm(
                 )
             })?;
             let index: usize = index.parse().ok().filter(|&i| i >= 1).ok_or_else(|| {
+                let hint = match index {
+                    "0" => {
+                        "; LIBSVM counts features from 1 (a file written with indices from 0, \
+                            as scikit-learn's dump_svmlight_file does by default, needs \
+                            zero_based=False)"
+                    }
+                    "qid" => "; query ids (ranking data) are not supported",
+                    _ => "",
+                };
                 parse_err(
                     path,
                     line_no,
                     format!(
-                        "column {}: feature index `{index}` is not a number >= 1",
+                        "column {}: feature index `{index}` is not a number >= 1{hint}",
                         c + 2
                     ),
                 )
@@ -525,6 +546,20 @@ pub fn read_libsvm(
                 ));
             }
             features.push((index - 1, value));
+        }
+        // Indices may come in any order, but each once: a repeated one has no one value.
+        features.sort_unstable_by_key(|&(i, _)| i);
+        if let Some(pair) = features.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            return Err(parse_err(
+                path,
+                line_no,
+                format!(
+                    "feature index {} appears twice (values {} and {})",
+                    pair[0].0 + 1,
+                    pair[0].1,
+                    pair[1].1
+                ),
+            ));
         }
         rows.push((label, features));
         lines.push(line_no);

@@ -211,6 +211,21 @@ fn malformed_data_files_name_the_file_line_and_column() {
         ),
         (
             format!(
+                "path = \"{}\"",
+                csv("twice.svm", "+1 3:1 1:0.5 3:5\n").display()
+            ),
+            "twice.svm:1: feature index 3 appears twice (values 1 and 5)",
+        ),
+        (
+            format!("path = \"{}\"", csv("zero.svm", "+1 0:1 1:0.5\n").display()),
+            "LIBSVM counts features from 1",
+        ),
+        (
+            format!("path = \"{}\"", csv("qid.svm", "2 qid:1 1:0.5\n").display()),
+            "query ids (ranking data) are not supported",
+        ),
+        (
+            format!(
                 "path = \"{}\"\nlabels = \"{}\"",
                 dir.join("short.npy").display(),
                 dir.join("y.npy").display()
@@ -615,5 +630,37 @@ fn a_missing_data_file_names_its_key_and_where_it_was_looked_for() {
         assert!(stderr.contains(&format!("cannot read {file}")), "{stderr}");
         let looked_in = format!("relative paths are taken from {}", dir.display());
         assert!(stderr.contains(&looked_in), "{stderr}");
+    }
+}
+
+/// A byte order mark before the first field (spreadsheets write one) and quoted header
+/// names are read as the plain names.
+#[test]
+fn a_byte_order_mark_and_quoted_header_names_are_read() {
+    let dir = temp_dir("files-bom");
+    let opts = |label: &str| minibatch::io::CsvOptions {
+        header: None,
+        label: minibatch::io::LabelColumn::Name(label.into()),
+        delimiter: b',',
+        task: minibatch::io::Task::Classification,
+    };
+    for (name, text, label) in [
+        ("bom.csv", "\u{feff}a,b,y\n1,2,0\n3,4,1\n", "a"),
+        ("quoted.csv", "\"a\",\"b\",\"y\"\n1,2,0\n3,4,1\n", "y"),
+        ("bom-plain.csv", "\u{feff}1,2,0\n3,4,1\n", ""),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        let opts = if label.is_empty() {
+            minibatch::io::CsvOptions {
+                label: minibatch::io::LabelColumn::Last,
+                ..opts("y")
+            }
+        } else {
+            opts(label)
+        };
+        let data = minibatch::io::read_csv(&path, &opts, &mut Default::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(data.n(), 2, "{name}");
     }
 }
