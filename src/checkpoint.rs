@@ -193,7 +193,7 @@ pub struct Checkpoint {
 }
 
 /// What a checkpoint's position counts in: a step is a batch of `batch_size` rows drawn by
-/// `seed`'s sampler, `steps_per_epoch` to an epoch, and the optimizer's state is `optimizer`'s.
+/// `seed`'s `sampling` sampler, `steps_per_epoch` to an epoch, and the optimizer's state is `optimizer`'s.
 /// A run resumed with any of them changed would skip or repeat rows, or start the state
 /// afresh, without a word; resuming checks them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -203,6 +203,9 @@ pub struct RunShape {
     pub steps_per_epoch: u64,
     /// `OptimConfig::kind_name`: sgd, momentum, nesterov, adam or adamw.
     pub optimizer: String,
+    /// `shuffle` or `uniform` (which rows the steps draw); empty in files written before
+    /// it was recorded.
+    pub sampling: String,
 }
 
 /// What every checkpoint of a run records besides the training state: the model (as
@@ -246,6 +249,7 @@ pub fn save_checkpoint(path: &Path, state: &TrainState<'_>, record: &RunRecord) 
         ("seed", run.seed.to_string()),
         ("steps_per_epoch", run.steps_per_epoch.to_string()),
         ("optimizer", run.optimizer.clone()),
+        ("sampling", run.sampling.clone()),
     ];
     metadata.extend(classes_entry(record.class_names.as_deref()));
     write_tensors(path, &tensors, CHECKPOINT_FORMAT, &metadata)
@@ -340,6 +344,7 @@ pub fn load_checkpoint(path: &Path, layout: &ParamLayout) -> Result<Checkpoint> 
                 seed: number("seed")?,
                 steps_per_epoch: number("steps_per_epoch")?,
                 optimizer: optimizer.clone(),
+                sampling: info.get("sampling").cloned().unwrap_or_default(),
             }),
             None => None,
         },

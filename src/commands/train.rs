@@ -554,6 +554,11 @@ fn run_shape(cfg: &minibatch::Config) -> minibatch::checkpoint::RunShape {
         seed: cfg.seed,
         steps_per_epoch: cfg.train.steps_per_epoch.get() as u64,
         optimizer: cfg.train.optimizer.kind_name().to_string(),
+        sampling: match cfg.train.sampling {
+            minibatch::sampler::Sampling::Shuffle { .. } => "shuffle",
+            minibatch::sampler::Sampling::Uniform => "uniform",
+        }
+        .to_string(),
     }
 }
 
@@ -587,8 +592,18 @@ fn check_resume_shape(
             now.optimizer.clone(),
             "the optimizer's state would not carry over",
         ),
+        (
+            "train.sampling",
+            was.sampling.clone(),
+            now.sampling.clone(),
+            "the steps after it would draw other rows than the run's",
+        ),
     ];
-    match changed.into_iter().find(|(_, a, b, _)| a != b) {
+    // A file written before a setting was recorded has it empty: nothing to compare.
+    match changed
+        .into_iter()
+        .find(|(_, a, b, _)| !a.is_empty() && a != b)
+    {
         None => Ok(()),
         Some((key, was_value, now_value, why)) => Err(minibatch::Error::config(
             key,

@@ -506,7 +506,8 @@ fn resuming_a_finished_run_asks_for_more_epochs() {
 }
 
 #[test]
-fn resuming_refuses_another_batch_size_seed_or_optimizer_and_counts_an_epoch_end_as_done() {
+fn resuming_refuses_another_batch_size_seed_sampling_or_optimizer_and_counts_an_epoch_end_as_done()
+{
     let (_, config, ckpt_dir) = run_dir("resume-shape");
     succeeds(&[
         "train",
@@ -527,6 +528,7 @@ fn resuming_refuses_another_batch_size_seed_or_optimizer_and_counts_an_epoch_end
         (&["-b", "25"][..], "config `train.batch_size`: "),
         (&["--seed", "3"][..], "config `seed`: "),
         (&["--optimizer", "adam"][..], "config `train.optimizer`: "),
+        (&["--sampling", "uniform"][..], "config `train.sampling`: "),
     ] {
         let mut args = vec!["train", "-q", "--resume", first_epoch];
         args.extend_from_slice(flags);
