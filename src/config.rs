@@ -273,7 +273,10 @@ impl RawConfig {
             ("data.label", raw.label.is_some()),
             ("data.header", raw.header.is_some()),
             ("data.valid_path", raw.valid_path.is_some()),
+            ("data.valid_labels", raw.valid_labels.is_some()),
             ("data.standardize", raw.standardize.is_some()),
+            ("data.delimiter", raw.delimiter.is_some()),
+            ("data.task", raw.task.is_some()),
         ] {
             if given {
                 return Err(self.err(key, "applies to data read from a file; set data.path"));
@@ -335,6 +338,13 @@ impl RawConfig {
             &format!("{n} synthetic rows of {d} features"),
             crate::memory::bytes(n, d + 1, 4),
         )?;
+        if raw.noise.is_some() && synthetic != Synthetic::Linear {
+            return Err(self.err(
+                "data.noise",
+                "applies to synthetic = \"linear\" only (the other sets draw their labels \
+                 from their own model)",
+            ));
+        }
         let noise = raw.noise.unwrap_or(0.1);
         if !(noise.is_finite() && noise >= 0.0) {
             return Err(self.err(

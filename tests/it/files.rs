@@ -290,6 +290,18 @@ fn malformed_data_files_name_the_file_line_and_column() {
             "config `data.synthetic`: applies to synthetic data",
         ),
         (
+            "synthetic = \"teacher\"\ntask = \"ranking\"".to_string(),
+            "config `data.task`: applies to data read from a file",
+        ),
+        (
+            "synthetic = \"linear\"\ndelimiter = \";\"".to_string(),
+            "config `data.delimiter`: applies to data read from a file",
+        ),
+        (
+            "synthetic = \"teacher\"\nnoise = 0.5".to_string(),
+            "config `data.noise`: applies to synthetic = \"linear\" only",
+        ),
+        (
             format!(
                 "path = \"{}\"\nd = 9",
                 csv("d.csv", "a,b,y\n1,2,0\n3,4,1\n").display()
