@@ -468,7 +468,8 @@ pub fn to_html(d: &Descent) -> String {
         "paths": data.iter().map(|(_, p)| p).collect::<Vec<_>>(),
         "initial": initial,
         "steps": d.plan.steps,
-        "lr": d.plan.lr,
+        // As the SVG shows it (an f32 widened to f64 would print 0.10000000149011612).
+        "lr": d.plan.lr.to_string(),
     });
     format!(
         r#"<!DOCTYPE html>

@@ -6,3 +6,11 @@
 pub mod model;
 pub mod report;
 pub mod train;
+
+/// The plural ending for a count: `format!("{n} step{}", s(n))`.
+pub fn s(n: impl TryInto<u64>) -> &'static str {
+    match n.try_into() {
+        Ok(1) => "",
+        _ => "s",
+    }
+}

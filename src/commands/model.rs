@@ -201,7 +201,7 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
                 line: 0,
                 msg: format!(
                     "has {d} feature{}; the model expects {d_in}",
-                    if d == 1 { "" } else { "s" }
+                    super::s(d)
                 ),
             },
             None => minibatch::Error::config(
@@ -293,9 +293,10 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let class = |c: usize| names.as_ref().map_or(c.to_string(), |n| n[c].clone());
     let m = minibatch::metrics::evaluate(&model, &params, &data);
     outln!(
-        "{} on {} rows: mean loss {:.4}",
+        "{} on {} row{}: mean loss {:.4}",
         model.spec().describe(),
         m.rows,
+        super::s(m.rows),
         m.mean_loss
     );
     if let (Some(mse), Some(r2)) = (m.mse, m.r2) {

@@ -75,7 +75,7 @@ pub fn train(
                 format!(
                     "the run in {} has done {done} epoch{} of {}; set more (--epochs {}) to train further",
                     path.display(),
-                    if done == 1 { "" } else { "s" },
+                    super::s(done),
                     cfg.train.epochs,
                     done + 1
                 ),
@@ -145,7 +145,7 @@ pub fn train(
                 .map(|v| format!(", valid {}", v.n()))
                 .unwrap_or_default(),
             t.batch_size,
-            if shards == 1 { "" } else { "s" },
+            super::s(shards),
             shard_rows,
             if group > 1 {
                 format!(", {group} to a task")
@@ -158,7 +158,7 @@ pub fn train(
                 String::new()
             },
             t.threads,
-            if t.threads.get() == 1 { "" } else { "s" },
+            super::s(t.threads.get()),
             t.optimizer.describe(),
             t.schedule.describe(),
         );
@@ -237,10 +237,11 @@ pub fn train(
         && let Some(last) = report.epochs.last()
     {
         outln!(
-            "done: {} epoch{}, {} steps{}, {} examples in {:.2} s ({:.0} examples/s); final train loss {:.4}{}",
+            "done: {} epoch{}, {} step{}{}, {} examples in {:.2} s ({:.0} examples/s); final train loss {:.4}{}",
             report.epochs.len(),
-            if report.epochs.len() == 1 { "" } else { "s" },
+            super::s(report.epochs.len()),
             report.steps.saturating_sub(steps_before),
+            super::s(report.steps.saturating_sub(steps_before)),
             if steps_before > 0 {
                 format!(" ({} in all)", report.steps)
             } else {

@@ -225,6 +225,12 @@ fn slider_and_refresh_redraw_the_jittery_path_without_page_errors() {
         "Refresh did not draw a new path"
     );
 
+    // The legend shows the learning rate as given (an f32 widened to f64 was printed as
+    // 0.10000000149011612).
+    let legend = script("return document.getElementById('legend').textContent;");
+    let legend = legend.as_str().unwrap_or_default().to_string();
+    assert!(legend.contains(", lr 0.") && !legend.contains("0000"), "{legend}");
+
     let errors = script("return window.__errors;");
     assert_eq!(errors, json!([]), "the page logged errors");
     let _ = driver.request("DELETE", &format!("/session/{id}"), None);
