@@ -162,11 +162,17 @@ pub fn to_svg(rows: &[ScaleRow]) -> String {
     let (width, height, margin) = (640.0, 420.0, 60.0);
     let max_threads = rows.iter().map(|r| r.threads).max().unwrap_or(1).max(2) as f64;
     let max_speedup = rows.iter().map(|r| r.speedup).fold(max_threads, f64::max);
+    // From 1x, or from 0 when some thread count ran slower than one thread.
+    let low = if rows.iter().any(|r| r.speedup < 1.0) {
+        0.0
+    } else {
+        1.0
+    };
     let x = |t: f64| margin + (t - 1.0) / (max_threads - 1.0) * (width - 2.0 * margin);
     let y = |s: f64| {
         height
             - margin
-            - (s - 1.0).max(0.0) / (max_speedup - 1.0).max(1e-9) * (height - 2.0 * margin)
+            - (s - low).max(0.0) / (max_speedup - low).max(1e-9) * (height - 2.0 * margin)
     };
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
@@ -196,7 +202,12 @@ pub fn to_svg(rows: &[ScaleRow]) -> String {
         width / 2.0,
         height - 12.0
     );
-    for s in [1.0, max_speedup / 2.0, max_speedup] {
+    // Whole speedups, at most about eight of them, from the bottom of the axis.
+    let step = ((max_speedup - low) / 8.0).ceil().max(1.0);
+    let ticks = (0..)
+        .map(|i| low + step * f64::from(i))
+        .take_while(|&s| s <= max_speedup + 1e-9);
+    for s in ticks {
         let _ = writeln!(
             svg,
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{s:.1}x</text>",
@@ -256,4 +267,64 @@ pub fn write_outputs(dir: &Path, rows: &[ScaleRow]) -> Result<()> {
             ("scale.svg", to_svg(rows).as_bytes()),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(threads: usize, speedup: f64) -> ScaleRow {
+        ScaleRow {
+            batch_size: 32,
+            threads,
+            examples_per_sec: 1000.0 * speedup,
+            speedup,
+            efficiency: speedup / threads as f64,
+            serial_fraction: None,
+            prepare_share: 0.0,
+            shards_share: 0.0,
+            reduce_share: 0.0,
+            update_share: 0.0,
+            worker_busy_share: 0.0,
+        }
+    }
+
+    /// The y of the polyline's points and of the tick labels, in the order drawn.
+    fn ys(svg: &str) -> (Vec<f64>, Vec<(String, f64)>) {
+        let line = svg.lines().find(|l| l.starts_with("<polyline")).unwrap();
+        let points = line
+            .split("points=\"")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches("\"/>");
+        let points = points
+            .split(' ')
+            .map(|p| p.split(',').nth(1).unwrap().parse().unwrap())
+            .collect();
+        let ticks = svg
+            .lines()
+            .filter(|l| l.contains("text-anchor=\"end\""))
+            .map(|l| {
+                let y = l.split("y=\"").nth(1).unwrap().split('"').next().unwrap();
+                let label = l.split('>').nth(1).unwrap().split('<').next().unwrap();
+                (label.to_string(), y.parse::<f64>().unwrap() - 4.0)
+            })
+            .collect();
+        (points, ticks)
+    }
+
+    #[test]
+    fn a_speedup_below_one_is_drawn_below_the_one_x_line_and_ticks_do_not_repeat() {
+        let (points, ticks) = ys(&to_svg(&[row(1, 1.0), row(2, 0.83)]));
+        let one = ticks.iter().find(|(l, _)| l == "1.0x").unwrap().1;
+        // SVG's y grows downwards: the 2-thread point lies below the 1x line.
+        assert!(points[1] > one, "{points:?} against 1x at {one}");
+        assert!((points[0] - one).abs() < 0.2);
+        let labels: Vec<&str> = ticks.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(labels, ["0.0x", "1.0x", "2.0x"]);
+        // Without a slowdown the axis starts at 1x, and 2x is not labelled twice.
+        let (_, ticks) = ys(&to_svg(&[row(1, 1.0), row(2, 1.9)]));
+        let labels: Vec<&str> = ticks.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(labels, ["1.0x", "2.0x"]);
+    }
 }

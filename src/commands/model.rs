@@ -199,10 +199,7 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
             Some(path) => minibatch::Error::Data {
                 path,
                 line: 0,
-                msg: format!(
-                    "has {d} feature{}; the model expects {d_in}",
-                    super::s(d)
-                ),
+                msg: format!("has {d} feature{}; the model expects {d_in}", super::s(d)),
             },
             None => minibatch::Error::config(
                 "data.d",

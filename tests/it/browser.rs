@@ -229,7 +229,10 @@ fn slider_and_refresh_redraw_the_jittery_path_without_page_errors() {
     // 0.10000000149011612).
     let legend = script("return document.getElementById('legend').textContent;");
     let legend = legend.as_str().unwrap_or_default().to_string();
-    assert!(legend.contains(", lr 0.") && !legend.contains("0000"), "{legend}");
+    assert!(
+        legend.contains(", lr 0.") && !legend.contains("0000"),
+        "{legend}"
+    );
 
     let errors = script("return window.__errors;");
     assert_eq!(errors, json!([]), "the page logged errors");
