@@ -511,7 +511,8 @@ pub fn to_csv(report: &TuneReport) -> String {
 /// Throughput and (predicted or measured) time to target against B on log axes, with the
 /// noise scale marked.
 pub fn to_svg(report: &TuneReport) -> String {
-    let (width, height, margin) = (680.0, 420.0, 64.0);
+    // The legend sits between the title and the plot, which starts at `top`.
+    let (width, height, margin, top) = (680.0, 460.0, 64.0, 104.0);
     let rows: Vec<&TuneRow> = {
         // One point per batch size: its best thread count.
         let mut best: Vec<&TuneRow> = Vec::new();
@@ -529,7 +530,9 @@ pub fn to_svg(report: &TuneReport) -> String {
     });
     let (lo, hi) = (bmin.log2() - 0.5, bmax.log2().max(bmin.log2() + 1.0) + 0.5);
     let x = |b: f64| margin + (b.log2() - lo) / (hi - lo) * (width - 2.0 * margin);
-    let series = |values: Vec<f64>| -> Vec<f64> {
+    // A series on a log scale of its own: each value's y, and the labelled ticks of its
+    // axis (powers of ten inside its range, or its smallest and largest values).
+    let series = |values: Vec<f64>| -> (Vec<f64>, Vec<(f64, f64)>) {
         let (vmin, vmax) = values
             .iter()
             .filter(|v| v.is_finite() && **v > 0.0)
@@ -538,12 +541,17 @@ pub fn to_svg(report: &TuneReport) -> String {
             vmin.log10() - 0.1,
             vmax.log10().max(vmin.log10() + 0.2) + 0.1,
         );
-        values
-            .iter()
-            .map(|v| height - margin - (v.log10() - l) / (h - l) * (height - 2.0 * margin))
-            .collect()
+        let y = |v: f64| height - margin - (v.log10() - l) / (h - l) * (height - margin - top);
+        let mut ticks: Vec<f64> = (l.ceil() as i32..=h.floor() as i32)
+            .map(|k| 10f64.powi(k))
+            .collect();
+        if ticks.len() < 2 && vmax > 0.0 {
+            ticks = vec![vmin, vmax];
+        }
+        let ticks = ticks.into_iter().map(|v| (v, y(v))).collect();
+        (values.iter().map(|&v| y(v)).collect(), ticks)
     };
-    let throughput = series(rows.iter().map(|r| r.examples_per_sec).collect());
+    let (throughput, throughput_ticks) = series(rows.iter().map(|r| r.examples_per_sec).collect());
     let measured = rows.iter().all(|r| r.seconds_to_target.is_some());
     let time_values = rows
         .iter()
@@ -555,22 +563,42 @@ pub fn to_svg(report: &TuneReport) -> String {
             }
         })
         .collect();
-    let time = series(time_values);
+    let (time, time_ticks) = series(time_values);
+    let (bottom, right) = (height - margin, width - margin);
     let mut svg = format!(
         "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" viewBox=\"0 0 {width} {height}\" font-family=\"sans-serif\" font-size=\"12\">\n\
          <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
          <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"15\">Batch size: throughput and time to a loss (log scales)</text>\n\
-         <line x1=\"{margin}\" y1=\"{b}\" x2=\"{r}\" y2=\"{b}\" stroke=\"black\"/>\n",
+         <line x1=\"{margin}\" y1=\"{bottom}\" x2=\"{right}\" y2=\"{bottom}\" stroke=\"black\"/>\n",
         width / 2.0,
-        b = height - margin,
-        r = width - margin
     );
+    // Throughput's axis on the left, time's on the right, each in its series' colour.
+    for (axis_x, ticks, color, anchor, dx) in [
+        (margin, &throughput_ticks, "#1f77b4", "end", -6.0),
+        (right, &time_ticks, "#d62728", "start", 6.0),
+    ] {
+        let _ = writeln!(
+            svg,
+            "<line x1=\"{axis_x}\" y1=\"{top}\" x2=\"{axis_x}\" y2=\"{bottom}\" stroke=\"{color}\"/>"
+        );
+        for &(v, y) in ticks {
+            let _ = writeln!(
+                svg,
+                "<line x1=\"{:.1}\" y1=\"{y:.1}\" x2=\"{axis_x}\" y2=\"{y:.1}\" stroke=\"{color}\"/>\
+                 <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"{anchor}\" fill=\"{color}\">{}</text>",
+                axis_x + dx / 2.0,
+                axis_x + dx,
+                y + 4.0,
+                short_number(v)
+            );
+        }
+    }
     for r in &rows {
         let _ = writeln!(
             svg,
             "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
             x(r.batch_size as f64),
-            height - margin + 18.0,
+            bottom + 18.0,
             r.batch_size
         );
     }
@@ -580,6 +608,8 @@ pub fn to_svg(report: &TuneReport) -> String {
         width / 2.0,
         height - 14.0
     );
+    // Legend lines under the title, above the plot.
+    let legend_y = |i: f64| 44.0 + 14.0 * i;
     let line = |ys: &[f64], color: &str, label: &str, row: f64, svg: &mut String| {
         let points: Vec<String> = rows
             .iter()
@@ -601,32 +631,35 @@ pub fn to_svg(report: &TuneReport) -> String {
         }
         let _ = writeln!(
             svg,
-            "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"{color}\">{label}</text>",
-            margin + 8.0,
-            margin + 16.0 * row
+            "<text x=\"{margin}\" y=\"{:.1}\" fill=\"{color}\">{label}</text>",
+            legend_y(row)
         );
     };
-    line(&throughput, "#1f77b4", "examples/s", 1.0, &mut svg);
+    line(
+        &throughput,
+        "#1f77b4",
+        "examples/s (left axis)",
+        0.0,
+        &mut svg,
+    );
     let time_label = if measured {
-        "seconds to target"
+        "seconds to target (right axis)"
     } else {
-        "predicted time to a loss, (B + B_noise) / T(B)"
+        "predicted time to a loss, (B + B_noise) / T(B) (right axis, 1 = the fastest)"
     };
-    line(&time, "#d62728", time_label, 2.0, &mut svg);
+    line(&time, "#d62728", time_label, 1.0, &mut svg);
     let on_axis = report.b_noise > 0.0 && report.b_noise.log2() > lo && report.b_noise.log2() < hi;
     if on_axis {
         let bx = x(report.b_noise);
         let _ = writeln!(
             svg,
-            "<line x1=\"{bx:.1}\" y1=\"{margin}\" x2=\"{bx:.1}\" y2=\"{:.1}\" stroke=\"gray\" stroke-dasharray=\"6 4\"/>",
-            height - margin
+            "<line x1=\"{bx:.1}\" y1=\"{top}\" x2=\"{bx:.1}\" y2=\"{bottom:.1}\" stroke=\"gray\" stroke-dasharray=\"6 4\"/>",
         );
     }
     let _ = writeln!(
         svg,
-        "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"gray\">B_noise = {:.0}{}</text>",
-        margin + 8.0,
-        margin + 64.0,
+        "<text x=\"{margin}\" y=\"{:.1}\" fill=\"gray\">B_noise = {:.0}{}</text>",
+        legend_y(2.0),
         report.b_noise,
         if on_axis {
             " (dashed)"
@@ -636,13 +669,39 @@ pub fn to_svg(report: &TuneReport) -> String {
     );
     let _ = writeln!(
         svg,
-        "<text x=\"{:.1}\" y=\"{:.1}\" fill=\"black\">recommended: B = {}</text>",
-        margin + 8.0,
-        margin + 48.0,
+        "<text x=\"{margin}\" y=\"{:.1}\" fill=\"black\">recommended: B = {}</text>",
+        legend_y(3.0),
         report.recommended_batch_size
     );
     svg.push_str("</svg>\n");
     svg
+}
+
+/// A tick label: 3 significant digits at most, with K and M for thousands and millions.
+fn short_number(v: f64) -> String {
+    let (scaled, suffix) = if v >= 1e6 {
+        (v / 1e6, "M")
+    } else if v >= 1e3 {
+        (v / 1e3, "K")
+    } else {
+        (v, "")
+    };
+    let digits = if scaled >= 100.0 {
+        0
+    } else if scaled >= 10.0 {
+        1
+    } else if scaled >= 0.01 {
+        2
+    } else {
+        return format!("{v:.1e}");
+    };
+    let text = format!("{scaled:.digits$}");
+    let text = if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        &text
+    };
+    format!("{text}{suffix}")
 }
 
 /// Writes `tune.csv` and `tune.svg` into `dir`.
@@ -658,6 +717,22 @@ pub fn write_outputs(dir: &Path, report: &TuneReport) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tick_labels_are_short() {
+        let cases = [
+            (1_234_567.0, "1.23M"),
+            (100_000.0, "100K"),
+            (12_500.0, "12.5K"),
+            (1000.0, "1K"),
+            (0.5, "0.5"),
+            (0.001, "1.0e-3"),
+            (42.0, "42"),
+        ];
+        for (v, text) in cases {
+            assert_eq!(super::short_number(v), text, "{v}");
+        }
+    }
+
     use super::*;
 
     fn row(batch_size: usize, steps: u64) -> TuneRow {

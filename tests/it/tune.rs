@@ -48,6 +48,34 @@ fn tune(name: &str, extra: &[&str]) -> (String, Vec<std::collections::HashMap<St
         .collect();
     let svg = std::fs::read_to_string(out_dir.join("tune.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("B_noise"));
+    // Each series has an axis with labelled values (examples/s on the left, time on the
+    // right), and the legend stays above every point.
+    let attr = |line: &str, name: &str| -> f64 {
+        let at = line.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+        line[at..].split('"').next().unwrap().parse().unwrap()
+    };
+    for color in ["#1f77b4", "#d62728"] {
+        let ticks = svg
+            .lines()
+            .filter(|l| l.contains("<text") && l.contains(&format!("fill=\"{color}\"")))
+            .filter(|l| l.contains("text-anchor"))
+            .count();
+        assert!(ticks >= 2, "{color}: {ticks} axis labels in {svg}");
+    }
+    let lowest_legend = svg
+        .lines()
+        .filter(|l| l.contains("<text") && !l.contains("text-anchor"))
+        .map(|l| attr(l, "y"))
+        .fold(0.0, f64::max);
+    let highest_point = svg
+        .lines()
+        .filter(|l| l.starts_with("<circle"))
+        .map(|l| attr(l, "cy"))
+        .fold(f64::INFINITY, f64::min);
+    assert!(
+        lowest_legend < highest_point,
+        "legend over the points: {svg}"
+    );
     (String::from_utf8_lossy(&out.stdout).into_owned(), rows)
 }
 
