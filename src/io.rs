@@ -33,6 +33,14 @@ pub enum Task {
     Regression,
 }
 
+/// Why a value that parsed as a number was refused: not finite at all, or past f32.
+fn not_finite(text: &str) -> String {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() => format!("{text} is beyond the f32 range (|x| <= 3.4e38)"),
+        _ => format!("{text} is not a finite number"),
+    }
+}
+
 fn parse_err(path: &Path, line: usize, msg: String) -> Error {
     Error::Data {
         path: path.to_path_buf(),
@@ -352,7 +360,7 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
                                 return Err(parse_err(
                                     path,
                                     line_no,
-                                    format!("column {c}: label {field} is not a finite number"),
+                                    format!("column {c}: label {}", not_finite(field)),
                                 ));
                             }
                             _ if field.is_empty() => {
@@ -385,7 +393,7 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
                             return Err(parse_err(
                                 path,
                                 line_no,
-                                format!("column {c}: {field} is not a finite number"),
+                                format!("column {c}: {}", not_finite(field)),
                             ));
                         }
                         x.push(v);
@@ -530,11 +538,11 @@ pub fn read_libsvm(
                 .ok()
                 .filter(|v: &f32| v.is_finite())
                 .ok_or_else(|| {
-                    parse_err(
-                        path,
-                        line_no,
-                        format!("column {}: `{value}` is not a finite number", c + 2),
-                    )
+                    let why = match value.parse::<f32>() {
+                        Ok(_) => not_finite(value),
+                        Err(_) => format!("expected a number, found `{value}`"),
+                    };
+                    parse_err(path, line_no, format!("column {}: {why}", c + 2))
                 })?;
             if let Some(d) = d
                 && index > d
