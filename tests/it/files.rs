@@ -166,6 +166,13 @@ fn malformed_data_files_name_the_file_line_and_column() {
             "inf.csv:3: column 0: inf is not a finite number",
         ),
         (
+            format!(
+                "path = \"{}\"",
+                csv("big.csv", "a,b,y\n1,2,0\n1e39,2,1\n").display()
+            ),
+            "big.csv:3: column 0: 1e39 is beyond the f32 range (|x| <= 3.4e38)",
+        ),
+        (
             format!("path = \"{}\"", csv("empty.csv", "").display()),
             "empty.csv:1: is empty",
         ),
