@@ -850,6 +850,22 @@ impl RawConfig {
         }
     }
 
+    /// `value` as the f32 the run will use, which must be finite and > 0 (a value that
+    /// is, but rounds to 0 or infinity in f32, is named as out of its range).
+    fn positive_f32(&self, key: &'static str, value: f64) -> Result<f32> {
+        if !(value.is_finite() && value > 0.0) {
+            return Err(self.err(key, format!("must be a finite number > 0, got {value}")));
+        }
+        let v = value as f32;
+        if !(v.is_finite() && v > 0.0) {
+            return Err(self.err(
+                key,
+                format!("{value:e} is outside the range of f32 (about 1e-45 to 3e38)"),
+            ));
+        }
+        Ok(v)
+    }
+
     fn validate_optimizer(&self) -> Result<OptimConfig> {
         let raw = &self.train;
         let name = raw.optimizer.as_deref().unwrap_or("sgd");
@@ -884,13 +900,7 @@ impl RawConfig {
         }
         let clip_norm = match raw.clip_norm {
             None => None,
-            Some(c) if c.is_finite() && c > 0.0 => Some(c as f32),
-            Some(c) => {
-                return Err(self.err(
-                    "train.clip_norm",
-                    format!("must be finite and > 0, got {c}"),
-                ));
-            }
+            Some(c) => Some(self.positive_f32("train.clip_norm", c)?),
         };
         let kind = match name {
             "sgd" | "momentum" | "nesterov" => {
@@ -929,14 +939,11 @@ impl RawConfig {
                     raw.dampening,
                     "sgd, momentum and nesterov",
                 )?;
-                let eps = raw.eps.unwrap_or(1e-8);
-                if !((eps as f32).is_finite() && eps as f32 > 0.0) {
-                    return Err(self.err("train.eps", format!("must be finite and > 0, got {eps}")));
-                }
+                let eps = self.positive_f32("train.eps", raw.eps.unwrap_or(1e-8))?;
                 OptimKind::Adam {
                     beta1: unit("train.beta1", raw.beta1, 0.9, false)?,
                     beta2: unit("train.beta2", raw.beta2, 0.999, false)?,
-                    eps: eps as f32,
+                    eps,
                     decoupled: name == "adamw",
                 }
             }

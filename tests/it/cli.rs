@@ -200,6 +200,12 @@ fn bad_configs_and_flags_name_the_key_and_exit_2() {
             "train.clip_norm",
         ),
         (
+            "eps-underflow",
+            "[train]\noptimizer = \"adam\"\neps = 1e-50\n",
+            &[],
+            "train.eps`: 1e-50 is outside the range of f32",
+        ),
+        (
             "bad-schedule",
             "[train.schedule]\nkind = \"linear\"\n",
             &[],
