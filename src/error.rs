@@ -72,8 +72,9 @@ pub enum Error {
     Cluster(String),
     /// Training diverged: a batch's loss was not finite (the step was not applied).
     #[error(
-        "loss became {value} at epoch {epoch}, step {step} (lr {lr}{}); try a smaller learning rate",
-        last_finite.map(|l| format!(", last finite batch loss {l}")).unwrap_or_default()
+        "loss became {value} at epoch {epoch}, step {step} (lr {}{}); try a smaller learning rate",
+        crate::optim::show(*lr),
+        last_finite.map(|l| format!(", last finite batch loss {}", short(l))).unwrap_or_default()
     )]
     NonFinite {
         value: f64,
@@ -118,5 +119,14 @@ impl Error {
             Error::Write { .. } | Error::NonFinite { .. } | Error::Overflow { .. } => 1,
             Error::Interrupted { .. } => 130,
         }
+    }
+}
+
+/// A loss in a message: as it is, or in exponent form when huge.
+fn short(x: f64) -> String {
+    if x.abs() >= 1e6 {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
     }
 }

@@ -14,3 +14,13 @@ pub fn s(n: impl TryInto<u64>) -> &'static str {
         _ => "s",
     }
 }
+
+/// A loss as the tables print it: four decimals, or exponent form past a million (a
+/// diverging run's losses would otherwise print forty digits).
+pub fn loss(x: f64) -> String {
+    if x.abs() >= 1e6 {
+        format!("{x:.4e}")
+    } else {
+        format!("{x:.4}")
+    }
+}

@@ -290,11 +290,11 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let class = |c: usize| names.as_ref().map_or(c.to_string(), |n| n[c].clone());
     let m = minibatch::metrics::evaluate(&model, &params, &data);
     outln!(
-        "{} on {} row{}: mean loss {:.4}",
+        "{} on {} row{}: mean loss {}",
         model.spec().describe(),
         m.rows,
         super::s(m.rows),
-        m.mean_loss
+        super::loss(m.mean_loss)
     );
     if let (Some(mse), Some(r2)) = (m.mse, m.r2) {
         if r2.is_finite() {

@@ -237,7 +237,7 @@ pub fn train(
         && let Some(last) = report.epochs.last()
     {
         outln!(
-            "done: {} epoch{}, {} step{}{}, {} examples in {:.2} s ({:.0} examples/s); final train loss {:.4}{}",
+            "done: {} epoch{}, {} step{}{}, {} examples in {:.2} s ({:.0} examples/s); final train loss {}{}",
             report.epochs.len(),
             super::s(report.epochs.len()),
             report.steps.saturating_sub(steps_before),
@@ -250,9 +250,9 @@ pub fn train(
             report.examples,
             report.seconds,
             report.examples as f64 / report.seconds.max(1e-12),
-            last.train.mean_loss(),
+            super::loss(last.train.mean_loss()),
             last.valid
-                .map(|v| format!(", valid loss {:.4}", v.mean_loss()))
+                .map(|v| format!(", valid loss {}", super::loss(v.mean_loss())))
                 .unwrap_or_default(),
         );
     }
@@ -409,24 +409,26 @@ impl Observer for TrainOutput {
         self.bar
             .set_position(((p.epoch - 1) * p.steps_per_epoch + p.step_in_epoch) as u64);
         self.bar.set_message(format!(
-            "epoch {}/{} loss {:.4}",
-            p.epoch, p.epochs, p.mean_loss
+            "epoch {}/{} loss {}",
+            p.epoch,
+            p.epochs,
+            super::loss(p.mean_loss)
         ));
     }
 }
 
 fn epoch_line(r: &EpochReport) -> String {
     let mut line = format!(
-        "epoch {:>3}/{}  train loss {:.4}",
+        "epoch {:>3}/{}  train loss {}",
         r.epoch,
         r.epochs,
-        r.train.mean_loss()
+        super::loss(r.train.mean_loss())
     );
     if r.is_classifier {
         line += &format!(" acc {:5.2}%", 100.0 * r.train.accuracy());
     }
     if let Some(v) = r.valid {
-        line += &format!("  valid loss {:.4}", v.mean_loss());
+        line += &format!("  valid loss {}", super::loss(v.mean_loss()));
         if r.is_classifier {
             line += &format!(" acc {:5.2}%", 100.0 * v.accuracy());
         }
