@@ -131,6 +131,7 @@ fn workload_config(name: &str, toml_text: &str, plan: &BenchPlan) -> Result<RawC
     let mut raw = RawConfig::from_toml(toml_text, std::path::Path::new(name))?;
     if let Some(n) = plan.n {
         raw.data.n = Some(n);
+        raw.mark_overridden("data.n", "--n");
     }
     raw.train.batch_size = Some(1);
     Ok(raw)
@@ -155,6 +156,8 @@ fn run_config(
 ) -> RawConfig {
     let mut raw = raw.clone();
     raw.train.batch_size = Some(batch_size);
+    // The workload's standard sizes when none are given: either way, --batch-sizes sets it.
+    raw.mark_overridden("train.batch_size", "--batch-sizes");
     raw.train.threads = Some(threads.get());
     raw.train.shard_rows = shard_rows;
     raw.train.epochs = Some(plan.epochs.get());

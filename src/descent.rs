@@ -244,6 +244,11 @@ pub fn run(plan: &DescentPlan) -> Result<Descent> {
             ),
         ));
     }
+    for (flag, value) in [("--steps", plan.steps), ("--seeds", plan.seeds)] {
+        if value == 0 {
+            return Err(Error::config(flag, "must be at least 1"));
+        }
+    }
     if plan.shown_seeds > plan.seeds {
         return Err(Error::config(
             "--show-seeds",
@@ -251,12 +256,6 @@ pub fn run(plan: &DescentPlan) -> Result<Descent> {
                 "{} paths shown, but only {} seeds are drawn (--seeds)",
                 plan.shown_seeds, plan.seeds
             ),
-        ));
-    }
-    if plan.steps == 0 || plan.seeds == 0 {
-        return Err(Error::config(
-            "--steps",
-            "steps and seeds must be at least 1",
         ));
     }
     if !(plan.lr.is_finite() && plan.lr > 0.0) {

@@ -30,12 +30,7 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
             thread_counts.push(t);
         }
     }
-    if let Some(&b) = args.batch_sizes.iter().find(|&&b| b == 0) {
-        return Err(minibatch::Error::config(
-            "--batch-sizes",
-            format!("batch sizes must be at least 1, got {b}"),
-        ));
-    }
+    check_batch_sizes(&args.batch_sizes)?;
     if let Some(&r) = args.shard_rows.iter().find(|&&r| r == 0) {
         return Err(minibatch::Error::config(
             "--shard-rows",
@@ -151,12 +146,7 @@ pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
             ),
         ));
     }
-    if let Some(&b) = args.batch_sizes.iter().find(|&&b| b == 0) {
-        return Err(minibatch::Error::config(
-            "--batch-sizes",
-            format!("batch sizes must be at least 1, got {b}"),
-        ));
-    }
+    check_batch_sizes(&args.batch_sizes)?;
     minibatch::checkpoint::check_output_dir(&args.out)?;
     let rows = minibatch::scale::run(&raw, &threads, &args.batch_sizes, recorder, |msg| {
         if !quiet {
@@ -223,15 +213,7 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
             "must be at least 1 example",
         ));
     }
-    let mut unique = args.batch_sizes.clone();
-    unique.sort_unstable();
-    unique.dedup();
-    if unique.len() != args.batch_sizes.len() {
-        return Err(minibatch::Error::config(
-            "--batch-sizes",
-            "lists a batch size twice",
-        ));
-    }
+    check_batch_sizes(&args.batch_sizes)?;
     if let Some(t) = args.target_loss
         && !t.is_finite()
     {
@@ -327,6 +309,27 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
             args.out.join("tune.csv").display(),
             args.out.join("tune.svg").display()
         );
+    }
+    Ok(())
+}
+
+/// A list of batch sizes to measure: each at least 1, and each once (a repeat would only
+/// run its rows twice).
+fn check_batch_sizes(batch_sizes: &[usize]) -> Result<()> {
+    if let Some(&b) = batch_sizes.iter().find(|&&b| b == 0) {
+        return Err(minibatch::Error::config(
+            "--batch-sizes",
+            format!("batch sizes must be at least 1, got {b}"),
+        ));
+    }
+    let mut unique = batch_sizes.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    if unique.len() != batch_sizes.len() {
+        return Err(minibatch::Error::config(
+            "--batch-sizes",
+            "lists a batch size twice",
+        ));
     }
     Ok(())
 }

@@ -398,6 +398,20 @@ fn bad_tune_and_bench_options_exit_2_with_the_option_named() {
             "config `--show-seeds`",
         ),
         (vec!["scale", "--threads", "1,1"], "rise without repeats"),
+        (vec!["scale", "-b", "32,32"], "lists a batch size twice"),
+        (
+            vec!["bench", "-b", "32,0"],
+            "batch sizes must be at least 1",
+        ),
+        (vec!["tune", "-b", "8,0"], "batch sizes must be at least 1"),
+        (
+            vec!["descent", "--seeds", "0"],
+            "config `--seeds`: must be at least 1",
+        ),
+        (
+            vec!["bench", "-w", "w1", "--n", "100"],
+            "(set by --batch-sizes): 128 is larger than the training set",
+        ),
     ] {
         let out = run(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
