@@ -85,6 +85,13 @@ struct SavedModel {
 /// --data whose rows have as many columns as the model has features is read as features
 /// only: data to predict on has no labels yet.
 fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
+    // (clap's `requires` lets it through beside --config, which conflicts with --data.)
+    if args.labels.is_some() && args.data.is_none() {
+        return Err(minibatch::Error::config(
+            "--labels",
+            "goes with --data (the targets of a .npy features file); a config names its own",
+        ));
+    }
     let model_raw = RawConfig::from_toml(
         &minibatch::checkpoint::model_config(&args.model)?,
         &args.model,

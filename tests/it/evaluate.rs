@@ -527,3 +527,24 @@ fn a_regression_model_from_synthetic_data_evaluates_real_targets_from_a_file() {
     let targets: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(targets, ["4.5", "-0.25"]);
 }
+
+/// --labels belongs to --data: beside --config (whose data names its own labels) it is
+/// refused rather than ignored.
+#[test]
+fn labels_without_data_are_refused() {
+    let dir = temp_dir("eval-labels-alone");
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        "[data]\nsynthetic = \"linear\"\nn = 100\nd = 2\n[train]\nepochs = 1\n",
+    )
+    .unwrap();
+    let model = dir.join("m.safetensors");
+    let (config, model) = (config.to_str().unwrap(), model.to_str().unwrap());
+    minibatch(&["train", "-q", "-c", config, "--save", model]);
+    let stderr = refused(&["eval", "-m", model, "-c", config, "--labels", "y.npy"]);
+    assert!(
+        stderr.contains("`--labels`") && stderr.contains("goes with --data"),
+        "{stderr}"
+    );
+}
