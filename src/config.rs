@@ -551,11 +551,17 @@ impl RawConfig {
         if let Some(v) = &loaded.valid
             && v.d() != loaded.train.d()
         {
+            let valid_path = raw
+                .valid_path
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""));
             return Err(self.err(
                 "data.valid_path",
                 format!(
-                    "has {} features; the training file has {}",
+                    "{} has {} features; the training file {} has {}",
+                    valid_path.display(),
                     v.d(),
+                    path.display(),
                     loaded.train.d()
                 ),
             ));

@@ -503,7 +503,7 @@ fn review_cases_load_or_fail_cleanly() {
             "t.csv",
             "wide.csv",
             "a,b,y\n1,2,0\n",
-            "has 2 features; the training file has 1",
+            "wide.csv has 2 features; the training file ",
         ),
     ] {
         std::fs::write(dir.join(valid), text).unwrap();
