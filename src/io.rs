@@ -692,7 +692,13 @@ fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     }
     let shape_text = field("shape").ok_or_else(|| bad("header has no 'shape'".into()))?;
     let shape_text = shape_text.trim_start_matches('(');
-    let shape: Vec<usize> = shape_text[..shape_text.find(')').unwrap_or(0)]
+    let close = shape_text.find(')').ok_or_else(|| {
+        bad(format!(
+            "header's shape `({}` has no closing parenthesis",
+            shape_text.split('}').next().unwrap_or("").trim_end()
+        ))
+    })?;
+    let shape: Vec<usize> = shape_text[..close]
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -708,7 +714,7 @@ fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         "<f8" | "<i8" => 8,
         other => {
             return Err(bad(format!(
-                "has dtype {other}; expected <f4 or <f8 (or <i4/<i8 for labels)"
+                "has dtype {other}; expected <f4, <f8, <i4 or <i8 (little-endian)"
             )));
         }
     };
@@ -717,6 +723,13 @@ fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         return Err(bad(format!(
             "is truncated: {available} bytes of data for shape {shape:?} of {dtype}, expected {}",
             count * width
+        )));
+    }
+    if available > count * width {
+        return Err(bad(format!(
+            "has {} bytes past the data of shape {shape:?} of {dtype}: its header does not \
+             describe it",
+            available - count * width
         )));
     }
     let mut values = Vec::new();

@@ -107,6 +107,13 @@ fn malformed_data_files_name_the_file_line_and_column() {
     write_npy(&dir.join("x.npy"), "<f8", "(2, 2)", &good_x);
     write_npy(&dir.join("y.npy"), "<f8", "(2,)", &f64_bytes(&[0.0, 1.0]));
     write_npy(&dir.join("short.npy"), "<f8", "(2, 2)", &good_x[..20]);
+    write_npy(&dir.join("open.npy"), "<f8", "(2, 2", &good_x);
+    write_npy(
+        &dir.join("long.npy"),
+        "<f8",
+        "(2, 2)",
+        &[&good_x[..], &[0; 8]].concat(),
+    );
     write_npy(&dir.join("ints8.npy"), "|u1", "(2, 2)", &[1, 2, 3, 4]);
     write_npy(
         &dir.join("y3.npy"),
@@ -238,6 +245,22 @@ fn malformed_data_files_name_the_file_line_and_column() {
                 dir.join("y.npy").display()
             ),
             "short.npy: is truncated",
+        ),
+        (
+            format!(
+                "path = \"{}\"\nlabels = \"{}\"",
+                dir.join("open.npy").display(),
+                dir.join("y.npy").display()
+            ),
+            "open.npy: header's shape `(2, 2,` has no closing parenthesis",
+        ),
+        (
+            format!(
+                "path = \"{}\"\nlabels = \"{}\"",
+                dir.join("long.npy").display(),
+                dir.join("y.npy").display()
+            ),
+            "long.npy: has 8 bytes past the data of shape [2, 2]",
         ),
         (
             format!(
