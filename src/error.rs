@@ -66,6 +66,10 @@ pub enum Error {
         /// checkpoint holds the config, not where the results go).
         again: String,
     },
+    /// SIGINT or SIGTERM came while the run was being set up (reading or generating its
+    /// data): nothing was trained, so there is nothing to checkpoint.
+    #[error("interrupted before the first step; nothing was trained or written")]
+    InterruptedBeforeTraining,
     /// Training across processes cannot start as asked (built without MPI, a launcher
     /// the command does not support, an MPI library without thread support).
     #[error("{0}")]
@@ -117,7 +121,7 @@ impl Error {
             | Error::Shape { .. }
             | Error::Cluster(_) => 2,
             Error::Write { .. } | Error::NonFinite { .. } | Error::Overflow { .. } => 1,
-            Error::Interrupted { .. } => 130,
+            Error::Interrupted { .. } | Error::InterruptedBeforeTraining => 130,
         }
     }
 }

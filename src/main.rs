@@ -79,6 +79,7 @@ fn fail(err: &minibatch::Error, launch: &Launch) -> ExitCode {
     let every_rank = matches!(
         err,
         minibatch::Error::Interrupted { .. }
+            | minibatch::Error::InterruptedBeforeTraining
             | minibatch::Error::NonFinite { .. }
             | minibatch::Error::Overflow { .. }
     );

@@ -59,6 +59,9 @@ pub struct EpochReport {
     pub is_classifier: bool,
     /// The gradient noise scale at the epoch's end, when tracked.
     pub noise_scale: Option<f64>,
+    /// The run stopped before the epoch's last step (Ctrl-C, or an observer's stop): its
+    /// figures cover the steps it took.
+    pub cut_short: bool,
 }
 
 impl EpochReport {
@@ -602,6 +605,7 @@ impl<M: Model> Trainer<M> {
                 seconds,
                 is_classifier: self.model.is_classifier(),
                 noise_scale: self.noise.as_ref().and_then(|n| n.estimate.b_noise()),
+                cut_short: stopped && step_in_epoch < steps_per_epoch,
             };
             info!(
                 epoch = report.epoch,

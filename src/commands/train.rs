@@ -126,6 +126,10 @@ pub fn train(
     let _ = INTERRUPT_CONTEXT.set(context);
     interrupt::install();
     let (train, valid) = trainer.install(|| data::load(&cfg.data, cfg.seed));
+    // Ctrl-C while the data was read or generated: stop before the first step.
+    if interrupt::requested() {
+        return Err(minibatch::Error::InterruptedBeforeTraining);
+    }
     let t = &cfg.train;
     let shards = minibatch::shard::n_shards(t.batch_size.get(), t.shard_rows);
     let shard_rows = t.shard_rows.get().min(t.batch_size.get());
@@ -365,6 +369,9 @@ impl Observer for TrainOutput {
                 && epoch == report.epoch
             {
                 line += &format!("  (resumed at step {step}: the steps after it)");
+            }
+            if report.cut_short {
+                line += "  (stopped inside the epoch: its steps so far)";
             }
             self.bar.suspend(|| outln!("{line}"));
         }

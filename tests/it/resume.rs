@@ -174,7 +174,6 @@ fn ctrl_c_finishes_the_step_checkpoints_and_exits_130() {
     let child = Command::new(env!("CARGO_BIN_EXE_minibatch"))
         .args([
             "train",
-            "-q",
             "--config",
             config.to_str().unwrap(),
             "--checkpoint",
@@ -219,7 +218,21 @@ fn ctrl_c_finishes_the_step_checkpoints_and_exits_130() {
             .as_array()
             .is_some_and(|e| !e.is_empty())
     );
-    load_checkpoint(&newest, &layout(CONFIG)).unwrap();
+    let stopped_at = load_checkpoint(&newest, &layout(CONFIG)).unwrap().position;
+    // The last epoch line is the interrupted epoch's: marked as such unless the signal came
+    // at its last step (24 steps an epoch).
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout
+        .lines()
+        .filter(|l| l.starts_with("epoch"))
+        .next_back()
+        .unwrap_or_else(|| panic!("no epoch line in {stdout}"));
+    let inside = (1..24).contains(&stopped_at.step_in_epoch);
+    assert_eq!(
+        last.contains("(stopped inside the epoch: its steps so far)"),
+        inside,
+        "{stopped_at:?}: {last}"
+    );
 }
 
 #[test]
@@ -633,4 +646,37 @@ fn a_change_of_standardisation_is_refused_on_resume_and_init() {
     }
     // The same settings continue.
     succeeds(&["train", "-q", "--init", ckpt, "-c", on.to_str().unwrap()]);
+}
+
+/// Ctrl-C while the data is being generated stops before the first step: exit 130, no
+/// step taken and no checkpoint written.
+#[test]
+fn ctrl_c_before_the_first_step_trains_nothing() {
+    let dir = temp_dir("resume-sigint-early");
+    let config = dir.join("c.toml");
+    // About a second of generating 376 MB of features on this machine.
+    std::fs::write(
+        &config,
+        "[data]\nsynthetic = \"teacher\"\nn = 120000\n[train]\nepochs = 1\n",
+    )
+    .unwrap();
+    let ckpt_dir = dir.join("ckpt");
+    let child = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(["train", "-q", "--config", config.to_str().unwrap()])
+        .args(["--checkpoint", ckpt_dir.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("interrupted before the first step"),
+        "{stderr}"
+    );
+    assert!(checkpoints(&ckpt_dir).is_empty());
 }
