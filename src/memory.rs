@@ -4,13 +4,85 @@
 
 use crate::error::{Error, Result};
 
-/// Bytes the kernel reports available for new allocations (`MemAvailable`), or `None`
-/// where that is unknown (no /proc/meminfo): then nothing is refused.
+/// Bytes this process may still allocate, or `None` where that is unknown (then nothing
+/// is refused): the least of what the kernel reports available (`MemAvailable`), what the
+/// process's cgroup (a container's memory limit) leaves, and what its address-space limit
+/// (`ulimit -v`) leaves. Past any of them an allocation fails and the process aborts.
 pub fn available() -> Option<u64> {
+    [machine(), cgroup(), address_space()]
+        .into_iter()
+        .flatten()
+        .min()
+}
+
+/// `MemAvailable` from /proc/meminfo.
+fn machine() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    kib_field(&meminfo, "MemAvailable:")
+}
+
+/// A `name: N kB` line's bytes.
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(name))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib.saturating_mul(1024))
+}
+
+/// The process's cgroup memory limit less the cgroup's use, when it has a limit: cgroup v2
+/// (`memory.max`, "max" when unlimited) or v1 (`memory.limit_in_bytes`, a huge number when
+/// unlimited). The cgroup's own directory, or the mount's root inside a container whose
+/// namespace hides the path.
+fn cgroup() -> Option<u64> {
+    let groups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let (mount, path, limit, usage) = match groups.lines().find_map(|l| l.strip_prefix("0::")) {
+        Some(path) if root.join("memory.max").exists() || path != "/" => {
+            (root.to_path_buf(), path, "memory.max", "memory.current")
+        }
+        _ => {
+            let path = groups
+                .lines()
+                .find_map(|l| l.split_once(":memory:").map(|(_, p)| p))?;
+            (
+                root.join("memory"),
+                path,
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
+        }
+    };
+    let own = mount.join(path.trim_start_matches('/'));
+    let dir = if own.join(limit).exists() { own } else { mount };
+    let read = |name: &str| -> Option<u64> {
+        std::fs::read_to_string(dir.join(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(read(limit)?.saturating_sub(read(usage)?))
+}
+
+/// `RLIMIT_AS` less the address space already mapped (`VmSize`), when there is a limit.
+fn address_space() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct we pass and reads nothing else.
+        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } != 0
+            || limit.rlim_cur == libc::RLIM_INFINITY
+        {
+            return None;
+        }
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let mapped = kib_field(&status, "VmSize:")?;
+        Some(u64::try_from(limit.rlim_cur).ok()?.saturating_sub(mapped))
+    }
+    #[cfg(not(unix))]
+    None
 }
 
 /// Fails with a config error on `key` when `bytes` (`None`: past any count) of `what` do
@@ -24,7 +96,7 @@ pub fn check(key: &str, what: &str, bytes: Option<u128>) -> Result<()> {
         Some(need) => Err(Error::config(
             key,
             format!(
-                "{what} need {} of memory; this machine has {} available",
+                "{what} need {} of memory; this process has {} available",
                 size(need),
                 size(u128::from(have))
             ),

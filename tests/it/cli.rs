@@ -975,3 +975,35 @@ fn an_update_that_overflows_on_the_last_step_saves_nothing() {
     );
     let _ = ckpt;
 }
+
+/// An address-space limit (`ulimit -v`) counts as memory available: a data set past it is
+/// a config error naming the key, not an aborted allocation.
+#[test]
+fn an_address_space_limit_is_checked_like_the_machines_memory() {
+    use std::os::unix::process::CommandExt;
+    let dir = temp_dir("cli-ulimit");
+    let config = dir.join("c.toml");
+    // 3.1 GB of features against a 1.5 GB limit.
+    std::fs::write(&config, "[data]\nn = 1000000\n").unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_minibatch"));
+    command.args(["train", "-q", "-c", config.to_str().unwrap()]);
+    // SAFETY: setrlimit is async-signal-safe, and the closure touches nothing else.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 1_500_000_000,
+                rlim_max: 1_500_000_000,
+            };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+    };
+    let out = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("config `data.n`"), "{stderr}");
+    assert!(stderr.contains("this process has"), "{stderr}");
+}
