@@ -269,6 +269,14 @@ pub fn run(plan: &DescentPlan) -> Result<Descent> {
         &format!("{} examples", plan.n),
         crate::memory::bytes(plan.n, 2, 4),
     )?;
+    // Every path keeps its steps, and the page holds them again as text: about 64 bytes a
+    // point (16 as numbers, the rest in the JSON and SVG being written).
+    let paths = 1 + (slider_batch_sizes(plan.n).len() + 1).saturating_mul(plan.seeds);
+    crate::memory::check(
+        "--steps",
+        &format!("{paths} paths of {} steps", plan.steps),
+        crate::memory::bytes(plan.steps.saturating_add(1), paths, 64),
+    )?;
     let data = dataset(plan);
     let bowl = Bowl::of(&data);
     let (w_min, b_min) = bowl.minimum();
