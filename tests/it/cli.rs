@@ -409,6 +409,10 @@ fn bad_tune_and_bench_options_exit_2_with_the_option_named() {
             "config `--seeds`: must be at least 1",
         ),
         (
+            vec!["descent", "--steps", "100000000000"],
+            "config `--steps`: 73 paths of 100000000000 steps need",
+        ),
+        (
             vec!["bench", "-w", "w1", "--n", "100"],
             "(set by --batch-sizes): 128 is larger than the training set",
         ),
