@@ -274,16 +274,17 @@ pub struct Overrides {
     /// Worker threads (`train.threads`); default: every core. Results are identical for any value.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
-    /// Examples per step (`train.batch_size`), 1..=N: 1 is pure SGD, N is full-batch descent.
+    /// Examples per step (`train.batch_size`), 1..=N: 1 is pure SGD, N is full-batch
+    /// descent. Without it or the key: 128 (or N when smaller).
     #[arg(short, long, value_name = "B")]
     pub batch_size: Option<usize>,
-    /// Passes over the training set (`train.epochs`).
+    /// Passes over the training set (`train.epochs`). Without it or the key: 5.
     #[arg(short, long, value_name = "E")]
     pub epochs: Option<usize>,
-    /// Learning rate (`train.lr`), finite and > 0.
+    /// Learning rate (`train.lr`), finite and > 0. Without it or the key: 0.05.
     #[arg(long, value_name = "LR")]
     pub lr: Option<f64>,
-    /// Seed for data, initialisation and sampling (`seed`).
+    /// Seed for data, initialisation and sampling (`seed`). Without it or the key: 0.
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
     /// Rows per shard (`train.shard_rows`); default chosen from the batch size.
