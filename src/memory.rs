@@ -79,7 +79,7 @@ fn address_space() -> Option<u64> {
         }
         let status = std::fs::read_to_string("/proc/self/status").ok()?;
         let mapped = kib_field(&status, "VmSize:")?;
-        Some(u64::try_from(limit.rlim_cur).ok()?.saturating_sub(mapped))
+        Some(limit.rlim_cur.saturating_sub(mapped))
     }
     #[cfg(not(unix))]
     None

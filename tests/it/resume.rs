@@ -224,8 +224,7 @@ fn ctrl_c_finishes_the_step_checkpoints_and_exits_130() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout
         .lines()
-        .filter(|l| l.starts_with("epoch"))
-        .next_back()
+        .rfind(|l| l.starts_with("epoch"))
         .unwrap_or_else(|| panic!("no epoch line in {stdout}"));
     let inside = (1..24).contains(&stopped_at.step_in_epoch);
     assert_eq!(
