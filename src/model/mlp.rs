@@ -20,6 +20,8 @@ use super::kernels::{
     activation_backward, affine, affine_grad, affine_input_grad, axpy_rows, dot, dot_rows,
     head_loss, scalar_head,
 };
+#[cfg(target_arch = "x86_64")]
+use super::kernels::{axpy_rows_avx512, dot_rows_avx512};
 use super::{Batch, GradInto, Model, Stats, Usage, loss_grad_group_apart};
 use crate::params::{ParamId, ParamLayout};
 use crate::reduce::tree_slots;
@@ -314,7 +316,7 @@ impl Mlp {
             // SAFETY: the CPU has AVX-512F, checked just above.
             return unsafe { linear_rows_avx512(self.spec.head, w, bias, batch, grad) };
         }
-        linear_rows::<8>(self.spec.head, w, bias, batch, grad)
+        linear_rows::<8>(self.spec.head, w, bias, batch, grad, RowKernels::PORTABLE)
     }
 
     /// Forward and backward over every row of `batch` (a non-linear-path model), cut into
@@ -436,7 +438,12 @@ fn linear_rows<const R: usize>(
     bias: f32,
     batch: Batch<'_>,
     mut grad: Option<LinearGrad<'_>>,
+    kernels: RowKernels<R>,
 ) -> Stats {
+    let RowKernels {
+        dot_rows,
+        axpy_rows,
+    } = kernels;
     let mut stats = Stats {
         rows: batch.rows() as u64,
         ..Stats::default()
@@ -470,6 +477,20 @@ fn linear_rows<const R: usize>(
         linear_row(head, w, bias, &batch, r, &mut stats, g);
     }
     stats
+}
+
+/// The two passes `linear_rows` makes over R rows: their dot products with w, and their
+/// scaled sum into the gradient. The portable ones, or AVX-512's, which give the same bits.
+struct RowKernels<const R: usize> {
+    dot_rows: fn([&[f32]; R], &[f32]) -> [f32; R],
+    axpy_rows: fn(&mut [f32], [f32; R], [&[f32]; R]),
+}
+
+impl<const R: usize> RowKernels<R> {
+    const PORTABLE: Self = RowKernels {
+        dot_rows,
+        axpy_rows,
+    };
 }
 
 /// One row of a single-output linear model: its stats, and its gradient added to `grad`
@@ -507,7 +528,14 @@ unsafe fn linear_rows_avx512(
     batch: Batch<'_>,
     grad: Option<LinearGrad<'_>>,
 ) -> Stats {
-    linear_rows::<8>(head, w, bias, batch, grad)
+    // Closures inherit this function's target features, so the kernels inline here.
+    let kernels = RowKernels {
+        // SAFETY: the caller checked that the CPU has AVX-512F.
+        dot_rows: |x, w| unsafe { dot_rows_avx512::<8>(x, w) },
+        // SAFETY: as above.
+        axpy_rows: |g, a, x| unsafe { axpy_rows_avx512::<8>(g, a, x) },
+    };
+    linear_rows::<8>(head, w, bias, batch, grad, kernels)
 }
 
 impl Model for Mlp {
@@ -760,7 +788,7 @@ mod tests {
                     // SAFETY: checked above.
                     unsafe { linear_rows_avx512(Head::Logistic, &w, 0.2, batch, grad) }
                 } else {
-                    linear_rows::<8>(Head::Logistic, &w, 0.2, batch, grad)
+                    linear_rows::<8>(Head::Logistic, &w, 0.2, batch, grad, RowKernels::PORTABLE)
                 };
                 let bits: Vec<u32> = g.iter().map(|v| v.to_bits()).collect();
                 (stats.loss_sum.to_bits(), stats.n_correct, bits)
