@@ -85,19 +85,28 @@ fn address_space() -> Option<u64> {
     None
 }
 
-/// Fails with a config error on `key` when `bytes` (`None`: past any count) of `what` do
-/// not fit in the memory available.
+/// What a run needs besides its largest buffer (thread stacks and allocator arenas, the
+/// sampler's indices, workspaces): a tenth more, and 256 MiB. Without it, a buffer just
+/// under the limit passed the check and the allocations after it aborted.
+fn with_headroom(bytes: u128) -> u128 {
+    bytes + bytes / 10 + (256 << 20)
+}
+
+/// Fails with a config error on `key` when `bytes` (`None`: past any count) of `what`, and
+/// the headroom a run needs besides, do not fit in the memory available.
 pub fn check(key: &str, what: &str, bytes: Option<u128>) -> Result<()> {
     let Some(have) = available() else {
         return Ok(());
     };
     match bytes {
-        Some(need) if need <= u128::from(have) => Ok(()),
+        Some(need) if with_headroom(need) <= u128::from(have) => Ok(()),
         Some(need) => Err(Error::config(
             key,
             format!(
-                "{what} need {} of memory; this process has {} available",
+                "{what} need {} of memory, {} with what the run needs besides; this process \
+                 has {} available",
                 size(need),
+                size(with_headroom(need)),
                 size(u128::from(have))
             ),
         )),
