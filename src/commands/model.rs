@@ -111,6 +111,21 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
         (None, Some(spec)) => spec,
         (None, None) => unreachable!("validated above when the file does not name its model"),
     };
+    // The file names its model, and its tensors (read next) must match; sized first, since
+    // a damaged name could ask for more parameters than memory holds.
+    let n_params = spec
+        .widths()
+        .windows(2)
+        .try_fold(0u128, |n, w| Some(n + (w[0] as u128 + 1) * w[1] as u128));
+    minibatch::memory::check(
+        "model",
+        &format!(
+            "the {} parameters of {}",
+            spec.describe(),
+            args.model.display()
+        ),
+        n_params.and_then(|n| n.checked_mul(8)),
+    )?;
     let model = Mlp::new(spec);
     let params = minibatch::checkpoint::load_params(&args.model, model.layout())?;
     // A model trained on standardised data carries its training statistics: read the data

@@ -204,14 +204,22 @@ fn targets_and_predictions(path: &std::path::Path) -> Vec<(String, String)> {
 /// Rewrites a safetensors file without the `classes` metadata, as files were saved before
 /// the class names were recorded.
 fn drop_class_names(path: &std::path::Path) {
+    edit_metadata(path, |metadata| {
+        metadata
+            .remove("classes")
+            .expect("the file had class names");
+    });
+}
+
+/// Rewrites a safetensors file's metadata with `edit`.
+fn edit_metadata(
+    path: &std::path::Path,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) {
     let bytes = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    header["__metadata__"]
-        .as_object_mut()
-        .unwrap()
-        .remove("classes")
-        .expect("the file had class names");
+    edit(header["__metadata__"].as_object_mut().unwrap());
     let mut text = header.to_string();
     while !text.len().is_multiple_of(8) {
         text.push(' ');
@@ -526,6 +534,15 @@ fn a_regression_model_from_synthetic_data_evaluates_real_targets_from_a_file() {
     let rows = targets_and_predictions(&out);
     let targets: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(targets, ["4.5", "-0.25"]);
+    // A file whose metadata names a model past any memory is refused, not an abort.
+    edit_metadata(std::path::Path::new(model), |metadata| {
+        metadata["model"] = "linear 99999999999-1".into();
+    });
+    let stderr = refused(&["eval", "-m", model, "--data", data]);
+    assert!(
+        stderr.contains("the linear 99999999999-1 parameters of"),
+        "{stderr}"
+    );
 }
 
 /// --labels belongs to --data: beside --config (whose data names its own labels) it is
