@@ -76,9 +76,15 @@ pub enum Error {
     Cluster(String),
     /// Training diverged: a batch's loss was not finite (the step was not applied).
     #[error(
-        "loss became {value} at epoch {epoch}, step {step} (lr {}{}); try a smaller learning rate",
+        "loss became {value} at epoch {epoch}, step {step} (lr {}{}); {}",
         crate::optim::show(*lr),
-        last_finite.map(|l| format!(", last finite batch loss {}", short(l))).unwrap_or_default()
+        last_finite.map(|l| format!(", last finite batch loss {}", short(l))).unwrap_or_default(),
+        if *step == 1 {
+            "the starting parameters give it, before any update: check the data's scale \
+             (data.standardize) or the --init file"
+        } else {
+            "try a smaller learning rate"
+        }
     )]
     NonFinite {
         value: f64,
@@ -129,7 +135,7 @@ impl Error {
 /// A loss in a message: as it is, or in exponent form when huge.
 fn short(x: f64) -> String {
     if x.abs() >= 1e6 {
-        format!("{x:e}")
+        format!("{x:.4e}")
     } else {
         format!("{x}")
     }

@@ -319,10 +319,13 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         super::loss(m.mean_loss)
     );
     if let (Some(mse), Some(r2)) = (m.mse, m.r2) {
+        let mse_text = super::loss(mse);
         if r2.is_finite() {
-            outln!("MSE {mse:.4}, R^2 {r2:.4}");
+            outln!("MSE {mse_text}, R^2 {r2:.4}");
+        } else if !mse.is_finite() {
+            outln!("MSE {mse_text}, R^2 undefined (the errors are not finite)");
         } else {
-            outln!("MSE {mse:.4}, R^2 undefined (the targets are constant)");
+            outln!("MSE {mse_text}, R^2 undefined (the targets are constant)");
         }
     }
     if let (Some(accuracy), Some(confusion)) = (m.accuracy, &m.confusion) {

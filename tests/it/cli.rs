@@ -1011,3 +1011,27 @@ fn an_address_space_limit_is_checked_like_the_machines_memory() {
     assert!(stderr.contains("config `data.n`"), "{stderr}");
     assert!(stderr.contains("this process has"), "{stderr}");
 }
+
+/// A loss that is not finite at the first step comes from the data or the starting
+/// parameters, not from the learning rate: the message says so.
+#[test]
+fn a_loss_past_f32_at_the_first_step_points_at_the_data() {
+    let dir = temp_dir("cli-first-step-inf");
+    let data = dir.join("big.csv");
+    std::fs::write(&data, "a,y\n1,1e30\n2,-1e30\n3,5e29\n").unwrap();
+    let cfg = dir.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\npath = {:?}\ntask = \"regression\"\n[train]\nepochs = 1\nbatch_size = 3\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = run(&["train", "-q", "--config", cfg.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("step 1"), "{stderr}");
+    assert!(stderr.contains("before any update"), "{stderr}");
+    assert!(!stderr.contains("try a smaller learning rate"), "{stderr}");
+}
