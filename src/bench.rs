@@ -156,8 +156,14 @@ fn run_config(
 ) -> RawConfig {
     let mut raw = raw.clone();
     raw.train.batch_size = Some(batch_size);
-    // The workload's standard sizes when none are given: either way, --batch-sizes sets it.
-    raw.mark_overridden("train.batch_size", "--batch-sizes");
+    raw.mark_overridden(
+        "train.batch_size",
+        if plan.batch_sizes.is_empty() {
+            "the workload's standard sizes; --batch-sizes gives others"
+        } else {
+            "--batch-sizes"
+        },
+    );
     raw.train.threads = Some(threads.get());
     raw.train.shard_rows = shard_rows;
     raw.train.epochs = Some(plan.epochs.get());
@@ -217,9 +223,10 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
                 let mut one_thread = None;
                 for &threads in &plan.threads {
                     let cfg = run_config(&raw, plan, batch_size, shard_rows, threads).validate()?;
+                    let per_shard = cfg.train.shard_rows.get().min(batch_size);
                     progress(&format!(
-                        "{name}: B = {batch_size}, {threads} thread(s), shards of {} rows",
-                        cfg.train.shard_rows.get().min(batch_size)
+                        "{name}: B = {batch_size}, {threads} thread(s), shards of {per_shard} row{}",
+                        if per_shard == 1 { "" } else { "s" }
                     ));
                     let model = Mlp::new(cfg.model.clone());
                     let flops = cfg.model.flops_per_example();

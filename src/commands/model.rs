@@ -431,8 +431,9 @@ pub fn predict(args: &PredictArgs, quiet: bool) -> Result<()> {
     minibatch::checkpoint::write_atomic(&args.out, csv.as_bytes())?;
     if !quiet {
         outln!(
-            "wrote {} predictions to {}",
+            "wrote {} prediction{} to {}",
             outputs.nrows(),
+            super::s(outputs.nrows()),
             args.out.display()
         );
     }

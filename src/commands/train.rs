@@ -89,11 +89,12 @@ pub fn train(
         )?;
         if !quiet {
             outln!(
-                "resuming {} at epoch {}, step {} of it ({} steps done)",
+                "resuming {} at epoch {}, step {} of it ({} step{} done)",
                 path.display(),
                 checkpoint.position.epoch + 1,
                 checkpoint.position.step_in_epoch,
-                checkpoint.steps
+                checkpoint.steps,
+                super::s(checkpoint.steps)
             );
         }
     }
@@ -140,7 +141,7 @@ pub fn train(
     };
     if !quiet {
         outln!(
-            "{} ({n_params} params) | train {} x {}{} | B {} in {shards} shard{} of {} rows{} | {}{} thread{} | {}, {}",
+            "{} ({n_params} params) | train {} x {}{} | B {} in {shards} shard{} of {} row{}{} | {}{} thread{} | {}, {}",
             cfg.model.describe(),
             train.n(),
             train.d(),
@@ -151,6 +152,7 @@ pub fn train(
             t.batch_size,
             super::s(shards),
             shard_rows,
+            super::s(shard_rows),
             if group > 1 {
                 format!(", {group} to a task")
             } else {
@@ -241,7 +243,7 @@ pub fn train(
         && let Some(last) = report.epochs.last()
     {
         outln!(
-            "done: {} epoch{}, {} step{}{}, {} examples in {:.2} s ({:.0} examples/s); final train loss {}{}",
+            "done: {} epoch{}, {} step{}{}, {} example{} in {:.2} s ({:.0} examples/s); final train loss {}{}",
             report.epochs.len(),
             super::s(report.epochs.len()),
             report.steps.saturating_sub(steps_before),
@@ -252,6 +254,7 @@ pub fn train(
                 String::new()
             },
             report.examples,
+            super::s(report.examples),
             report.seconds,
             report.examples as f64 / report.seconds.max(1e-12),
             super::loss(last.train.mean_loss()),

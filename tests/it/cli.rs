@@ -414,7 +414,7 @@ fn bad_tune_and_bench_options_exit_2_with_the_option_named() {
         ),
         (
             vec!["bench", "-w", "w1", "--n", "100"],
-            "(set by --batch-sizes): 128 is larger than the training set",
+            "(set by the workload's standard sizes; --batch-sizes gives others): 128 is larger",
         ),
     ] {
         let out = run(&args);
