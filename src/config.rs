@@ -885,7 +885,12 @@ impl RawConfig {
                     Ok(v32)
                 } else {
                     let range = if closed { "[0, 1]" } else { "[0, 1)" };
-                    Err(self.err(key, format!("must be in {range}, got {v}")))
+                    let rounds = if v < 1.0 && v32 == 1.0 {
+                        " (which is 1 in f32)"
+                    } else {
+                        ""
+                    };
+                    Err(self.err(key, format!("must be in {range}, got {v}{rounds}")))
                 }
             };
         let only_for = |key: &'static str, value: Option<f64>, family: &str| -> Result<()> {
@@ -898,6 +903,10 @@ impl RawConfig {
             }
         };
         let weight_decay = raw.weight_decay.unwrap_or(0.0);
+        if weight_decay > 0.0 {
+            // Checked as the f32 the update uses.
+            self.positive_f32("train.weight_decay", weight_decay)?;
+        }
         if !(weight_decay.is_finite() && weight_decay >= 0.0) {
             return Err(self.err(
                 "train.weight_decay",
@@ -1033,7 +1042,7 @@ impl RawConfig {
         )?;
         let gamma = match raw.gamma {
             None => None,
-            Some(g) if g > 0.0 && g <= 1.0 => Some(g as f32),
+            Some(g) if g > 0.0 && g <= 1.0 => Some(self.positive_f32("train.schedule.gamma", g)?),
             Some(g) => {
                 return Err(self.err(
                     "train.schedule.gamma",

@@ -28,6 +28,10 @@ pub fn train(
     recorder: Option<&Recorder>,
     comm: Option<Box<dyn Collective>>,
 ) -> Result<()> {
+    // From the start: a data file is read while the config is checked, and Ctrl-C then
+    // stops the run before its first step (checked once the data is in) instead of
+    // killing it.
+    interrupt::install();
     let (raw, cfg) = match (&args.resume, &args.config.config) {
         (Some(path), None) => {
             // The checkpoint's own config, with the command line's overrides on top.
@@ -125,7 +129,6 @@ pub fn train(
         None
     };
     let _ = INTERRUPT_CONTEXT.set(context);
-    interrupt::install();
     let (train, valid) = trainer.install(|| data::load(&cfg.data, cfg.seed));
     // Ctrl-C while the data was read or generated: stop before the first step.
     if interrupt::requested() {

@@ -200,6 +200,18 @@ fn bad_configs_and_flags_name_the_key_and_exit_2() {
             "train.clip_norm",
         ),
         (
+            "momentum-rounds-to-one",
+            "[train]\noptimizer = \"momentum\"\nmomentum = 0.99999999999\n",
+            &[],
+            "got 0.99999999999 (which is 1 in f32)",
+        ),
+        (
+            "decay-overflow",
+            "[train]\nweight_decay = 1e39\n",
+            &[],
+            "train.weight_decay`: 1e39 is outside the range of f32",
+        ),
+        (
             "eps-underflow",
             "[train]\noptimizer = \"adam\"\neps = 1e-50\n",
             &[],
