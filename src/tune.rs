@@ -546,7 +546,11 @@ pub fn to_svg(report: &TuneReport) -> String {
             .map(|k| 10f64.powi(k))
             .collect();
         if ticks.len() < 2 && vmax > 0.0 {
-            ticks = vec![vmin, vmax];
+            ticks = if vmin < vmax {
+                vec![vmin, vmax]
+            } else {
+                vec![vmin]
+            };
         }
         let ticks = ticks.into_iter().map(|v| (v, y(v))).collect();
         (values.iter().map(|&v| y(v)).collect(), ticks)

@@ -104,7 +104,21 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
     let own_data = args.config.is_none() && args.data.is_none();
     let model_cfg = match (&described, own_data) {
         (Some(_), false) => None,
-        _ => Some(model_raw.validate()?),
+        // The training data, named by the saved config: say how to give other data when it
+        // is not where that config says (a model moved to another directory or machine).
+        _ => Some(model_raw.validate().map_err(|err| match err {
+            minibatch::Error::Config { key, flag, msg } if key.starts_with("data.") => {
+                minibatch::Error::Config {
+                    key,
+                    flag,
+                    msg: format!(
+                        "{msg} (the model's training data, as its saved config names it; \
+                         give data with --data FILE or --config FILE)"
+                    ),
+                }
+            }
+            other => other,
+        })?),
     };
     let spec = match (&model_cfg, described) {
         (Some(cfg), _) => cfg.model.clone(),

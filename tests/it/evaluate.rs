@@ -565,3 +565,35 @@ fn labels_without_data_are_refused() {
         "{stderr}"
     );
 }
+
+/// eval on the model's own data, from a directory where the saved config's relative data
+/// path does not resolve, says how to give the data instead.
+#[test]
+fn a_models_training_data_out_of_reach_points_at_data_flags() {
+    let dir = temp_dir("eval-data-out-of-reach");
+    std::fs::write(dir.join("rows.csv"), CATS_AND_DOGS).unwrap();
+    std::fs::write(
+        dir.join("c.toml"),
+        "[data]\npath = \"rows.csv\"\n[model]\nkind = \"logistic\"\n[train]\nepochs = 1\n",
+    )
+    .unwrap();
+    let at = |cwd: &std::path::Path, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_minibatch"))
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .unwrap()
+    };
+    let trained = at(
+        &dir,
+        &["train", "-q", "-c", "c.toml", "--save", "m.safetensors"],
+    );
+    assert!(trained.status.success(), "{trained:?}");
+    let model = dir.join("m.safetensors");
+    let elsewhere = dir.parent().unwrap();
+    let out = at(elsewhere, &["eval", "-m", model.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot read rows.csv"), "{stderr}");
+    assert!(stderr.contains("give data with --data FILE"), "{stderr}");
+}
