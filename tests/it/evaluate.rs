@@ -502,20 +502,40 @@ fn a_model_moved_without_its_training_data_still_evaluates_and_predicts_new_data
     assert!(err.contains("t.csv"), "{err}");
 }
 
+/// A fresh directory with a config of the synthetic linear set (`n` rows, `d` features)
+/// and the model trained on it: (directory, config, model file).
+fn linear_model(
+    name: &str,
+    n: usize,
+    d: usize,
+) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let dir = temp_dir(name);
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[data]\nsynthetic = \"linear\"\nn = {n}\nd = {d}\n[train]\nepochs = 2\nthreads = 1\n"
+        ),
+    )
+    .unwrap();
+    let model = dir.join("m.safetensors");
+    minibatch(&[
+        "train",
+        "-q",
+        "-c",
+        config.to_str().unwrap(),
+        "--save",
+        model.to_str().unwrap(),
+    ]);
+    (dir, config, model)
+}
+
 /// A regression model trained on a synthetic set (whose config names no task) reads the
 /// real targets of a file given to eval and predict as real targets: its head says so.
 #[test]
 fn a_regression_model_from_synthetic_data_evaluates_real_targets_from_a_file() {
-    let dir = temp_dir("eval-synthetic-regression");
-    let config = dir.join("reg.toml");
-    std::fs::write(
-        &config,
-        "[data]\nsynthetic = \"linear\"\nn = 400\nd = 3\n[train]\nepochs = 2\nthreads = 1\n",
-    )
-    .unwrap();
-    let model = dir.join("reg.safetensors");
-    let (config, model) = (config.to_str().unwrap(), model.to_str().unwrap());
-    minibatch(&["train", "-q", "-c", config, "--save", model]);
+    let (dir, _, model) = linear_model("eval-synthetic-regression", 400, 3);
+    let model = model.to_str().unwrap();
     let data = dir.join("reg.csv");
     std::fs::write(&data, "a,b,c,y\n1,2,3,4.5\n-1,0.5,2,-0.25\n").unwrap();
     let data = data.to_str().unwrap();
@@ -549,16 +569,8 @@ fn a_regression_model_from_synthetic_data_evaluates_real_targets_from_a_file() {
 /// refused rather than ignored.
 #[test]
 fn labels_without_data_are_refused() {
-    let dir = temp_dir("eval-labels-alone");
-    let config = dir.join("c.toml");
-    std::fs::write(
-        &config,
-        "[data]\nsynthetic = \"linear\"\nn = 100\nd = 2\n[train]\nepochs = 1\n",
-    )
-    .unwrap();
-    let model = dir.join("m.safetensors");
+    let (_, config, model) = linear_model("eval-labels-alone", 100, 2);
     let (config, model) = (config.to_str().unwrap(), model.to_str().unwrap());
-    minibatch(&["train", "-q", "-c", config, "--save", model]);
     let stderr = refused(&["eval", "-m", model, "-c", config, "--labels", "y.npy"]);
     assert!(
         stderr.contains("`--labels`") && stderr.contains("goes with --data"),

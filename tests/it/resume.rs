@@ -42,6 +42,18 @@ fn succeeds(args: &[&str]) -> Output {
     out
 }
 
+/// `minibatch(args)`, which must be refused as bad input (exit 2).
+fn refused(args: &[&str]) -> Output {
+    let out = minibatch(args);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 fn checkpoints(dir: &Path) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|entries| {
@@ -470,9 +482,8 @@ fn rotation_removes_only_the_checkpoints_the_run_wrote() {
         ),
     ];
     for (args, expected) in cases {
-        let out = minibatch(&args);
+        let out = refused(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains("--checkpoint"), "{stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{args:?} trained first");
@@ -506,9 +517,8 @@ fn resuming_a_finished_run_asks_for_more_epochs() {
     for extra in [&[][..], &["--epochs", "1"]] {
         let mut args = vec!["train", "--resume", last];
         args.extend_from_slice(extra);
-        let out = minibatch(&args);
+        let out = refused(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(
             stderr.contains("has done 2 epochs") && stderr.contains("--epochs 3"),
             "{args:?}: {stderr}"
@@ -544,9 +554,8 @@ fn resuming_refuses_another_batch_size_seed_sampling_or_optimizer_and_counts_an_
     ] {
         let mut args = vec!["train", "-q", "--resume", first_epoch];
         args.extend_from_slice(flags);
-        let out = minibatch(&args);
+        let out = refused(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
         assert!(stderr.contains(expected), "{flags:?}: {stderr}");
     }
     let out = succeeds(&["train", "--resume", first_epoch]);
@@ -634,9 +643,8 @@ fn a_change_of_standardisation_is_refused_on_resume_and_init() {
         vec!["train", "-q", "--resume", ckpt, "-c", raw, "--epochs", "2"],
         vec!["train", "-q", "--init", ckpt, "-c", raw],
     ] {
-        let out = minibatch(&args);
+        let out = refused(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains("data.standardize"), "{stderr}");
         assert!(
             stderr.contains("trained on standardised features"),
