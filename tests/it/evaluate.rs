@@ -404,14 +404,7 @@ fn data_for_a_saved_model_may_come_in_another_format_or_sparser() {
     )
     .unwrap();
     let model = dir.join("m.safetensors");
-    minibatch(&[
-        "train",
-        "-q",
-        "-c",
-        config.to_str().unwrap(),
-        "--save",
-        model.to_str().unwrap(),
-    ]);
+    save_trained(&config, &model);
     let model = model.to_str().unwrap();
     let eval =
         |file: &str| minibatch(&["eval", "-m", model, "-d", dir.join(file).to_str().unwrap()]);
@@ -502,6 +495,12 @@ fn a_model_moved_without_its_training_data_still_evaluates_and_predicts_new_data
     assert!(err.contains("t.csv"), "{err}");
 }
 
+/// Trains `config` and saves the model to `model`.
+fn save_trained(config: &std::path::Path, model: &std::path::Path) {
+    let (config, model) = (config.to_str().unwrap(), model.to_str().unwrap());
+    minibatch(&["train", "-q", "-c", config, "--save", model]);
+}
+
 /// A fresh directory with a config of the synthetic linear set (`n` rows, `d` features)
 /// and the model trained on it: (directory, config, model file).
 fn linear_model(
@@ -519,14 +518,7 @@ fn linear_model(
     )
     .unwrap();
     let model = dir.join("m.safetensors");
-    minibatch(&[
-        "train",
-        "-q",
-        "-c",
-        config.to_str().unwrap(),
-        "--save",
-        model.to_str().unwrap(),
-    ]);
+    save_trained(&config, &model);
     (dir, config, model)
 }
 
