@@ -675,16 +675,28 @@ impl RawConfig {
                 format!("only an mlp takes a head; a {kind} model has its own"),
             ));
         }
+        if raw.activation.is_some() && kind != "mlp" {
+            return Err(self.err(
+                "model.activation",
+                format!("applies to the hidden layers of an mlp; a {kind} model has none"),
+            ));
+        }
+        // The key that chose the head: an mlp's `head` when given, else the kind.
+        let head_key = if raw.head.is_some() {
+            "model.head"
+        } else {
+            "model.kind"
+        };
         match (head, data.n_classes) {
             (Head::Mse, Some(k)) => {
                 return Err(self.err(
-                    "model.kind",
+                    head_key,
                     format!("a regression head needs real targets, the data has {k} classes"),
                 ));
             }
             (Head::Logistic, None) | (Head::Softmax { .. }, None) => {
                 return Err(self.err(
-                    "model.kind",
+                    head_key,
                     "a classifier needs class labels; the data has real targets",
                 ));
             }

@@ -200,6 +200,18 @@ fn bad_configs_and_flags_name_the_key_and_exit_2() {
             "train.clip_norm",
         ),
         (
+            "activation-on-linear",
+            "[data]\nsynthetic = \"linear\"\nn = 100\nd = 2\n[model]\nkind = \"linear\"\nactivation = \"tanh\"\n",
+            &[],
+            "config `model.activation`: applies to the hidden layers of an mlp",
+        ),
+        (
+            "mse-head-on-classes",
+            "[model]\nkind = \"mlp\"\nhead = \"mse\"\n",
+            &[],
+            "config `model.head`: a regression head needs real targets",
+        ),
+        (
             "momentum-rounds-to-one",
             "[train]\noptimizer = \"momentum\"\nmomentum = 0.99999999999\n",
             &[],
