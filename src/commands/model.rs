@@ -387,7 +387,11 @@ pub fn predict(args: &PredictArgs, quiet: bool) -> Result<()> {
     .flatten()
     .map(|p| p.as_path())
     .collect();
-    minibatch::checkpoint::check_output("--out", &args.out, &inputs)?;
+    // `-`: the CSV goes to standard output (for a pipe), and nothing else does.
+    let to_stdout = args.out.as_os_str() == "-";
+    if !to_stdout {
+        minibatch::checkpoint::check_output("--out", &args.out, &inputs)?;
+    }
     let SavedModel {
         model,
         params,
@@ -441,6 +445,10 @@ pub fn predict(args: &PredictArgs, quiet: bool) -> Result<()> {
                 csv.push('\n');
             }
         }
+    }
+    if to_stdout {
+        out!("{csv}");
+        return Ok(());
     }
     minibatch::checkpoint::write_atomic(&args.out, csv.as_bytes())?;
     if !quiet {

@@ -546,6 +546,9 @@ fn a_regression_model_from_synthetic_data_evaluates_real_targets_from_a_file() {
     let rows = targets_and_predictions(&out);
     let targets: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
     assert_eq!(targets, ["4.5", "-0.25"]);
+    // `-o -` writes the same CSV to standard output, and nothing else there.
+    let piped = minibatch(&["predict", "-m", model, "--data", data, "-o", "-"]);
+    assert_eq!(piped, std::fs::read_to_string(&out).unwrap());
     // A file whose metadata names a model past any memory is refused, not an abort.
     edit_metadata(std::path::Path::new(model), |metadata| {
         metadata["model"] = "linear 99999999999-1".into();
