@@ -270,11 +270,11 @@ pub fn run(raw: &RawConfig, plan: &TunePlan, mut progress: impl FnMut(&str)) -> 
         .expect("at least one candidate");
     let reason = if measured {
         format!(
-            "B = {} on {} thread(s) reached loss {} fastest ({:.2} s); the noise scale is {:.0}",
+            "B = {} on {} thread(s) reached loss {} fastest ({} s); the noise scale is {:.0}",
             best.batch_size,
             best.threads,
             plan.target_loss.unwrap_or_default(),
-            best.seconds_to_target.unwrap_or_default(),
+            seconds(best.seconds_to_target.unwrap_or_default()),
             b_noise
         )
     } else {
@@ -681,6 +681,17 @@ pub fn to_svg(report: &TuneReport) -> String {
     svg
 }
 
+/// Seconds as the tables print them: two decimals, or two significant digits below 0.1 s
+/// (a small run's candidates all reached their target in "0.00 s").
+pub fn seconds(v: f64) -> String {
+    if v >= 0.1 || v <= 0.0 || !v.is_finite() {
+        format!("{v:.2}")
+    } else {
+        let decimals = (1.0 - v.log10().floor()) as usize;
+        format!("{v:.decimals$}")
+    }
+}
+
 /// A tick label: 3 significant digits at most, with K and M for thousands and millions.
 fn short_number(v: f64) -> String {
     let (scaled, suffix) = if v >= 1e6 {
@@ -721,6 +732,20 @@ pub fn write_outputs(dir: &Path, report: &TuneReport) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn seconds_keep_two_significant_digits_when_small() {
+        let cases = [
+            (1.234, "1.23"),
+            (0.3, "0.30"),
+            (0.0123, "0.012"),
+            (0.00456, "0.0046"),
+            (0.0, "0.00"),
+        ];
+        for (v, text) in cases {
+            assert_eq!(super::seconds(v), text, "{v}");
+        }
+    }
+
     #[test]
     fn tick_labels_are_short() {
         let cases = [

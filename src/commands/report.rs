@@ -272,7 +272,8 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
             r.predicted_time,
             r.lr,
             steps,
-            opt(r.seconds_to_target, 2),
+            r.seconds_to_target
+                .map_or_else(|| "-".into(), minibatch::tune::seconds),
             opt(r.final_train_loss, 4),
             opt(r.valid_loss, 4),
             if r.above_twice_noise_scale { "yes" } else { "" },
