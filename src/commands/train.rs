@@ -186,13 +186,11 @@ pub fn train(
     };
     let report = trainer.fit_observed(&train, valid.as_deref(), &mut output);
     bar.finish_and_clear();
-    let failure = match &report {
-        Ok(_) => output.failure.take(),
-        Err(_) => None,
-    };
-    let report = match (report, failure) {
-        (Ok(report), None) => report,
-        (Err(err), _) | (Ok(_), Some(err)) => {
+    // The run's error, or an observer's (a checkpoint it could not write).
+    let report = report.and_then(|r| output.failure.take().map_or(Ok(r), Err));
+    let report = match report {
+        Ok(report) => report,
+        Err(err) => {
             // The trace and profile of what ran still help to see why; the failure is the
             // error to report.
             let threads = cfg.train.threads.get();
