@@ -81,7 +81,8 @@ pub struct EvalArgs {
     /// model was trained with); every row is used.
     #[arg(short, long, value_name = "FILE")]
     pub data: Option<PathBuf>,
-    /// The targets .npy that goes with a --data .npy file.
+    /// The targets .npy that goes with a --data .npy file (eval needs it; predict without it
+    /// leaves the target column empty).
     #[arg(long, value_name = "FILE", requires = "data")]
     pub labels: Option<PathBuf>,
 }

@@ -477,6 +477,9 @@ impl RawConfig {
             match format.as_str() {
                 "csv" => crate::io::read_csv(path, &csv, &mut classes),
                 "libsvm" => crate::io::read_libsvm(path, d, task, &mut classes),
+                "npy" if raw.unlabeled && labels.is_none() => {
+                    crate::io::read_npy_unlabeled(path, task, &classes)
+                }
                 "npy" => {
                     let labels = labels.ok_or_else(|| {
                         self.err(labels_key, "format = \"npy\" needs the targets' .npy file")

@@ -445,15 +445,7 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
         ));
     }
     if unlabeled {
-        let n = x.len() / n_cols;
-        let n_classes = match classes {
-            Classes::Names(names) => Some(names.len()),
-            Classes::Ids(k) => Some(*k),
-            Classes::FromFile if opts.task == Task::Classification => Some(2),
-            Classes::FromFile => None,
-        };
-        let x = Array2::from_shape_vec((n, n_cols), x).expect("rows of n_cols");
-        return Dataset::new(x, Array1::zeros(n), n_classes).map_err(|msg| parse_err(path, 0, msg));
+        return features_only(path, x, n_cols, opts.task, classes);
     }
     let targets = if words.is_empty() {
         Targets::Numbers(y)
@@ -756,29 +748,33 @@ fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
     Ok((shape, values))
 }
 
-/// Features from one `.npy` (2-D) and targets from another (1-D); messages about a label
-/// name the labels file and the 1-based row.
-pub fn read_npy_pair(
-    x_path: &Path,
-    y_path: &Path,
+/// Rows to predict on, with no targets: zeros stand in for them, and the classes are those
+/// the model was trained with.
+fn features_only(
+    path: &Path,
+    x: Vec<f32>,
+    d: usize,
     task: Task,
-    classes: &mut Classes,
+    classes: &Classes,
 ) -> Result<Dataset> {
+    let n = x.len() / d;
+    let n_classes = match classes {
+        Classes::Names(names) => Some(names.len()),
+        Classes::Ids(k) => Some(*k),
+        Classes::FromFile if task == Task::Classification => Some(2),
+        Classes::FromFile => None,
+    };
+    let x = Array2::from_shape_vec((n, d), x).expect("rows of d");
+    Dataset::new(x, Array1::zeros(n), n_classes).map_err(|msg| parse_err(path, 0, msg))
+}
+
+/// A `.npy` features file: its shape (rows, features) checked, every value finite.
+fn read_npy_features(x_path: &Path) -> Result<(usize, Vec<f32>)> {
     let (x_shape, x) = read_npy(x_path)?;
-    let (y_shape, y) = read_npy(y_path)?;
     if x_shape.len() != 2 || x_shape[0] == 0 || x_shape[1] == 0 {
         return Err(Error::Parse {
             path: x_path.to_path_buf(),
             msg: format!("has shape {x_shape:?}; expected a non-empty 2-D (rows, features) array"),
-        });
-    }
-    if y_shape != [x_shape[0]] {
-        return Err(Error::Parse {
-            path: y_path.to_path_buf(),
-            msg: format!(
-                "has shape {y_shape:?}; expected ({},) to match the features",
-                x_shape[0]
-            ),
         });
     }
     if let Some(i) = x.iter().position(|v| !v.is_finite()) {
@@ -788,15 +784,38 @@ pub fn read_npy_pair(
             format!("column {}: not a finite number", i % x_shape[1]),
         ));
     }
-    finish(
-        y_path,
-        x,
-        x_shape[1],
-        Targets::Numbers(y),
-        task,
-        classes,
-        &|row| row + 1,
-    )
+    Ok((x_shape[1], x))
+}
+
+/// Features from a `.npy` file with no targets (rows to predict on).
+pub fn read_npy_unlabeled(x_path: &Path, task: Task, classes: &Classes) -> Result<Dataset> {
+    let (d, x) = read_npy_features(x_path)?;
+    features_only(x_path, x, d, task, classes)
+}
+
+/// Features from one `.npy` (2-D) and targets from another (1-D); messages about a label
+/// name the labels file and the 1-based row.
+pub fn read_npy_pair(
+    x_path: &Path,
+    y_path: &Path,
+    task: Task,
+    classes: &mut Classes,
+) -> Result<Dataset> {
+    let (d, x) = read_npy_features(x_path)?;
+    let (y_shape, y) = read_npy(y_path)?;
+    let x_shape = [x.len() / d, d];
+    if y_shape != [x_shape[0]] {
+        return Err(Error::Parse {
+            path: y_path.to_path_buf(),
+            msg: format!(
+                "has shape {y_shape:?}; expected ({},) to match the features",
+                x_shape[0]
+            ),
+        });
+    }
+    finish(y_path, x, d, Targets::Numbers(y), task, classes, &|row| {
+        row + 1
+    })
 }
 
 /// Columns of the first non-empty line of a delimited text file: whether a file given to a

@@ -82,8 +82,8 @@ struct SavedModel {
 }
 
 /// `eval`'s and `predict`'s model and data. With `unlabeled_ok` (predict), a CSV given by
-/// --data whose rows have as many columns as the model has features is read as features
-/// only: data to predict on has no labels yet.
+/// --data whose rows have as many columns as the model has features, or a .npy without
+/// --labels, is read as features only: data to predict on has no labels yet.
 fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
     // (clap's `requires` lets it through beside --config, which conflicts with --data.)
     if args.labels.is_some() && args.data.is_none() {
@@ -178,8 +178,20 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
                         .filter(|d| csv && d.len() == 1)
                         .map_or(b',', |d| d.as_bytes()[0]);
                     let unlabeled = unlabeled_ok
-                        && format == "csv"
-                        && minibatch::io::first_line_columns(file, delimiter)? == model.spec().d_in;
+                        && match format.as_str() {
+                            "csv" => {
+                                minibatch::io::first_line_columns(file, delimiter)?
+                                    == model.spec().d_in
+                            }
+                            "npy" => args.labels.is_none(),
+                            _ => false,
+                        };
+                    if format == "npy" && !unlabeled && args.labels.is_none() {
+                        return Err(minibatch::Error::config(
+                            "--labels",
+                            "is needed to evaluate a .npy features file: the targets' .npy",
+                        ));
+                    }
                     labelled = !unlabeled;
                     raw.data = minibatch::config::RawData {
                         path: Some(file.clone()),

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: seeded data, configs from TOML text, and an
 //! independent f64 reference of the built-in model's loss.
 
+use std::path::Path;
+
 use minibatch::Mlp;
 use minibatch::config::Config;
 use minibatch::model::{Activation, Head, MlpShared, MlpSpec, Model};
@@ -93,4 +95,18 @@ pub fn prepared(model: &Mlp, params: &[f32]) -> MlpShared {
     };
     model.prepare(params, &mut shared, usage);
     shared
+}
+
+/// Writes a little-endian .npy with `descr` and `shape` (as Python writes them).
+pub fn write_npy(path: &Path, descr: &str, shape: &str, data: &[u8]) {
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    std::fs::write(path, bytes).unwrap();
 }

@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use crate::common::temp_dir;
+use crate::common::{temp_dir, write_npy};
 
 /// Two classes named by words, one per sign of the first feature.
 const CATS_AND_DOGS: &str =
@@ -303,6 +303,30 @@ fn word_labels_are_read_as_the_classes_the_model_was_trained_on() {
         targets_and_predictions(&predictions),
         vec![("".into(), "cat".into()), ("".into(), "dog".into())]
     );
+    // The same rows as a .npy with no targets file.
+    let npy = dir.join("new.npy");
+    let values: Vec<u8> = [2.0f32, 0.0, -2.0, 0.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    write_npy(&npy, "<f4", "(2, 2)", &values);
+    minibatch(&[
+        "predict",
+        "-q",
+        "-m",
+        model,
+        "--data",
+        npy.to_str().unwrap(),
+        "-o",
+        out,
+    ]);
+    assert_eq!(
+        targets_and_predictions(&predictions),
+        vec![("".into(), "cat".into()), ("".into(), "dog".into())]
+    );
+    // eval needs the targets.
+    let err = refused(&["eval", "-m", model, "--data", npy.to_str().unwrap()]);
+    assert!(err.contains("--labels"), "{err}");
     // A file saved without class names reads them from the training data in its config.
     drop_class_names(std::path::Path::new(model));
     assert_eq!(
