@@ -91,8 +91,9 @@ pub struct EvalArgs {
 pub struct PredictArgs {
     #[command(flatten)]
     pub eval: EvalArgs,
-    /// CSV file to write (`-`: standard output): row, target, prediction (the class, or the
-    /// value), and for classifiers each class's probability.
+    /// CSV file to write (`-`: standard output): row (its 0-based place in its data file),
+    /// target, prediction (the class, or the value), and for classifiers each class's
+    /// probability.
     #[arg(short, long, value_name = "FILE")]
     pub out: PathBuf,
 }

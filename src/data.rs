@@ -135,6 +135,9 @@ pub struct LoadedData {
     /// The classes the labels were read as (class names when they are words); saved with
     /// the model so that other files' labels are read as the same classes.
     pub classes: crate::io::Classes,
+    /// For a split of one file (`valid_fraction`), the file's 0-based row of each
+    /// validation row, so predictions name the rows as the file has them.
+    pub valid_rows: Option<Vec<usize>>,
 }
 
 impl LoadedData {
@@ -146,6 +149,7 @@ impl LoadedData {
         standardize: bool,
         classes: crate::io::Classes,
     ) -> Result<Self, String> {
+        let mut valid_rows = None;
         let (mut train, mut valid) = if valid_fraction > 0.0 {
             let n_valid = (train.n() as f64 * valid_fraction).round() as usize;
             if n_valid == 0 || n_valid >= train.n() {
@@ -161,6 +165,7 @@ impl LoadedData {
                 let y = train.y.select(Axis(0), rows);
                 Dataset::new(x, y, train.n_classes).expect("rows of a valid dataset")
             };
+            valid_rows = Some(order[..n_valid].to_vec());
             (pick(&order[n_valid..]), Some(pick(&order[..n_valid])))
         } else {
             (train, valid)
@@ -185,6 +190,7 @@ impl LoadedData {
             valid: valid.map(Arc::new),
             standardization,
             classes,
+            valid_rows,
         })
     }
 }

@@ -79,6 +79,9 @@ struct SavedModel {
     data: std::sync::Arc<minibatch::Dataset>,
     names: Option<Vec<String>>,
     labelled: bool,
+    /// Each row's 0-based row in its file, where that is not its position (a validation
+    /// split of one file).
+    file_rows: Option<Vec<usize>>,
 }
 
 /// `eval`'s and `predict`'s model and data. With `unlabeled_ok` (predict), a CSV given by
@@ -271,6 +274,14 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
         ));
     }
     let (train, valid) = data::load(&data_cfg.data, data_cfg.seed);
+    let file_rows = match &valid {
+        Some(_) => data_cfg
+            .data
+            .file
+            .as_ref()
+            .and_then(|f| f.valid_rows.clone()),
+        None => None,
+    };
     let rows = valid.unwrap_or(train);
     let rows = match standardization {
         Some((mean, std)) => {
@@ -286,6 +297,7 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
         data: rows,
         names,
         labelled,
+        file_rows,
     })
 }
 
@@ -410,6 +422,7 @@ pub fn predict(args: &PredictArgs, quiet: bool) -> Result<()> {
         data,
         names,
         labelled,
+        file_rows,
     } = saved_model(&args.eval, true)?;
     // Classes as the user's labels named them (ids when the labels were ids), as CSV
     // fields: quoted where a name holds a comma or a quote.
@@ -434,6 +447,7 @@ pub fn predict(args: &PredictArgs, quiet: bool) -> Result<()> {
     csv.push('\n');
     for (i, (z, &y)) in outputs.rows().into_iter().zip(data.targets()).enumerate() {
         let z = z.as_slice().expect("row-major");
+        let i = file_rows.as_ref().map_or(i, |rows| rows[i]);
         // The target column stays empty for data without labels.
         let target = match head {
             _ if !labelled => String::new(),

@@ -628,3 +628,54 @@ fn a_models_training_data_out_of_reach_points_at_data_flags() {
     assert!(stderr.contains("cannot read rows.csv"), "{stderr}");
     assert!(stderr.contains("give data with --data FILE"), "{stderr}");
 }
+
+/// predict on a config's validation split names each row by its row in the data file, not
+/// by its place in the shuffled split: here each target is its own row number.
+#[test]
+fn predictions_on_a_validation_split_name_the_files_rows() {
+    let dir = temp_dir("predict-split-rows");
+    let mut csv = String::from("x,y\n");
+    for i in 0..40 {
+        csv += &format!("{},{i}\n", i as f32 / 40.0);
+    }
+    std::fs::write(dir.join("d.csv"), csv).unwrap();
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[data]\npath = {:?}\ntask = \"regression\"\nvalid_fraction = 0.25\n[train]\nepochs = 1\nbatch_size = 5\nthreads = 1\n",
+            dir.join("d.csv").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let model = dir.join("m.safetensors");
+    save_trained(&config, &model);
+    let out = dir.join("p.csv");
+    minibatch(&[
+        "predict",
+        "-q",
+        "-m",
+        model.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&out).unwrap();
+    let rows: Vec<(usize, f32)> = text
+        .lines()
+        .skip(1)
+        .map(|line| {
+            let mut fields = line.split(',');
+            let row = fields.next().unwrap().parse().unwrap();
+            (row, fields.next().unwrap().parse().unwrap())
+        })
+        .collect();
+    assert_eq!(rows.len(), 10, "{text}");
+    for (row, target) in &rows {
+        assert_eq!(*row as f32, *target, "{text}");
+    }
+    // A shuffled split: not simply the first or last rows.
+    let mut sorted: Vec<usize> = rows.iter().map(|r| r.0).collect();
+    sorted.sort();
+    assert_ne!(sorted, (0..10).collect::<Vec<_>>());
+    assert_ne!(sorted, (30..40).collect::<Vec<_>>());
+}
