@@ -286,7 +286,11 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
     let rows = match standardization {
         Some((mean, std)) => {
             let mut rows = (*rows).clone();
-            rows.standardize(&mean, &std);
+            rows.standardize(&mean, &std)
+                .map_err(|msg| match data_path {
+                    Some(path) => minibatch::Error::Data { path, line: 0, msg },
+                    None => minibatch::Error::config("data.standardize", msg),
+                })?;
             std::sync::Arc::new(rows)
         }
         None => rows,

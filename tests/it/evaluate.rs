@@ -679,3 +679,33 @@ fn predictions_on_a_validation_split_name_the_files_rows() {
     assert_ne!(sorted, (0..10).collect::<Vec<_>>());
     assert_ne!(sorted, (30..40).collect::<Vec<_>>());
 }
+
+/// Data given to a model trained on standardised features, whose values standardise past
+/// f32's range, is refused with the row, not evaluated as infinities.
+#[test]
+fn data_that_standardises_past_f32_is_refused_with_its_row() {
+    let dir = temp_dir("evaluate-standardize-overflow");
+    let mut csv = String::from("x,y\n");
+    for i in 0..20 {
+        csv += &format!("{}e-30,{}\n", if i % 2 == 0 { 1 } else { -1 }, i % 2);
+    }
+    std::fs::write(dir.join("t.csv"), csv).unwrap();
+    std::fs::write(dir.join("new.csv"), "x,y\n1e-30,0\n1e10,1\n").unwrap();
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[data]\npath = {:?}\nstandardize = true\n[train]\nepochs = 1\nbatch_size = 4\nthreads = 1\n",
+            dir.join("t.csv").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let model = dir.join("m.safetensors");
+    save_trained(&config, &model);
+    let (model, new) = (model.to_str().unwrap(), dir.join("new.csv"));
+    let err = refused(&["eval", "-m", model, "--data", new.to_str().unwrap()]);
+    assert!(
+        err.contains("new.csv") && err.contains("row 2: a standardised feature is past f32"),
+        "{err}"
+    );
+}

@@ -692,3 +692,40 @@ fn a_byte_order_mark_and_quoted_header_names_are_read() {
         assert_eq!(data.n(), 2, "{name}");
     }
 }
+
+/// Standardisation's statistics are exact where f32 running sums are not: a feature of
+/// 1e6 +- 1 over 20,000 rows has mean 1e6 and deviation 1 exactly (an f32 sum passes 2^24
+/// after 17 rows and rounds every addition after), and a feature near 1e30 (whose f32
+/// squares overflow) gets a finite deviation. Each standardised value is then +-1.
+#[test]
+fn standardisation_is_exact_for_features_with_large_offsets() {
+    let dir = temp_dir("files-standardize-offset");
+    let n = 20_000;
+    let mut x = Vec::with_capacity(n * 2);
+    for i in 0..n {
+        let sign = if i % 2 == 0 { 1.0f32 } else { -1.0 };
+        x.extend([1e6 + sign, 1e30 * (2.0 + sign)]);
+    }
+    let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_npy(&dir.join("x.npy"), "<f4", &format!("({n}, 2)"), &bytes);
+    let y: Vec<u8> = (0..n)
+        .flat_map(|i| ((i % 2) as f32).to_le_bytes())
+        .collect();
+    write_npy(&dir.join("y.npy"), "<f4", &format!("({n},)"), &y);
+    let cfg = load(&format!(
+        "[data]\npath = {:?}\nlabels = {:?}\nstandardize = true\n",
+        dir.join("x.npy").to_str().unwrap(),
+        dir.join("y.npy").to_str().unwrap()
+    ))
+    .unwrap();
+    let loaded = cfg.data.file.as_ref().unwrap();
+    let (mean, std) = loaded.standardization.clone().unwrap();
+    assert_eq!(mean, vec![1e6, 2e30]);
+    assert_eq!(std[0], 1.0);
+    assert!((std[1] / 1e30 - 1.0).abs() < 1e-6, "{std:?}");
+    for (i, row) in loaded.train.x().rows().into_iter().enumerate() {
+        let sign = if i % 2 == 0 { 1.0 } else { -1.0 };
+        assert_eq!(row[0], sign);
+        assert!((row[1] - sign).abs() < 1e-6, "row {i}: {row}");
+    }
+}
