@@ -278,6 +278,7 @@ pub fn train(
         return Ok(());
     }
     if let Some(path) = &args.save {
+        make_checkpoint_dir_for(args, path)?;
         let config_text = toml::to_string(&raw.recorded()).unwrap_or_default();
         let file = cfg.data.file.as_ref();
         save_params(
@@ -477,11 +478,53 @@ fn check_outputs(args: &TrainArgs, raw: &RawConfig, leader: bool) -> Result<()> 
     .map(PathBuf::as_path)
     .collect();
     for (flag, path) in outputs {
-        if let Some(path) = path {
-            minibatch::checkpoint::check_output(flag, path, &inputs)?;
+        let Some(path) = path else {
+            continue;
+        };
+        if let Some(dir) = &args.checkpoint {
+            if same_path(path, dir) {
+                return Err(minibatch::Error::config(
+                    flag,
+                    format!(
+                        "names the --checkpoint directory; give a file, such as {}",
+                        dir.join("final.safetensors").display()
+                    ),
+                ));
+            }
+            // A file in the checkpoint directory the run will make: new, so no input, and
+            // the directory itself is checked with --checkpoint.
+            if path.parent().is_some_and(|p| same_path(p, dir)) && !dir.exists() {
+                continue;
+            }
         }
+        minibatch::checkpoint::check_output(flag, path, &inputs)?;
     }
     Ok(())
+}
+
+/// Whether two paths name the same place: the same file once both exist, else the same
+/// components (`ck`, `./ck` and `ck/` alike).
+fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::path::Component;
+    if let (Ok(a), Ok(b)) = (a.canonicalize(), b.canonicalize()) {
+        return a == b;
+    }
+    let parts = |p| std::path::Path::components(p).filter(|c| *c != Component::CurDir);
+    parts(a).eq(parts(b))
+}
+
+/// Makes the checkpoint directory when `output` lies in it and no checkpoint made it yet
+/// (a run stopped before its first one).
+fn make_checkpoint_dir_for(args: &TrainArgs, output: &std::path::Path) -> Result<()> {
+    match (&args.checkpoint, output.parent()) {
+        (Some(dir), Some(parent)) if same_path(parent, dir) && !dir.exists() => {
+            std::fs::create_dir_all(dir).map_err(|source| minibatch::Error::Unwritable {
+                path: dir.clone(),
+                source,
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Refuses parameters trained on standardised features for a run on raw ones, or the other
@@ -538,6 +581,7 @@ fn write_trace_and_profile(
         } else {
             path.clone()
         };
+        make_checkpoint_dir_for(args, &path)?;
         minibatch::profile::write_chrome_trace(&path, recorder)?;
         if !quiet || ranks > 1 {
             outln!(

@@ -687,3 +687,47 @@ fn ctrl_c_before_the_first_step_trains_nothing() {
     );
     assert!(checkpoints(&ckpt_dir).is_empty());
 }
+
+/// The final parameters and the trace may go into the checkpoint directory the run makes;
+/// `--save` naming that directory itself is refused before any work (it trained the whole
+/// run and then could not write a file over a directory).
+#[test]
+fn outputs_may_go_into_the_checkpoint_directory_but_not_over_it() {
+    let (_dir, config, ckpt) = run_dir("resume-outputs-in-checkpoint-dir");
+    let (config, ck) = (config.to_str().unwrap(), ckpt.to_str().unwrap());
+    let save = ckpt.join("final.safetensors");
+    let trace = ckpt.join("trace.json");
+    succeeds(&[
+        "train",
+        "-q",
+        "-c",
+        config,
+        "--epochs",
+        "1",
+        "--checkpoint",
+        ck,
+        "--save",
+        save.to_str().unwrap(),
+        "--trace",
+        trace.to_str().unwrap(),
+    ]);
+    assert!(save.is_file() && trace.is_file());
+    std::fs::remove_dir_all(&ckpt).unwrap();
+    let with_slash = format!("{ck}/");
+    let out = refused(&[
+        "train",
+        "-q",
+        "-c",
+        config,
+        "--checkpoint",
+        ck,
+        "--save",
+        &with_slash,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("`--save`: names the --checkpoint directory"),
+        "{err}"
+    );
+    assert!(!ckpt.exists(), "refused before any work");
+}
