@@ -10,6 +10,14 @@ macro_rules! outln {
         let _ = writeln!(std::io::stdout(), $($arg)*);
     }};
 }
+/// `eprintln!` that drops what a closed stderr refuses (a pipe whose reader left): the
+/// exit code still tells, where `eprintln!` would panic.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
@@ -71,7 +79,7 @@ fn main() -> ExitCode {
 fn fail(err: &minibatch::Error, launch: &Launch) -> ExitCode {
     let code = err.exit_code();
     if launch.size <= 1 {
-        eprintln!("minibatch: {err}");
+        errln!("minibatch: {err}");
         return ExitCode::from(code);
     }
     // Every rank meets these at the same step (the gathered loss is the same everywhere, and
@@ -84,7 +92,7 @@ fn fail(err: &minibatch::Error, launch: &Launch) -> ExitCode {
             | minibatch::Error::Overflow { .. }
     );
     if !every_rank || launch.rank == 0 {
-        eprintln!("minibatch: rank {} of {}: {err}", launch.rank, launch.size);
+        errln!("minibatch: rank {} of {}: {err}", launch.rank, launch.size);
     }
     #[cfg(feature = "mpi")]
     if !every_rank {

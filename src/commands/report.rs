@@ -47,7 +47,7 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
     };
     let report = minibatch::bench::run(&plan, |msg| {
         if !quiet {
-            eprintln!("bench: {msg}");
+            errln!("bench: {msg}");
         }
     })?;
     if args.json {
@@ -150,7 +150,7 @@ pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
     minibatch::checkpoint::check_output_dir(&args.out)?;
     let rows = minibatch::scale::run(&raw, &threads, &args.batch_sizes, recorder, |msg| {
         if !quiet {
-            eprintln!("scale: {msg}");
+            errln!("scale: {msg}");
         }
     })?;
     minibatch::scale::write_outputs(&args.out, &rows)?;
@@ -233,7 +233,7 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
     minibatch::checkpoint::check_output_dir(&args.out)?;
     let report = minibatch::tune::run(&raw, &plan, |msg| {
         if !quiet {
-            eprintln!("tune: {msg}");
+            errln!("tune: {msg}");
         }
     })?;
     minibatch::tune::write_outputs(&args.out, &report)?;

@@ -768,6 +768,23 @@ fn output_piped_into_a_reader_that_stops_early_loses_text_not_the_run() {
     assert!(saved.exists());
 }
 
+/// An error whose reader has gone (stderr a pipe closed at its other end) still ends with
+/// the error's exit code, not a panic in the print (101).
+#[test]
+fn an_error_into_a_closed_stderr_keeps_its_exit_code() {
+    let dir = temp_dir("cli-closed-stderr");
+    let config = dir.join("c.toml");
+    std::fs::write(&config, "[train\nepochs = 1\n").unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let status = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(["train", "-c", config.to_str().unwrap()])
+        .stderr(writer)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+}
+
 #[test]
 fn hidden_layers_without_a_kind_make_an_mlp_on_file_data_too() {
     let dir = temp_dir("cli-hidden");
