@@ -53,11 +53,12 @@ pub fn run(
             "give one or more thread counts, each at least 1",
         ));
     }
-    let mut raw = raw.clone();
-    raw.data.valid_fraction = None;
+    // The training rows `train` would use (a validation split is left out, not evaluated).
+    let raw = raw.clone();
     let base = raw.validate()?;
     progress(&base.data.load_note());
     let (train, _) = data::load(&base.data, base.seed);
+    let given_sizes = !batch_sizes.is_empty();
     let batch_sizes = if batch_sizes.is_empty() {
         vec![base.train.batch_size.get()]
     } else {
@@ -70,6 +71,9 @@ pub fn run(
             let mut raw = raw.clone();
             raw.train.batch_size = Some(batch_size);
             raw.train.threads = Some(t);
+            if given_sizes {
+                raw.mark_overridden("train.batch_size", "--batch-sizes");
+            }
             let cfg = raw.validate()?;
             progress(&format!("B = {batch_size}, {t} thread(s)"));
             let mut trainer = Trainer::new(

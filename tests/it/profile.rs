@@ -206,6 +206,27 @@ fn scale_writes_its_csv_and_karp_flatt_follows_from_the_speedups() {
     assert!(svg.starts_with("<svg") && svg.contains("polyline") && svg.contains("ideal"));
 }
 
+/// scale trains on the rows `train` would: with a validation split, a batch size past the
+/// training rows is refused naming the flag, as train refuses it.
+#[test]
+fn scale_trains_on_the_training_split_as_train_does() {
+    let dir = temp_dir("profile-scale-split");
+    let config = dir.join("c.toml");
+    let text = SMALL_MLP.replace("classes = 4\n", "classes = 4\nvalid_fraction = 0.25\n");
+    std::fs::write(&config, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(["scale", "-c", config.to_str().unwrap(), "-t", "1"])
+        .args(["-b", "3500", "-o", dir.join("out").to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("(set by --batch-sizes): 3500 is larger than the training set (3000 rows)"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn the_profile_lists_every_worker_even_one_that_ran_nothing() {
     let dir = temp_dir("profile-idle-worker");
