@@ -2,11 +2,10 @@
 //! classifiers, or mean squared error and R^2 for regression. Used by `minibatch eval` and
 //! `predict`; not on the training path.
 
-use ndarray::Array2;
+use ndarray::ArrayView2;
 use serde::Serialize;
 
-use crate::data::Dataset;
-use crate::model::{Head, Mlp, argmax, log_sum_exp, softplus};
+use crate::model::{Head, argmax, log_sum_exp, softplus};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Metrics {
@@ -29,12 +28,9 @@ pub fn predicted_class(head: Head, z: &[f32]) -> usize {
     }
 }
 
-/// Metrics of `params` on `data`, from the head's outputs.
-pub fn evaluate(model: &Mlp, params: &[f32], data: &Dataset) -> Metrics {
-    let head = model.spec().head;
-    let outputs: Array2<f32> = model.outputs(params, data.x());
-    let targets = data.targets();
-    let n = data.n();
+/// Metrics of a model with this `head` from its `outputs` (a row per target).
+pub fn evaluate(head: Head, outputs: ArrayView2<f32>, targets: &[f32]) -> Metrics {
+    let n = targets.len();
     let mut loss = 0.0f64;
     let mut metrics = Metrics {
         rows: n,

@@ -82,6 +82,37 @@ struct SavedModel {
     /// Each row's 0-based row in its file, where that is not its position (a validation
     /// split of one file).
     file_rows: Option<Vec<usize>>,
+    /// The data file, for messages (none for synthetic data).
+    data_path: Option<std::path::PathBuf>,
+}
+
+impl SavedModel {
+    /// The model's outputs on the rows, refusing any row whose outputs are not finite:
+    /// features far outside what the model was trained on can overflow it, and a NaN would
+    /// show as the first class and a loss of NaN.
+    fn outputs(&self) -> Result<ndarray::Array2<f32>> {
+        let outputs = self.model.outputs(&self.params, self.data.x());
+        let bad = outputs
+            .rows()
+            .into_iter()
+            .position(|r| r.iter().any(|v| !v.is_finite()));
+        let Some(i) = bad else {
+            return Ok(outputs);
+        };
+        let row = self.file_rows.as_ref().map_or(i, |rows| rows[i]) + 1;
+        let msg = format!(
+            "row {row}: the model's output is not finite (features far outside the range it \
+             was trained on overflow it)"
+        );
+        Err(match &self.data_path {
+            Some(path) => minibatch::Error::Data {
+                path: path.clone(),
+                line: 0,
+                msg,
+            },
+            None => minibatch::Error::config("data", msg),
+        })
+    }
 }
 
 /// `eval`'s and `predict`'s model and data. With `unlabeled_ok` (predict), a CSV given by
@@ -287,7 +318,7 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
         Some((mean, std)) => {
             let mut rows = (*rows).clone();
             rows.standardize(&mean, &std)
-                .map_err(|msg| match data_path {
+                .map_err(|msg| match data_path.clone() {
                     Some(path) => minibatch::Error::Data { path, line: 0, msg },
                     None => minibatch::Error::config("data.standardize", msg),
                 })?;
@@ -302,6 +333,7 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
         names,
         labelled,
         file_rows,
+        data_path,
     })
 }
 
@@ -343,16 +375,14 @@ fn trained_classes(
 }
 
 pub fn eval(args: &EvalArgs) -> Result<()> {
+    let saved = saved_model(args, false)?;
+    let outputs = saved.outputs()?;
     let SavedModel {
-        model,
-        params,
-        data,
-        names,
-        ..
-    } = saved_model(args, false)?;
+        model, data, names, ..
+    } = saved;
     // A class as the user's labels named it.
     let class = |c: usize| names.as_ref().map_or(c.to_string(), |n| n[c].clone());
-    let m = minibatch::metrics::evaluate(&model, &params, &data);
+    let m = minibatch::metrics::evaluate(model.spec().head, outputs.view(), data.targets());
     outln!(
         "{} on {} row{}: mean loss {}",
         model.spec().describe(),
@@ -420,14 +450,16 @@ pub fn predict(args: &PredictArgs, quiet: bool) -> Result<()> {
     if !to_stdout {
         minibatch::checkpoint::check_output("--out", &args.out, &inputs)?;
     }
+    let saved = saved_model(&args.eval, true)?;
+    let outputs = saved.outputs()?;
     let SavedModel {
         model,
-        params,
         data,
         names,
         labelled,
         file_rows,
-    } = saved_model(&args.eval, true)?;
+        ..
+    } = saved;
     // Classes as the user's labels named them (ids when the labels were ids), as CSV
     // fields: quoted where a name holds a comma or a quote.
     let field = |text: String| {
@@ -439,7 +471,6 @@ pub fn predict(args: &PredictArgs, quiet: bool) -> Result<()> {
     };
     let class = |c: usize| field(names.as_ref().map_or(c.to_string(), |n| n[c].clone()));
     let head = model.spec().head;
-    let outputs = model.outputs(&params, data.x());
     let mut csv = String::from("row,target,prediction");
     let n_classes = head.n_classes().unwrap_or(0);
     for c in 0..n_classes {

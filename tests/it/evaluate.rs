@@ -709,3 +709,42 @@ fn data_that_standardises_past_f32_is_refused_with_its_row() {
         "{err}"
     );
 }
+
+/// Features far outside what a model was trained on can overflow its outputs: eval and
+/// predict refuse the row rather than report a loss of NaN or a made-up class.
+#[test]
+fn rows_whose_outputs_overflow_are_refused_with_their_row() {
+    let dir = temp_dir("eval-overflow");
+    // y = 50 (a + b): the weights grow well past 1, so 3e38 in both features overflows.
+    let mut csv = String::from("a,b,y\n");
+    for i in 0..40 {
+        let (a, b) = ((i % 5) as f32 / 4.0 - 0.5, (i % 7) as f32 / 6.0 - 0.5);
+        csv += &format!("{a},{b},{}\n", 50.0 * (a + b));
+    }
+    std::fs::write(dir.join("t.csv"), csv).unwrap();
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[data]\npath = {:?}\ntask = \"regression\"\n[train]\nepochs = 100\nbatch_size = 4\nlr = 0.3\nthreads = 1\n",
+            dir.join("t.csv").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let model = dir.join("m.safetensors");
+    save_trained(&config, &model);
+    let model = model.to_str().unwrap();
+    let data = dir.join("huge.csv");
+    std::fs::write(&data, "a,b,y\n1,2,0.5\n3e38,3e38,1\n").unwrap();
+    let data = data.to_str().unwrap();
+    for args in [
+        vec!["eval", "-m", model, "--data", data],
+        vec!["predict", "-m", model, "--data", data, "-o", "-"],
+    ] {
+        let err = refused(&args);
+        assert!(
+            err.contains("huge.csv: row 2: the model's output is not finite"),
+            "{args:?}: {err}"
+        );
+    }
+}
