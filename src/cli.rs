@@ -382,14 +382,17 @@ impl Overrides {
             "--clip-norm"
         );
         if let Some(kind) = &self.schedule {
-            raw.train.schedule.get_or_insert_with(Default::default).kind = Some(kind.clone());
+            raw.train
+                .schedule
+                .get_or_insert_with(Default::default)
+                .set_kind(kind);
             raw.mark_overridden("train.schedule.kind", "--schedule");
         }
         if let Some(steps) = self.warmup_steps {
             raw.train
                 .schedule
                 .get_or_insert_with(Default::default)
-                .warmup_steps = Some(steps);
+                .set_warmup_steps(steps);
             raw.mark_overridden("train.schedule.warmup_steps", "--warmup-steps");
         }
         set!(

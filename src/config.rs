@@ -145,6 +145,30 @@ pub struct RawSchedule {
     pub min_lr: Option<f64>,
 }
 
+impl RawSchedule {
+    /// The kind a flag gives (`--schedule`): keys of the config's own kind that do not apply
+    /// to the new one are dropped (a flag overrides the config; `min_lr` of a cosine config
+    /// means nothing to `--schedule step`).
+    pub fn set_kind(&mut self, kind: &str) {
+        if self.kind.as_deref() == Some(kind) {
+            return;
+        }
+        if !matches!(kind, "step" | "exponential") {
+            (self.every_steps, self.every_epochs, self.gamma) = (None, None, None);
+        }
+        if kind != "cosine" {
+            self.min_lr = None;
+        }
+        self.kind = Some(kind.to_string());
+    }
+
+    /// Warmup in steps from a flag (`--warmup-steps`), in place of the config's warmup in
+    /// either unit.
+    pub fn set_warmup_steps(&mut self, steps: u64) {
+        (self.warmup_steps, self.warmup_epochs) = (Some(steps), None);
+    }
+}
+
 /// A validated run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

@@ -1076,3 +1076,37 @@ fn a_loss_past_f32_at_the_first_step_points_at_the_data() {
     assert!(stderr.contains("before any update"), "{stderr}");
     assert!(!stderr.contains("try a smaller learning rate"), "{stderr}");
 }
+
+/// A schedule flag replaces the config's schedule keys that do not fit it, and
+/// --warmup-steps the config's warmup in epochs: flags override keys.
+#[test]
+fn schedule_flags_override_the_configs_schedule_keys() {
+    let dir = temp_dir("cli-schedule-flags");
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        "[data]\nsynthetic = \"linear\"\nn = 200\n[train]\nepochs = 2\nbatch_size = 20\nlr = 0.1\nthreads = 1\n\
+         [train.schedule]\nkind = \"cosine\"\nmin_lr = 0.01\nwarmup_epochs = 0.5\n",
+    )
+    .unwrap();
+    let header = |flags: &[&str]| {
+        let out = run(&[&["train", "-c", config.to_str().unwrap()], flags].concat());
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{flags:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout.lines().next().unwrap().to_string()
+    };
+    let step = header(&["--schedule", "step", "--warmup-steps", "3"]);
+    assert!(
+        step.ends_with("lr 0.1 x0.1 every 10 steps after 3 warmup steps"),
+        "{step}"
+    );
+    let constant = header(&["--schedule", "constant"]);
+    assert!(
+        constant.ends_with("lr 0.1 after 5 warmup steps"),
+        "{constant}"
+    );
+}
