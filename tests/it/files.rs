@@ -613,6 +613,19 @@ fn a_header_naming_features_by_numbers_is_a_header() {
     ))
     .unwrap();
     assert_eq!(cfg.data.n_train, 3);
+    // Columns numbered from 0 (pandas' names for unnamed columns) are a header too, unless
+    // header = false.
+    std::fs::write(&path, "0,1,2\n0.5,1,0\n1,0,1\n2,2,0\n").unwrap();
+    let numbered = |extra: &str| {
+        let cfg = load(&format!(
+            "[data]\npath = {:?}\n{extra}",
+            path.to_str().unwrap()
+        ))
+        .unwrap();
+        (cfg.data.n_train, cfg.data.n_classes)
+    };
+    assert_eq!(numbered(""), (3, Some(2)));
+    assert_eq!(numbered("header = false\n"), (4, Some(3)));
 }
 
 /// LIBSVM's binary labels -1/+1 are classes 0 and 1; as regression targets they stay -1
