@@ -608,7 +608,7 @@ impl RawConfig {
         let raw = &self.model;
         // Hidden layers ask for an MLP; without them the data decides.
         let default_kind = match (&data.file, data.synthetic, data.n_classes) {
-            _ if raw.hidden.as_ref().is_some_and(|h| !h.is_empty()) => "mlp",
+            _ if raw.hidden.is_some() => "mlp",
             (Some(_), _, None) => "linear",
             (Some(_), _, Some(2)) => "logistic",
             (Some(_), _, Some(_)) => "softmax",
@@ -702,10 +702,28 @@ impl RawConfig {
                 format!("only an mlp takes a head; a {kind} model has its own"),
             ));
         }
+        let activation = match raw.activation.as_deref().unwrap_or("relu") {
+            "relu" => Activation::Relu,
+            "tanh" => Activation::Tanh,
+            "sigmoid" => Activation::Sigmoid,
+            other => {
+                return Err(self.err(
+                    "model.activation",
+                    format!("unknown activation `{other}`; expected one of relu, tanh, sigmoid"),
+                ));
+            }
+        };
         if raw.activation.is_some() && kind != "mlp" {
             return Err(self.err(
                 "model.activation",
-                format!("applies to the hidden layers of an mlp; a {kind} model has none"),
+                format!(
+                    "applies to the hidden layers of an mlp; a {kind} model has none{}",
+                    if raw.kind.is_none() {
+                        " (give model.hidden, or kind = \"mlp\")"
+                    } else {
+                        ""
+                    }
+                ),
             ));
         }
         // The key that chose the head: an mlp's `head` when given, else the kind.
@@ -735,17 +753,6 @@ impl RawConfig {
             }
             _ => {}
         }
-        let activation = match raw.activation.as_deref().unwrap_or("relu") {
-            "relu" => Activation::Relu,
-            "tanh" => Activation::Tanh,
-            "sigmoid" => Activation::Sigmoid,
-            other => {
-                return Err(self.err(
-                    "model.activation",
-                    format!("unknown activation `{other}`; expected one of relu, tanh, sigmoid"),
-                ));
-            }
-        };
         Ok(MlpSpec {
             d_in: data.d,
             hidden,

@@ -128,7 +128,7 @@ fn finish(
                         path,
                         line_of(i),
                         format!(
-                            "label {v} is not a class id (a whole number >= 0); set task = \"regression\" for real targets"
+                            "label {v} is not a class id (a whole number from 0 to 999999); set task = \"regression\" for real targets"
                         ),
                     ));
                 }

@@ -206,6 +206,24 @@ fn bad_configs_and_flags_name_the_key_and_exit_2() {
             "config `model.activation`: applies to the hidden layers of an mlp",
         ),
         (
+            "activation-without-kind",
+            "[data]\nsynthetic = \"linear\"\nn = 100\nd = 2\n[model]\nactivation = \"tanh\"\n",
+            &[],
+            "a linear model has none (give model.hidden, or kind = \"mlp\")",
+        ),
+        (
+            "unknown-activation-without-kind",
+            "[data]\nsynthetic = \"linear\"\nn = 100\nd = 2\n[model]\nactivation = \"gelu\"\n",
+            &[],
+            "unknown activation `gelu`",
+        ),
+        (
+            "no-hidden-layers-without-kind",
+            "[data]\nsynthetic = \"linear\"\nn = 100\nd = 2\n[model]\nhidden = []\n",
+            &[],
+            "config `model.hidden`: an mlp needs at least one hidden layer",
+        ),
+        (
             "mse-head-on-classes",
             "[model]\nkind = \"mlp\"\nhead = \"mse\"\n",
             &[],
