@@ -294,13 +294,25 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
                     format!("label column `{name}` given by name, but the file has no header"),
                 ));
             }
-            first_fields.iter().position(|f| f == name).ok_or_else(|| {
+            let mut named = (0..n_cols).filter(|&i| first_fields[i] == name);
+            let i = named.next().ok_or_else(|| {
                 parse_err(
                     path,
                     first_no + 1,
                     format!("no column named `{name}` in the header {first_fields:?}"),
                 )
-            })?
+            })?;
+            if let Some(j) = named.next() {
+                return Err(parse_err(
+                    path,
+                    first_no + 1,
+                    format!(
+                        "the header names columns {i} and {j} `{name}`; give the label column \
+                         by its index (label = {i})"
+                    ),
+                ));
+            }
+            i
         }
     };
     // Data starts after the header; cut the rest into chunks at line ends and parse them in

@@ -182,6 +182,13 @@ fn malformed_data_files_name_the_file_line_and_column() {
         ),
         (
             format!(
+                "path = \"{}\"\nlabel = \"a\"",
+                csv("twice.csv", "a,a,y\n1,2,0\n").display()
+            ),
+            "twice.csv:1: the header names columns 0 and 1 `a`; give the label column by its index",
+        ),
+        (
+            format!(
                 "path = \"{}\"\nlabel = 7",
                 csv("badindex.csv", "1,2,0\n").display()
             ),
