@@ -144,7 +144,8 @@ pub struct TuneArgs {
     /// Thread counts to compare; default the config's.
     #[arg(short, long, value_delimiter = ',')]
     pub threads: Vec<usize>,
-    /// Also train each candidate until its (smoothed) training loss reaches this value.
+    /// Also train each candidate until its (smoothed) training loss reaches this value, for
+    /// at most 200 epochs (or --budget examples).
     #[arg(long, value_name = "LOSS")]
     pub target_loss: Option<f64>,
     /// Also train each candidate for this many examples (alone or as a cap with --target-loss).

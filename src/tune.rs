@@ -111,6 +111,8 @@ pub struct TuneReport {
     pub recommended_batch_size: usize,
     pub recommended_threads: usize,
     pub reason: String,
+    /// When a target was asked for and some candidates missed it: how many, and their cap.
+    pub missed_target: Option<String>,
     /// The learning rate to use at the recommended B (by the plan's rule, as every row's),
     /// and whether to warm up to it.
     pub suggested_lr: f64,
@@ -283,11 +285,28 @@ pub fn run(raw: &RawConfig, plan: &TunePlan, mut progress: impl FnMut(&str)) -> 
             best.batch_size, best.threads, b_noise, best.examples_per_sec
         )
     };
+    let missed = rows
+        .iter()
+        .filter(|r| r.reached_target == Some(false))
+        .count();
+    let missed_target = match plan.target_loss {
+        Some(target) if missed > 0 => Some(format!(
+            "{missed} of {} candidates did not reach loss {target} within {}, so the \
+             prediction decides",
+            rows.len(),
+            match plan.budget_examples {
+                Some(e) => format!("the budget of {e} examples"),
+                None => format!("{TARGET_EPOCHS} epochs"),
+            }
+        )),
+        _ => None,
+    };
     let suggested_lr = best.lr;
     Ok(TuneReport {
         recommended_batch_size: best.batch_size,
         recommended_threads: best.threads,
         reason,
+        missed_target,
         suggested_lr,
         lr_rule: plan.lr_rule,
         suggest_warmup: suggested_lr > 2.0 * base_lr,
@@ -422,7 +441,7 @@ fn to_target(
     if plan.target_loss.is_some() || budget_steps.is_some() {
         // Enough epochs to spend the budget (or a generous cap when only a target is given).
         let steps_per_epoch = train.n().div_ceil(row.batch_size) as u64;
-        let epochs = budget_steps.map_or(200, |s| s.div_ceil(steps_per_epoch).max(1));
+        let epochs = budget_steps.map_or(TARGET_EPOCHS, |s| s.div_ceil(steps_per_epoch).max(1));
         raw.train.epochs = Some(epochs as usize);
     }
     let cfg = raw.validate()?;
@@ -449,6 +468,9 @@ fn to_target(
         valid_loss,
     })
 }
+
+/// Epochs a candidate trains toward a target loss when no budget caps it.
+const TARGET_EPOCHS: u64 = 200;
 
 /// Least squares of S = S_min + (S_min B_crit) / B over the candidates that reached the
 /// target: returns (S_min, E_min = S_min B_crit), when there are two or more and the fit is

@@ -215,11 +215,11 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
     }
     check_batch_sizes(&args.batch_sizes)?;
     if let Some(t) = args.target_loss
-        && !t.is_finite()
+        && !(t.is_finite() && t > 0.0)
     {
         return Err(minibatch::Error::config(
             "--target-loss",
-            "must be a finite loss",
+            format!("must be a finite loss > 0, got {t}"),
         ));
     }
     let plan = minibatch::tune::TunePlan {
@@ -272,8 +272,11 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
             r.predicted_time,
             r.lr,
             steps,
-            r.seconds_to_target
-                .map_or_else(|| "-".into(), minibatch::tune::seconds),
+            match (r.seconds_to_target, r.reached_target) {
+                (Some(s), Some(false)) => format!("> {}", minibatch::tune::seconds(s)),
+                (Some(s), _) => minibatch::tune::seconds(s),
+                (None, _) => "-".into(),
+            },
             opt(r.final_train_loss, 4),
             opt(r.valid_loss, 4),
             if r.above_twice_noise_scale { "yes" } else { "" },
@@ -284,6 +287,9 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
             "\nfitted S = S_min (1 + B_crit / B): S_min = {s_min:.0} steps, E_min = {e_min:.0} examples, B_crit = {:.0}",
             e_min / s_min
         );
+    }
+    if let Some(missed) = &report.missed_target {
+        outln!("\nnote: {missed}");
     }
     outln!("\nrecommended: {}", report.reason);
     outln!(

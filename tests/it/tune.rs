@@ -155,6 +155,45 @@ fn tune_with_a_target_reports_steps_and_validation_loss_per_batch_size() {
     assert_eq!(recommended(&stdout), argmin(&rows, column));
 }
 
+/// A target no candidate reaches within its budget: the table marks the steps and seconds
+/// as lower bounds, and the recommendation says why it falls back on the prediction.
+#[test]
+fn an_unreached_target_is_shown_as_a_bound_and_said() {
+    let (stdout, rows) = tune(
+        "tune-unreached",
+        &[
+            "--batch-sizes",
+            "16,64",
+            "--seconds",
+            "0.05",
+            "--target-loss",
+            "0.000001",
+            "--budget",
+            "2000",
+        ],
+    );
+    assert!(rows.iter().all(|r| r["reached_target"] == "false"));
+    let table: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| 16 ") || l.starts_with("| 64 "))
+        .collect();
+    assert_eq!(table.len(), 2, "{stdout}");
+    for line in table {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        assert!(
+            cells[7].starts_with("> ") && cells[8].starts_with("> "),
+            "{line}"
+        );
+    }
+    assert!(
+        stdout.contains(
+            "2 of 2 candidates did not reach loss 0.000001 within the budget of 2000 examples"
+        ),
+        "{stdout}"
+    );
+    assert_eq!(recommended(&stdout), argmin(&rows, "predicted_time"));
+}
+
 #[test]
 fn the_recommended_learning_rate_follows_the_rule_asked_for() {
     let (stdout, rows) = tune(
