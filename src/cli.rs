@@ -3,7 +3,6 @@
 //! Every flag that overrides a config key is written into the `RawConfig` before validation,
 //! so flag and file values get the same checks and the same messages.
 
-use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -207,8 +206,8 @@ pub struct BenchArgs {
     #[arg(long)]
     pub n: Option<usize>,
     /// Epochs timed per row; the fastest one counts, since a shared machine slows some.
-    #[arg(long, default_value = "3")]
-    pub epochs: NonZeroUsize,
+    #[arg(long, default_value_t = 3)]
+    pub epochs: usize,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,

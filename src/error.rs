@@ -11,7 +11,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A value in the config (or the command-line flag that overrides it) is not allowed.
-    #[error("config `{key}`{}: {msg}", flag.map(|f| format!(" (set by {f})")).unwrap_or_default())]
+    /// `key` may be a flag of its own (`--steps`), which is named as such.
+    #[error("{}`{key}`{}: {msg}", if key.starts_with('-') { "" } else { "config " }, flag.map(|f| format!(" (set by {f})")).unwrap_or_default())]
     Config {
         key: String,
         flag: Option<&'static str>,

@@ -56,10 +56,11 @@ pub fn descent(args: &DescentArgs, quiet: bool) -> Result<()> {
         let (w, b) = descent.bowl.minimum();
         let end = descent.full_batch.last().copied().unwrap_or(descent.start);
         outln!(
-            "least squares at w = {w:.4}, b = {b:.4}; full batch ended at w = {:.4}, b = {:.4} after {} steps",
+            "least squares at w = {w:.4}, b = {b:.4}; full batch ended at w = {:.4}, b = {:.4} after {} step{}",
             end.0,
             end.1,
-            plan.steps
+            plan.steps,
+            super::s(plan.steps)
         );
         outln!(
             "wrote {} and {} (open the page in a browser; it needs no network)",

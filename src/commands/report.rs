@@ -43,7 +43,8 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
         threads: thread_counts,
         shard_rows: args.shard_rows.clone(),
         n: args.n,
-        epochs: args.epochs,
+        epochs: std::num::NonZeroUsize::new(args.epochs)
+            .ok_or_else(|| minibatch::Error::config("--epochs", "must be at least 1"))?,
     };
     let report = minibatch::bench::run(&plan, |msg| {
         if !quiet {
@@ -119,6 +120,7 @@ pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
         None => RawConfig::default(),
     };
     raw.train.epochs = Some(args.epochs);
+    raw.mark_overridden("train.epochs", "--epochs");
     let threads = if args.threads.is_empty() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut t: Vec<usize> = std::iter::successors(Some(1usize), |t| Some(t * 2))

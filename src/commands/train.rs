@@ -144,7 +144,7 @@ pub fn train(
     };
     if !quiet {
         outln!(
-            "{} ({n_params} params) | train {} x {}{} | B {} in {shards} shard{} of {} row{}{} | {}{} thread{} | {}, {}",
+            "{} ({n_params} params) | train {} x {}{} | B {} in {shards} shard{} of {} row{}{}{} | {}{} thread{} | {}, {}",
             cfg.model.describe(),
             train.n(),
             train.d(),
@@ -156,6 +156,10 @@ pub fn train(
             super::s(shards),
             shard_rows,
             super::s(shard_rows),
+            match t.batch_size.get() % shard_rows {
+                0 => String::new(),
+                last => format!(" (the last {last})"),
+            },
             if group > 1 {
                 format!(", {group} to a task")
             } else {

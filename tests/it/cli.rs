@@ -313,7 +313,7 @@ fn bad_configs_and_flags_name_the_key_and_exit_2() {
             "save-is-trace",
             SMALL,
             &["--save", "same.out", "--trace", "same.out"],
-            "config `--trace`: names the --save file",
+            "`--trace`: names the --save file",
         ),
         (
             "threads-too-many",
@@ -384,7 +384,7 @@ fn bad_flag_values_are_usage_errors() {
         ),
         (
             &["tune", "--seconds", "-1"][..],
-            "config `--seconds`: must be a positive number",
+            "`--seconds`: must be a positive number",
         ),
     ] {
         let out = run(args);
@@ -437,7 +437,7 @@ fn bad_tune_and_bench_options_exit_2_with_the_option_named() {
         ),
         (
             vec!["descent", "--seeds", "2", "--show-seeds", "5"],
-            "config `--show-seeds`",
+            "`--show-seeds`",
         ),
         (vec!["scale", "--threads", "1,1"], "rise without repeats"),
         (vec!["scale", "-b", "32,32"], "lists a batch size twice"),
@@ -448,11 +448,11 @@ fn bad_tune_and_bench_options_exit_2_with_the_option_named() {
         (vec!["tune", "-b", "8,0"], "batch sizes must be at least 1"),
         (
             vec!["descent", "--seeds", "0"],
-            "config `--seeds`: must be at least 1",
+            "`--seeds`: must be at least 1",
         ),
         (
             vec!["descent", "--steps", "100000000000"],
-            "config `--steps`: 73 paths of 100000000000 steps need",
+            "`--steps`: 73 paths of 100000000000 steps need",
         ),
         (
             vec!["bench", "-w", "w1", "--n", "100"],
@@ -727,7 +727,7 @@ fn data_and_models_larger_than_memory_are_config_errors_not_aborts() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains("config `--n`: 1000000000000000 examples need"),
+        stderr.contains("`--n`: 1000000000000000 examples need"),
         "{stderr}"
     );
 }
