@@ -164,18 +164,53 @@ pub fn load_standardization(path: &Path) -> Result<Option<(Vec<f32>, Vec<f32>)>>
         path: path.to_path_buf(),
         msg: format!("not a valid safetensors file: {e}"),
     })?;
-    let vector = |name: &str| {
-        file.tensor(name)
-            .ok()
-            .filter(|t| t.dtype() == Dtype::F32)
-            .map(|t| {
-                t.data()
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect::<Vec<f32>>()
-            })
+    let bad = |msg: String| Error::Parse {
+        path: path.to_path_buf(),
+        msg,
     };
-    Ok(vector(STANDARDIZE_MEAN).zip(vector(STANDARDIZE_STD)))
+    let vector = |name: &str| -> Result<Option<Vec<f32>>> {
+        let Ok(t) = file.tensor(name) else {
+            return Ok(None);
+        };
+        if t.dtype() != Dtype::F32 || t.shape().len() != 1 {
+            return Err(bad(format!(
+                "`{name}` is {:?} of shape {:?}; expected a 1-D F32 tensor",
+                t.dtype(),
+                t.shape()
+            )));
+        }
+        let values: Vec<f32> = t
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+            return Err(bad(format!("`{name}` holds {} at index {i}", values[i])));
+        }
+        Ok(Some(values))
+    };
+    match (vector(STANDARDIZE_MEAN)?, vector(STANDARDIZE_STD)?) {
+        (None, None) => Ok(None),
+        (Some(mean), Some(std)) => {
+            if mean.len() != std.len() {
+                return Err(bad(format!(
+                    "`{STANDARDIZE_MEAN}` has {} values and `{STANDARDIZE_STD}` {}",
+                    mean.len(),
+                    std.len()
+                )));
+            }
+            if let Some(i) = std.iter().position(|&s| s <= 0.0) {
+                return Err(bad(format!(
+                    "`{STANDARDIZE_STD}` holds {} at index {i}; deviations are > 0",
+                    std[i]
+                )));
+            }
+            Ok(Some((mean, std)))
+        }
+        (Some(_), None) | (None, Some(_)) => Err(bad(format!(
+            "holds one of `{STANDARDIZE_MEAN}` and `{STANDARDIZE_STD}` without the other"
+        ))),
+    }
 }
 
 /// Everything a run needs to continue with the same bits: parameters, optimizer state,

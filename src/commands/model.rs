@@ -180,6 +180,18 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
     // A model trained on standardised data carries its training statistics: read the data
     // raw and apply those, not statistics recomputed from whatever data is given now.
     let standardization = minibatch::checkpoint::load_standardization(&args.model)?;
+    if let Some((mean, _)) = &standardization
+        && mean.len() != model.spec().d_in
+    {
+        return Err(minibatch::Error::Parse {
+            path: args.model.clone(),
+            msg: format!(
+                "its standardisation has {} features, and the model {}",
+                mean.len(),
+                model.spec().d_in
+            ),
+        });
+    }
     let classes = trained_classes(args, &model_raw, model_cfg.as_ref(), &model)?;
     let names = classes
         .as_ref()
@@ -354,6 +366,16 @@ fn trained_classes(
         return Ok(None);
     };
     if let Some(names) = minibatch::checkpoint::load_class_names(&args.model)? {
+        if names.len() != k {
+            return Err(minibatch::Error::Parse {
+                path: args.model.clone(),
+                msg: format!(
+                    "metadata `classes` names {} class{}, and the model has {k} classes",
+                    names.len(),
+                    super::s(names.len()).replace('s', "es")
+                ),
+            });
+        }
         return Ok(Some(Classes::Names(names)));
     }
     let read_now;

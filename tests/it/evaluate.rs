@@ -165,6 +165,19 @@ fn a_model_trained_on_standardised_data_is_evaluated_with_its_own_statistics() {
         csv_path.to_str().unwrap(),
     ]);
     assert!(on_file.contains("logistic 2-1 on 400 rows"), "{on_file}");
+    // A file whose statistics are damaged is refused, not run on raw features: one tensor
+    // of the two (the other renamed in the header).
+    let damaged = dir.join("damaged.safetensors");
+    std::fs::copy(&model, &damaged).unwrap();
+    edit_header(&damaged, |header| {
+        let std = header.remove("standardize.std").unwrap();
+        header.insert("other.std".into(), std);
+    });
+    let err = refused(&["eval", "--model", damaged.to_str().unwrap()]);
+    assert!(
+        err.contains("holds one of `standardize.mean` and `standardize.std` without the other"),
+        "{err}"
+    );
 }
 
 /// Runs the binary and returns its exit code, stdout and stderr.
@@ -216,10 +229,20 @@ fn edit_metadata(
     path: &std::path::Path,
     edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
 ) {
+    edit_header(path, |header| {
+        edit(header["__metadata__"].as_object_mut().unwrap())
+    });
+}
+
+/// Rewrites a safetensors file's header (tensor entries and metadata) with `edit`.
+fn edit_header(
+    path: &std::path::Path,
+    edit: impl FnOnce(&mut serde_json::Map<String, serde_json::Value>),
+) {
     let bytes = std::fs::read(path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    edit(header["__metadata__"].as_object_mut().unwrap());
+    edit(header.as_object_mut().unwrap());
     let mut text = header.to_string();
     while !text.len().is_multiple_of(8) {
         text.push(' ');
@@ -327,6 +350,18 @@ fn word_labels_are_read_as_the_classes_the_model_was_trained_on() {
     // eval needs the targets.
     let err = refused(&["eval", "-m", model, "--data", npy.to_str().unwrap()]);
     assert!(err.contains("--labels"), "{err}");
+    // Class names that do not match the model's outputs are refused (they were indexed
+    // by class id).
+    let one_name = dir.join("one-name.safetensors");
+    std::fs::copy(model, &one_name).unwrap();
+    edit_metadata(&one_name, |metadata| {
+        metadata.insert("classes".into(), "[\"cat\"]".into());
+    });
+    let err = refused(&["eval", "-m", one_name.to_str().unwrap()]);
+    assert!(
+        err.contains("metadata `classes` names 1 class, and the model has 2 classes"),
+        "{err}"
+    );
     // A file saved without class names reads them from the training data in its config.
     drop_class_names(std::path::Path::new(model));
     assert_eq!(
