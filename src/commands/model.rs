@@ -165,7 +165,9 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
     let n_params = spec
         .widths()
         .windows(2)
-        .try_fold(0u128, |n, w| Some(n + (w[0] as u128 + 1) * w[1] as u128));
+        .try_fold(0u128, |n, w| {
+            n.checked_add((w[0] as u128 + 1).checked_mul(w[1] as u128)?)
+        });
     minibatch::memory::check(
         "model",
         &format!(

@@ -131,6 +131,9 @@ impl MlpSpec {
             .split('-')
             .map(|w| w.parse().ok())
             .collect::<Option<_>>()?;
+        if widths.contains(&0) {
+            return None;
+        }
         let (&d_in, rest) = widths.split_first()?;
         let (&outputs, hidden) = rest.split_last()?;
         let head = |name: &str| match name {
@@ -760,6 +763,8 @@ mod tests {
             "mlp 3-4-2 gelu softmax",
             "softmax 3-1",
             "cnn 3-2",
+            "mlp 3-0-2 relu softmax",
+            "linear 0-1",
         ] {
             assert_eq!(MlpSpec::parse(text), None, "{text}");
         }
