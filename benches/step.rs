@@ -1,5 +1,7 @@
 //! Criterion benches of the step's pieces per standard workload: one shard's forward and
-//! backward, the reduction, the update, and a whole step. Throughput is in examples, so the
+//! backward, a group of shards in one pass, the weights' packing (`prepare`), the
+//! reduction, the update, and a whole step; and (`matmul`) the matrix kernel on the W1
+//! shapes. Throughput is in examples, so the
 //! reports read as examples/s. For ratios against the machine's limits use `minibatch bench`.
 
 use std::hint::black_box;

@@ -3,7 +3,11 @@
 //! One tensor per layout entry, under the layout's name and shape, little-endian f32; the
 //! header's string metadata carries `format` (`minibatch-params-v1`), the model description,
 //! the config as TOML and, when the training labels were words, the class names, so a file
-//! says what produced it and what its outputs mean. Writes go to a temporary file in
+//! says what produced it and what its outputs mean; a model trained on standardised
+//! features also holds `standardize.mean` and `standardize.std`. A checkpoint
+//! (`minibatch-checkpoint-v1`) adds the optimizer's state (`optimizer.m`, `optimizer.v`)
+//! and the position and shape of the run (epoch, step, seed, batch size, sampling, ...), so
+//! that a resumed run gives the same bits. Writes go to a temporary file in
 //! the same directory, are synced, then renamed over the target: a crash leaves either the
 //! old file or the new one, never half of one.
 

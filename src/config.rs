@@ -4,7 +4,9 @@
 //! command-line overrides are written into it *before* validation so a bad `--batch-size 0`
 //! and a bad `batch_size = 0` get the same message. `RawConfig::validate` turns it into
 //! `Config`, whose types make the invalid states unrepresentable (`NonZeroUsize` for counts,
-//! a finite positive learning rate), so the trainer never re-checks them.
+//! a finite positive learning rate). Its fields stay public for the library's own
+//! sweeps (`tune` sets a candidate's batch size and rate on a validated config), so the
+//! trainer still checks what a caller could break: the batch size against N.
 
 use std::collections::BTreeSet;
 use std::num::NonZeroUsize;
@@ -18,11 +20,11 @@ use crate::optim::{OptimConfig, OptimKind};
 use crate::sampler::Sampling;
 use crate::schedule::{Decay, Schedule};
 
-/// The config file as written, every field optional.
 /// The most worker threads a run may ask for: each costs a stack and a start-up (2,000
 /// took 14 s to start), and more than the cores only take turns on them.
 pub const MAX_THREADS: usize = 1024;
 
+/// The config file as written, every field optional.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {

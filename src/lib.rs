@@ -8,11 +8,23 @@
 //! for epoch in 0..epochs:
 //!     sampler.start_epoch(epoch)                      // seeded permutation of 0..N
 //!     for idx in sampler batches of B:                // B = N: full batch, B = 1: pure SGD
-//!         for shard s of idx, in parallel:            // boundaries depend on B only
+//!         for shard s of idx, in parallel:            // boundaries from B and shard_rows
 //!             grads[s] = sum_{i in s} grad L_i        // model.loss_grad_sum
 //!         tree_reduce(grads)                          // fixed pairwise order -> grads[0]
 //!         theta = optimizer.step(theta, grads[0] / B) // exactly one step per batch
 //! ```
+//!
+//! The same loop as the code runs it, by function (the names to search for):
+//! `commands::train::train` (the binary) -> `Trainer::new` and `Trainer::fit_observed` ->
+//! `fit_on_pool` (epochs, the sampler) -> `step_on_pool` (a batch of several shards) or
+//! `step_one_shard` (one: no queue, no reduction) -> `Model::prepare` (the weights packed
+//! once per step) -> `ShardQueue::run` (tasks handed to the pool's threads) -> `run_task`
+//! -> `Mlp::loss_grad_sum` or `Mlp::loss_grad_group` (a group of shards in one pass) ->
+//! `Mlp::pass` -> `kernels::affine`, `affine_grad`, `affine_input_grad` ->
+//! `gemm::gemm_packed` / `gemm_segments` (the matrix kernel; linear and logistic models
+//! take `Mlp::single_output_linear`, `linear_rows` and the row kernels instead: a
+//! one-column product is a dot product per row) -> back in `step_on_pool`:
+//! `reduce::tree_reduce_above` (the levels above the groups) -> `Optimizer::step`.
 //!
 //! Where things live. The engine:
 //! - `train`: the `Trainer` (fit -> epoch -> step) on its own pool; start here;

@@ -1,5 +1,7 @@
 //! The `minibatch` binary: parse arguments, install the log subscriber, run the command, and
-//! turn any error into one message on stderr and an exit code (2: bad input, 1: run failure).
+//! turn any error into one message on stderr and an exit code (2: bad input, 1: run failure,
+//! 130: interrupted by Ctrl-C). Under an MPI launcher it also learns its rank and size, and
+//! a rank that fails alone ends the whole job.
 
 /// `println!` and `print!` for the commands' results: a stdout closed early (output piped
 /// into `head`) loses the rest of the text, not the run: training goes on to its saves

@@ -6,7 +6,9 @@
 //!   |G|^2   ~ (B |g_B|^2 - b |g_b|^2) / (B - b),
 //!   tr(S)   ~ (|g_b|^2 - |g_B|^2) / (1/b - 1/B),
 //! both unbiased; as in the paper, each is smoothed by an exponential moving average and
-//! B_noise is the ratio of the averages. The estimate needs at least two full shards.
+//! B_noise is the ratio of the averages. A step gives an estimate when its batch has two
+//! shards or more, at least one of them full (a short last shard is left out, so that
+//! every small batch has the same b).
 
 /// Running estimate of the gradient noise scale.
 #[derive(Debug, Clone, PartialEq)]

@@ -28,7 +28,8 @@ const UPDATE_CHUNK: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum OptimKind {
-    /// Plain SGD when `momentum` is 0; heavy-ball momentum otherwise.
+    /// Plain SGD when `momentum` is 0; heavy-ball momentum otherwise, Nesterov's with
+    /// `nesterov`.
     Sgd {
         momentum: f32,
         dampening: f32,
@@ -179,10 +180,6 @@ impl Optimizer {
             t: 0,
             parallel: true,
         }
-    }
-
-    pub fn config(&self) -> &OptimConfig {
-        &self.config
     }
 
     pub fn steps_taken(&self) -> u64 {

@@ -90,7 +90,8 @@ impl ParamLayout {
     }
 
     /// Mutable views of a weight and its bias at once. They are adjacent in every layout the
-    /// crate builds, but any two distinct tensors work: the buffer is split between them.
+    /// crate builds, but any weight laid out before its bias works: the buffer is split
+    /// between them.
     pub fn linear_mut<'a>(
         &self,
         w: ParamId,
@@ -109,7 +110,7 @@ impl ParamLayout {
         (w_view, b_view)
     }
 
-    /// One line per tensor, for `--help`-style listings and error messages.
+    /// One line per tensor, for error messages about a file's tensors.
     pub fn describe(&self) -> String {
         self.entries
             .iter()

@@ -4,12 +4,11 @@
 //! table (`--profile`).
 //!
 //! The library only emits spans (run, epoch, sample, step, prepare, shards, shard, gather,
-//! fwd_bwd, reduce, update, eval); the binary installs this layer when asked. Each thread
+//! fwd_bwd, reduce, exchange, update, eval); the binary installs this layer when asked. Each thread
 //! appends to its own buffer, so recording costs one uncontended lock per span. Without the
 //! layer the spans are disabled callsites that cost a load and a branch.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -360,15 +359,9 @@ pub fn format_profile(p: &Profile) -> String {
     out
 }
 
-/// Writes the profile and a timeline of a typical step to standard error in one piece
-/// (the profile is a report, not a log line).
-pub fn print_profile(title: &str, p: &Profile, recorder: &Recorder) {
-    let text = format!(
-        "{title}{}{}",
-        format_profile(p),
-        format_timeline(recorder, 96)
-    );
-    let _ = std::io::stderr().lock().write_all(text.as_bytes());
+/// The profile and a timeline of a typical step, as `--profile` prints them.
+pub fn profile_report(p: &Profile, recorder: &Recorder) -> String {
+    format!("{}{}", format_profile(p), format_timeline(recorder, 96))
 }
 
 /// A text picture of the step of median duration: one row per thread, one column per

@@ -6,6 +6,11 @@
 //! into row i for strides s = 1, 2, 4, ...; after the last level row 0 holds the total. The
 //! work is split across threads by *columns* (parameter chunks), which leaves every element's
 //! order of additions untouched.
+//!
+//! Also here: `TreeStack`, the same order for leaves that arrive one at a time (a group's
+//! shards summed tile by tile by the matrix kernel); `reduce_nodes` and `combine_nodes`,
+//! the tree split between MPI ranks and finished across them with the same additions; and
+//! `squared_norm_chunked`, |g|^2 over fixed chunks for the noise-scale estimate.
 
 use ndarray::{ArrayViewMut2, Axis, Zip};
 

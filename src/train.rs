@@ -180,6 +180,11 @@ struct ShardSlot {
     stats: Stats,
 }
 
+/// Owns a run's model, flat parameter, gradient and optimizer buffers, its thread pool
+/// and every workspace, all made in `new` so that steps allocate nothing. `fit` and
+/// `fit_observed` run epochs (entering the pool once); each batch goes to `step_on_pool`,
+/// or to `step_one_shard` when it is one shard. `step` is the same step for callers that
+/// drive the loop themselves (benches, tests); `evaluate` sums the loss over a dataset.
 pub struct Trainer<M: Model> {
     model: M,
     params: Vec<f32>,
@@ -354,7 +359,8 @@ impl<M: Model> Trainer<M> {
     }
 
     /// Estimates the gradient noise scale every `period` steps from then on, smoothed with
-    /// moving-average weight `decay` (see `noise.rs`). Needs batches of at least two shards.
+    /// moving-average weight `decay` (see `noise.rs`). Needs batches of two shards or more,
+    /// one of them full.
     pub fn track_noise_scale(&mut self, period: u64, decay: f64) {
         self.noise = Some(NoiseTracker {
             estimate: NoiseScale::new(decay),

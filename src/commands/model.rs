@@ -162,12 +162,9 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
     };
     // The file names its model, and its tensors (read next) must match; sized first, since
     // a damaged name could ask for more parameters than memory holds.
-    let n_params = spec
-        .widths()
-        .windows(2)
-        .try_fold(0u128, |n, w| {
-            n.checked_add((w[0] as u128 + 1).checked_mul(w[1] as u128)?)
-        });
+    let n_params = spec.widths().windows(2).try_fold(0u128, |n, w| {
+        n.checked_add((w[0] as u128 + 1).checked_mul(w[1] as u128)?)
+    });
     minibatch::memory::check(
         "model",
         &format!(

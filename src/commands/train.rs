@@ -600,11 +600,15 @@ fn write_trace_and_profile(
         } else {
             String::new()
         };
-        minibatch::profile::print_profile(
-            &title,
+        // On stderr in one piece: a report, not a log line, and not the run's output.
+        let report = minibatch::profile::profile_report(
             &minibatch::profile::profile(recorder, threads),
             recorder,
         );
+        use std::io::Write as _;
+        let _ = std::io::stderr()
+            .lock()
+            .write_all(format!("{title}{report}").as_bytes());
     }
     Ok(())
 }

@@ -131,7 +131,7 @@ impl<'a> Batch<'a> {
     }
 }
 
-/// Hints every cache line of `row` into L1.
+/// Hints every cache line of `row` into L2 (`_MM_HINT_T1`: the row is read soon, not next).
 #[inline(always)]
 pub fn prefetch_row(row: &[f32]) {
     #[cfg(target_arch = "x86_64")]

@@ -1,21 +1,30 @@
 //! Single-threaded f32 matrix multiply into caller-owned buffers, with packing space the
 //! caller owns too, so a training step allocates nothing.
 //!
-//! C (m x n, row-major) += A (m x k) B (k x n), where A and B may have any strides (so
-//! transposes cost nothing). Classic blocking: for each block of `KC` along k, B is packed
-//! into column panels `NR` wide and A into row panels `MR` high, zero-padded at the edges,
-//! and a register-tiled microkernel adds each `MR x NR` tile of the product into C. Operands
-//! whose layout the kernel can stream already are read in place instead (A with contiguous
-//! rows, B with contiguous rows and whole panels): the training shapes are small enough
-//! that a copy costs more than it saves.
+//! C (m x n, row-major) = A (m x k) B (k x n), or C += A B summed on its own first
+//! (`Accumulate`), where A and B may have any strides (so transposes cost nothing).
+//! Classic blocking: for each block of `KC` along k, B is packed into column panels `NR`
+//! wide and A into row panels `MR` high, zero-padded at the edges, and a register-tiled
+//! microkernel computes each `MR x NR` tile. Operands the kernel can stream already are read
+//! in place instead: A with contiguous rows always (`a_in_place`), B with contiguous rows
+//! and whole panels only for products of at most `B_IN_PLACE_MAX_ROWS` rows or k-steps
+//! (beyond, packing wins). B products of at most `SMALL_B` values (the W1 head) take a
+//! plain loop (`small_gemm`).
+//!
+//! The entry points: `gemm_packed`, with B packed once per step by `PackedB::pack` (the
+//! layer weights, read by every shard; it may hold a copy per reading thread, chosen by
+//! `shard::reader`); `gemm_segments`, a sum of products over segments of k added in the
+//! reduction tree's order (a group of shards' weight gradient, summed tile by tile in L1:
+//! the bits of the shards' gradients summed by `reduce::tree_reduce`); `gemm`, one plain
+//! product (tests and benches, and the reference for the other two).
 //!
 //! Three microkernels: AVX-512 (tile 8 x 32, two zmm per row, or 8 x 16 for products at
 //! most 16 columns wide), AVX2 + FMA (6 x 16), both written with `std::arch` intrinsics,
-//! and a portable one; the widest the CPU supports is chosen at run time by feature
-//! detection. So a binary built without `target-cpu` flags runs at AVX-512 speed where
-//! the CPU has it and correctly everywhere else. Shards are the only parallel layer for
-//! products, so `gemm` is single-threaded; only `PackedB::pack` may split its copy over the
-//! caller's pool.
+//! and a portable one (4 x 8); the widest the CPU supports is chosen at run time by
+//! feature detection. So a binary built without `target-cpu` flags runs at AVX-512 speed
+//! where the CPU has it and correctly everywhere else. Shards are the only parallel layer
+//! for products, so `gemm` is single-threaded; only `PackedB::pack` may split its copy over
+//! the caller's pool.
 
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;

@@ -1,5 +1,7 @@
 //! Numerical kernels shared by the models: matrix products into existing buffers, the
-//! activations with their derivatives, and the heads' stable loss-and-gradient per row.
+//! activations with their derivatives, the heads' stable loss-and-gradient per row, and the
+//! row kernels of single-output linear models (a dot product and an axpy over several rows
+//! at once, portable and AVX-512, the same bits).
 //!
 //! Legend: `x` a block's input `(rows, d_in)`, `w` a weight `(d_in, d_out)`, `b` its bias,
 //! `z` pre-activations, `a` activations, `dz` = dL/dz, all `(rows, width)` row-major.

@@ -520,8 +520,11 @@ fn linear_row(
     }
 }
 
-/// `linear_rows` compiled for AVX-512: the same operations on wider vectors, about 10%
-/// faster on W2 (B = 4096, 2 threads: 3.7-3.8 M -> 4.1-4.2 M examples/s).
+/// `linear_rows` with the AVX-512 row kernels (`kernels::dot_rows_avx512`,
+/// `axpy_rows_avx512`: the portable kernels' operations in the same order on wider vectors,
+/// so the same bits). Explicit intrinsics, not the portable loops compiled for AVX-512: an
+/// unrelated change once made the compiler stop vectorising those here, and W2 fell from
+/// 1.85-1.88 M to 0.75-0.86 M examples/s on one thread (B = 4096).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn linear_rows_avx512(

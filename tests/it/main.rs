@@ -12,7 +12,7 @@ mod unbiased;
 /// The fixed reduction tree: rounding bound and thread-count independence.
 mod reduce;
 
-/// Byte-identical saved parameters for 1, 2, 3 and 8 threads, through the binary.
+/// Byte-identical saved parameters for 1, 2, 3, 4 and 8 threads, through the binary.
 mod determinism;
 
 /// Shuffled epochs, drop_last, uniform draws, B = 1 and B = N.
