@@ -68,38 +68,70 @@ fn full_batch_descent_on_linear_regression_reaches_least_squares() {
     }
 }
 
+/// One step is theta - lr * (sum of the shards' gradients) / B, bit for bit: through the
+/// one-shard path (one shard of 10 rows) and through the shard queue, the groups and the
+/// reduction (shards of 3, 3, 3 and 1 rows, summed by the tree: (s0 + s1) + (s2 + s3)).
 #[test]
 fn one_step_is_theta_minus_lr_times_the_mean_gradient() {
-    let cfg = config(
-        "[data]\nsynthetic = \"teacher\"\nn = 100\nd = 6\nclasses = 3\n[model]\nhidden = [5]\n[train]\nbatch_size = 10\nshard_rows = 10\nlr = 0.7\n",
-    );
-    let data = random_dataset(100, 6, Some(3), 12);
-    let model = Mlp::new(cfg.model.clone());
-    let mut trainer = Trainer::new(model.clone(), 6, &cfg.train, 5).unwrap();
-    let before = trainer.params().to_vec();
-    let idx = [3, 97, 41, 0, 15, 16, 77, 58, 23, 9];
-    let got = trainer.step(&data, &idx, 0.7).unwrap();
+    for shard_rows in [10, 3] {
+        let cfg = config(&format!(
+            "[data]\nsynthetic = \"teacher\"\nn = 100\nd = 6\nclasses = 3\n[model]\nhidden = [5]\n[train]\nbatch_size = 10\nshard_rows = {shard_rows}\nlr = 0.7\n"
+        ));
+        let data = random_dataset(100, 6, Some(3), 12);
+        let model = Mlp::new(cfg.model.clone());
+        let mut trainer = Trainer::new(model.clone(), 6, &cfg.train, 5).unwrap();
+        let before = trainer.params().to_vec();
+        let idx = [3, 97, 41, 0, 15, 16, 77, 58, 23, 9];
+        let got = trainer.step(&data, &idx, 0.7).unwrap();
 
-    let x = ndarray::Array2::from_shape_fn((10, 6), |(r, c)| data.x()[[idx[r], c]]);
-    let y: Vec<f32> = idx.iter().map(|&i| data.targets()[i]).collect();
-    let mut ws = model.workspace(10);
-    let mut grad = vec![0.0f32; before.len()];
-    let want = model.loss_grad_sum(
-        &before,
-        &prepared(&model, &before),
-        minibatch::Batch::block(x.view(), ArrayView1::from(&y)),
-        &mut ws,
-        &mut grad,
-    );
-    for (i, ((&p0, &g), &p1)) in before.iter().zip(&grad).zip(trainer.params()).enumerate() {
-        let expected = p0 - 0.7 * (g * (1.0 / 10.0));
-        assert_eq!(p1.to_bits(), expected.to_bits(), "parameter {i}");
+        // Each shard's gradient sum on its own, then the tree over the shards.
+        let mut ws = model.workspace(10);
+        let shared = prepared(&model, &before);
+        let mut sums = Vec::new();
+        let (mut loss_sum, mut n_correct) = (0.0f64, 0);
+        for rows in idx.chunks(shard_rows) {
+            let x =
+                ndarray::Array2::from_shape_fn((rows.len(), 6), |(r, c)| data.x()[[rows[r], c]]);
+            let y: Vec<f32> = rows.iter().map(|&i| data.targets()[i]).collect();
+            let mut grad = vec![0.0f32; before.len()];
+            let stats = model.loss_grad_sum(
+                &before,
+                &shared,
+                minibatch::Batch::block(x.view(), ArrayView1::from(&y)),
+                &mut ws,
+                &mut grad,
+            );
+            loss_sum += stats.loss_sum;
+            n_correct += stats.n_correct;
+            sums.push(grad);
+        }
+        let mut stride = 1;
+        while stride < sums.len() {
+            for i in (0..sums.len()).step_by(2 * stride) {
+                if i + stride < sums.len() {
+                    let right = sums[i + stride].clone();
+                    for (l, r) in sums[i].iter_mut().zip(right) {
+                        *l += r;
+                    }
+                }
+            }
+            stride *= 2;
+        }
+        let grad = &sums[0];
+        for (i, ((&p0, &g), &p1)) in before.iter().zip(grad).zip(trainer.params()).enumerate() {
+            let expected = p0 - 0.7 * (g * (1.0 / 10.0));
+            assert_eq!(
+                p1.to_bits(),
+                expected.to_bits(),
+                "shard_rows {shard_rows}, parameter {i}"
+            );
+        }
+        assert_ne!(before, trainer.params());
+        // The step's stats are the batch's, once.
+        assert_eq!(got.loss_sum.to_bits(), loss_sum.to_bits());
+        assert_eq!((got.rows, got.n_correct), (10, n_correct));
+        assert_eq!(trainer.optimizer().steps_taken(), 1);
     }
-    assert_ne!(before, trainer.params());
-    // The step's stats are the batch's, once.
-    assert_eq!(got.loss_sum.to_bits(), want.loss_sum.to_bits());
-    assert_eq!((got.rows, got.n_correct), (10, want.n_correct));
-    assert_eq!(trainer.optimizer().steps_taken(), 1);
 }
 
 #[test]
