@@ -1422,6 +1422,7 @@ mod tests {
                     );
                     check(&c, &format!("{isa:?}"));
                 }
+                // Overwrite ignores what C held (the ones added above), everywhere.
                 gemm(
                     a_view,
                     b_view,
@@ -1429,7 +1430,8 @@ mod tests {
                     Accumulate::Overwrite,
                     &mut scratch,
                 );
-                assert!((f64::from(c[[m - 1, n - 1]]) - want[[m - 1, n - 1]]).abs() < 1e-3);
+                c += 1.0;
+                check(&c, "overwrite");
             }
         }
     }
