@@ -421,6 +421,24 @@ fn params_from(path: &Path, file: &SafeTensors<'_>, layout: &ParamLayout) -> Res
         path: path.to_path_buf(),
         msg,
     };
+    // A tensor the model lacks: the file is another model's (a deeper one whose first
+    // layers happen to fit), not these parameters.
+    let known = |name: &str| {
+        layout.entries().iter().any(|e| e.name == name)
+            || [
+                STANDARDIZE_MEAN,
+                STANDARDIZE_STD,
+                "optimizer.m",
+                "optimizer.v",
+            ]
+            .contains(&name)
+    };
+    if let Some(extra) = file.names().into_iter().filter(|n| !known(n)).min() {
+        return Err(corrupt(format!(
+            "has a tensor `{extra}` that the model does not have (expected {})",
+            layout.describe()
+        )));
+    }
     let mut params = vec![0.0f32; layout.n_params()];
     for entry in layout.entries() {
         let tensor = file.tensor(&entry.name).map_err(|_| {

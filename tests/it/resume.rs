@@ -348,6 +348,26 @@ fn bad_checkpoints_and_init_files_are_errors_naming_the_file() {
             && stderr.contains("params.safetensors"),
         "{stderr}"
     );
+    // A deeper model's file whose first layers fit (hidden [12, 3] into hidden [12]: w1, b1,
+    // w2, b2 all of the right shapes) is another model, not these parameters.
+    let deep = dir.join("deep.toml");
+    std::fs::write(&deep, CONFIG.replace("hidden = [12]", "hidden = [12, 3]")).unwrap();
+    let deep_saved = dir.join("deep.safetensors");
+    succeeds(&[
+        "train",
+        "-q",
+        "--config",
+        deep.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--save",
+        deep_saved.to_str().unwrap(),
+    ]);
+    let stderr = refused_init(&config, &deep_saved);
+    assert!(
+        stderr.contains("deep.safetensors: has a tensor `b3` that the model does not have"),
+        "{stderr}"
+    );
     // A non-finite parameter (the first value of the tensor data made NaN) is refused.
     let mut bytes = std::fs::read(&saved).unwrap();
     let data_start = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
