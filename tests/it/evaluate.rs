@@ -165,17 +165,16 @@ fn a_model_trained_on_standardised_data_is_evaluated_with_its_own_statistics() {
         csv_path.to_str().unwrap(),
     ]);
     assert!(on_file.contains("logistic 2-1 on 400 rows"), "{on_file}");
-    // A file whose statistics are damaged is refused, not run on raw features: one tensor
-    // of the two (the other renamed in the header).
+    // A file whose statistics are damaged is refused, not run on raw features: here the
+    // deviations reshaped to (1, 2).
     let damaged = dir.join("damaged.safetensors");
     std::fs::copy(&model, &damaged).unwrap();
     edit_header(&damaged, |header| {
-        let std = header.remove("standardize.std").unwrap();
-        header.insert("other.std".into(), std);
+        header["standardize.std"]["shape"] = serde_json::json!([1, 2]);
     });
     let err = refused(&["eval", "--model", damaged.to_str().unwrap()]);
     assert!(
-        err.contains("holds one of `standardize.mean` and `standardize.std` without the other"),
+        err.contains("`standardize.std` is F32 of shape [1, 2]; expected a 1-D F32 tensor"),
         "{err}"
     );
 }
