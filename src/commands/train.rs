@@ -100,6 +100,25 @@ pub fn train(
                 checkpoint.steps,
                 super::s(checkpoint.steps)
             );
+            // A cosine schedule spans the whole run: more (or fewer) epochs than the
+            // checkpoint's run stretch the rest of it, so say so.
+            let saved_epochs = RawConfig::from_toml(&checkpoint_config(path)?, path)?
+                .train
+                .epochs
+                .unwrap_or(cfg.train.epochs.get());
+            if let minibatch::schedule::Decay::Cosine { .. } = cfg.train.schedule.decay
+                && saved_epochs != cfg.train.epochs.get()
+            {
+                let per_epoch = cfg.train.steps_per_epoch.get();
+                outln!(
+                    "note: the cosine schedule now spans {} steps ({} epochs), the checkpoint's \
+                     run {} ({saved_epochs}): the learning rate from here differs from both \
+                     uninterrupted runs",
+                    cfg.train.schedule.total_steps,
+                    cfg.train.epochs,
+                    saved_epochs * per_epoch,
+                );
+            }
         }
     }
     if let Some(path) = &args.init {

@@ -544,7 +544,16 @@ fn resuming_a_finished_run_asks_for_more_epochs() {
             "{args:?}: {stderr}"
         );
     }
-    succeeds(&["train", "-q", "--resume", last, "--epochs", "3"]);
+    // CONFIG's schedule is cosine over the run: a longer run stretches it, and the resumed
+    // run says so (24 steps an epoch).
+    let out = succeeds(&["train", "--resume", last, "--epochs", "3"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "note: the cosine schedule now spans 72 steps (3 epochs), the checkpoint's run 48 (2)"
+        ),
+        "{stdout}"
+    );
 }
 
 #[test]
