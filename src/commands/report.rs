@@ -85,6 +85,12 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
                 .unwrap_or_else(|| "-".into()),
         );
     }
+    if report.rows.iter().any(|r| r.bandwidth_fraction > 1.0) {
+        outln!(
+            "\nnote: rows past 100% of the copy bandwidth read a data set the caches hold; the \
+             ratio measures memory only for a set much larger than the caches (W2's default n)"
+        );
+    }
     let predictions: Vec<_> = report
         .rows
         .iter()
