@@ -60,20 +60,3 @@ impl NoiseScale {
             .and_then(|(g2, trace)| (g2 > 0.0 && trace > 0.0).then(|| trace / g2))
     }
 }
-
-/// |v|^2 in f64: sixteen partial sums (so the loop vectorises instead of waiting on one
-/// chain of additions), combined in a fixed order, so the result depends on `v` only.
-pub fn squared_norm(v: &[f32]) -> f64 {
-    let mut partial = [0.0f64; 16];
-    let chunks = v.chunks_exact(16);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for (p, &x) in partial.iter_mut().zip(chunk) {
-            *p += f64::from(x) * f64::from(x);
-        }
-    }
-    for (p, &x) in partial.iter_mut().zip(rest) {
-        *p += f64::from(x) * f64::from(x);
-    }
-    partial.iter().sum()
-}

@@ -23,7 +23,7 @@ use rayon::prelude::*;
 /// One chunk of (parameters, gradient sum, first moment, second moment).
 type AdamChunk<'a> = (((&'a mut [f32], &'a [f32]), &'a mut [f32]), &'a mut [f32]);
 
-/// Parameters per parallel task of the update and of the norm.
+/// Parameters per parallel task of the update (the clipping norm is `reduce`'s).
 const UPDATE_CHUNK: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -176,7 +176,7 @@ impl Optimizer {
             config,
             m: vec![0.0; m_len],
             v: vec![0.0; v_len],
-            norm_partials: Vec::with_capacity(n_params.div_ceil(UPDATE_CHUNK)),
+            norm_partials: Vec::with_capacity(n_params.div_ceil(crate::reduce::REDUCE_CHUNK)),
             t: 0,
             parallel: true,
         }
@@ -310,26 +310,10 @@ impl Optimizer {
         }
     }
 
-    /// |grad_sum|_2 in f64: chunk sums (in parallel where the update is), added in chunk
-    /// order, so the bits do not depend on which.
+    /// |grad_sum|_2 in f64, by `reduce::squared_norm_chunked` (parallel where the update
+    /// is; the same bits either way).
     fn norm(&mut self, grad_sum: &[f32]) -> f64 {
-        let sum_sq = |chunk: &[f32]| {
-            chunk
-                .iter()
-                .map(|&g| f64::from(g) * f64::from(g))
-                .sum::<f64>()
-        };
-        if self.parallel {
-            grad_sum
-                .par_chunks(UPDATE_CHUNK)
-                .map(sum_sq)
-                .collect_into_vec(&mut self.norm_partials);
-        } else {
-            self.norm_partials.clear();
-            self.norm_partials
-                .extend(grad_sum.chunks(UPDATE_CHUNK).map(sum_sq));
-        }
-        self.norm_partials.iter().sum::<f64>().sqrt()
+        crate::reduce::squared_norm_chunked(grad_sum, &mut self.norm_partials, self.parallel).sqrt()
     }
 }
 

@@ -37,9 +37,11 @@ use crate::data::{Dataset, mix};
 use crate::error::{Error, Result};
 use crate::model::gemm::{LINE, zeros_on_lines};
 use crate::model::{Model, PREFETCH_ROWS, Stats, Usage, prefetch_row};
-use crate::noise::{NoiseScale, squared_norm};
+use crate::noise::NoiseScale;
 use crate::optim::{Optimizer, OptimizerState};
-use crate::reduce::{REDUCE_CHUNK, squared_norm_chunked, tree_reduce_above, tree_reduce_with_norm};
+use crate::reduce::{
+    REDUCE_CHUNK, squared_norm, squared_norm_chunked, tree_reduce_above, tree_reduce_with_norm,
+};
 use crate::sampler::{Sampler, Sampling, default_steps_per_epoch};
 use crate::shard::{MAX_GROUP, ShardQueue, group_size, n_shards, shard_range};
 
@@ -823,7 +825,7 @@ impl<M: Model> Trainer<M> {
                 Some(exchange) => {
                     let sum = exchange.reduce(self.grads.slice_mut(s![.., ..n_params]));
                     if measure_noise {
-                        total_sq = squared_norm_chunked(sum, &mut self.norm_partials);
+                        total_sq = squared_norm_chunked(sum, &mut self.norm_partials, true);
                     }
                     sum
                 }
