@@ -704,16 +704,18 @@ impl RawConfig {
                 format!("only an mlp takes a head; a {kind} model has its own"),
             ));
         }
-        let activation = match raw.activation.as_deref().unwrap_or("relu") {
-            "relu" => Activation::Relu,
-            "tanh" => Activation::Tanh,
-            "sigmoid" => Activation::Sigmoid,
-            other => {
-                return Err(self.err(
+        let activation = match raw.activation.as_deref() {
+            None => Activation::Relu,
+            Some(name) => Activation::from_name(name).ok_or_else(|| {
+                let names: Vec<&str> = Activation::ALL.iter().map(|a| a.name()).collect();
+                self.err(
                     "model.activation",
-                    format!("unknown activation `{other}`; expected one of relu, tanh, sigmoid"),
-                ));
-            }
+                    format!(
+                        "unknown activation `{name}`; expected one of {}",
+                        names.join(", ")
+                    ),
+                )
+            })?,
         };
         if raw.activation.is_some() && kind != "mlp" {
             return Err(self.err(

@@ -262,17 +262,12 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
                     raw.train.batch_size = Some(1);
                     // Name the model's kind and head, so they are not inferred from this file.
                     let spec = model.spec();
-                    let head = match spec.head {
-                        minibatch::model::Head::Mse => "mse",
-                        minibatch::model::Head::Logistic => "logistic",
-                        minibatch::model::Head::Softmax { .. } => "softmax",
-                    };
                     if spec.hidden.is_empty() {
-                        raw.model.kind = Some(if head == "mse" { "linear" } else { head }.into());
+                        raw.model.kind = Some(spec.head.linear_kind().into());
                         raw.model.head = None;
                     } else {
                         raw.model.kind = Some("mlp".into());
-                        raw.model.head = Some(head.into());
+                        raw.model.head = Some(spec.head.name().into());
                     }
                     raw
                 }

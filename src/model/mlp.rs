@@ -33,6 +33,24 @@ pub enum Activation {
     Sigmoid,
 }
 
+impl Activation {
+    /// Every activation, for messages listing them.
+    pub const ALL: [Activation; 3] = [Activation::Relu, Activation::Tanh, Activation::Sigmoid];
+
+    /// The name configs and saved files use (`model.activation`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Relu => "relu",
+            Activation::Tanh => "tanh",
+            Activation::Sigmoid => "sigmoid",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Activation> {
+        Activation::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
 /// The output layer's loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Head {
@@ -45,6 +63,24 @@ pub enum Head {
 }
 
 impl Head {
+    /// The name configs and saved files use (`model.head`): mse, logistic or softmax.
+    pub fn name(self) -> &'static str {
+        match self {
+            Head::Mse => "mse",
+            Head::Logistic => "logistic",
+            Head::Softmax { .. } => "softmax",
+        }
+    }
+
+    /// The kind of model this head makes without hidden layers (`model.kind`): linear,
+    /// logistic or softmax.
+    pub fn linear_kind(self) -> &'static str {
+        match self {
+            Head::Mse => "linear",
+            head => head.name(),
+        }
+    }
+
     /// Classes the head predicts, `None` for regression.
     pub fn n_classes(self) -> Option<usize> {
         match self {
@@ -103,20 +139,14 @@ impl MlpSpec {
             .map(|w| w.to_string())
             .collect::<Vec<_>>()
             .join("-");
-        let head = match self.head {
-            Head::Mse => "mse",
-            Head::Logistic => "logistic",
-            Head::Softmax { .. } => "softmax",
-        };
         if self.hidden.is_empty() {
-            let kind = match self.head {
-                Head::Mse => "linear",
-                Head::Logistic => "logistic",
-                Head::Softmax { .. } => "softmax",
-            };
-            format!("{kind} {widths}")
+            format!("{} {widths}", self.head.linear_kind())
         } else {
-            format!("mlp {widths} {:?} {head}", self.activation).to_lowercase()
+            format!(
+                "mlp {widths} {} {}",
+                self.activation.name(),
+                self.head.name()
+            )
         }
     }
 }
@@ -146,12 +176,7 @@ impl MlpSpec {
             ("mlp", 4) if !hidden.is_empty() => MlpSpec {
                 d_in,
                 hidden: hidden.to_vec(),
-                activation: match words[2] {
-                    "relu" => Activation::Relu,
-                    "tanh" => Activation::Tanh,
-                    "sigmoid" => Activation::Sigmoid,
-                    _ => return None,
-                },
+                activation: Activation::from_name(words[2])?,
                 head: head(words[3])?,
             },
             (kind, 2) if hidden.is_empty() => MlpSpec {
