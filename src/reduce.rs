@@ -358,7 +358,7 @@ mod tests {
 
     #[test]
     fn nodes_summed_per_rank_then_combined_give_the_single_process_bits() {
-        use crate::cluster::{shards_of_rank, tree_nodes};
+        use crate::cluster::{even_split, tree_nodes};
         for cols in [3, 2 * REDUCE_CHUNK + 5] {
             for n in 1..34 {
                 let grads = adversarial(n, cols);
@@ -369,7 +369,7 @@ mod tests {
                     let mut nodes = Vec::new();
                     let mut stacked = Vec::new();
                     for rank in 0..size {
-                        let run = shards_of_rank(n, rank, size);
+                        let run = even_split(n, rank, size);
                         let first = nodes.len();
                         tree_nodes(run.clone(), n, &mut nodes);
                         let mut mine = grads.slice(ndarray::s![run.clone(), ..]).to_owned();

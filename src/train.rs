@@ -31,7 +31,7 @@ use rand::rngs::StdRng;
 use rayon::prelude::*;
 use tracing::{debug_span, info, info_span, trace_span};
 
-use crate::cluster::{Collective, Exchange, Reduction, SHARD_STATS, shards_of_rank};
+use crate::cluster::{Collective, Exchange, Reduction, SHARD_STATS, even_split};
 use crate::config::TrainConfig;
 use crate::data::{Dataset, mix};
 use crate::error::{Error, Result};
@@ -793,24 +793,15 @@ impl<M: Model> Trainer<M> {
             }
             Some(exchange) => {
                 let local = self.slots[..n_local].iter().map(|slot| {
-                    let st = &slot.stats;
-                    [
-                        st.loss_sum,
-                        st.n_correct as f64,
-                        st.rows as f64,
-                        slot.grad_sq,
-                    ]
+                    let [loss_sum, n_correct, rows] = slot.stats.to_f64s();
+                    [loss_sum, n_correct, rows, slot.grad_sq]
                 });
                 let all = {
                     let _exchange = trace_span!("exchange", what = "stats").entered();
                     exchange.gather_stats(local)
                 };
                 for (s, g) in all.chunks_exact(SHARD_STATS).enumerate() {
-                    stats.add(&Stats {
-                        loss_sum: g[0],
-                        n_correct: g[1] as u64,
-                        rows: g[2] as u64,
-                    });
+                    stats.add(&Stats::from_f64s(g));
                     small.add(full_shard(s), g[3]);
                 }
             }
@@ -935,9 +926,7 @@ impl<M: Model> Trainer<M> {
             .exchange
             .as_ref()
             .filter(|_| i32::try_from(n_blocks * 3).is_ok());
-        let mine = split.map_or(0..n_blocks, |x| {
-            shards_of_rank(n_blocks, x.rank(), x.size())
-        });
+        let mine = split.map_or(0..n_blocks, |x| even_split(n_blocks, x.rank(), x.size()));
         let mut total = Stats::default();
         let mut per_block = Vec::new();
         let per_round = self.workspaces.len();

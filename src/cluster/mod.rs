@@ -3,7 +3,7 @@
 //!
 //! Every rank holds the whole model, derives the same permutation and cuts each global batch
 //! into the same shards as a single process would. Rank r computes the contiguous run of
-//! shards `shards_of_rank(n, r, R)`. In the single-process tree (`reduce.rs`) the node at
+//! shards `even_split(n, r, R)`. In the single-process tree (`reduce.rs`) the node at
 //! level k starting at shard i is the sum of shards `i .. i + 2^k`, formed in a fixed order;
 //! a run of shards splits into a few such whole nodes (`tree_nodes`), which the rank sums with
 //! the same tree. The ranks then exchange slices of those node sums, each finishes the tree
@@ -163,10 +163,10 @@ impl Exchange {
             recv_counts: vec![0; size],
             recv_displs: vec![0; size],
             range_counts: (0..size)
-                .map(|q| params_of_rank(n_params, q, size).len() as i32)
+                .map(|q| even_split(n_params, q, size).len() as i32)
                 .collect(),
             range_displs: (0..size)
-                .map(|q| params_of_rank(n_params, q, size).start as i32)
+                .map(|q| even_split(n_params, q, size).start as i32)
                 .collect(),
             stat_counts: vec![0; size],
             stat_displs: vec![0; size],
@@ -196,7 +196,7 @@ impl Exchange {
         let my_range = self.range_counts[rank];
         let (mut stat_at, mut received) = (0i32, 0i32);
         for r in 0..size {
-            let run = shards_of_rank(n_shards, r, size);
+            let run = even_split(n_shards, r, size);
             let first = self.nodes.len();
             tree_nodes(run.clone(), n_shards, &mut self.nodes);
             let their_nodes = self.nodes.len() - first;
@@ -251,7 +251,7 @@ impl Exchange {
                 // Node sums cut by destination: for rank q, each node's slice of q's range.
                 let mut at = 0;
                 for q in 0..size {
-                    let cols = params_of_rank(p, q, size);
+                    let cols = even_split(p, q, size);
                     for node in mine {
                         let row = grads.row(node.start - self.shards.start);
                         let row = &row.as_slice().expect("rows are contiguous")[cols.clone()];
@@ -301,36 +301,22 @@ impl Exchange {
     }
 
     /// Every evaluation block's stats, in block order, from this rank's run of the
-    /// `n_blocks` blocks (`shards_of_rank(n_blocks, ..)`); `n_blocks * 3` fits an i32.
+    /// `n_blocks` blocks (`even_split(n_blocks, ..)`); `n_blocks * 3` fits an i32.
     pub fn gather_block_stats(&self, local: &[Stats], n_blocks: usize) -> Vec<Stats> {
         let size = self.comm.size();
-        let runs = (0..size).map(|r| shards_of_rank(n_blocks, r, size));
+        let runs = (0..size).map(|r| even_split(n_blocks, r, size));
         let counts: Vec<i32> = runs.clone().map(|run| (run.len() * 3) as i32).collect();
         let displs: Vec<i32> = runs.map(|run| (run.start * 3) as i32).collect();
-        let send: Vec<f64> = local
-            .iter()
-            .flat_map(|s| [s.loss_sum, s.n_correct as f64, s.rows as f64])
-            .collect();
+        let send: Vec<f64> = local.iter().flat_map(Stats::to_f64s).collect();
         let mut all = vec![0.0f64; n_blocks * 3];
         self.comm.all_gather_f64(&send, &counts, &displs, &mut all);
-        all.chunks_exact(3)
-            .map(|g| Stats {
-                loss_sum: g[0],
-                n_correct: g[1] as u64,
-                rows: g[2] as u64,
-            })
-            .collect()
+        all.chunks_exact(3).map(Stats::from_f64s).collect()
     }
 
     /// Whether any rank wants to stop after this step.
     pub fn any(&self, flag: bool) -> bool {
         self.comm.any(flag)
     }
-}
-
-/// The parameters whose exact sum rank `rank` of `size` finishes: a contiguous range.
-pub fn params_of_rank(n_params: usize, rank: usize, size: usize) -> Range<usize> {
-    n_params * rank / size..n_params * (rank + 1) / size
 }
 
 /// A bound on one rank's tree nodes for any batch of up to `max_shards` shards.
@@ -348,9 +334,11 @@ pub fn max_nodes(max_shards: usize, size: usize) -> usize {
         .max(1)
 }
 
-/// The shards rank `rank` of `size` computes: a contiguous run, the runs as even as can be.
-pub fn shards_of_rank(n_shards: usize, rank: usize, size: usize) -> Range<usize> {
-    n_shards * rank / size..n_shards * (rank + 1) / size
+/// Rank `rank` of `size`'s part of 0..n: a contiguous run, the runs in rank order and as
+/// even as can be. The shards a rank computes, the parameters whose exact sum it finishes,
+/// the evaluation blocks it runs.
+pub fn even_split(n: usize, rank: usize, size: usize) -> Range<usize> {
+    n * rank / size..n * (rank + 1) / size
 }
 
 /// A node of the reduction tree over `n` shards: the sum of shards
@@ -427,7 +415,7 @@ mod tests {
             for size in 1..7 {
                 let mut nodes = Vec::new();
                 for rank in 0..size {
-                    let run = shards_of_rank(n, rank, size);
+                    let run = even_split(n, rank, size);
                     let first = nodes.len();
                     tree_nodes(run.clone(), n, &mut nodes);
                     if let (Some(a), Some(b)) = (nodes.get(first), nodes.last()) {
@@ -452,7 +440,7 @@ mod tests {
         tree_nodes(0..13, 13, &mut nodes);
         assert_eq!(nodes, [Node { start: 0, level: 4 }]);
         nodes.clear();
-        tree_nodes(shards_of_rank(16, 0, 3), 16, &mut nodes);
+        tree_nodes(even_split(16, 0, 3), 16, &mut nodes);
         assert_eq!(
             nodes,
             [Node { start: 0, level: 2 }, Node { start: 4, level: 0 }]

@@ -44,6 +44,20 @@ impl Stats {
     pub fn accuracy(&self) -> f64 {
         self.n_correct as f64 / self.rows.max(1) as f64
     }
+
+    /// The three sums as f64, for messages between MPI ranks (counts stay exact below 2^53).
+    pub fn to_f64s(&self) -> [f64; 3] {
+        [self.loss_sum, self.n_correct as f64, self.rows as f64]
+    }
+
+    /// `to_f64s` read back.
+    pub fn from_f64s(v: &[f64]) -> Stats {
+        Stats {
+            loss_sum: v[0],
+            n_correct: v[1] as u64,
+            rows: v[2] as u64,
+        }
+    }
 }
 
 /// How the shards of the coming step (or evaluation) will use what `Model::prepare` derives.
