@@ -10,6 +10,7 @@
 //! sizes reaching the target, fits the paper's S = S_min (1 + B_crit / B).
 
 use std::fmt::Write as _;
+use std::num::NonZeroUsize;
 use std::path::Path;
 use std::time::Instant;
 
@@ -244,7 +245,7 @@ pub fn run(raw: &RawConfig, plan: &TunePlan, mut progress: impl FnMut(&str)) -> 
                 "training to target at B = {}, {} thread(s)",
                 r.batch_size, r.threads
             ));
-            let outcome = to_target(raw, r, plan, &train, valid.as_deref())?;
+            let outcome = to_target(raw, r, plan, base.train.sampling, &train, valid.as_deref())?;
             r.steps_to_target = Some(outcome.steps);
             r.examples_to_target = Some(outcome.steps * r.batch_size as u64);
             r.seconds_to_target = Some(outcome.seconds);
@@ -421,10 +422,12 @@ impl Observer for TargetWatch {
     }
 }
 
+/// `sampling`: the config's (with `drop_last`), which sets the steps an epoch has.
 fn to_target(
     raw: &RawConfig,
     row: &TuneRow,
     plan: &TunePlan,
+    sampling: crate::sampler::Sampling,
     train: &Dataset,
     valid: Option<&Dataset>,
 ) -> Result<Outcome> {
@@ -440,7 +443,13 @@ fn to_target(
         .map(|e| e.div_ceil(row.batch_size as u64).max(1));
     if plan.target_loss.is_some() || budget_steps.is_some() {
         // Enough epochs to spend the budget (or a generous cap when only a target is given).
-        let steps_per_epoch = train.n().div_ceil(row.batch_size) as u64;
+        let steps_per_epoch = match (raw.train.steps_per_epoch, sampling) {
+            (Some(steps), crate::sampler::Sampling::Uniform) => steps.max(1),
+            _ => {
+                let b = NonZeroUsize::new(row.batch_size).unwrap_or(NonZeroUsize::MIN);
+                crate::sampler::default_steps_per_epoch(train.n(), b, sampling).get()
+            }
+        } as u64;
         let epochs = budget_steps.map_or(TARGET_EPOCHS, |s| s.div_ceil(steps_per_epoch).max(1));
         raw.train.epochs = Some(epochs as usize);
     }

@@ -9,11 +9,20 @@ use crate::common::temp_dir;
 const TINY: &str = "seed = 3\n[data]\nsynthetic = \"teacher\"\nn = 3000\nd = 20\nclasses = 3\nvalid_fraction = 0.1\n\
 [model]\nhidden = [16]\n[train]\nepochs = 2\nbatch_size = 32\nlr = 0.1\nthreads = 2\n";
 
-/// Runs tune with `extra` flags; returns stdout and the CSV rows as maps.
+/// Runs tune on TINY with `extra` flags; returns stdout and the CSV rows as maps.
 fn tune(name: &str, extra: &[&str]) -> (String, Vec<std::collections::HashMap<String, String>>) {
+    tune_config(name, TINY, extra)
+}
+
+/// `tune` on another config.
+fn tune_config(
+    name: &str,
+    config_text: &str,
+    extra: &[&str],
+) -> (String, Vec<std::collections::HashMap<String, String>>) {
     let dir = temp_dir(name);
     let config = dir.join("c.toml");
-    std::fs::write(&config, TINY).unwrap();
+    std::fs::write(&config, config_text).unwrap();
     let out_dir = dir.join("out");
     let mut args = vec![
         "tune",
@@ -192,6 +201,28 @@ fn an_unreached_target_is_shown_as_a_bound_and_said() {
         "{stdout}"
     );
     assert_eq!(recommended(&stdout), argmin(&rows, "predicted_time"));
+}
+
+/// A budget is spent whole with drop_last too: 2,700 training rows in batches of 64 make
+/// 42 steps an epoch, not 43, so a budget of 43 steps needs a second epoch.
+#[test]
+fn a_budget_is_spent_whole_when_epochs_drop_their_last_batch() {
+    let config = TINY.replace("threads = 2\n", "threads = 2\ndrop_last = true\n");
+    let (_, rows) = tune_config(
+        "tune-drop-last",
+        &config,
+        &[
+            "--batch-sizes",
+            "64,128",
+            "--seconds",
+            "0.05",
+            "--budget",
+            "2752",
+        ],
+    );
+    // 43 steps of 64; 22 of 128 (21 an epoch).
+    let steps: Vec<&str> = rows.iter().map(|r| r["steps_to_target"].as_str()).collect();
+    assert_eq!(steps, ["43", "22"], "{rows:?}");
 }
 
 #[test]
