@@ -24,23 +24,28 @@ use crate::schedule::{Decay, Schedule};
 /// took 14 s to start), and more than the cores only take turns on them.
 pub const MAX_THREADS: usize = 1024;
 
+/// A table with no key set, left out when a config is written (a saved model's).
+fn is_unset<T: Default + PartialEq>(table: &T) -> bool {
+    *table == T::default()
+}
+
 /// The config file as written, every field optional.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub seed: Option<u64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_unset")]
     pub data: RawData,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_unset")]
     pub model: RawModel,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "is_unset")]
     pub train: RawTrain,
     /// Keys set from the command line, so messages can name the flag too.
     #[serde(skip)]
     overridden: BTreeSet<(&'static str, &'static str)>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawData {
     /// A data file (CSV, LIBSVM or the features .npy) instead of a synthetic set.
@@ -102,7 +107,7 @@ pub enum LabelKey {
     Name(String),
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawModel {
     pub kind: Option<String>,
@@ -111,7 +116,7 @@ pub struct RawModel {
     pub head: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawTrain {
     pub epochs: Option<usize>,
@@ -135,7 +140,7 @@ pub struct RawTrain {
     pub schedule: Option<RawSchedule>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RawSchedule {
     pub kind: Option<String>,
