@@ -351,6 +351,45 @@ impl Frame {
         )
     }
 
+    /// Tick marks with their values along the bottom (w) and left (b) edges, four to eight a
+    /// side at round steps (1, 2 or 5 times a power of ten).
+    fn ticks(&self) -> String {
+        let half = (
+            self.width / 2.0 / self.scale,
+            self.height / 2.0 / self.scale,
+        );
+        let mut out = String::new();
+        for (axis, center, half) in [("w", self.w0, half.0), ("b", self.b0, half.1)] {
+            let step = round_step(2.0 * half / 8.0);
+            let digits = (-step.log10().floor()).max(0.0) as usize;
+            // Inside the edges by a margin, so labels stay in the picture.
+            let (lo, hi) = (center - 0.9 * half, center + 0.9 * half);
+            let mut v = (lo / step).ceil() * step;
+            while v <= hi {
+                let label = format!("{:.digits$}", if v.abs() < step / 2.0 { 0.0 } else { v });
+                let _ = if axis == "w" {
+                    let (x, _) = self.at((v, self.b0));
+                    let y = self.height;
+                    writeln!(
+                        out,
+                        "<line class=\"tick\" x1=\"{x:.1}\" y1=\"{y:.1}\" x2=\"{x:.1}\" y2=\"{:.1}\" stroke=\"#555555\"/><text class=\"tick-w\" x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#555555\">{label}</text>",
+                        y - 6.0,
+                        y - 9.0
+                    )
+                } else {
+                    let (_, y) = self.at((self.w0, v));
+                    writeln!(
+                        out,
+                        "<line class=\"tick\" x1=\"0\" y1=\"{y:.1}\" x2=\"6\" y2=\"{y:.1}\" stroke=\"#555555\"/><text class=\"tick-b\" x=\"9\" y=\"{:.1}\" fill=\"#555555\">{label}</text>",
+                        y + 4.0
+                    )
+                };
+                v += step;
+            }
+        }
+        out
+    }
+
     fn points(&self, path: &[(f64, f64)]) -> String {
         path.iter()
             .map(|&p| {
@@ -360,6 +399,16 @@ impl Frame {
             .collect::<Vec<_>>()
             .join(" ")
     }
+}
+
+/// The round step (1, 2 or 5 times a power of ten) at least `raw`.
+fn round_step(raw: f64) -> f64 {
+    let power = 10f64.powf(raw.max(1e-12).log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * power)
+        .find(|&s| s >= raw)
+        .unwrap_or(10.0 * power)
 }
 
 const WIDTH: f64 = 640.0;
@@ -403,17 +452,17 @@ fn picture(d: &Descent, frame: &Frame, jitter: &str, legend: &str) -> String {
         mx + 8.0,
         my + 16.0
     );
+    svg.push_str(&frame.ticks());
     let _ = writeln!(
         svg,
         "<text x=\"{:.1}\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">Descent on the loss bowl of y = w x + b (N = {}, seed {})</text>\n\
-         <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">w</text><text x=\"14\" y=\"{:.1}\">b</text>\n\
+         <text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\" font-size=\"14\">w</text><text x=\"8\" y=\"92\" font-size=\"14\">b</text>\n\
          <line x1=\"20\" y1=\"44\" x2=\"44\" y2=\"44\" stroke=\"#1f77b4\" stroke-width=\"2.5\"/><text x=\"50\" y=\"48\">full batch (B = N = {}): exact gradient</text>\n{legend}",
         WIDTH / 2.0,
         d.plan.n,
         d.plan.seed,
-        WIDTH / 2.0,
-        HEIGHT - 8.0,
-        HEIGHT / 2.0,
+        WIDTH - 8.0,
+        HEIGHT - 26.0,
         d.plan.n
     );
     svg.push_str("</svg>\n");

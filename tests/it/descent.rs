@@ -189,3 +189,71 @@ fn a_learning_rate_past_the_bowls_stable_one_is_an_error_not_a_stalled_picture()
     let err = run(&diverging).unwrap_err().to_string();
     assert!(err.contains("`--lr`") && err.contains("diverge"), "{err}");
 }
+
+/// The axes carry tick values, and they place the minimum where it is: the w ticks read
+/// off at the minimum marker's x give the least-squares w, the b ticks at its y give b.
+#[test]
+fn svg_ticks_read_the_minimum_back() {
+    let d = run(&plan()).unwrap();
+    let svg = to_svg(&d);
+    let attr = |line: &str, name: &str| -> f64 {
+        let at = line.find(&format!(" {name}=\"")).unwrap() + name.len() + 3;
+        line[at..].split('"').next().unwrap().parse().unwrap()
+    };
+    // (position of the tick mark, value of its label) along an axis.
+    let ticks = |class: &str, coord: &str| -> Vec<(f64, f64)> {
+        svg.lines()
+            .filter(|l| l.contains(class))
+            .map(|l| {
+                let label = l.split("<text").nth(1).unwrap();
+                let value = label.split('>').nth(1).unwrap().split('<').next().unwrap();
+                (attr(l, coord), value.parse().unwrap())
+            })
+            .collect()
+    };
+    let w_ticks = ticks("tick-w", "x1");
+    let b_ticks = ticks("tick-b", "y1");
+    assert!(
+        w_ticks.len() >= 3 && b_ticks.len() >= 3,
+        "{w_ticks:?} {b_ticks:?}"
+    );
+    let read = |t: &[(f64, f64)], at: f64| {
+        let ((p0, v0), (p1, v1)) = (t[0], t[t.len() - 1]);
+        v0 + (at - p0) * (v1 - v0) / (p1 - p0)
+    };
+    // The minimum's cross: "M{x - 6} {y}h12M{x} {y - 6}v12".
+    let cross = svg.split("<path d=\"M").nth(1).unwrap();
+    let y: f64 = cross
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .split('h')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let x: f64 = cross
+        .split("h12M")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (w_min, b_min) = d.bowl.minimum();
+    let tick_w = (w_ticks[1].1 - w_ticks[0].1).abs();
+    // Positions are written to 0.1 px: well within a hundredth of a tick step.
+    assert!(
+        (read(&w_ticks, x) - w_min).abs() < tick_w / 100.0,
+        "w {} vs {w_min}",
+        read(&w_ticks, x)
+    );
+    assert!(
+        (read(&b_ticks, y) - b_min).abs() < tick_w / 100.0 * 2.0,
+        "b {} vs {b_min}",
+        read(&b_ticks, y)
+    );
+    // b grows upwards.
+    assert_eq!(b_ticks[0].1 > b_ticks[1].1, b_ticks[0].0 < b_ticks[1].0);
+}
