@@ -181,7 +181,7 @@ impl LoadedData {
                 ));
             }
             let mut order: Vec<usize> = (0..train.n()).collect();
-            order.shuffle(&mut StdRng::seed_from_u64(mix(seed, 5)));
+            order.shuffle(&mut StdRng::seed_from_u64(mix(seed, stream::SPLIT)));
             let pick = |rows: &[usize]| {
                 let x = train.x.select(Axis(0), rows);
                 let y = train.y.select(Axis(0), rows);
@@ -285,8 +285,9 @@ const BLOCK_ROWS: usize = 2048;
 /// `seed`; the two splits use different row streams of the same truth.
 pub fn synthetic(cfg: &DataConfig, seed: u64) -> (Dataset, Option<Dataset>) {
     let truth = Truth::new(cfg, seed);
-    let train = generate(cfg, &truth, cfg.n_train, mix(seed, 1));
-    let valid = (cfg.n_valid > 0).then(|| generate(cfg, &truth, cfg.n_valid, mix(seed, 2)));
+    let train = generate(cfg, &truth, cfg.n_train, mix(seed, stream::TRAIN_ROWS));
+    let valid = (cfg.n_valid > 0)
+        .then(|| generate(cfg, &truth, cfg.n_valid, mix(seed, stream::VALID_ROWS)));
     (train, valid)
 }
 
@@ -313,7 +314,7 @@ const TEACHER_HIDDEN: usize = 32;
 
 impl Truth {
     fn new(cfg: &DataConfig, seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(mix(seed, 0));
+        let mut rng = StdRng::seed_from_u64(mix(seed, stream::TRUTH));
         let d = cfg.d;
         match cfg.synthetic {
             Synthetic::Teacher => Truth::Teacher {
@@ -402,6 +403,33 @@ fn generate(cfg: &DataConfig, truth: &Truth, n: usize, stream: u64) -> Dataset {
         y,
         n_classes: cfg.n_classes,
     }
+}
+
+/// The random streams a run derives from its one seed, each `mix(seed, stream)`: the data
+/// set's truth and rows, the split, the initial weights, the sampler, the descent picture's
+/// data and paths. They are part of every saved file's bits: changing a number here changes
+/// every run's results.
+pub mod stream {
+    /// The synthetic set's hidden truth (teacher weights, true coefficients).
+    pub const TRUTH: u64 = 0;
+    /// Synthetic training rows (each block of rows mixes its index in).
+    pub const TRAIN_ROWS: u64 = 1;
+    /// Synthetic validation rows.
+    pub const VALID_ROWS: u64 = 2;
+    /// The sampler; each epoch mixes `EPOCH + epoch` into it.
+    pub const SAMPLER: u64 = 3;
+    /// The model's initial parameters.
+    pub const INIT: u64 = 4;
+    /// The validation split of a data file (`valid_fraction`).
+    pub const SPLIT: u64 = 5;
+    /// The descent picture's data set.
+    pub const DESCENT_DATA: u64 = 7;
+    /// The descent picture's full-batch path.
+    pub const DESCENT_FULL: u64 = 100;
+    /// The descent picture's mini-batch paths, one per seed from here on.
+    pub const DESCENT_PATHS: u64 = 1000;
+    /// An epoch's permutation or draws, within the sampler's stream.
+    pub const EPOCH: u64 = 0x5A3B_1E00;
 }
 
 /// SplitMix64 of `a` and `b`: independent-looking seeds for derived streams.

@@ -18,7 +18,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::config::RawConfig;
-use crate::data::{Dataset, mix};
+use crate::data::{Dataset, mix, stream};
 use crate::error::{Error, Result};
 use crate::model::Mlp;
 use crate::sampler::{Sampler, Sampling, default_steps_per_epoch};
@@ -140,7 +140,7 @@ pub struct Descent {
 /// features' non-zero mean tilts and stretches the bowl, so the full-batch path curves
 /// the way it does on real problems instead of running straight down a round one.
 pub fn dataset(plan: &DescentPlan) -> Dataset {
-    let mut rng = StdRng::seed_from_u64(mix(plan.seed, 7));
+    let mut rng = StdRng::seed_from_u64(mix(plan.seed, stream::DESCENT_DATA));
     let x: Vec<f32> = (0..plan.n)
         .map(|_| {
             let z: f32 = StandardNormal.sample(&mut rng);
@@ -282,7 +282,13 @@ pub fn run(plan: &DescentPlan) -> Result<Descent> {
     let (w_min, b_min) = bowl.minimum();
     // Start up and to the left of the bottom, where the bowl's shape shows.
     let start = (w_min - 2.5, b_min + 2.0);
-    let full_batch = record_path(plan, &data, start, plan.n, mix(plan.seed, 100))?;
+    let full_batch = record_path(
+        plan,
+        &data,
+        start,
+        plan.n,
+        mix(plan.seed, stream::DESCENT_FULL),
+    )?;
     let mut sizes = slider_batch_sizes(plan.n);
     if !sizes.contains(&plan.batch_size) {
         sizes.push(plan.batch_size);
@@ -292,7 +298,15 @@ pub fn run(plan: &DescentPlan) -> Result<Descent> {
         .iter()
         .map(|&b| {
             let paths = (0..plan.seeds)
-                .map(|s| record_path(plan, &data, start, b, mix(plan.seed, 1000 + s as u64)))
+                .map(|s| {
+                    record_path(
+                        plan,
+                        &data,
+                        start,
+                        b,
+                        mix(plan.seed, stream::DESCENT_PATHS + s as u64),
+                    )
+                })
                 .collect::<Result<Vec<_>>>()?;
             Ok((b, paths))
         })

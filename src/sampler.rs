@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::data::mix;
+use crate::data::{mix, stream};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sampling {
@@ -72,7 +72,7 @@ impl Sampler {
 
     /// Resets to the first batch of `epoch` (0-based).
     pub fn start_epoch(&mut self, epoch: usize) {
-        self.rng = StdRng::seed_from_u64(mix(self.seed, 0x5A3B_1E00 + epoch as u64));
+        self.rng = StdRng::seed_from_u64(mix(self.seed, stream::EPOCH + epoch as u64));
         self.perm.iter_mut().enumerate().for_each(|(i, p)| *p = i);
         if let Sampling::Shuffle { .. } = self.sampling {
             self.perm.shuffle(&mut self.rng);

@@ -33,7 +33,7 @@ use tracing::{debug_span, info, info_span, trace_span};
 
 use crate::cluster::{Collective, Exchange, Reduction, SHARD_STATS, even_split};
 use crate::config::TrainConfig;
-use crate::data::{Dataset, mix};
+use crate::data::{Dataset, mix, stream};
 use crate::error::{Error, Result};
 use crate::model::gemm::{LINE, zeros_on_lines};
 use crate::model::{Model, PREFETCH_ROWS, Stats, Usage, prefetch_row};
@@ -251,7 +251,10 @@ impl<M: Model> Trainer<M> {
             crate::memory::bytes(n_params, copies, 4),
         )?;
         let mut params = vec![0.0f32; n_params];
-        model.init(&mut params, &mut StdRng::seed_from_u64(mix(seed, 4)));
+        model.init(
+            &mut params,
+            &mut StdRng::seed_from_u64(mix(seed, stream::INIT)),
+        );
         // Evaluation keeps a block's stats in a slot; give it one per thread even when
         // batches need fewer.
         let n_slots = max_shards.max(cfg.threads.get());
@@ -492,7 +495,7 @@ impl<M: Model> Trainer<M> {
             cfg.batch_size,
             cfg.sampling,
             epoch_steps,
-            mix(self.seed, 3),
+            mix(self.seed, stream::SAMPLER),
         );
         let run_start = Instant::now();
         let steps_per_epoch = epoch_steps.get();
