@@ -553,6 +553,25 @@ fn a_model_moved_without_its_training_data_still_evaluates_and_predicts_new_data
     assert!(err.contains("t.csv"), "{err}");
 }
 
+/// Writes `csv` as t.csv in `dir`, trains a config of it (`data` keys besides the path,
+/// then the `[train]` table's `train` keys) and returns the saved model's path.
+fn trained_on_csv(dir: &std::path::Path, csv: &str, data: &str, train: &str) -> String {
+    let path = dir.join("t.csv");
+    std::fs::write(&path, csv).unwrap();
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[data]\npath = {:?}\n{data}[train]\nthreads = 1\n{train}",
+            path.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let model = dir.join("m.safetensors");
+    save_trained(&config, &model);
+    model.to_str().unwrap().to_string()
+}
+
 /// Trains `config` and saves the model to `model`.
 fn save_trained(config: &std::path::Path, model: &std::path::Path) {
     let (config, model) = (config.to_str().unwrap(), model.to_str().unwrap());
@@ -672,27 +691,14 @@ fn predictions_on_a_validation_split_name_the_files_rows() {
     for i in 0..40 {
         csv += &format!("{},{i}\n", i as f32 / 40.0);
     }
-    std::fs::write(dir.join("d.csv"), csv).unwrap();
-    let config = dir.join("c.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[data]\npath = {:?}\ntask = \"regression\"\nvalid_fraction = 0.25\n[train]\nepochs = 1\nbatch_size = 5\nthreads = 1\n",
-            dir.join("d.csv").to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    let model = dir.join("m.safetensors");
-    save_trained(&config, &model);
+    let model = trained_on_csv(
+        &dir,
+        &csv,
+        "task = \"regression\"\nvalid_fraction = 0.25\n",
+        "epochs = 1\nbatch_size = 5\n",
+    );
     let out = dir.join("p.csv");
-    minibatch(&[
-        "predict",
-        "-q",
-        "-m",
-        model.to_str().unwrap(),
-        "-o",
-        out.to_str().unwrap(),
-    ]);
+    minibatch(&["predict", "-q", "-m", &model, "-o", out.to_str().unwrap()]);
     let text = std::fs::read_to_string(&out).unwrap();
     let rows: Vec<(usize, f32)> = text
         .lines()
@@ -723,21 +729,15 @@ fn data_that_standardises_past_f32_is_refused_with_its_row() {
     for i in 0..20 {
         csv += &format!("{}e-30,{}\n", if i % 2 == 0 { 1 } else { -1 }, i % 2);
     }
-    std::fs::write(dir.join("t.csv"), csv).unwrap();
     std::fs::write(dir.join("new.csv"), "x,y\n1e-30,0\n1e10,1\n").unwrap();
-    let config = dir.join("c.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[data]\npath = {:?}\nstandardize = true\n[train]\nepochs = 1\nbatch_size = 4\nthreads = 1\n",
-            dir.join("t.csv").to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    let model = dir.join("m.safetensors");
-    save_trained(&config, &model);
-    let (model, new) = (model.to_str().unwrap(), dir.join("new.csv"));
-    let err = refused(&["eval", "-m", model, "--data", new.to_str().unwrap()]);
+    let model = trained_on_csv(
+        &dir,
+        &csv,
+        "standardize = true\n",
+        "epochs = 1\nbatch_size = 4\n",
+    );
+    let new = dir.join("new.csv");
+    let err = refused(&["eval", "-m", &model, "--data", new.to_str().unwrap()]);
     assert!(
         err.contains("new.csv") && err.contains("row 2: a standardised feature is past f32"),
         "{err}"
@@ -755,19 +755,13 @@ fn rows_whose_outputs_overflow_are_refused_with_their_row() {
         let (a, b) = ((i % 5) as f32 / 4.0 - 0.5, (i % 7) as f32 / 6.0 - 0.5);
         csv += &format!("{a},{b},{}\n", 50.0 * (a + b));
     }
-    std::fs::write(dir.join("t.csv"), csv).unwrap();
-    let config = dir.join("c.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[data]\npath = {:?}\ntask = \"regression\"\n[train]\nepochs = 100\nbatch_size = 4\nlr = 0.3\nthreads = 1\n",
-            dir.join("t.csv").to_str().unwrap()
-        ),
-    )
-    .unwrap();
-    let model = dir.join("m.safetensors");
-    save_trained(&config, &model);
-    let model = model.to_str().unwrap();
+    let model = trained_on_csv(
+        &dir,
+        &csv,
+        "task = \"regression\"\n",
+        "epochs = 100\nbatch_size = 4\nlr = 0.3\n",
+    );
+    let model = model.as_str();
     let data = dir.join("huge.csv");
     std::fs::write(&data, "a,b,y\n1,2,0.5\n3e38,3e38,1\n").unwrap();
     let data = data.to_str().unwrap();
