@@ -613,6 +613,20 @@ impl RawConfig {
 
     fn validate_model(&self, data: &DataConfig) -> Result<MlpSpec> {
         let raw = &self.model;
+        // One class leaves a classifier nothing to learn (and a one-output softmax is no
+        // softmax): the labels are likely real targets, or the wrong column.
+        if let Some(k) = data.n_classes
+            && k < 2
+        {
+            return Err(self.err(
+                "data.path",
+                format!(
+                    "the labels hold {k} class; a classifier needs two or more (set \
+                     data.task = \"regression\" for real targets, or data.label for another \
+                     column)"
+                ),
+            ));
+        }
         // Hidden layers ask for an MLP; without them the data decides.
         let default_kind = match (&data.file, data.synthetic, data.n_classes) {
             _ if raw.hidden.is_some() => "mlp",

@@ -182,6 +182,13 @@ fn malformed_data_files_name_the_file_line_and_column() {
         ),
         (
             format!(
+                "path = \"{}\"",
+                csv("one.csv", "a,b,y\n1,2,cat\n3,4,cat\n").display()
+            ),
+            "config `data.path`: the labels hold 1 class; a classifier needs two or more",
+        ),
+        (
+            format!(
                 "path = \"{}\"\nlabel = \"a\"",
                 csv("twice.csv", "a,a,y\n1,2,0\n").display()
             ),
