@@ -21,15 +21,11 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
     } else {
         args.threads.clone()
     };
-    let mut thread_counts = Vec::new();
-    for t in threads {
-        let t = std::num::NonZeroUsize::new(t).ok_or_else(|| {
-            minibatch::Error::config("--threads", "thread counts must be at least 1")
-        })?;
-        if !thread_counts.contains(&t) {
-            thread_counts.push(t);
-        }
-    }
+    check_thread_counts(&threads)?;
+    let thread_counts = threads
+        .iter()
+        .filter_map(|&t| std::num::NonZeroUsize::new(t))
+        .collect();
     check_batch_sizes(&args.batch_sizes)?;
     if let Some(&r) = args.shard_rows.iter().find(|&&r| r == 0) {
         return Err(minibatch::Error::config(
@@ -137,6 +133,7 @@ pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
     } else {
         args.threads.clone()
     };
+    check_thread_counts(&threads)?;
     // Speedup, efficiency and the serial fraction are over the 1-thread run.
     let mut sorted = threads.clone();
     sorted.sort_unstable();
@@ -209,10 +206,14 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
         Some(path) => RawConfig::load(path)?,
         None => RawConfig::default(),
     };
-    if !(args.seconds.is_finite() && args.seconds > 0.0) {
+    if !(args.seconds > 0.0 && args.seconds <= 3600.0) {
         return Err(minibatch::Error::config(
             "--seconds",
-            "must be a positive number of seconds",
+            format!(
+                "must be a positive number of seconds, at most 3600 (an hour a \
+                 measurement), got {}",
+                args.seconds
+            ),
         ));
     }
     if args.budget == Some(0) {
@@ -222,6 +223,7 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
         ));
     }
     check_batch_sizes(&args.batch_sizes)?;
+    check_thread_counts(&args.threads)?;
     if let Some(t) = args.target_loss
         && !(t.is_finite() && t > 0.0)
     {
@@ -330,6 +332,28 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
 
 /// A list of batch sizes to measure: each at least 1, and each once (a repeat would only
 /// run its rows twice).
+/// `--threads` of bench, scale and tune: each from 1 to `MAX_THREADS` (as `train.threads`),
+/// none twice.
+fn check_thread_counts(threads: &[usize]) -> Result<()> {
+    let max = minibatch::config::MAX_THREADS;
+    if let Some(&t) = threads.iter().find(|&&t| t == 0 || t > max) {
+        return Err(minibatch::Error::config(
+            "--threads",
+            format!("thread counts must be from 1 to {max}, got {t}"),
+        ));
+    }
+    let mut unique = threads.to_vec();
+    unique.sort_unstable();
+    unique.dedup();
+    if unique.len() != threads.len() {
+        return Err(minibatch::Error::config(
+            "--threads",
+            "lists a thread count twice",
+        ));
+    }
+    Ok(())
+}
+
 fn check_batch_sizes(batch_sizes: &[usize]) -> Result<()> {
     if let Some(&b) = batch_sizes.iter().find(|&&b| b == 0) {
         return Err(minibatch::Error::config(

@@ -439,7 +439,27 @@ fn bad_tune_and_bench_options_exit_2_with_the_option_named() {
             vec!["descent", "--seeds", "2", "--show-seeds", "5"],
             "`--show-seeds`",
         ),
-        (vec!["scale", "--threads", "1,1"], "rise without repeats"),
+        (
+            vec!["scale", "--threads", "1,1"],
+            "lists a thread count twice",
+        ),
+        (
+            vec!["tune", "--threads", "1,1"],
+            "lists a thread count twice",
+        ),
+        (
+            vec!["bench", "--threads", "2,2"],
+            "lists a thread count twice",
+        ),
+        (
+            vec!["tune", "--threads", "100000"],
+            "thread counts must be from 1 to 1024, got 100000",
+        ),
+        (
+            vec!["scale", "--threads", "1,5000"],
+            "thread counts must be from 1 to 1024, got 5000",
+        ),
+        (vec!["tune", "--seconds", "1e300"], "at most 3600"),
         (vec!["scale", "-b", "32,32"], "lists a batch size twice"),
         (
             vec!["bench", "-b", "32,0"],
