@@ -210,7 +210,7 @@ pub fn record_path(
                 format!(
                     "{} makes the B = {b} path diverge (its loss overflowed at step {}); on this \
                      bowl full-batch descent converges below lr {:.3}, smaller batches need less",
-                    plan.lr,
+                    crate::optim::show(plan.lr),
                     path.len(),
                     Bowl::of(data).stable_lr()
                 ),
@@ -221,6 +221,9 @@ pub fn record_path(
     }
     Ok(path)
 }
+
+/// Seeds a picture may draw: 1,000 take seconds and a page of about 15 MB.
+const MAX_SEEDS: usize = 1000;
 
 /// The batch sizes the page's slider offers: powers of two from 1, and N.
 pub fn slider_batch_sizes(n: usize) -> Vec<usize> {
@@ -248,6 +251,16 @@ pub fn run(plan: &DescentPlan) -> Result<Descent> {
         if value == 0 {
             return Err(Error::config(flag, "must be at least 1"));
         }
+    }
+    if plan.seeds > MAX_SEEDS {
+        return Err(Error::config(
+            "--seeds",
+            format!(
+                "at most {MAX_SEEDS} (each seed adds a path per slider position to the page), \
+                 got {}",
+                plan.seeds
+            ),
+        ));
     }
     if plan.shown_seeds > plan.seeds {
         return Err(Error::config(
@@ -279,6 +292,19 @@ pub fn run(plan: &DescentPlan) -> Result<Descent> {
     )?;
     let data = dataset(plan);
     let bowl = Bowl::of(&data);
+    // Past the stable rate the full-batch path runs off the picture (or overflows): the
+    // picture would show nothing of descent.
+    if f64::from(plan.lr) >= bowl.stable_lr() {
+        return Err(Error::config(
+            "--lr",
+            format!(
+                "{} is past this bowl's stable rate {:.3}: full-batch descent diverges from \
+                 there (smaller batches need less)",
+                crate::optim::show(plan.lr),
+                bowl.stable_lr()
+            ),
+        ));
+    }
     let (w_min, b_min) = bowl.minimum();
     // Start up and to the left of the bottom, where the bowl's shape shows.
     let start = (w_min - 2.5, b_min + 2.0);

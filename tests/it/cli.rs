@@ -471,6 +471,10 @@ fn bad_tune_and_bench_options_exit_2_with_the_option_named() {
             "`--seeds`: must be at least 1",
         ),
         (
+            vec!["descent", "--seeds", "100000"],
+            "`--seeds`: at most 1000",
+        ),
+        (
             vec!["descent", "--steps", "100000000000"],
             "`--steps`: 73 paths of 100000000000 steps need",
         ),

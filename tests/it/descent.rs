@@ -188,6 +188,13 @@ fn a_learning_rate_past_the_bowls_stable_one_is_an_error_not_a_stalled_picture()
     };
     let err = run(&diverging).unwrap_err().to_string();
     assert!(err.contains("`--lr`") && err.contains("diverge"), "{err}");
+    // Just past it too, where nothing overflows within the steps but the path runs away.
+    let past = DescentPlan {
+        lr: 1.02 * stable as f32,
+        ..plan
+    };
+    let err = run(&past).unwrap_err().to_string();
+    assert!(err.contains("past this bowl's stable rate"), "{err}");
 }
 
 /// The axes carry tick values, and they place the minimum where it is: the w ticks read
