@@ -357,12 +357,10 @@ impl Overrides {
             "train.sampling",
             "--sampling"
         );
-        set!(
-            raw.train.optimizer,
-            self.optimizer,
-            "train.optimizer",
-            "--optimizer"
-        );
+        if let Some(name) = &self.optimizer {
+            raw.train.set_optimizer(name);
+            raw.mark_overridden("train.optimizer", "--optimizer");
+        }
         set!(
             raw.train.momentum,
             self.momentum,

@@ -152,6 +152,25 @@ pub struct RawSchedule {
     pub min_lr: Option<f64>,
 }
 
+impl RawTrain {
+    /// The optimizer a flag gives (`--optimizer`): when it changes the config's, the keys of
+    /// the config's that do not apply to the new one are dropped (a flag overrides the
+    /// config: `--optimizer adam` on a momentum config means Adam, and `--optimizer sgd`
+    /// means plain SGD, not the config's momentum under another name).
+    pub fn set_optimizer(&mut self, name: &str) {
+        if self.optimizer.as_deref() == Some(name) {
+            return;
+        }
+        if matches!(name, "adam" | "adamw" | "sgd") {
+            (self.momentum, self.dampening) = (None, None);
+        }
+        if !matches!(name, "adam" | "adamw") {
+            (self.beta1, self.beta2, self.eps) = (None, None, None);
+        }
+        self.optimizer = Some(name.to_string());
+    }
+}
+
 impl RawSchedule {
     /// The kind a flag gives (`--schedule`): keys of the config's own kind that do not apply
     /// to the new one are dropped (a flag overrides the config; `min_lr` of a cosine config

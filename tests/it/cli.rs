@@ -1152,3 +1152,38 @@ fn schedule_flags_override_the_configs_schedule_keys() {
         "{constant}"
     );
 }
+
+/// --optimizer overrides the config's optimizer with the keys that belong to it: another
+/// rule's keys are dropped (momentum for Adam, and for plain SGD), its own kept.
+#[test]
+fn the_optimizer_flag_overrides_the_configs_optimizer_keys() {
+    let dir = temp_dir("cli-optimizer-flag");
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        "[data]\nsynthetic = \"linear\"\nn = 200\n[train]\nepochs = 1\nbatch_size = 20\nthreads = 1\n\
+         optimizer = \"momentum\"\nmomentum = 0.5\n",
+    )
+    .unwrap();
+    let header = |flag: &str| {
+        let out = run(&["train", "-c", config.to_str().unwrap(), "--optimizer", flag]);
+        assert!(
+            out.status.success(),
+            "{flag}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        stdout.lines().next().unwrap().to_string()
+    };
+    assert!(
+        header("adam").contains("| adam (0.9, 0.999), lr"),
+        "{}",
+        header("adam")
+    );
+    assert!(header("sgd").contains("| sgd, lr"), "{}", header("sgd"));
+    assert!(
+        header("nesterov").contains("| nesterov 0.5, lr"),
+        "{}",
+        header("nesterov")
+    );
+}
