@@ -118,27 +118,48 @@ impl Launch {
     /// Joins the launcher's other processes, if one started this one; only `train` runs
     /// across ranks.
     fn join(command: &Command) -> Result<Self> {
+        // `fast` asks for ranks; `exact`, the default, is what one process does anyway.
+        let asks_for_ranks = matches!(
+            command,
+            Command::Train(args) if args.reduction == Some(minibatch::cluster::Reduction::Fast)
+        );
+        let is_train = matches!(command, Command::Train(_));
         let Some(size) = minibatch::cluster::launcher_size() else {
-            if let Command::Train(args) = command
-                && args.reduction.is_some()
-            {
-                return Err(minibatch::Error::Cluster(
-                    "--reduction applies to runs across MPI ranks: start the run with \
-                     `mpirun -n R minibatch train ...`"
-                        .into(),
-                ));
+            if asks_for_ranks {
+                return Err(minibatch::Error::Cluster(format!(
+                    "--reduction fast applies to runs across MPI ranks: start the run with \
+                     `mpirun -n R minibatch train ...`{}",
+                    if cfg!(feature = "mpi") {
+                        ""
+                    } else {
+                        ", with a minibatch built with MPI (cargo build --release --features mpi)"
+                    }
+                )));
             }
             return Ok(Launch::default());
         };
         #[cfg(not(feature = "mpi"))]
         {
-            let asks_for_mpi = matches!(command, Command::Train(args) if args.reduction.is_some());
-            if size > 1 || asks_for_mpi {
+            let processes = match size {
+                0 => "processes the launcher started".to_string(),
+                n => format!("{n} processes the launcher started"),
+            };
+            if !is_train && size != 1 {
                 return Err(minibatch::Error::Cluster(format!(
-                    "this minibatch was built without MPI, so the {size} processes the launcher \
-                     started would each train alone. Build it with MPI (needs an MPI library \
-                     and libclang, e.g. `apt install openmpi-bin libopenmpi-dev libclang-dev`): \
-                     cargo build --release --features mpi"
+                    "only `minibatch train` runs across MPI ranks: run this command without the \
+                     launcher (the {processes} would each run it)"
+                )));
+            }
+            if size != 1 || asks_for_ranks {
+                let what = if size == 1 {
+                    "and --reduction fast needs MPI ranks".to_string()
+                } else {
+                    format!("so the {processes} would each train alone")
+                };
+                return Err(minibatch::Error::Cluster(format!(
+                    "this minibatch was built without MPI, {what}. Build it with MPI (needs an MPI \
+                     library and libclang, e.g. `apt install openmpi-bin libopenmpi-dev \
+                     libclang-dev`): cargo build --release --features mpi"
                 )));
             }
             Ok(Launch::default())
@@ -162,7 +183,7 @@ impl Launch {
                 comm: Some(Box::new(mpi)),
                 _universe: Some(universe),
             };
-            if launch.size > 1 && !matches!(command, Command::Train(_)) {
+            if launch.size > 1 && !is_train {
                 return Err(minibatch::Error::Cluster(format!(
                     "only `minibatch train` runs across MPI ranks; run this command without \
                      the launcher ({size} ranks here)"

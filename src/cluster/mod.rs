@@ -379,13 +379,21 @@ pub fn tree_nodes(shards: Range<usize>, n: usize, out: &mut Vec<Node>) {
 
 /// The process count an MPI launcher announced in the environment, if this process was
 /// started by one: Open MPI's mpirun, a PMI launcher (MPICH's Hydra), MVAPICH, or a PMIx
-/// launcher such as `srun --mpi=pmix` (whose count is Slurm's task count).
+/// launcher such as `srun --mpi=pmix` (whose count is Slurm's task count). `Some(0)`: a
+/// PMIx launcher that left the count out of the environment (MPI itself knows it).
 pub fn launcher_size() -> Option<usize> {
     let var = |key: &str| std::env::var(key).ok()?.parse::<usize>().ok();
     ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"]
         .iter()
         .find_map(|key| var(key))
-        .or_else(|| std::env::var_os("PMIX_RANK").map(|_| var("SLURM_STEP_NUM_TASKS").unwrap_or(2)))
+        .or_else(|| {
+            std::env::var_os("PMIX_RANK").map(|_| {
+                ["SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"]
+                    .iter()
+                    .find_map(|key| var(key))
+                    .unwrap_or(0)
+            })
+        })
 }
 
 /// The default `train.threads`: every core this process may run on. When several ranks of a

@@ -602,13 +602,31 @@ fn a_diverging_run_stops_with_the_step_and_a_hint_and_keeps_its_checkpoints() {
     }
 }
 
+/// `--reduction fast` asks for MPI ranks: alone it is refused; `exact`, the default, is
+/// what one process does and is accepted.
 #[test]
 fn reduction_outside_an_mpi_launch_is_refused() {
     rejects(
         "reduction-alone",
         SMALL,
         &["--reduction", "fast"],
-        "--reduction applies to runs across MPI ranks",
+        "--reduction fast applies to runs across MPI ranks",
+    );
+    let dir = temp_dir("cli-reduction-exact");
+    let path = dir.join("cfg.toml");
+    std::fs::write(&path, format!("{SMALL}[train]\nepochs = 1\nthreads = 1\n")).unwrap();
+    let out = run(&[
+        "train",
+        "-q",
+        "-c",
+        path.to_str().unwrap(),
+        "--reduction",
+        "exact",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
     rejects(
         "reduction-bad",
@@ -635,8 +653,37 @@ fn a_build_without_mpi_under_a_launcher_explains_how_to_build_with_it() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains("built without MPI"), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "the {size} processes the launcher started would each train alone"
+            )),
+            "{stderr}"
+        );
         assert!(stderr.contains("--features mpi"), "{stderr}");
     }
+    // A PMIx launcher that gives no count: no count made up.
+    let out = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(["train", "--config", path.to_str().unwrap()])
+        .env("PMIX_RANK", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("so the processes the launcher started"),
+        "{stderr}"
+    );
+    // Other commands do not run across ranks: run them without the launcher.
+    let out = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(["layout", "--config", path.to_str().unwrap()])
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("only `minibatch train` runs across MPI ranks"),
+        "{stderr}"
+    );
 }
 
 #[test]
