@@ -991,15 +991,15 @@ impl RawConfig {
             }
         };
         let weight_decay = raw.weight_decay.unwrap_or(0.0);
-        if weight_decay > 0.0 {
-            // Checked as the f32 the update uses.
-            self.positive_f32("train.weight_decay", weight_decay)?;
-        }
         if !(weight_decay.is_finite() && weight_decay >= 0.0) {
             return Err(self.err(
                 "train.weight_decay",
                 format!("must be finite and >= 0, got {weight_decay}"),
             ));
+        }
+        if weight_decay > 0.0 {
+            // Checked as the f32 the update uses.
+            self.positive_f32("train.weight_decay", weight_decay)?;
         }
         let clip_norm = match raw.clip_norm {
             None => None,
@@ -1093,9 +1093,15 @@ impl RawConfig {
                     (e * steps_per_epoch as f64).round() as u64,
                     key_epochs,
                 ))),
-                (None, Some(e)) => {
-                    Err(self.err(key_epochs, format!("must be finite and >= 0, got {e}")))
-                }
+                (None, Some(e)) => Err(self.err(
+                    key_epochs,
+                    // A warmup may be none; a decay period must be some steps.
+                    if key_epochs.ends_with("every_epochs") {
+                        format!("must be finite and > 0, got {e}")
+                    } else {
+                        format!("must be finite and >= 0, got {e}")
+                    },
+                )),
                 (None, None) => Ok(None),
             }
         };

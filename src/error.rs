@@ -84,7 +84,7 @@ pub enum Error {
             "the starting parameters give it, before any update: check the data's scale \
              (data.standardize) or the --init file"
         } else {
-            "try a smaller learning rate"
+            "try a smaller learning rate (or weight decay)"
         }
     )]
     NonFinite {
@@ -99,7 +99,7 @@ pub enum Error {
     /// parameters that are not finite, or so large that the validation loss is not.
     #[error(
         "{what} became non-finite by epoch {epoch}, step {step}: an update overflowed; try a \
-         smaller learning rate"
+         smaller learning rate (or weight decay)"
     )]
     Overflow {
         what: &'static str,
@@ -135,9 +135,9 @@ impl Error {
 
 /// A loss in a message: as it is, or in exponent form when huge.
 fn short(x: f64) -> String {
-    if x.abs() >= 1e6 {
+    if x != 0.0 && !(1e-3..1e6).contains(&x.abs()) {
         format!("{x:.4e}")
     } else {
-        format!("{x}")
+        format!("{x:.4}")
     }
 }

@@ -598,13 +598,30 @@ pub fn read_libsvm(
     // an explicit data.d, a single large index must not make a tiny file allocate
     // gigabytes: the limit is then 2^28 values (1 GiB).
     let max_dense: usize = if given_d { 1 << 31 } else { 1 << 28 };
-    let cells = rows.len().checked_mul(d).filter(|&c| c <= max_dense).ok_or_else(|| {
-        parse_err(
-            path,
-            0,
-            format!("{} rows x {d} features is too large to densify; set data.d or drop the sparse tail", rows.len()),
-        )
-    })?;
+    let cells = rows
+        .len()
+        .checked_mul(d)
+        .filter(|&c| c <= max_dense)
+        .ok_or_else(|| {
+            parse_err(
+                path,
+                0,
+                format!(
+                    "{} rows x {d} features is too large to densify ({}); {}",
+                    rows.len(),
+                    if given_d {
+                        "2^31 values at most"
+                    } else {
+                        "2^28 values at most without data.d"
+                    },
+                    if given_d {
+                        "give a smaller data.d (hashed features: fewer buckets)"
+                    } else {
+                        "set data.d (up to 2^31 values) or drop the sparse tail"
+                    }
+                ),
+            )
+        })?;
     let mut x = Vec::new();
     x.try_reserve_exact(cells).map_err(|_| {
         parse_err(

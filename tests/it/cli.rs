@@ -194,6 +194,18 @@ fn bad_configs_and_flags_name_the_key_and_exit_2() {
             "train.weight_decay",
         ),
         (
+            "weight-decay-infinite",
+            "[train]\nweight_decay = inf\n",
+            &[],
+            "`train.weight_decay`: must be finite and >= 0, got inf",
+        ),
+        (
+            "decay-period-negative",
+            "[train.schedule]\nkind = \"exponential\"\nevery_epochs = -1\n",
+            &[],
+            "`train.schedule.every_epochs`: must be finite and > 0, got -1",
+        ),
+        (
             "clip-zero",
             "[train]\nclip_norm = 0\n",
             &[],
