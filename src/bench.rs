@@ -268,7 +268,10 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
                         bandwidth_fraction: feature_gb_per_sec / bandwidth,
                         reduce_fraction: reduce_seconds / step_seconds,
                         speedup: one_thread.map(|one| examples_per_sec / one),
+                        // A batch of one shard runs on one thread by design (see
+                        // `Trainer::step_one_shard`): no fraction of it is parallel.
                         serial_fraction: one_thread
+                            .filter(|_| n_shards(batch_size, cfg.train.shard_rows) > 1)
                             .and_then(|one| karp_flatt(examples_per_sec / one, threads.get())),
                     });
                 }

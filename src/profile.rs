@@ -333,15 +333,20 @@ pub fn format_profile(p: &Profile) -> String {
     out += "| phase | count | total ms | mean us | p50 us | p99 us | share of step |\n";
     out += "|---|---|---|---|---|---|---|\n";
     for ph in &p.phases {
+        // The run and its epochs hold the steps, and evaluation runs beside them: a share
+        // of step time means nothing for them.
+        let share = match ph.name {
+            "run" | "epoch" | "eval" => "-".to_string(),
+            _ => format!("{:.1}%", 100.0 * ph.share_of_step),
+        };
         out += &format!(
-            "| {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {:.1}% |\n",
+            "| {} | {} | {:.2} | {:.1} | {:.1} | {:.1} | {share} |\n",
             ph.name,
             ph.count,
             ph.total_s * 1e3,
             ph.mean_us,
             ph.p50_us,
             ph.p99_us,
-            100.0 * ph.share_of_step
         );
     }
     if !p.workers.is_empty() {

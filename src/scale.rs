@@ -98,7 +98,11 @@ pub fn run(
                 examples_per_sec,
                 speedup,
                 efficiency: speedup / relative_threads,
-                serial_fraction: if p0 == 1 {
+                // A batch of one shard runs on one thread by design (see
+                // `Trainer::step_one_shard`): no fraction of it is parallel.
+                serial_fraction: if p0 == 1
+                    && crate::shard::n_shards(batch_size, cfg.train.shard_rows) > 1
+                {
                     karp_flatt(speedup, t)
                 } else {
                     None

@@ -254,3 +254,36 @@ fn the_profile_lists_every_worker_even_one_that_ran_nothing() {
         "{stderr}"
     );
 }
+
+/// A batch of one shard runs on one thread by design: scale gives it no serial fraction
+/// (nor an Amdahl prediction), while a batch of several shards gets one.
+#[test]
+fn a_one_shard_batch_gets_no_serial_fraction() {
+    let dir = temp_dir("profile-scale-one-shard");
+    let config = dir.join("c.toml");
+    std::fs::write(&config, SMALL_MLP.replace("n = 4000", "n = 1024")).unwrap();
+    let out_dir = dir.join("out");
+    let out = minibatch(&[
+        "scale",
+        "-q",
+        "-c",
+        config.to_str().unwrap(),
+        "-t",
+        "1,2",
+        "-b",
+        "32,256",
+        "-o",
+        out_dir.to_str().unwrap(),
+    ]);
+    let csv = std::fs::read_to_string(out_dir.join("scale.csv")).unwrap();
+    let rows: Vec<Vec<&str>> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').collect())
+        .collect();
+    let two_threads = |b: &str| rows.iter().find(|r| r[0] == b && r[1] == "2").unwrap()[5];
+    assert_eq!(two_threads("32"), "", "{csv}");
+    assert!(two_threads("256").parse::<f64>().is_ok(), "{csv}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("B = 32: serial fraction"), "{stdout}");
+}
