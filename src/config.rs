@@ -24,6 +24,21 @@ use crate::schedule::{Decay, Schedule};
 /// took 14 s to start), and more than the cores only take turns on them.
 pub const MAX_THREADS: usize = 1024;
 
+/// A TOML type error in the words of a config's reader rather than Rust's type names
+/// ("expected usize" -> "expected a whole number >= 0").
+fn plain_types(msg: &str) -> String {
+    let mut msg = msg.replace(" as i128,", ",");
+    for (rust, plain) in [
+        ("expected usize", "expected a whole number >= 0"),
+        ("expected u64", "expected a whole number >= 0"),
+        ("expected f64", "expected a number"),
+        ("expected path string", "expected a path (a string)"),
+    ] {
+        msg = msg.replace(rust, plain);
+    }
+    msg
+}
+
 /// A table with no key set, left out when a config is written (a saved model's).
 fn is_unset<T: Default + PartialEq>(table: &T) -> bool {
     *table == T::default()
@@ -257,7 +272,7 @@ impl RawConfig {
     pub fn from_toml(text: &str, path: &Path) -> Result<Self> {
         toml::from_str(text).map_err(|e| Error::Parse {
             path: path.to_path_buf(),
-            msg: e.to_string().trim_end().to_string(),
+            msg: plain_types(e.to_string().trim_end()),
         })
     }
 

@@ -194,6 +194,12 @@ fn bad_configs_and_flags_name_the_key_and_exit_2() {
             "train.weight_decay",
         ),
         (
+            "float-epochs",
+            "[train]\nepochs = 2.0\n",
+            &[],
+            "invalid type: floating point `2.0`, expected a whole number >= 0",
+        ),
+        (
             "weight-decay-infinite",
             "[train]\nweight_decay = inf\n",
             &[],
