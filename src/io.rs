@@ -393,16 +393,20 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
                         }
                     } else {
                         let v: f32 = field.parse().map_err(|_| {
-                            let shown = if field.starts_with('"') {
-                                " (quoted fields are not supported)"
+                            let msg = if field.is_empty() {
+                                format!(
+                                    "column {c} is empty; expected a number (a trailing or \
+                                     doubled delimiter?)"
+                                )
+                            } else if field.starts_with('"') {
+                                format!(
+                                    "column {c}: expected a number, found `{field}` (quoted \
+                                     fields are not supported)"
+                                )
                             } else {
-                                ""
+                                format!("column {c}: expected a number, found `{field}`")
                             };
-                            parse_err(
-                                path,
-                                line_no,
-                                format!("column {c}: expected a number, found `{field}`{shown}"),
-                            )
+                            parse_err(path, line_no, msg)
                         })?;
                         if !v.is_finite() {
                             return Err(parse_err(

@@ -147,6 +147,13 @@ fn malformed_data_files_name_the_file_line_and_column() {
         (
             format!(
                 "path = \"{}\"",
+                csv("hole.csv", "a,b,y\n1,2,0\n3,,1\n").display()
+            ),
+            "hole.csv:3: column 1 is empty; expected a number",
+        ),
+        (
+            format!(
+                "path = \"{}\"",
                 csv("nan.csv", "a,b,y\n1,NaN,0\n").display()
             ),
             "nan.csv:2: column 1: NaN is not a finite number",
