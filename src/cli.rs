@@ -39,7 +39,8 @@ pub enum Command {
     /// Train a model from a config and print loss, accuracy and speed per epoch.
     #[command(allow_negative_numbers = true)]
     Train(TrainArgs),
-    /// Print the parameter layout (tensor names, shapes, offsets) a config's model uses.
+    /// Print the parameter layout (tensor names, shapes, offsets) a config's model uses;
+    /// reads and checks the config's data first (the input width comes from it).
     Layout(ConfigArgs),
     /// Measure training speed of the standard workloads against this machine's peak FMA
     /// rate and memory bandwidth, both measured in the same run.
