@@ -28,7 +28,13 @@ pub struct Cli {
     pub verbose: u8,
     /// Print nothing but errors and the results asked for (eval's figures, layout's table,
     /// descent --text): no headers, epoch lines, progress or notes.
-    #[arg(short, long, global = true, display_order = 1000)]
+    #[arg(
+        short,
+        long,
+        global = true,
+        display_order = 1000,
+        conflicts_with = "verbose"
+    )]
     pub quiet: bool,
 }
 

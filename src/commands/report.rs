@@ -336,38 +336,39 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
 /// none twice.
 fn check_thread_counts(threads: &[usize]) -> Result<()> {
     let max = minibatch::config::MAX_THREADS;
-    if let Some(&t) = threads.iter().find(|&&t| t == 0 || t > max) {
-        return Err(minibatch::Error::config(
-            "--threads",
-            format!("thread counts must be from 1 to {max}, got {t}"),
-        ));
-    }
-    let mut unique = threads.to_vec();
-    unique.sort_unstable();
-    unique.dedup();
-    if unique.len() != threads.len() {
-        return Err(minibatch::Error::config(
-            "--threads",
-            "lists a thread count twice",
-        ));
-    }
-    Ok(())
+    check_counts("--threads", ("thread counts", "thread count"), threads, max)
 }
 
+/// `--batch-sizes` of bench, scale and tune: each at least 1, none twice.
 fn check_batch_sizes(batch_sizes: &[usize]) -> Result<()> {
-    if let Some(&b) = batch_sizes.iter().find(|&&b| b == 0) {
+    check_counts(
+        "--batch-sizes",
+        ("batch sizes", "batch size"),
+        batch_sizes,
+        usize::MAX,
+    )
+}
+
+/// A flag's list of counts: each from 1 to `max`, none twice (`what`: plural, singular).
+fn check_counts(flag: &str, what: (&str, &str), values: &[usize], max: usize) -> Result<()> {
+    if let Some(&v) = values.iter().find(|&&v| v == 0 || v > max) {
+        let range = if max == usize::MAX {
+            "at least 1".to_string()
+        } else {
+            format!("from 1 to {max}")
+        };
         return Err(minibatch::Error::config(
-            "--batch-sizes",
-            format!("batch sizes must be at least 1, got {b}"),
+            flag,
+            format!("{} must be {range}, got {v}", what.0),
         ));
     }
-    let mut unique = batch_sizes.to_vec();
+    let mut unique = values.to_vec();
     unique.sort_unstable();
     unique.dedup();
-    if unique.len() != batch_sizes.len() {
+    if unique.len() != values.len() {
         return Err(minibatch::Error::config(
-            "--batch-sizes",
-            "lists a batch size twice",
+            flag,
+            format!("lists a {} twice", what.1),
         ));
     }
     Ok(())

@@ -478,6 +478,7 @@ fn bad_tune_and_bench_options_exit_2_with_the_option_named() {
             "thread counts must be from 1 to 1024, got 5000",
         ),
         (vec!["tune", "--seconds", "1e300"], "at most 3600"),
+        (vec!["train", "-q", "-v"], "cannot be used with"),
         (vec!["scale", "-b", "32,32"], "lists a batch size twice"),
         (
             vec!["bench", "-b", "32,0"],
