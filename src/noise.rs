@@ -45,6 +45,11 @@ impl NoiseScale {
         self.n += 1;
     }
 
+    /// Steps folded in so far.
+    pub fn samples(&self) -> u64 {
+        self.n
+    }
+
     /// |G|^2 and tr(Sigma), bias-corrected like Adam's moments.
     pub fn estimates(&self) -> Option<(f64, f64)> {
         (self.n > 0).then(|| {

@@ -59,7 +59,9 @@ pub struct EpochReport {
     /// Training time of the epoch, without evaluation.
     pub seconds: f64,
     pub is_classifier: bool,
-    /// The gradient noise scale at the epoch's end, when tracked.
+    /// The gradient noise scale at the epoch's end, when tracked and measured during the
+    /// epoch (an epoch shorter than the measuring period may have no measuring step: its
+    /// value would repeat the last epoch's).
     pub noise_scale: Option<f64>,
     /// The run stopped before the epoch's last step (Ctrl-C, or an observer's stop): its
     /// figures cover the steps it took.
@@ -517,6 +519,7 @@ impl<M: Model> Trainer<M> {
         for epoch in resume.epoch..cfg.epochs.get() {
             let _epoch = info_span!("epoch", epoch = epoch + 1).entered();
             sampler.start_epoch(epoch);
+            let noise_samples = self.noise.as_ref().map(|n| n.estimate.samples());
             let mut step_in_epoch = 0usize;
             if epoch == resume.epoch {
                 // Resuming mid-epoch: replay the sampler to the next batch. Its state is a
@@ -615,7 +618,11 @@ impl<M: Model> Trainer<M> {
                 valid: valid_stats,
                 seconds,
                 is_classifier: self.model.is_classifier(),
-                noise_scale: self.noise.as_ref().and_then(|n| n.estimate.b_noise()),
+                noise_scale: self
+                    .noise
+                    .as_ref()
+                    .filter(|n| Some(n.estimate.samples()) != noise_samples)
+                    .and_then(|n| n.estimate.b_noise()),
                 cut_short: stopped && step_in_epoch < steps_per_epoch,
             };
             info!(

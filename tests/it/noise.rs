@@ -72,3 +72,22 @@ fn estimated_noise_scale_is_within_15_percent_of_the_exact_one() {
         params
     );
 }
+
+/// An epoch reports the noise scale only when a step measured it: with two steps an epoch
+/// and a measurement every eighth step, epochs 1 (step 0) and 5 (step 8) have one, epochs
+/// 2 to 4 none (they would repeat epoch 1's value as if measured).
+#[test]
+fn epochs_without_a_measuring_step_report_no_noise_scale() {
+    let (n, d) = (64, 3);
+    let data = random_dataset(n, d, None, 41);
+    let cfg = config(&format!(
+        "[data]\nsynthetic = \"linear\"\nn = {n}\nd = {d}\n[train]\nepochs = 6\nbatch_size = 32\nshard_rows = 8\nthreads = 1\nlr = 0.01\n"
+    ));
+    let mut trainer = Trainer::new(Mlp::new(cfg.model.clone()), d, &cfg.train, 7).unwrap();
+    trainer.track_noise_scale(8, 0.5);
+    let mut measured = Vec::new();
+    trainer
+        .fit(&data, None, |r| measured.push(r.noise_scale.is_some()))
+        .unwrap();
+    assert_eq!(measured, [true, false, false, false, true, false]);
+}
