@@ -101,6 +101,29 @@ impl Dataset {
         }
     }
 
+    /// A hash of the shape, features and targets (their bits), for checking that MPI ranks
+    /// read the same data: blocks hashed in parallel, combined in block order.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let block = |values: &[f32]| {
+            let mut h = DefaultHasher::new();
+            for v in values {
+                h.write_u32(v.to_bits());
+            }
+            h.finish()
+        };
+        let mut h = DefaultHasher::new();
+        (self.n(), self.d(), self.n_classes).hash(&mut h);
+        let mut blocks = Vec::new();
+        self.features()
+            .par_chunks(1 << 18)
+            .map(block)
+            .collect_into_vec(&mut blocks);
+        blocks.hash(&mut h);
+        block(self.targets()).hash(&mut h);
+        h.finish()
+    }
+
     /// Features as one row-major slice of n * d values.
     pub fn features(&self) -> &[f32] {
         self.x.as_slice().expect("datasets are row-major")

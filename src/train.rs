@@ -338,6 +338,25 @@ impl<M: Model> Trainer<M> {
         tracing_core::callsite::rebuild_interest_cache();
     }
 
+    /// Refuses to go on across ranks that read different inputs: `fingerprint` hashes what
+    /// this rank read (config, data, files it starts from). A stale copy on one machine
+    /// would otherwise mix two data sets into one run's parameters, or leave a rank waiting
+    /// forever for steps the others never take. Every rank gets the same answer, so all
+    /// stop together. Nothing to check in one process.
+    pub fn check_same_inputs(&self, fingerprint: u64) -> Result<()> {
+        match self
+            .exchange
+            .as_ref()
+            .and_then(|x| x.first_differing(fingerprint))
+        {
+            None => Ok(()),
+            Some(rank) => Err(Error::Cluster(format!(
+                "rank {rank} read other inputs than rank 0 (its config, data, or --resume or \
+                 --init file differ): every rank must read the same, or the run would mix them"
+            ))),
+        }
+    }
+
     /// Trains as one rank of `comm` from now on: each step computes this rank's run of the
     /// batch's shards and combines it with the other ranks' (see `cluster`), and evaluation
     /// splits its blocks among the ranks; so every rank must call `fit`, `step` and

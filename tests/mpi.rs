@@ -338,3 +338,47 @@ fn ctrl_c_seen_by_one_rank_stops_every_rank_with_a_checkpoint_that_resumes_exact
     );
     assert!(std::fs::read(&resumed).unwrap() == std::fs::read(&reference).unwrap());
 }
+
+/// Ranks started on different inputs (here each in its own directory, as two machines with
+/// different copies of a config) are stopped before the first step with a message, not
+/// run into a mixture or a hang.
+#[test]
+fn ranks_that_read_different_configs_are_refused() {
+    let dir = temp_dir("mpi-different-inputs");
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    for (sub, lr) in [(&a, "0.01"), (&b, "0.02")] {
+        std::fs::create_dir_all(sub).unwrap();
+        std::fs::write(
+            sub.join("c.toml"),
+            format!(
+                "[data]\nsynthetic = \"linear\"\nn = 400\n[train]\nepochs = 1\nbatch_size = 40\nshard_rows = 10\nlr = {lr}\n"
+            ),
+        )
+        .unwrap();
+    }
+    let mut cmd = Command::new("mpirun");
+    cmd.args(["--oversubscribe", "--allow-run-as-root"]);
+    for (i, sub) in [&a, &b].into_iter().enumerate() {
+        if i > 0 {
+            cmd.arg(":");
+        }
+        cmd.args([
+            "-n",
+            "1",
+            "-wdir",
+            sub.to_str().unwrap(),
+            BIN,
+            "train",
+            "-q",
+            "-c",
+            "c.toml",
+        ]);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("rank 1 read other inputs than rank 0"),
+        "{stderr}"
+    );
+}

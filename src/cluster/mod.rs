@@ -317,6 +317,18 @@ impl Exchange {
     pub fn any(&self, flag: bool) -> bool {
         self.comm.any(flag)
     }
+
+    /// The first rank whose `value` differs from rank 0's, if any; every rank gets the same
+    /// answer. (Sent as two exact halves: f64 holds 32 bits exactly.)
+    pub fn first_differing(&self, value: u64) -> Option<usize> {
+        let size = self.comm.size();
+        let send = [(value >> 32) as f64, (value & 0xFFFF_FFFF) as f64];
+        let counts = vec![2i32; size];
+        let displs: Vec<i32> = (0..size).map(|r| 2 * r as i32).collect();
+        let mut all = vec![0.0f64; 2 * size];
+        self.comm.all_gather_f64(&send, &counts, &displs, &mut all);
+        (1..size).find(|&r| all[2 * r..2 * r + 2] != all[..2])
+    }
 }
 
 /// A bound on one rank's tree nodes for any batch of up to `max_shards` shards.

@@ -153,6 +153,24 @@ pub fn train(
     if interrupt::requested() {
         return Err(minibatch::Error::InterruptedBeforeTraining);
     }
+    if ranks > 1 {
+        // Every rank must have read the same: the config as given (flags included), the
+        // data, and the file the run starts from.
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut h = DefaultHasher::new();
+        config_text.hash(&mut h);
+        train.fingerprint().hash(&mut h);
+        valid.as_ref().map(|v| v.fingerprint()).hash(&mut h);
+        for path in [&args.resume, &args.init].into_iter().flatten() {
+            std::fs::read(path)
+                .map_err(|source| minibatch::Error::Read {
+                    path: path.clone(),
+                    source,
+                })?
+                .hash(&mut h);
+        }
+        trainer.check_same_inputs(h.finish())?;
+    }
     let t = &cfg.train;
     let shards = minibatch::shard::n_shards(t.batch_size.get(), t.shard_rows);
     let shard_rows = t.shard_rows.get().min(t.batch_size.get());

@@ -363,3 +363,48 @@ fn ranks_split_the_validation_set_and_report_the_single_process_stats() {
         }
     }
 }
+
+/// Ranks that read different inputs are stopped before the first step, every rank with the
+/// same answer (none left waiting); ranks that read the same go on.
+#[test]
+fn ranks_with_different_inputs_stop_together_before_training() {
+    let cfg = config(CONFIG);
+    let data = random_dataset(700, 12, Some(3), 3);
+    let check = |fingerprints: [u64; 3]| -> Vec<Result<(), String>> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = ranks(3)
+                .into_iter()
+                .map(|comm| {
+                    let cfg = &cfg;
+                    let data = &data;
+                    scope.spawn(move || {
+                        let rank = comm.rank;
+                        let mut trainer =
+                            Trainer::new(Mlp::new(cfg.model.clone()), data.d(), &cfg.train, 9)
+                                .unwrap();
+                        trainer.join(Box::new(comm), Reduction::Exact).unwrap();
+                        trainer
+                            .check_same_inputs(fingerprints[rank])
+                            .map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    assert!(check([7, 7, 7]).iter().all(Result::is_ok));
+    // The same data hashes the same, and one changed target changes the hash.
+    let mut other = data.targets().to_vec();
+    other[5] = (other[5] + 1.0) % 3.0;
+    let changed = minibatch::Dataset::new(data.x().to_owned(), other.into(), Some(3)).unwrap();
+    assert_eq!(data.fingerprint(), data.clone().fingerprint());
+    assert_ne!(data.fingerprint(), changed.fingerprint());
+    let (a, b) = (data.fingerprint(), changed.fingerprint());
+    for outcome in check([a, a, b]) {
+        let err = outcome.unwrap_err();
+        assert!(
+            err.contains("rank 2 read other inputs than rank 0"),
+            "{err}"
+        );
+    }
+}
