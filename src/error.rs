@@ -58,11 +58,14 @@ pub enum Error {
         got: Vec<usize>,
     },
     /// The run was stopped by SIGINT or SIGTERM after writing a checkpoint.
-    #[error("interrupted at epoch {epoch}, step {step}; checkpoint written to {}; resume with: minibatch train --resume {}{again}", .checkpoint.display(), crate::checkpoint::shell_word(.checkpoint))]
+    #[error("interrupted at epoch {epoch}, step {step}; checkpoint written to {}; resume with: {program} train --resume {}{again}", .checkpoint.display(), crate::checkpoint::shell_word(.checkpoint))]
     Interrupted {
         checkpoint: PathBuf,
         epoch: usize,
         step: u64,
+        /// How the run was started, to start the resumed one alike: the program's name, after
+        /// `mpirun -n R` across ranks.
+        program: String,
         /// The interrupted command's output flags, for the resumed one to repeat (the
         /// checkpoint holds the config, not where the results go).
         again: String,

@@ -295,6 +295,11 @@ fn ctrl_c_seen_by_one_rank_stops_every_rank_with_a_checkpoint_that_resumes_exact
         !stderr.contains("rank 1 of 2"),
         "only rank 0 reports: {stderr}"
     );
+    // The hint starts the resumed run as this one was started: across the ranks.
+    assert!(
+        stderr.contains("resume with: mpirun -n 2 minibatch train --resume"),
+        "{stderr}"
+    );
     // The checkpoint rank 0 wrote resumes, on 3 ranks, to the bytes of an uninterrupted run
     // (cut at the end of the next epoch, so the test stays short).
     let path = stderr

@@ -223,6 +223,7 @@ pub fn train(
         failure: None,
         interrupted: None,
         again: resume_flags(args),
+        program: resume_program(ranks),
         resumed_mid_epoch,
     };
     let report = trainer.fit_observed(&train, valid.as_deref(), &mut output);
@@ -260,6 +261,7 @@ pub fn train(
             checkpoint,
             epoch: state.position.epoch + 1,
             step: state.steps,
+            program: output.program.clone(),
             again: output.again.clone(),
         });
     }
@@ -376,8 +378,26 @@ struct TrainOutput {
     interrupted: Option<minibatch::Error>,
     /// The output flags a resumed run repeats (`resume_flags`).
     again: String,
+    /// How to start the resumed run (`resume_program`).
+    program: String,
     /// The 1-based epoch a resumed run started inside, and its step there.
     resumed_mid_epoch: Option<(usize, usize)>,
+}
+
+/// The command that starts the resumed run: this binary's name, under `mpirun -n R` when
+/// the run spans ranks.
+fn resume_program(ranks: usize) -> String {
+    // The name this binary was started by (`minibatch`, or a build under another name).
+    let name = std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "minibatch".into());
+    let name = minibatch::checkpoint::shell_word(std::path::Path::new(&name));
+    match ranks {
+        1 => name,
+        r => format!("mpirun -n {r} {name}"),
+    }
 }
 
 /// The flags saying where a run's results go, as a resumed run must repeat them: the
@@ -437,6 +457,7 @@ impl Observer for TrainOutput {
                         checkpoint: path,
                         epoch: state.position.epoch + 1,
                         step: state.steps,
+                        program: self.program.clone(),
                         again: self.again.clone(),
                     })
                 }
