@@ -280,7 +280,8 @@ pub struct TrainArgs {
 /// Flags that override config keys of the same name.
 #[derive(Debug, Args)]
 pub struct Overrides {
-    /// Worker threads (`train.threads`); default: every core. Results are identical for any value.
+    /// Worker threads (`train.threads`); default: every core (under an MPI launcher, the
+    /// rank's share of them). Results are identical for any value.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
     /// Examples per step (`train.batch_size`), 1..=N: 1 is pure SGD, N is full-batch
@@ -296,30 +297,38 @@ pub struct Overrides {
     /// Seed for data, initialisation and sampling (`seed`). Without it or the key: 0.
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
-    /// Rows per shard (`train.shard_rows`); default chosen from the batch size.
+    /// Rows per shard (`train.shard_rows`). Without it or the key: ceil(B / 16) within
+    /// [64, 256] (at most B). Unlike the thread count, it changes the bits (the
+    /// reduction's order): a resumed run given another says so.
     #[arg(long, value_name = "R")]
     pub shard_rows: Option<usize>,
     /// `shuffle` (a permutation per epoch) or `uniform` (B distinct rows drawn per step)
-    /// (`train.sampling`).
+    /// (`train.sampling`). Without it or the key: shuffle.
     #[arg(long, value_name = "MODE")]
     pub sampling: Option<String>,
-    /// `sgd`, `momentum`, `nesterov`, `adam` or `adamw` (`train.optimizer`).
+    /// `sgd`, `momentum`, `nesterov`, `adam` or `adamw` (`train.optimizer`). Without it or
+    /// the key: sgd.
     #[arg(long, value_name = "NAME")]
     pub optimizer: Option<String>,
-    /// Momentum mu in [0, 1) for momentum/nesterov (`train.momentum`).
+    /// Momentum mu in [0, 1) (`train.momentum`). Without it or the key: 0.9 for momentum
+    /// and nesterov, 0 for sgd (sgd with a momentum is heavy-ball momentum, as PyTorch's).
     #[arg(long, value_name = "MU")]
     pub momentum: Option<f64>,
-    /// Weight decay >= 0: L2, or decoupled for adamw (`train.weight_decay`).
+    /// Weight decay >= 0: L2, or decoupled for adamw (`train.weight_decay`). Without it or
+    /// the key: 0.
     #[arg(long, value_name = "WD")]
     pub weight_decay: Option<f64>,
-    /// Clip the mean gradient's global L2 norm to this (`train.clip_norm`).
+    /// Clip the mean gradient's global L2 norm to this (`train.clip_norm`). Without it or
+    /// the key: no clipping.
     #[arg(long, value_name = "C")]
     pub clip_norm: Option<f64>,
     /// Learning-rate schedule: constant, step, exponential or cosine
-    /// (`train.schedule.kind`; its other keys come from the config).
+    /// (`train.schedule.kind`; its other keys come from the config). Without it or the key:
+    /// constant.
     #[arg(long, value_name = "KIND")]
     pub schedule: Option<String>,
-    /// Linear warmup steps before the schedule (`train.schedule.warmup_steps`).
+    /// Linear warmup steps before the schedule (`train.schedule.warmup_steps`). Without it
+    /// or the key: none.
     #[arg(long, value_name = "STEPS")]
     pub warmup_steps: Option<u64>,
     /// Drop each epoch's short last batch (`train.drop_last`).

@@ -20,6 +20,9 @@ use crate::optim::{OptimConfig, OptimKind};
 use crate::sampler::Sampling;
 use crate::schedule::{Decay, Schedule};
 
+/// `train.epochs` when the config does not say.
+pub const DEFAULT_EPOCHS: usize = 5;
+
 /// The most worker threads a run may ask for: each costs a stack and a start-up (2,000
 /// took 14 s to start), and more than the cores only take turns on them.
 pub const MAX_THREADS: usize = 1024;
@@ -820,7 +823,7 @@ impl RawConfig {
 
     fn validate_train(&self, data: &DataConfig) -> Result<TrainConfig> {
         let raw = &self.train;
-        let epochs = NonZeroUsize::new(raw.epochs.unwrap_or(5))
+        let epochs = NonZeroUsize::new(raw.epochs.unwrap_or(DEFAULT_EPOCHS))
             .ok_or_else(|| self.err("train.epochs", "must be at least 1"))?;
         let batch_size = raw.batch_size.unwrap_or(128.min(data.n_train));
         let batch_size = NonZeroUsize::new(batch_size)

@@ -81,7 +81,11 @@ impl Schedule {
             Decay::Cosine { min_lr } => format!("lr {lr} cosine to {}", show(min_lr)),
         };
         if self.warmup_steps > 0 {
-            text += &format!(" after {} warmup steps", self.warmup_steps);
+            text += &format!(
+                " after {} warmup step{}",
+                self.warmup_steps,
+                if self.warmup_steps == 1 { "" } else { "s" }
+            );
         }
         text
     }

@@ -100,12 +100,23 @@ pub fn train(
                 checkpoint.steps,
                 super::s(checkpoint.steps)
             );
+            // Settings a resumed run may change, though the bits then differ from the
+            // uninterrupted run's: say so.
+            let saved = RawConfig::from_toml(&checkpoint_config(path)?, path)?.train;
+            let saved_rows = saved.shard_rows.map_or(
+                minibatch::shard::auto_shard_rows(cfg.train.batch_size),
+                |r| std::num::NonZeroUsize::new(r).unwrap_or(std::num::NonZeroUsize::MIN),
+            );
+            if saved_rows != cfg.train.shard_rows {
+                outln!(
+                    "note: shards of {} rows, the checkpoint's run {saved_rows}: the sums' order \
+                     changes, so the bits from here differ from the uninterrupted run's",
+                    cfg.train.shard_rows
+                );
+            }
             // A cosine schedule spans the whole run: more (or fewer) epochs than the
-            // checkpoint's run stretch the rest of it, so say so.
-            let saved_epochs = RawConfig::from_toml(&checkpoint_config(path)?, path)?
-                .train
-                .epochs
-                .unwrap_or(cfg.train.epochs.get());
+            // checkpoint's run stretch the rest of it.
+            let saved_epochs = saved.epochs.unwrap_or(minibatch::config::DEFAULT_EPOCHS);
             if let minibatch::schedule::Decay::Cosine { .. } = cfg.train.schedule.decay
                 && saved_epochs != cfg.train.epochs.get()
             {
@@ -708,7 +719,7 @@ fn check_resume_shape(
             was.steps_per_epoch.to_string(),
             now.steps_per_epoch.to_string(),
             "its position would skip or repeat rows (steps per epoch follow from the data, \
-             the batch size and the sampling)",
+             the batch size, the sampling and drop_last)",
         ),
         (
             "train.optimizer",

@@ -554,6 +554,22 @@ fn resuming_a_finished_run_asks_for_more_epochs() {
         ),
         "{stdout}"
     );
+    assert!(!stdout.contains("note: shards of"), "{stdout}");
+    // Other shards change the sums' order: said too.
+    let out = succeeds(&[
+        "train",
+        "--resume",
+        last,
+        "--epochs",
+        "3",
+        "--shard-rows",
+        "8",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("note: shards of 8 rows, the checkpoint's run 16"),
+        "{stdout}"
+    );
 }
 
 #[test]
