@@ -92,14 +92,18 @@ fn two_and_three_ranks_save_the_single_process_bytes_for_sgd_and_adam() {
                 "{optimizer}: {ranks} ranks x {threads:?} threads differ from one process"
             );
         }
-        // The fast reduction runs too (its bits may differ).
-        train(
+        // The fast reduction runs too (its bits may differ), and its file says so.
+        let fast = train(
             &config,
             2,
             Some(1),
             &["--reduction", "fast"],
             &dir.join("fast.safetensors"),
         );
+        let header_len = u64::from_le_bytes(fast[..8].try_into().unwrap()) as usize;
+        let header = String::from_utf8_lossy(&fast[8..8 + header_len]);
+        assert!(header.contains("fast across 2 MPI ranks"), "{header}");
+        assert!(!String::from_utf8_lossy(&single).contains("\"reduction\""));
     }
 }
 
@@ -259,9 +263,34 @@ fn per_rank_traces_and_profiles_show_the_exchange() {
         stderr.contains("| exchange |"),
         "the profile has no exchange row:\n{stderr}"
     );
-    // Only rank 0 prints the run.
+    // Only rank 0 prints the run; every rank names its trace file.
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.matches("done: 1 epoch,").count(), 1, "{stdout}");
+    assert_eq!(stdout.matches("wrote trace to").count(), 2, "{stdout}");
+    // -q: not even those.
+    let out = check(
+        mpirun(2)
+            .args(["train", "-q", "--threads", "1", "--config"])
+            .arg(&config)
+            .arg("--trace")
+            .arg(&trace)
+            .output()
+            .unwrap(),
+        "quiet traced run",
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains("wrote trace"), "{stdout}");
+    // A trace a rank cannot write is named as that rank's file, before any work.
+    let out = mpirun(2)
+        .args(["train", "-q", "--config"])
+        .arg(&config)
+        .arg("--trace")
+        .arg(dir.join("no-such-dir").join("t.json"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("t.rank0.json"), "{stderr}");
 }
 
 #[test]

@@ -50,8 +50,10 @@ pub fn train(
     }
     let (rank, ranks) = trainer.rank();
     let leader = rank == 0;
+    // What the user asked for, for what every rank reports (its trace file).
+    let asked_quiet = quiet;
     let quiet = quiet || !leader;
-    check_outputs(args, &raw, leader)?;
+    check_outputs(args, &raw, (rank, ranks))?;
     // Steps the run had taken before this process, and where in an epoch it resumed.
     let mut steps_before = 0;
     let mut resumed_mid_epoch = None;
@@ -183,6 +185,8 @@ pub fn train(
         trainer.check_same_inputs(h.finish())?;
     }
     let t = &cfg.train;
+    // Bits that depend on the rank count: said in the header and the saved file.
+    let fast = ranks > 1 && args.reduction == Some(minibatch::cluster::Reduction::Fast);
     let shards = minibatch::shard::n_shards(t.batch_size.get(), t.shard_rows);
     let shard_rows = t.shard_rows.get().min(t.batch_size.get());
     // Across ranks the shards run one by one (the exchange starts from their rows).
@@ -214,7 +218,10 @@ pub fn train(
                 String::new()
             },
             if ranks > 1 {
-                format!("{ranks} MPI ranks x ")
+                format!(
+                    "{ranks} MPI ranks{} x ",
+                    if fast { " (fast reduction)" } else { "" }
+                )
             } else {
                 String::new()
             },
@@ -247,7 +254,7 @@ pub fn train(
             // The trace and profile of what ran still help to see why; the failure is the
             // error to report.
             let threads = cfg.train.threads.get();
-            let _ = write_trace_and_profile(args, recorder, (rank, ranks), quiet, threads);
+            let _ = write_trace_and_profile(args, recorder, (rank, ranks), asked_quiet, threads);
             return Err(err);
         }
     };
@@ -322,7 +329,7 @@ pub fn train(
         args,
         recorder,
         (rank, ranks),
-        quiet,
+        asked_quiet,
         cfg.train.threads.get(),
     )?;
     if let Some(interrupted) = interrupted {
@@ -341,7 +348,14 @@ pub fn train(
             trainer.params(),
             file.and_then(|f| f.standardization.as_ref()),
             file.and_then(|f| f.classes.names()),
-            &[("model", cfg.model.describe()), ("config", config_text)],
+            &[("model", cfg.model.describe()), ("config", config_text)]
+                .into_iter()
+                .chain(fast.then(|| {
+                    let how =
+                        format!("fast across {ranks} MPI ranks (bits depend on the rank count)");
+                    ("reduction", how)
+                }))
+                .collect::<Vec<_>>(),
         )?;
         if !quiet {
             outln!("saved parameters to {}", path.display());
@@ -525,10 +539,11 @@ fn epoch_line(r: &EpochReport) -> String {
 /// The outputs of a run, checked before it starts rather than found unwritable after it:
 /// writable, not over a file the run reads, and not one over the other. The leader saves,
 /// every rank writes its own trace beside the path given.
-fn check_outputs(args: &TrainArgs, raw: &RawConfig, leader: bool) -> Result<()> {
+fn check_outputs(args: &TrainArgs, raw: &RawConfig, (rank, ranks): (usize, usize)) -> Result<()> {
+    let trace = trace_path(args, rank, ranks);
     let outputs = [
-        ("--save", args.save.as_ref().filter(|_| leader)),
-        ("--trace", args.trace.as_ref()),
+        ("--save", args.save.as_ref().filter(|_| rank == 0)),
+        ("--trace", trace.as_ref()),
     ];
     if args.save.is_some() && args.save == args.trace {
         return Err(minibatch::Error::config(
@@ -634,6 +649,20 @@ fn check_standardization(
 
 /// Writes `--trace` and prints `--profile` from what the recorder holds: after a run that
 /// ended, was interrupted or failed (the spans of what it ran are worth as much then).
+/// This rank's `--trace` file: the path given, or across ranks the rank before its
+/// extension (`t.json` -> `t.rank1.json`).
+fn trace_path(args: &TrainArgs, rank: usize, ranks: usize) -> Option<PathBuf> {
+    let path = args.trace.as_ref()?;
+    Some(if ranks > 1 {
+        path.with_extension(format!(
+            "rank{rank}.{}",
+            path.extension().and_then(|e| e.to_str()).unwrap_or("json")
+        ))
+    } else {
+        path.clone()
+    })
+}
+
 fn write_trace_and_profile(
     args: &TrainArgs,
     recorder: Option<&Recorder>,
@@ -645,18 +674,10 @@ fn write_trace_and_profile(
         return Ok(());
     };
     // Each rank reports its own spans, communication included.
-    if let Some(path) = &args.trace {
-        let path = if ranks > 1 {
-            path.with_extension(format!(
-                "rank{rank}.{}",
-                path.extension().and_then(|e| e.to_str()).unwrap_or("json")
-            ))
-        } else {
-            path.clone()
-        };
+    if let Some(path) = trace_path(args, rank, ranks) {
         make_checkpoint_dir_for(args, &path)?;
         minibatch::profile::write_chrome_trace(&path, recorder)?;
-        if !quiet || ranks > 1 {
+        if !quiet {
             outln!(
                 "wrote trace to {} (open in ui.perfetto.dev)",
                 path.display()
