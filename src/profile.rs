@@ -45,6 +45,9 @@ pub struct Recorder {
 
 struct Shared {
     origin: Instant,
+    /// `origin` on the wall clock (microseconds since 1970), so that the traces of several
+    /// processes can be laid on one time axis.
+    origin_unix_us: f64,
     /// Every thread's buffer and name, registered on its first span.
     threads: Mutex<Vec<(String, ThreadBuffer)>>,
     /// Distinguishes recorders, so a thread's cached buffer is only used with its own.
@@ -79,6 +82,9 @@ impl Recorder {
         Recorder {
             shared: Arc::new(Shared {
                 origin: Instant::now(),
+                origin_unix_us: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| d.as_secs_f64() * 1e6),
                 threads: Mutex::new(Vec::new()),
                 id: RECORDER_IDS.fetch_add(1, Ordering::Relaxed),
             }),
@@ -181,8 +187,21 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Recorder {
 
 /// Writes the recording as Chrome trace-event JSON ("X" complete events in microseconds,
 /// plus thread-name metadata so each worker gets a named track).
-pub fn write_chrome_trace(path: &Path, recorder: &Recorder) -> Result<()> {
+pub fn write_chrome_trace(
+    path: &Path,
+    recorder: &Recorder,
+    (rank, ranks): (usize, usize),
+) -> Result<()> {
     let (events, threads) = recorder.events();
+    // Across MPI ranks each file is a process of its own (pid rank + 1, named), on the wall
+    // clock: files loaded together line up (exactly on one machine, to the clocks' agreement
+    // across machines). Alone, time starts at 0.
+    let pid = rank + 1;
+    let origin_us = if ranks > 1 {
+        recorder.shared.origin_unix_us
+    } else {
+        0.0
+    };
     let mut out = Vec::with_capacity(events.len() * 120);
     out.extend_from_slice(b"{\"displayTimeUnit\":\"ms\",\"traceEvents\":[\n");
     let mut first = true;
@@ -192,9 +211,17 @@ pub fn write_chrome_trace(path: &Path, recorder: &Recorder) -> Result<()> {
         }
         first = false;
     };
+    let process = if ranks > 1 {
+        format!("minibatch rank {rank} of {ranks}")
+    } else {
+        "minibatch".to_string()
+    };
+    sep(&mut out);
+    let meta = serde_json::json!({"name": "process_name", "ph": "M", "pid": pid, "args": {"name": process}});
+    out.extend_from_slice(meta.to_string().as_bytes());
     for (tid, name) in threads.iter().enumerate() {
         sep(&mut out);
-        let meta = serde_json::json!({"name": "thread_name", "ph": "M", "pid": 1, "tid": tid, "args": {"name": name}});
+        let meta = serde_json::json!({"name": "thread_name", "ph": "M", "pid": pid, "tid": tid, "args": {"name": name}});
         out.extend_from_slice(meta.to_string().as_bytes());
     }
     for e in &events {
@@ -205,8 +232,8 @@ pub fn write_chrome_trace(path: &Path, recorder: &Recorder) -> Result<()> {
             .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.clone())))
             .collect();
         let event = serde_json::json!({
-            "name": e.name, "cat": "minibatch", "ph": "X", "pid": 1, "tid": e.tid,
-            "ts": e.start_ns as f64 / 1e3, "dur": e.dur_ns as f64 / 1e3, "args": args,
+            "name": e.name, "cat": "minibatch", "ph": "X", "pid": pid, "tid": e.tid,
+            "ts": origin_us + e.start_ns as f64 / 1e3, "dur": e.dur_ns as f64 / 1e3, "args": args,
         });
         out.extend_from_slice(event.to_string().as_bytes());
     }

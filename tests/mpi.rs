@@ -263,6 +263,33 @@ fn per_rank_traces_and_profiles_show_the_exchange() {
         stderr.contains("| exchange |"),
         "the profile has no exchange row:\n{stderr}"
     );
+    // Each rank's file is a process of its own, on the wall clock: loaded together, the
+    // two line up (their first spans within a minute of each other, not both at 0).
+    let first_span = |rank: usize| -> (u64, f64) {
+        let text = std::fs::read_to_string(dir.join(format!("trace.rank{rank}.json"))).unwrap();
+        let pid_at = text.find("\"pid\":").unwrap() + 6;
+        let pid: u64 = text[pid_at..]
+            .split([',', '}'])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            text.contains(&format!("minibatch rank {rank} of 2")),
+            "{rank}"
+        );
+        let ts_at = text.find("\"ts\":").unwrap() + 5;
+        let ts: f64 = text[ts_at..]
+            .split([',', '}'])
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        (pid, ts)
+    };
+    let ((pid0, ts0), (pid1, ts1)) = (first_span(0), first_span(1));
+    assert_ne!(pid0, pid1);
+    assert!(ts0 > 1e15 && (ts0 - ts1).abs() < 60e6, "{ts0} {ts1}");
     // Only rank 0 prints the run; every rank names its trace file.
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(stdout.matches("done: 1 epoch,").count(), 1, "{stdout}");
