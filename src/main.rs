@@ -54,6 +54,10 @@ fn main() -> ExitCode {
     install_subscriber(&cli, recorder.clone());
     let mut launch = match Launch::join(&cli.command) {
         Ok(launch) => launch,
+        // Every process the launcher started refuses alike: rank 0 says why.
+        Err(err) if minibatch::cluster::launcher_rank().is_some_and(|r| r > 0) => {
+            return ExitCode::from(err.exit_code());
+        }
         Err(err) => return fail(&err, &Launch::default()),
     };
     let result = match &cli.command {

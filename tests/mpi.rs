@@ -325,8 +325,12 @@ fn commands_other_than_train_refuse_to_run_on_several_ranks() {
     let out = mpirun(2).args(["layout"]).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("only `minibatch train` runs across MPI ranks"),
+    // Said once, by rank 0.
+    assert_eq!(
+        stderr
+            .matches("only `minibatch train` runs across MPI ranks")
+            .count(),
+        1,
         "{stderr}"
     );
 }

@@ -408,6 +408,19 @@ pub fn launcher_size() -> Option<usize> {
         })
 }
 
+/// This process's rank as an MPI launcher announced it in the environment, if one started
+/// it (before, or without, MPI itself).
+pub fn launcher_rank() -> Option<usize> {
+    [
+        "OMPI_COMM_WORLD_RANK",
+        "PMI_RANK",
+        "MV2_COMM_WORLD_RANK",
+        "PMIX_RANK",
+    ]
+    .iter()
+    .find_map(|key| std::env::var(key).ok()?.parse().ok())
+}
+
 /// The default `train.threads`: every core this process may run on. When several ranks of a
 /// job share this machine and the launcher did not bind them to cores of their own, they
 /// share the cores out evenly instead of each starting one thread per core.
