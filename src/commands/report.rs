@@ -15,13 +15,14 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
     } else {
         args.workload.clone()
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = if args.threads.is_empty() {
-        vec![1, cores]
+        let mut t = vec![1, cores_up_to_max()];
+        t.dedup();
+        t
     } else {
+        check_thread_counts(&args.threads)?;
         args.threads.clone()
     };
-    check_thread_counts(&threads)?;
     let thread_counts = threads
         .iter()
         .filter_map(|&t| std::num::NonZeroUsize::new(t))
@@ -124,16 +125,16 @@ pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
     raw.train.epochs = Some(args.epochs);
     raw.mark_overridden("train.epochs", "--epochs");
     let threads = if args.threads.is_empty() {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let cores = cores_up_to_max();
         let mut t: Vec<usize> = std::iter::successors(Some(1usize), |t| Some(t * 2))
             .take_while(|&t| t < cores)
             .collect();
         t.push(cores);
         t
     } else {
+        check_thread_counts(&args.threads)?;
         args.threads.clone()
     };
-    check_thread_counts(&threads)?;
     // Speedup, efficiency and the serial fraction are over the 1-thread run.
     let mut sorted = threads.clone();
     sorted.sort_unstable();
@@ -330,8 +331,13 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
     Ok(())
 }
 
-/// A list of batch sizes to measure: each at least 1, and each once (a repeat would only
-/// run its rows twice).
+/// The machine's cores, at most `MAX_THREADS`: the default top of a thread sweep.
+fn cores_up_to_max() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(minibatch::config::MAX_THREADS)
+}
+
 /// `--threads` of bench, scale and tune: each from 1 to `MAX_THREADS` (as `train.threads`),
 /// none twice.
 fn check_thread_counts(threads: &[usize]) -> Result<()> {
@@ -339,7 +345,8 @@ fn check_thread_counts(threads: &[usize]) -> Result<()> {
     check_counts("--threads", ("thread counts", "thread count"), threads, max)
 }
 
-/// `--batch-sizes` of bench, scale and tune: each at least 1, none twice.
+/// `--batch-sizes` of bench, scale and tune: each at least 1, none twice (a repeat would
+/// only run its rows twice).
 fn check_batch_sizes(batch_sizes: &[usize]) -> Result<()> {
     check_counts(
         "--batch-sizes",

@@ -1266,3 +1266,33 @@ fn the_optimizer_flag_overrides_the_configs_optimizer_keys() {
         header("nesterov")
     );
 }
+
+/// bench and scale sweep from 1 thread to every core by default: on a machine (or a CPU
+/// set) of one core that is the one count, not a list refused as repeating it.
+#[test]
+fn default_thread_sweeps_work_on_one_core() {
+    let dir = temp_dir("cli-one-core");
+    for args in [
+        vec!["bench", "-w", "w3", "--epochs", "1", "--n", "2000"],
+        vec![
+            "scale",
+            "-q",
+            "-b",
+            "64",
+            "-o",
+            dir.join("scale").to_str().unwrap(),
+        ],
+    ] {
+        let out = Command::new("taskset")
+            .args(["-c", "0", env!("CARGO_BIN_EXE_minibatch")])
+            .args(&args)
+            .current_dir(&dir)
+            .output()
+            .expect("taskset (util-linux) runs");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
