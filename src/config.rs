@@ -593,6 +593,27 @@ impl RawConfig {
                 "give data.valid_path or data.valid_fraction, not both",
             ));
         }
+        // One class leaves a classifier nothing to learn (and a one-output softmax is no
+        // softmax): the labels are likely real targets, or the wrong column. (Data given to a
+        // saved model may hold fewer classes than it was trained on.)
+        let targets = train.targets();
+        if raw.trained_classes.is_none()
+            && train.n_classes().is_some()
+            && targets.iter().all(|&t| t == targets[0])
+        {
+            let class = classes
+                .names()
+                .and_then(|names| names.get(targets[0] as usize).cloned())
+                .unwrap_or_else(|| targets[0].to_string());
+            return Err(self.err(
+                "data.path",
+                format!(
+                    "the labels hold one class ({class}); a classifier needs two or more (set \
+                     data.task = \"regression\" for real targets, or data.label for another \
+                     column)"
+                ),
+            ));
+        }
         let loaded = crate::data::LoadedData::new(
             train,
             valid,
@@ -650,20 +671,6 @@ impl RawConfig {
 
     fn validate_model(&self, data: &DataConfig) -> Result<MlpSpec> {
         let raw = &self.model;
-        // One class leaves a classifier nothing to learn (and a one-output softmax is no
-        // softmax): the labels are likely real targets, or the wrong column.
-        if let Some(k) = data.n_classes
-            && k < 2
-        {
-            return Err(self.err(
-                "data.path",
-                format!(
-                    "the labels hold {k} class; a classifier needs two or more (set \
-                     data.task = \"regression\" for real targets, or data.label for another \
-                     column)"
-                ),
-            ));
-        }
         // Hidden layers ask for an MLP; without them the data decides.
         let default_kind = match (&data.file, data.synthetic, data.n_classes) {
             _ if raw.hidden.is_some() => "mlp",

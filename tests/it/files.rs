@@ -192,7 +192,14 @@ fn malformed_data_files_name_the_file_line_and_column() {
                 "path = \"{}\"",
                 csv("one.csv", "a,b,y\n1,2,cat\n3,4,cat\n").display()
             ),
-            "config `data.path`: the labels hold 1 class; a classifier needs two or more",
+            "config `data.path`: the labels hold one class (cat); a classifier needs two or more",
+        ),
+        (
+            format!(
+                "path = \"{}\"",
+                csv("zeros.csv", "a,b,y\n1,2,0\n3,4,0\n").display()
+            ),
+            "config `data.path`: the labels hold one class (0); a classifier needs two or more",
         ),
         (
             format!(
