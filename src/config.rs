@@ -176,7 +176,8 @@ impl RawTrain {
     /// config: `--optimizer adam` on a momentum config means Adam, and `--optimizer sgd`
     /// means plain SGD, not the config's momentum under another name).
     pub fn set_optimizer(&mut self, name: &str) {
-        if self.optimizer.as_deref() == Some(name) {
+        // The same name keeps its keys, except `sgd`: from a flag it means plain SGD.
+        if self.optimizer.as_deref() == Some(name) && name != "sgd" {
             return;
         }
         if matches!(name, "adam" | "adamw" | "sgd") {

@@ -1265,6 +1265,15 @@ fn the_optimizer_flag_overrides_the_configs_optimizer_keys() {
         "{}",
         header("nesterov")
     );
+    // A config that says sgd with a momentum (heavy ball, as PyTorch's SGD): the flag's
+    // sgd is plain.
+    std::fs::write(
+        &config,
+        "[data]\nsynthetic = \"linear\"\nn = 200\n[train]\nepochs = 1\nbatch_size = 20\nthreads = 1\n\
+         optimizer = \"sgd\"\nmomentum = 0.5\n",
+    )
+    .unwrap();
+    assert!(header("sgd").contains("| sgd, lr"), "{}", header("sgd"));
 }
 
 /// bench and scale sweep from 1 thread to every core by default: on a machine (or a CPU
