@@ -78,6 +78,10 @@ pub enum Error {
     /// the command does not support, an MPI library without thread support).
     #[error("{0}")]
     Cluster(String),
+    /// The ranks of a run read different inputs; every rank finds it at once, before the
+    /// first step, so all stop alike.
+    #[error("{0}")]
+    RanksDiffer(String),
     /// Training diverged: a batch's loss was not finite (the step was not applied).
     #[error(
         "loss became {value} at epoch {epoch}, step {step} (lr {}{}); {}",
@@ -129,7 +133,8 @@ impl Error {
             | Error::Read { .. }
             | Error::Unwritable { .. }
             | Error::Shape { .. }
-            | Error::Cluster(_) => 2,
+            | Error::Cluster(_)
+            | Error::RanksDiffer(_) => 2,
             Error::Write { .. } | Error::NonFinite { .. } | Error::Overflow { .. } => 1,
             Error::Interrupted { .. } | Error::InterruptedBeforeTraining => 130,
         }

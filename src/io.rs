@@ -261,8 +261,9 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
                 .count()
                 > 1
             || first_fields.iter().all(|f| f.parse::<f32>().is_err())
-            // Columns numbered 0, 1, ..., as pandas names unnamed ones (`to_csv(index=False)`).
-            || first_fields.len() >= 2
+            // Columns numbered 0, 1, 2, ..., as pandas names unnamed ones
+            // (`to_csv(index=False)`); from three columns, since a data row `0,1` is common.
+            || first_fields.len() >= 3
                 && first_fields.iter().enumerate().all(|(i, f)| *f == i.to_string())
     });
     let n_cols = first_fields.len();

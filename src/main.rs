@@ -96,6 +96,7 @@ fn fail(err: &minibatch::Error, launch: &Launch) -> ExitCode {
             | minibatch::Error::InterruptedBeforeTraining
             | minibatch::Error::NonFinite { .. }
             | minibatch::Error::Overflow { .. }
+            | minibatch::Error::RanksDiffer(_)
     );
     if !every_rank || launch.rank == 0 {
         errln!("minibatch: rank {} of {}: {err}", launch.rank, launch.size);
@@ -170,6 +171,8 @@ impl Launch {
         }
         #[cfg(feature = "mpi")]
         {
+            // MPI knows the size itself (the environment may not name it).
+            let _ = size;
             let (universe, mpi) = minibatch::cluster::mpi::init()?;
             use minibatch::cluster::Collective;
             if mpi.size() > 1 {
@@ -190,7 +193,8 @@ impl Launch {
             if launch.size > 1 && !is_train {
                 return Err(minibatch::Error::Cluster(format!(
                     "only `minibatch train` runs across MPI ranks; run this command without \
-                     the launcher ({size} ranks here)"
+                     the launcher ({} ranks here)",
+                    launch.size
                 )));
             }
             Ok(launch)

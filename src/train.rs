@@ -350,9 +350,10 @@ impl<M: Model> Trainer<M> {
             .and_then(|x| x.first_differing(fingerprint))
         {
             None => Ok(()),
-            Some(rank) => Err(Error::Cluster(format!(
+            Some(rank) => Err(Error::RanksDiffer(format!(
                 "rank {rank} read other inputs than rank 0 (its config, data, or --resume or \
-                 --init file differ): every rank must read the same, or the run would mix them"
+                 --init file differ, or it runs another build): every rank must read the same, \
+                 or the run would mix them"
             ))),
         }
     }

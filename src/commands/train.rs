@@ -104,16 +104,23 @@ pub fn train(
             );
             // Settings a resumed run may change, though the bits then differ from the
             // uninterrupted run's: say so.
-            let saved = RawConfig::from_toml(&checkpoint_config(path)?, path)?.train;
-            let saved_rows = saved.shard_rows.map_or(
-                minibatch::shard::auto_shard_rows(cfg.train.batch_size),
-                |r| std::num::NonZeroUsize::new(r).unwrap_or(std::num::NonZeroUsize::MIN),
-            );
-            if saved_rows != cfg.train.shard_rows {
+            // (The checkpoint's config was read before, for the run's own settings.)
+            let saved = checkpoint_config(path)
+                .ok()
+                .and_then(|text| RawConfig::from_toml(&text, path).ok())
+                .map(|raw| raw.train)
+                .unwrap_or_default();
+            // Rows a shard takes: at most the batch (past it, one shard either way).
+            let b = cfg.train.batch_size;
+            let saved_rows = saved
+                .shard_rows
+                .unwrap_or(minibatch::shard::auto_shard_rows(b).get())
+                .min(b.get());
+            let rows = cfg.train.shard_rows.get().min(b.get());
+            if saved_rows != rows {
                 outln!(
-                    "note: shards of {} rows, the checkpoint's run {saved_rows}: the sums' order \
-                     changes, so the bits from here differ from the uninterrupted run's",
-                    cfg.train.shard_rows
+                    "note: shards of {rows} rows, the checkpoint's run {saved_rows}: the sums' \
+                     order changes, so the bits from here differ from the uninterrupted run's"
                 );
             }
             // A cosine schedule spans the whole run: more (or fewer) epochs than the
@@ -647,8 +654,6 @@ fn check_standardization(
     ))
 }
 
-/// Writes `--trace` and prints `--profile` from what the recorder holds: after a run that
-/// ended, was interrupted or failed (the spans of what it ran are worth as much then).
 /// This rank's `--trace` file: the path given, or across ranks the rank before its
 /// extension (`t.json` -> `t.rank1.json`).
 fn trace_path(args: &TrainArgs, rank: usize, ranks: usize) -> Option<PathBuf> {
@@ -663,6 +668,8 @@ fn trace_path(args: &TrainArgs, rank: usize, ranks: usize) -> Option<PathBuf> {
     })
 }
 
+/// Writes `--trace` and prints `--profile` from what the recorder holds: after a run that
+/// ended, was interrupted or failed (the spans of what it ran are worth as much then).
 fn write_trace_and_profile(
     args: &TrainArgs,
     recorder: Option<&Recorder>,
