@@ -598,14 +598,31 @@ fn check_outputs(args: &TrainArgs, raw: &RawConfig, (rank, ranks): (usize, usize
 }
 
 /// Whether two paths name the same place: the same file once both exist, else the same
-/// components (`ck`, `./ck` and `ck/` alike).
+/// absolute path.
 fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
     use std::path::Component;
     if let (Ok(a), Ok(b)) = (a.canonicalize(), b.canonicalize()) {
         return a == b;
     }
-    let parts = |p| std::path::Path::components(p).filter(|c| *c != Component::CurDir);
-    parts(a).eq(parts(b))
+    // Not there yet: compare absolute forms with `.` dropped and `..` taken back lexically
+    // (`ck`, `./ck/`, `/home/me/ck` and `x/../ck` alike).
+    let parts = |p: &std::path::Path| {
+        let mut parts = Vec::new();
+        for c in std::path::absolute(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .components()
+        {
+            match c {
+                Component::CurDir => {}
+                Component::ParentDir => {
+                    parts.pop();
+                }
+                c => parts.push(c.as_os_str().to_os_string()),
+            }
+        }
+        parts
+    };
+    parts(a) == parts(b)
 }
 
 /// Makes the checkpoint directory when `output` lies in it and no checkpoint made it yet
