@@ -105,14 +105,20 @@ impl SavedModel {
             "row {row}: the model's output is not finite (features far outside the range it \
              was trained on overflow it)"
         );
-        Err(match &self.data_path {
-            Some(path) => minibatch::Error::Data {
-                path: path.clone(),
-                line: 0,
-                msg,
-            },
-            None => minibatch::Error::config("data", msg),
-        })
+        Err(data_error(self.data_path.as_deref(), "data", msg))
+    }
+}
+
+/// A problem with the rows given to a saved model: named by their file, or for synthetic
+/// data by the config key `key`.
+fn data_error(path: Option<&std::path::Path>, key: &str, msg: String) -> minibatch::Error {
+    match path {
+        Some(path) => minibatch::Error::Data {
+            path: path.to_path_buf(),
+            line: 0,
+            msg,
+        },
+        None => minibatch::Error::config(key, msg),
     }
 }
 
@@ -325,10 +331,7 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
         Some((mean, std)) => {
             let mut rows = (*rows).clone();
             rows.standardize(&mean, &std)
-                .map_err(|msg| match data_path.clone() {
-                    Some(path) => minibatch::Error::Data { path, line: 0, msg },
-                    None => minibatch::Error::config("data.standardize", msg),
-                })?;
+                .map_err(|msg| data_error(data_path.as_deref(), "data.standardize", msg))?;
             std::sync::Arc::new(rows)
         }
         None => rows,

@@ -102,43 +102,7 @@ pub fn train(
                 checkpoint.steps,
                 super::s(checkpoint.steps)
             );
-            // Settings a resumed run may change, though the bits then differ from the
-            // uninterrupted run's: say so.
-            // (The checkpoint's config was read before, for the run's own settings.)
-            let saved = checkpoint_config(path)
-                .ok()
-                .and_then(|text| RawConfig::from_toml(&text, path).ok())
-                .map(|raw| raw.train)
-                .unwrap_or_default();
-            // Rows a shard takes: at most the batch (past it, one shard either way).
-            let b = cfg.train.batch_size;
-            let saved_rows = saved
-                .shard_rows
-                .unwrap_or(minibatch::shard::auto_shard_rows(b).get())
-                .min(b.get());
-            let rows = cfg.train.shard_rows.get().min(b.get());
-            if saved_rows != rows {
-                outln!(
-                    "note: shards of {rows} rows, the checkpoint's run {saved_rows}: the sums' \
-                     order changes, so the bits from here differ from the uninterrupted run's"
-                );
-            }
-            // A cosine schedule spans the whole run: more (or fewer) epochs than the
-            // checkpoint's run stretch the rest of it.
-            let saved_epochs = saved.epochs.unwrap_or(minibatch::config::DEFAULT_EPOCHS);
-            if let minibatch::schedule::Decay::Cosine { .. } = cfg.train.schedule.decay
-                && saved_epochs != cfg.train.epochs.get()
-            {
-                let per_epoch = cfg.train.steps_per_epoch.get();
-                outln!(
-                    "note: the cosine schedule now spans {} steps ({} epochs), the checkpoint's \
-                     run {} ({saved_epochs}): the learning rate from here differs from both \
-                     uninterrupted runs",
-                    cfg.train.schedule.total_steps,
-                    cfg.train.epochs,
-                    saved_epochs * per_epoch,
-                );
-            }
+            resume_notes(path, &cfg);
         }
     }
     if let Some(path) = &args.init {
@@ -174,22 +138,8 @@ pub fn train(
         return Err(minibatch::Error::InterruptedBeforeTraining);
     }
     if ranks > 1 {
-        // Every rank must have read the same: the config as given (flags included), the
-        // data, and the file the run starts from.
-        use std::hash::{DefaultHasher, Hash, Hasher};
-        let mut h = DefaultHasher::new();
-        config_text.hash(&mut h);
-        train.fingerprint().hash(&mut h);
-        valid.as_ref().map(|v| v.fingerprint()).hash(&mut h);
-        for path in [&args.resume, &args.init].into_iter().flatten() {
-            std::fs::read(path)
-                .map_err(|source| minibatch::Error::Read {
-                    path: path.clone(),
-                    source,
-                })?
-                .hash(&mut h);
-        }
-        trainer.check_same_inputs(h.finish())?;
+        let fingerprint = inputs_fingerprint(args, &config_text, &train, valid.as_deref())?;
+        trainer.check_same_inputs(fingerprint)?;
     }
     let t = &cfg.train;
     // Bits that depend on the rank count: said in the header and the saved file.
@@ -347,7 +297,6 @@ pub fn train(
     }
     if let Some(path) = &args.save {
         make_checkpoint_dir_for(args, path)?;
-        let config_text = toml::to_string(&raw.recorded()).unwrap_or_default();
         let file = cfg.data.file.as_ref();
         save_params(
             path,
@@ -414,6 +363,70 @@ struct TrainOutput {
     program: String,
     /// The 1-based epoch a resumed run started inside, and its step there.
     resumed_mid_epoch: Option<(usize, usize)>,
+}
+
+/// Notes on settings a resumed run changed that it may change, though the bits from the
+/// checkpoint on then differ from the uninterrupted run's.
+fn resume_notes(path: &std::path::Path, cfg: &minibatch::Config) {
+    // (The checkpoint's config was read before, for the run's own settings.)
+    let saved = checkpoint_config(path)
+        .ok()
+        .and_then(|text| RawConfig::from_toml(&text, path).ok())
+        .map(|raw| raw.train)
+        .unwrap_or_default();
+    // Rows a shard takes: at most the batch (past it, one shard either way).
+    let b = cfg.train.batch_size;
+    let saved_rows = saved
+        .shard_rows
+        .unwrap_or(minibatch::shard::auto_shard_rows(b).get())
+        .min(b.get());
+    let rows = cfg.train.shard_rows.get().min(b.get());
+    if saved_rows != rows {
+        outln!(
+            "note: shards of {rows} rows, the checkpoint's run {saved_rows}: the sums' \
+             order changes, so the bits from here differ from the uninterrupted run's"
+        );
+    }
+    // A cosine schedule spans the whole run: more (or fewer) epochs than the
+    // checkpoint's run stretch the rest of it.
+    let saved_epochs = saved.epochs.unwrap_or(minibatch::config::DEFAULT_EPOCHS);
+    if let minibatch::schedule::Decay::Cosine { .. } = cfg.train.schedule.decay
+        && saved_epochs != cfg.train.epochs.get()
+    {
+        let per_epoch = cfg.train.steps_per_epoch.get();
+        outln!(
+            "note: the cosine schedule now spans {} steps ({} epochs), the checkpoint's \
+             run {} ({saved_epochs}): the learning rate from here differs from both \
+             uninterrupted runs",
+            cfg.train.schedule.total_steps,
+            cfg.train.epochs,
+            saved_epochs * per_epoch,
+        );
+    }
+}
+
+/// A hash of what this rank read, which every rank must have read alike: the config as
+/// given (flags included), the data, and the file the run starts from.
+fn inputs_fingerprint(
+    args: &TrainArgs,
+    config_text: &str,
+    train: &minibatch::Dataset,
+    valid: Option<&minibatch::Dataset>,
+) -> Result<u64> {
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let mut h = DefaultHasher::new();
+    config_text.hash(&mut h);
+    train.fingerprint().hash(&mut h);
+    valid.map(|v| v.fingerprint()).hash(&mut h);
+    for path in [&args.resume, &args.init].into_iter().flatten() {
+        std::fs::read(path)
+            .map_err(|source| minibatch::Error::Read {
+                path: path.clone(),
+                source,
+            })?
+            .hash(&mut h);
+    }
+    Ok(h.finish())
 }
 
 /// The command that starts the resumed run: this binary's name, under `mpirun -n R` when
