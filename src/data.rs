@@ -15,6 +15,7 @@ use rand::rngs::{SmallRng, StdRng};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
+use xxhash_rust::xxh3::Xxh3;
 
 use crate::config::{DataConfig, Synthetic};
 use crate::model::{Batch, argmax, sigmoid};
@@ -102,26 +103,25 @@ impl Dataset {
     }
 
     /// A hash of the shape, features and targets (their bits), for checking that MPI ranks
-    /// read the same data: blocks hashed in parallel, combined in block order.
+    /// read the same data: blocks hashed in parallel, combined in block order. XXH3, whose
+    /// output is fixed by its specification: ranks built apart (another compiler, another
+    /// machine) agree, which the standard library's hasher does not promise.
     pub fn fingerprint(&self) -> u64 {
-        use std::hash::{DefaultHasher, Hash, Hasher};
-        let block = |values: &[f32]| {
-            let mut h = DefaultHasher::new();
-            for v in values {
-                h.write_u32(v.to_bits());
-            }
-            h.finish()
-        };
-        let mut h = DefaultHasher::new();
-        (self.n(), self.d(), self.n_classes).hash(&mut h);
         let mut blocks = Vec::new();
         self.features()
             .par_chunks(1 << 18)
-            .map(block)
+            .map(hash_f32s)
             .collect_into_vec(&mut blocks);
-        blocks.hash(&mut h);
-        block(self.targets()).hash(&mut h);
-        h.finish()
+        let mut h = Xxh3::new();
+        // Regression data (no classes) apart from any class count.
+        let classes = self.n_classes.map_or(0, |c| c + 1);
+        for n in [self.n(), self.d(), classes, blocks.len()] {
+            h.update(&(n as u64).to_le_bytes());
+        }
+        for b in blocks.iter().chain([&hash_f32s(self.targets())]) {
+            h.update(&b.to_le_bytes());
+        }
+        h.digest()
     }
 
     /// Features as one row-major slice of n * d values.
@@ -495,3 +495,16 @@ fn advise_huge_pages(values: &mut [f32]) {
 
 #[cfg(not(target_os = "linux"))]
 fn advise_huge_pages(_values: &mut [f32]) {}
+
+/// XXH3 of the values' bits, little-endian whatever the machine.
+fn hash_f32s(values: &[f32]) -> u64 {
+    let mut h = Xxh3::new();
+    let mut bytes = [0u8; 4096];
+    for chunk in values.chunks(bytes.len() / 4) {
+        for (b, v) in bytes.chunks_exact_mut(4).zip(chunk) {
+            b.copy_from_slice(&v.to_bits().to_le_bytes());
+        }
+        h.update(&bytes[..chunk.len() * 4]);
+    }
+    h.digest()
+}
