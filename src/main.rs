@@ -218,12 +218,19 @@ fn install_subscriber(cli: &Cli, recorder: Option<Recorder>) {
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Under an MPI launcher every rank logs: say whose line it is.
+    let prefix: &'static str = match minibatch::cluster::launcher_rank() {
+        Some(rank) if minibatch::cluster::launcher_size() != Some(1) => {
+            format!("[rank {rank}] ").leak()
+        }
+        _ => "",
+    };
     let log = tracing_subscriber::fmt::layer()
         .with_ansi(
             std::io::stderr().is_terminal()
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         )
-        .with_writer(|| LogLine(Vec::new()))
+        .with_writer(move || LogLine(prefix.as_bytes().to_vec()))
         // From -vv on, a line as each span the filter lets through closes (a step, with its
         // busy and idle time; at -vvv its shards, reduction and update too).
         .with_span_events(if cli.verbose >= 2 {

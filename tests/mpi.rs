@@ -336,6 +336,28 @@ fn commands_other_than_train_refuse_to_run_on_several_ranks() {
 }
 
 #[test]
+fn log_lines_name_their_rank() {
+    let dir = temp_dir("mpi-log");
+    let config = write_config(&dir, "sgd", 1);
+    let out = check(
+        mpirun(2)
+            .args(["train", "-v", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap(),
+        "training with -v on 2 ranks",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let logs: Vec<&str> = stderr.lines().filter(|l| l.contains(" INFO ")).collect();
+    assert!(!logs.is_empty(), "{stderr}");
+    for rank in 0..2 {
+        let tag = format!("[rank {rank}] ");
+        assert!(logs.iter().any(|l| l.starts_with(&tag)), "{stderr}");
+    }
+    assert!(logs.iter().all(|l| l.starts_with("[rank ")), "{stderr}");
+}
+
+#[test]
 fn ctrl_c_seen_by_one_rank_stops_every_rank_with_a_checkpoint_that_resumes_exactly() {
     let dir = temp_dir("mpi-sigint");
     // 1,400 rows, B = 100: 14 steps per epoch; long enough to interrupt.
