@@ -623,8 +623,11 @@ impl RawConfig {
             raw.standardize.unwrap_or(false),
             classes,
         )
-        .map_err(|msg| Error::Data {
-            path: path.clone(),
+        .map_err(|(part, msg)| Error::Data {
+            path: match (part, &raw.valid_path) {
+                (crate::data::Part::Valid, Some(valid_path)) => valid_path.clone(),
+                _ => path.clone(),
+            },
             line: 0,
             msg,
         })?;

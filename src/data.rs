@@ -73,10 +73,9 @@ impl Dataset {
     /// x <- (x - mean) / std per feature (the statistics of the training rows).
     /// Formed in f64: x - mean can pass f32's range where x and mean do not. With these
     /// rows' own statistics every value stays within sqrt(n) (one term of the variance);
-    /// other rows (data given to a saved model) may pass f32's range, an error naming the
-    /// first such row.
-    pub fn standardize(&mut self, mean: &[f32], std: &[f32]) -> Result<(), String> {
-        let d = self.d();
+    /// other rows (data given to a saved model) may pass f32's range: the first such row
+    /// (0-based) is the error, `past_f32` its message.
+    pub fn standardize(&mut self, mean: &[f32], std: &[f32]) -> Result<(), usize> {
         let bad = std::sync::atomic::AtomicUsize::new(usize::MAX);
         self.x
             .axis_chunks_iter_mut(Axis(0), STAT_ROWS)
@@ -94,11 +93,7 @@ impl Dataset {
             });
         match bad.into_inner() {
             usize::MAX => Ok(()),
-            row => Err(format!(
-                "row {}: a standardised feature is past f32's range (its {d} features, \
-                 less the training mean, over the training standard deviation)",
-                row + 1
-            )),
+            row => Err(row),
         }
     }
 
@@ -185,6 +180,14 @@ pub struct LoadedData {
     pub valid_rows: Option<Vec<usize>>,
 }
 
+/// The file an error of `LoadedData::new` is about: the training data's (a split's rows
+/// included), or the separate validation file's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    Train,
+    Valid,
+}
+
 impl LoadedData {
     pub fn new(
         train: Dataset,
@@ -193,14 +196,21 @@ impl LoadedData {
         seed: u64,
         standardize: bool,
         classes: crate::io::Classes,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, (Part, String)> {
         let mut valid_rows = None;
+        // A split's rows in the file's order: the file's row of each training row, then of
+        // each validation row.
+        let mut split_rows: Vec<usize> = Vec::new();
         let (mut train, mut valid) = if valid_fraction > 0.0 {
             let n_valid = (train.n() as f64 * valid_fraction).round() as usize;
             if n_valid == 0 || n_valid >= train.n() {
-                return Err(format!(
-                    "a validation fraction of {valid_fraction} of {} rows leaves an empty split",
-                    train.n()
+                return Err((
+                    Part::Train,
+                    format!(
+                        "a validation fraction of {valid_fraction} of {} rows leaves an empty \
+                         split",
+                        train.n()
+                    ),
                 ));
             }
             let mut order: Vec<usize> = (0..train.n()).collect();
@@ -211,18 +221,30 @@ impl LoadedData {
                 Dataset::new(x, y, train.n_classes).expect("rows of a valid dataset")
             };
             valid_rows = Some(order[..n_valid].to_vec());
-            (pick(&order[n_valid..]), Some(pick(&order[..n_valid])))
+            split_rows = order;
+            (
+                pick(&split_rows[n_valid..]),
+                Some(pick(&split_rows[..n_valid])),
+            )
         } else {
             (train, valid)
         };
         let mut standardization = None;
         if standardize {
             let (mean, std) = feature_statistics(train.x.view());
-            train.standardize(&mean, &std)?;
+            // Rows named as their file has them: a split's through its order.
+            let n_valid = valid.as_ref().map_or(0, Dataset::n);
+            let file_row = |row: usize, offset: usize| match split_rows.get(offset + row) {
+                Some(&file_row) => file_row + 1,
+                None => row + 1,
+            };
+            train
+                .standardize(&mean, &std)
+                .map_err(|row| (Part::Train, past_f32(file_row(row, n_valid))))?;
             if let Some(valid) = valid.as_mut() {
                 valid
                     .standardize(&mean, &std)
-                    .map_err(|msg| format!("validation {msg}"))?;
+                    .map_err(|row| (Part::Valid, past_f32(file_row(row, 0))))?;
             }
             standardization = Some((mean, std));
         }
@@ -495,6 +517,15 @@ fn advise_huge_pages(values: &mut [f32]) {
 
 #[cfg(not(target_os = "linux"))]
 fn advise_huge_pages(_values: &mut [f32]) {}
+
+/// The error of a row (1-based, as its file counts data rows) that `Dataset::standardize`
+/// took past f32's range.
+pub fn past_f32(row: usize) -> String {
+    format!(
+        "row {row}: a standardised feature is past f32's range (a feature less the training \
+         mean, over the training standard deviation)"
+    )
+}
 
 /// XXH3 of the values' bits, little-endian whatever the machine.
 fn hash_f32s(values: &[f32]) -> u64 {

@@ -109,6 +109,11 @@ impl SavedModel {
     }
 }
 
+/// The file whose rows are evaluated: the validation file when there is one.
+fn evaluated_file(data: &minibatch::config::RawData) -> Option<std::path::PathBuf> {
+    data.valid_path.clone().or_else(|| data.path.clone())
+}
+
 /// A problem with the rows given to a saved model: named by their file, or for synthetic
 /// data by the config key `key`.
 fn data_error(path: Option<&std::path::Path>, key: &str, msg: String) -> minibatch::Error {
@@ -205,7 +210,7 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
     let mut labelled = true;
     let (data_cfg, data_path) = match (&args.config, &args.data, &standardization) {
         (None, None, None) => {
-            let path = model_raw.data.path.clone();
+            let path = evaluated_file(&model_raw.data);
             (model_cfg.expect("validated for its own data"), path)
         }
         (path, file, _) => {
@@ -283,7 +288,7 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
                 raw.data.standardize = None;
             }
             raw.data.trained_classes = classes;
-            let path = raw.data.path.clone();
+            let path = evaluated_file(&raw.data);
             (raw.validate()?, path)
         }
     };
@@ -330,8 +335,15 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
     let rows = match standardization {
         Some((mean, std)) => {
             let mut rows = (*rows).clone();
-            rows.standardize(&mean, &std)
-                .map_err(|msg| data_error(data_path.as_deref(), "data.standardize", msg))?;
+            rows.standardize(&mean, &std).map_err(|row| {
+                // A validation split's row as its file counts it.
+                let row = file_rows.as_ref().map_or(row, |rows| rows[row]);
+                data_error(
+                    data_path.as_deref(),
+                    "data.standardize",
+                    data::past_f32(row + 1),
+                )
+            })?;
             std::sync::Arc::new(rows)
         }
         None => rows,

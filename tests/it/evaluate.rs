@@ -742,6 +742,22 @@ fn data_that_standardises_past_f32_is_refused_with_its_row() {
         err.contains("new.csv") && err.contains("row 2: a standardised feature is past f32"),
         "{err}"
     );
+    // Through a config whose validation file holds the row: that file is named.
+    let config = dir.join("valid.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[data]\npath = {:?}\nvalid_path = {:?}\n",
+            dir.join("t.csv").to_str().unwrap(),
+            new.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let err = refused(&["eval", "-m", &model, "-c", config.to_str().unwrap()]);
+    assert!(
+        err.contains("new.csv") && err.contains("row 2: a standardised feature is past f32"),
+        "{err}"
+    );
 }
 
 /// Features far outside what a model was trained on can overflow its outputs: eval and

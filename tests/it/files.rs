@@ -770,3 +770,59 @@ fn standardisation_is_exact_for_features_with_large_offsets() {
         assert!((row[1] - sign).abs() < 1e-6, "row {i}: {row}");
     }
 }
+
+/// Rows that standardise past f32 are named as their file has them: a validation file's
+/// row names that file (not the training data's), and a row of a split names the file's
+/// row (not its place in the shuffled split).
+#[test]
+fn rows_standardised_past_f32_are_named_by_their_file_and_file_row() {
+    let dir = temp_dir("files-standardize-rows");
+    let mut csv = String::from("x,y\n");
+    for i in 0..20 {
+        csv += &format!("{}e-30,{}\n", if i % 2 == 0 { 1 } else { -1 }, i % 2);
+    }
+    let train = dir.join("train.csv");
+    std::fs::write(&train, &csv).unwrap();
+    let valid = dir.join("valid.csv");
+    std::fs::write(&valid, "x,y\n1e-30,0\n1e10,1\n").unwrap();
+    let err = load(&format!(
+        "[data]\npath = {:?}\nvalid_path = {:?}\nstandardize = true\n",
+        train.to_str().unwrap(),
+        valid.to_str().unwrap()
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("valid.csv") && err.contains("row 2: a standardised feature is past f32"),
+        "{err}"
+    );
+
+    // A split: find a file row the seed puts in the validation part, make it overflow.
+    let rows = |huge: Option<usize>| {
+        let x: Vec<f32> = (0..20)
+            .map(|i| match huge {
+                Some(r) if r == i => 1e10,
+                _ => (if i % 2 == 0 { 1.0 } else { -1.0 }) * 1e-30,
+            })
+            .collect();
+        let y: Vec<f32> = (0..20).map(|i| (i % 2) as f32).collect();
+        minibatch::Dataset::new(
+            ndarray::Array2::from_shape_vec((20, 1), x).unwrap(),
+            y.into(),
+            Some(2),
+        )
+        .unwrap()
+    };
+    let classes = minibatch::io::Classes::default();
+    let split = |data| minibatch::data::LoadedData::new(data, None, 0.25, 9, true, classes.clone());
+    let valid_rows = split(rows(None)).unwrap().valid_rows.unwrap();
+    // The last validation row: in the split it is row 5, in the file another.
+    let file_row = valid_rows[4];
+    assert_ne!(file_row, 4);
+    let (part, msg) = split(rows(Some(file_row))).unwrap_err();
+    assert_eq!(part, minibatch::data::Part::Valid);
+    assert!(
+        msg.starts_with(&format!("row {}: a standardised feature", file_row + 1)),
+        "{msg}"
+    );
+}
