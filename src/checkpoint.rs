@@ -491,6 +491,17 @@ pub fn create_dir(dir: &Path) -> Result<()> {
 /// a report's files are whole or absent, never half-written.
 pub fn write_files_in(dir: &Path, files: &[(&str, &[u8])]) -> Result<()> {
     create_dir(dir)?;
+    // Every name is checked before any is written: a set of files comes whole or not at
+    // all (a directory in the way of the second left the first written alone).
+    for (name, _) in files {
+        let path = dir.join(name);
+        if path.is_dir() {
+            return Err(Error::Write {
+                path,
+                source: std::io::Error::other("is a directory"),
+            });
+        }
+    }
     files
         .iter()
         .try_for_each(|(name, bytes)| write_atomic(&dir.join(name), bytes))
@@ -560,9 +571,10 @@ pub fn check_output(flag: &str, path: &Path, inputs: &[&Path]) -> Result<()> {
 }
 
 /// `check_writable` for an output directory (`write_files_in`'s): the directory, or the
-/// nearest one above it that exists, must take a new file. Nothing is created: the
-/// directory is made when the results are written, so a run stopped before leaves none.
-pub fn check_output_dir(dir: &Path) -> Result<()> {
+/// nearest one above it that exists, must take a new file, and none of the `files` to be
+/// written there may be a directory. Nothing is created: the directory is made when the
+/// results are written, so a run stopped before leaves none.
+pub fn check_output_dir(dir: &Path, files: &[&str]) -> Result<()> {
     let unwritable = |source| Error::Unwritable {
         path: dir.to_path_buf(),
         source,
@@ -580,6 +592,12 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
         } else {
             format!("{} is not a directory", existing.display())
         })));
+    }
+    if let Some(path) = files.iter().map(|f| dir.join(f)).find(|p| p.is_dir()) {
+        return Err(Error::Unwritable {
+            path,
+            source: std::io::Error::other("is a directory"),
+        });
     }
     probe(&existing.join(format!(".minibatch-probe-{}", std::process::id()))).map_err(unwritable)
 }

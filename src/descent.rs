@@ -679,13 +679,16 @@ pub fn to_text(d: &Descent, cols: usize, rows: usize) -> String {
         .collect()
 }
 
-/// Writes descent.svg and descent.html into `dir`.
+/// The files `write_outputs` writes into its directory (checked before the work).
+pub const OUTPUT_FILES: [&str; 2] = ["descent.svg", "descent.html"];
+
+/// Writes `OUTPUT_FILES` into `dir` (created if missing), both or neither.
 pub fn write_outputs(dir: &Path, d: &Descent) -> Result<()> {
     write_files_in(
         dir,
         &[
-            ("descent.svg", to_svg(d).as_bytes()),
-            ("descent.html", to_html(d).as_bytes()),
+            (OUTPUT_FILES[0], to_svg(d).as_bytes()),
+            (OUTPUT_FILES[1], to_html(d).as_bytes()),
         ],
     )
 }

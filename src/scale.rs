@@ -266,13 +266,16 @@ pub fn to_svg(rows: &[ScaleRow]) -> String {
     svg
 }
 
-/// Writes `scale.csv` and `scale.svg` into `dir` (created if missing).
+/// The files `write_outputs` writes into its directory (checked before the work).
+pub const OUTPUT_FILES: [&str; 2] = ["scale.csv", "scale.svg"];
+
+/// Writes `OUTPUT_FILES` into `dir` (created if missing), both or neither.
 pub fn write_outputs(dir: &Path, rows: &[ScaleRow]) -> Result<()> {
     write_files_in(
         dir,
         &[
-            ("scale.csv", to_csv(rows).as_bytes()),
-            ("scale.svg", to_svg(rows).as_bytes()),
+            (OUTPUT_FILES[0], to_csv(rows).as_bytes()),
+            (OUTPUT_FILES[1], to_svg(rows).as_bytes()),
         ],
     )
 }

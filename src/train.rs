@@ -96,6 +96,8 @@ pub trait Observer {
     fn should_stop(&mut self) -> bool {
         false
     }
+    /// After every step, its rows and mean loss (before `after_step`).
+    fn batch(&mut self, _rows: usize, _mean_loss: f64) {}
     /// After every step, with the state a checkpoint needs; true ends the run there.
     fn after_step(&mut self, _state: &TrainState<'_>) -> bool {
         false
@@ -130,6 +132,9 @@ impl<O: Observer> Observer for &mut O {
     }
     fn should_stop(&mut self) -> bool {
         (**self).should_stop()
+    }
+    fn batch(&mut self, rows: usize, mean_loss: f64) {
+        (**self).batch(rows, mean_loss)
     }
     fn after_step(&mut self, state: &TrainState<'_>) -> bool {
         (**self).after_step(state)
@@ -582,6 +587,7 @@ impl<M: Model> Trainer<M> {
                 }
                 last_finite = Some(batch_stats.mean_loss());
                 stats.add(&batch_stats);
+                observer.batch(batch_len, batch_stats.mean_loss());
                 step_in_epoch += 1;
                 self.position = Position {
                     epoch,

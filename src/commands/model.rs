@@ -46,7 +46,7 @@ pub fn descent(args: &DescentArgs, quiet: bool) -> Result<()> {
         shown_seeds: args.show_seeds,
         noise: args.noise,
     };
-    minibatch::checkpoint::check_output_dir(&args.out)?;
+    minibatch::checkpoint::check_output_dir(&args.out, &minibatch::descent::OUTPUT_FILES)?;
     let descent = minibatch::descent::run(&plan)?;
     minibatch::descent::write_outputs(&args.out, &descent)?;
     if args.text {

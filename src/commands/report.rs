@@ -153,7 +153,7 @@ pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
         ));
     }
     check_batch_sizes(&args.batch_sizes)?;
-    minibatch::checkpoint::check_output_dir(&args.out)?;
+    minibatch::checkpoint::check_output_dir(&args.out, &minibatch::scale::OUTPUT_FILES)?;
     let rows = minibatch::scale::run(&raw, &threads, &args.batch_sizes, recorder, |msg| {
         if !quiet {
             errln!("scale: {msg}");
@@ -241,7 +241,7 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
         lr_rule: minibatch::tune::LrRule::parse(&args.lr_rule)?,
         measure_seconds: args.seconds,
     };
-    minibatch::checkpoint::check_output_dir(&args.out)?;
+    minibatch::checkpoint::check_output_dir(&args.out, &minibatch::tune::OUTPUT_FILES)?;
     let report = minibatch::tune::run(&raw, &plan, |msg| {
         if !quiet {
             errln!("tune: {msg}");
@@ -253,7 +253,19 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
         report.base_batch_size
     );
     for (epoch, loss, b_noise) in &report.noise_history {
-        outln!("  epoch {epoch}: train loss {loss:.4}, B_noise {b_noise:.1}");
+        match b_noise {
+            Some(b_noise) => outln!("  epoch {epoch}: train loss {loss:.4}, B_noise {b_noise:.1}"),
+            None => outln!(
+                "  epoch {epoch}: train loss {loss:.4}, B_noise not estimated (|G|^2 or \
+                 tr(Sigma) not above zero)"
+            ),
+        }
+    }
+    if report.noise_history.last().map(|h| h.0) != Some(report.b_noise_epoch) {
+        outln!(
+            "  (the figures below use epoch {}'s B_noise, the last estimated)",
+            report.b_noise_epoch
+        );
     }
     outln!(
         "(the estimator added {:.1}% to the step time at B = {})\n",
@@ -275,13 +287,13 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
             (None, _) => "-".into(),
         };
         outln!(
-            "| {} | {} | {:.0} | {:.1} | {:.2}x | {:.4} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {:.1} | {:.2}x | {} | {} | {} | {} | {} | {} |",
             r.batch_size,
             r.threads,
             r.examples_per_sec,
             r.steps_per_sec,
             r.predicted_time,
-            r.lr,
+            minibatch::tune::rate(r.lr),
             steps,
             match (r.seconds_to_target, r.reached_target) {
                 (Some(s), Some(false)) => format!("> {}", minibatch::tune::seconds(s)),
@@ -304,10 +316,10 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
     }
     outln!("\nrecommended: {}", report.reason);
     outln!(
-        "learning rate at B = {}: {:.5} (from {:.5} at B = {}, scaled by {}){}",
+        "learning rate at B = {}: {} (from {} at B = {}, scaled by {}){}",
         report.recommended_batch_size,
-        report.suggested_lr,
-        report.base_lr,
+        minibatch::tune::rate(report.suggested_lr),
+        minibatch::tune::rate(report.base_lr),
         report.base_batch_size,
         report.lr_rule.formula(),
         if report.suggest_warmup {

@@ -861,7 +861,7 @@ impl CheckpointPolicy {
                 "must be at least 1",
             ));
         }
-        minibatch::checkpoint::check_output_dir(dir)?;
+        minibatch::checkpoint::check_output_dir(dir, &[])?;
         refuse_later_checkpoints(dir, start)?;
         minibatch::checkpoint::create_dir(dir)?;
         Ok(Some(CheckpointPolicy {

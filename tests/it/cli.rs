@@ -738,7 +738,32 @@ fn unwritable_outputs_are_refused_before_any_work() {
         dir.to_str().unwrap(),
     );
     let below_a_file = format!("{a_file}/out");
+    // An output directory where one of the files to be written is a directory.
+    let blocked = dir.join("blocked");
+    for name in ["tune.svg", "scale.svg", "descent.html"] {
+        std::fs::create_dir_all(blocked.join(name)).unwrap();
+    }
+    let blocked = blocked.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
+        (
+            &["scale", "-c", config, "-t", "1", "-b", "50", "-o", blocked],
+            "scale.svg: is a directory",
+        ),
+        (
+            &[
+                "tune",
+                "-c",
+                config,
+                "-b",
+                "50",
+                "--seconds",
+                "0.1",
+                "-o",
+                blocked,
+            ],
+            "tune.svg: is a directory",
+        ),
+        (&["descent", "-o", blocked], "descent.html: is a directory"),
         (&["train", "-c", config, "--save", missing_dir], missing_dir),
         (&["train", "-c", config, "--save", a_dir], "is a directory"),
         (
@@ -785,6 +810,10 @@ fn unwritable_outputs_are_refused_before_any_work() {
         std::fs::read_to_string(dir.join("a-file")).unwrap(),
         "keep me"
     );
+    // None of the set was written beside the blocked one.
+    for name in ["tune.csv", "scale.csv", "descent.svg"] {
+        assert!(!std::path::Path::new(blocked).join(name).exists(), "{name}");
+    }
     // Checking makes nothing: a run refused after the check leaves no empty directory.
     let never_made = dir.join("never-made");
     let out = run(&["descent", "--n", "1", "-o", never_made.to_str().unwrap()]);
