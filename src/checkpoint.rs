@@ -507,21 +507,58 @@ pub fn write_files_in(dir: &Path, files: &[(&str, &[u8])]) -> Result<()> {
         .try_for_each(|(name, bytes)| write_atomic(&dir.join(name), bytes))
 }
 
-/// Writes `bytes` to a sibling temporary file, syncs it and renames it over `path`.
+/// Where `write_atomic` puts the bytes for `path`.
+enum Destination {
+    /// A regular file (or none yet): a sibling temporary file renamed over this path.
+    Replace(PathBuf),
+    /// A device, FIFO or socket, or a link that names no file (`/proc/self/fd/1` names a
+    /// pipe): written where it is. Renaming over it would put a regular file in its place
+    /// (`--save /dev/null` run as root replaced the device).
+    InPlace(PathBuf),
+}
+
+/// A link is followed to the file it names, which is replaced while the link stays.
+fn destination(path: &Path) -> std::io::Result<Destination> {
+    let path = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => match std::fs::canonicalize(path) {
+            Ok(resolved) => resolved,
+            Err(_) => return Ok(Destination::InPlace(path.to_path_buf())),
+        },
+        _ => path.to_path_buf(),
+    };
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_dir() => Err(std::io::Error::other("is a directory")),
+        Ok(meta) if !meta.is_file() => Ok(Destination::InPlace(path)),
+        _ => Ok(Destination::Replace(path)),
+    }
+}
+
+/// Writes `bytes` to a sibling temporary file, syncs it and renames it over `path`: the
+/// file is whole or as it was. A device or FIFO is written in place, and a link's file is
+/// replaced, not the link.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let write_err = |source| Error::Write {
         path: path.to_path_buf(),
         source,
     };
-    if path.is_dir() {
-        return Err(write_err(std::io::Error::other("is a directory")));
-    }
-    let tmp = temp_path(path);
+    let target = match destination(path).map_err(write_err)? {
+        Destination::InPlace(target) => {
+            return std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&target)
+                .and_then(|mut file| file.write_all(bytes))
+                .map_err(write_err);
+        }
+        Destination::Replace(target) => target,
+    };
+    let tmp = temp_path(&target);
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
+        std::fs::rename(&tmp, &target)
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -531,17 +568,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Checks, before the work whose result goes to `path`, that `write_atomic` will be able to
 /// write it: it is not a directory and a temporary file can be created beside it (and is
-/// removed again). An hour of training lost to a mistyped `--save` directory is what this
-/// prevents.
+/// removed again), or it is a device or FIFO written in place. An hour of training lost to
+/// a mistyped `--save` directory is what this prevents.
 pub fn check_writable(path: &Path) -> Result<()> {
     let unwritable = |source| Error::Unwritable {
         path: path.to_path_buf(),
         source,
     };
-    if path.is_dir() {
-        return Err(unwritable(std::io::Error::other("is a directory")));
+    match destination(path).map_err(unwritable)? {
+        Destination::InPlace(_) => Ok(()),
+        Destination::Replace(target) => probe(&temp_path(&target)).map_err(unwritable),
     }
-    probe(&temp_path(path)).map_err(unwritable)
 }
 
 /// Creates `file` and removes it again: whether its directory takes new files.

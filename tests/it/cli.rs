@@ -1334,3 +1334,89 @@ fn default_thread_sweeps_work_on_one_core() {
         );
     }
 }
+
+/// Outputs are replaced through a temporary file renamed over them, except what a rename
+/// would destroy: a link's file is replaced and the link stays; a FIFO (or a device, such
+/// as /dev/null) is written in place and stays; a link to a pipe (/proc/self/fd/1) writes
+/// into the pipe.
+#[test]
+fn outputs_through_links_and_fifos_keep_them() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = temp_dir("cli-special-outputs");
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        "seed = 2\n[data]\nsynthetic = \"linear\"\nn = 400\nd = 3\n[train]\nepochs = 1\nthreads = 1\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let save = |to: &std::path::Path| {
+        let out = run(&["train", "-q", "-c", config, "--save", to.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let plain = dir.join("plain.safetensors");
+    save(&plain);
+    let expected = std::fs::read(&plain).unwrap();
+
+    // A link to a file: the file gets the bytes, the link stays a link.
+    let file = dir.join("file.safetensors");
+    let link = dir.join("link.safetensors");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    save(&link);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(std::fs::read(&file).unwrap(), expected);
+
+    // A FIFO: a reader gets the bytes, and it is still a FIFO.
+    let fifo = dir.join("fifo");
+    let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string; mkfifo has no other preconditions.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo).unwrap())
+    };
+    save(&fifo);
+    assert_eq!(reader.join().unwrap(), expected);
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+
+    // A link to this process's standard output, a pipe: predictions arrive through it.
+    let stdout_link = dir.join("stdout.csv");
+    std::os::unix::fs::symlink("/proc/self/fd/1", &stdout_link).unwrap();
+    let out = run(&[
+        "predict",
+        "-m",
+        plain.to_str().unwrap(),
+        "-c",
+        config,
+        "-o",
+        stdout_link.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(csv.starts_with("row,"), "{csv}");
+    assert!(csv.lines().count() > 1, "{csv}");
+    assert!(
+        std::fs::symlink_metadata(&stdout_link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
