@@ -6,10 +6,12 @@
 /// `println!` and `print!` for the commands' results: a stdout closed early (output piped
 /// into `head`) loses the rest of the text, not the run: training goes on to its saves
 /// and checkpoints instead of panicking in a print.
+/// `println!` that remembers a failed write (a full disk behind a redirect) for `main` to
+/// report, and drops what a closed pipe refuses (`| head`), where `println!` would panic.
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
+        $crate::stdout_result(writeln!(std::io::stdout(), $($arg)*));
     }};
 }
 /// `eprintln!` that drops what a closed stderr refuses (a pipe whose reader left): the
@@ -20,10 +22,11 @@ macro_rules! errln {
         let _ = writeln!(std::io::stderr(), $($arg)*);
     }};
 }
+/// `print!` as `outln!` is `println!`.
 macro_rules! out {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        let _ = write!(std::io::stdout(), $($arg)*);
+        $crate::stdout_result(write!(std::io::stdout(), $($arg)*));
     }};
 }
 
@@ -74,9 +77,31 @@ fn main() -> ExitCode {
             recorder.as_ref().expect("installed for scale"),
         ),
     };
+    // What reached standard output is part of the result: a write that failed (other than
+    // into a closed pipe) fails the command.
+    stdout_result(std::io::stdout().flush());
+    let result = result.and(match STDOUT_ERROR.get() {
+        Some(source) => Err(minibatch::Error::Write {
+            path: "standard output".into(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        }),
+        None => Ok(()),
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => fail(&err, &launch),
+    }
+}
+
+/// The first failed write to standard output, if any.
+static STDOUT_ERROR: OnceLock<std::io::Error> = OnceLock::new();
+
+/// Records a failed write to standard output, unless its reader left (`| head`).
+fn stdout_result(result: std::io::Result<()>) {
+    if let Err(err) = result
+        && err.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        let _ = STDOUT_ERROR.set(err);
     }
 }
 

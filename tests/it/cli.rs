@@ -1420,3 +1420,59 @@ fn outputs_through_links_and_fifos_keep_them() {
             .is_symlink()
     );
 }
+
+/// Results that cannot be written to standard output (a full disk behind a redirect) fail
+/// the command, where they were dropped with exit 0; a reader that left early (`| head`)
+/// is not an error.
+#[test]
+fn a_failed_write_to_standard_output_fails_the_command() {
+    let dir = temp_dir("cli-stdout-full");
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        "seed = 2\n[data]\nsynthetic = \"linear\"\nn = 400\nd = 3\n[train]\nepochs = 1\nthreads = 1\n",
+    )
+    .unwrap();
+    let (config, model) = (config.to_str().unwrap(), dir.join("m.safetensors"));
+    let model = model.to_str().unwrap();
+    assert!(
+        run(&["train", "-q", "-c", config, "--save", model])
+            .status
+            .success()
+    );
+    for args in [
+        &["predict", "-m", model, "-c", config, "-o", "-"][..],
+        &["eval", "-m", model, "-c", config],
+        &["layout", "-c", config],
+    ] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+            .args(args)
+            .stdout(full)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot write standard output: No space left"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // A reader that stops after the first line: exit 0.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(["predict", "-m", model, "-c", config, "-o", "-"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
