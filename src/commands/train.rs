@@ -609,12 +609,37 @@ fn check_outputs(args: &TrainArgs, raw: &RawConfig, (rank, ranks): (usize, usize
             continue;
         };
         if let Some(dir) = &args.checkpoint {
+            let example = || {
+                let name = if flag == "--trace" {
+                    "trace.json"
+                } else {
+                    "final.safetensors"
+                };
+                dir.join(name).display().to_string()
+            };
             if same_path(path, dir) {
                 return Err(minibatch::Error::config(
                     flag,
                     format!(
                         "names the --checkpoint directory; give a file, such as {}",
-                        dir.join("final.safetensors").display()
+                        example()
+                    ),
+                ));
+            }
+            // A checkpoint's name there: the run would write one file over the other.
+            let checkpoint_name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-") && n.ends_with(".safetensors"));
+            if checkpoint_name && path.parent().is_some_and(|p| same_path(p, dir)) {
+                return Err(minibatch::Error::config(
+                    flag,
+                    format!(
+                        "is named as the run's checkpoints in {} are (step-...safetensors) \
+                         and could overwrite one or be overwritten; give another name, such as \
+                         {}",
+                        dir.display(),
+                        example()
                     ),
                 ));
             }

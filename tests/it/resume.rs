@@ -777,4 +777,25 @@ fn outputs_may_go_into_the_checkpoint_directory_but_not_over_it() {
         "{err}"
     );
     assert!(!ckpt.exists(), "refused before any work");
+    // A file there named as the run's checkpoints are: one would overwrite the other (the
+    // final --save over the last checkpoint left a file resume refuses).
+    for flag in ["--save", "--trace"] {
+        let named = ckpt.join("step-000000050.safetensors");
+        let out = refused(&[
+            "train",
+            "-q",
+            "-c",
+            config,
+            "--checkpoint",
+            ck,
+            flag,
+            named.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("`{flag}`: is named as the run's checkpoints")),
+            "{err}"
+        );
+        assert!(!ckpt.exists(), "refused before any work");
+    }
 }
