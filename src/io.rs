@@ -386,6 +386,17 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
                                     format!("column {c}: the label is empty"),
                                 ));
                             }
+                            _ if field.starts_with('"') => {
+                                return Err(parse_err(
+                                    path,
+                                    line_no,
+                                    format!(
+                                        "column {c}: label `{field}` is quoted (quoted fields \
+                                         are not supported: `\"cat\"` and `cat` would be two \
+                                         classes)"
+                                    ),
+                                ));
+                            }
                             _ => {
                                 // A word: remember where, and keep the row's place in `y`.
                                 words.push((y.len(), line_no, field.to_string()));
@@ -443,11 +454,32 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
     }
     // A first line whose label alone is a word, over a column of numbers, is a header whose
     // feature columns are named by numbers (`1,2,label`), unless `header` says otherwise.
+    // Likewise a first line whose features are numbered 0, 1, 2, ... (pandas' unnamed
+    // columns) and whose label word appears on no other line: `0,1,2,species` over word
+    // labels.
+    let numbered = || {
+        let features = first_fields
+            .iter()
+            .enumerate()
+            .filter(|&(c, _)| c != label)
+            .map(|(_, f)| *f);
+        n_cols >= 3 && features.enumerate().all(|(i, f)| f == i.to_string())
+    };
+    let named_once = || words.iter().filter(|w| w.2 == words[0].2).count() == 1;
     let mut skipped = 0;
-    if !header && opts.header.is_none() && words.len() == 1 && words[0].0 == 0 && y.len() > 1 {
+    let first_is_word = words.first().is_some_and(|w| w.0 == 0);
+    if !header
+        && opts.header.is_none()
+        && first_is_word
+        && y.len() > 1
+        && (words.len() == 1 || numbered() && named_once())
+    {
         x.drain(..n_cols - 1);
         y.remove(0);
-        words.clear();
+        words.remove(0);
+        for word in &mut words {
+            word.0 -= 1;
+        }
         skipped = 1;
     }
     if let (Some((_, line, word)), Task::Regression) = (words.first(), opts.task) {

@@ -654,6 +654,44 @@ fn a_header_naming_features_by_numbers_is_a_header() {
     };
     assert_eq!(numbered(""), (3, Some(2)));
     assert_eq!(numbered("header = false\n"), (4, Some(3)));
+    // With word labels (`DataFrame(x).assign(species=y)`): the header's label word is on
+    // no other line, so it is no class.
+    std::fs::write(
+        &path,
+        "0,1,2,species\n0.5,1,0,cat\n1,0,1,dog\n2,2,0,cat\n1,1,1,dog\n",
+    )
+    .unwrap();
+    assert_eq!(numbered(""), (4, Some(2)));
+    let cfg = load(&format!("[data]\npath = {:?}\n", path.to_str().unwrap())).unwrap();
+    let names = cfg
+        .data
+        .file
+        .as_ref()
+        .unwrap()
+        .classes
+        .names()
+        .unwrap()
+        .to_vec();
+    assert_eq!(names, ["cat", "dog"]);
+    // A first row of data numbered so, whose class recurs, stays data.
+    std::fs::write(&path, "0,1,2,cat\n0.5,1,0,cat\n1,0,1,dog\n").unwrap();
+    assert_eq!(numbered(""), (3, Some(2)));
+}
+
+/// A quoted label is refused as a quoted feature is: read as it stands, `"cat"` and `cat`
+/// were two classes.
+#[test]
+fn a_quoted_label_is_refused_with_its_line() {
+    let dir = temp_dir("files-quoted-label");
+    let path = dir.join("q.csv");
+    std::fs::write(&path, "x,y\n1,\"cat\"\n2,dog\n3,cat\n").unwrap();
+    let err = load(&format!("[data]\npath = {:?}\n", path.to_str().unwrap()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("q.csv:2: column 1: label `\"cat\"` is quoted"),
+        "{err}"
+    );
 }
 
 /// LIBSVM's binary labels -1/+1 are classes 0 and 1; as regression targets they stay -1
