@@ -64,6 +64,34 @@ fn classes_entry(class_names: Option<&[String]>) -> Option<(&'static str, String
     })
 }
 
+/// Metadata key of the feature columns' names (a CSV header's), as a JSON list of strings.
+pub const FEATURES: &str = "features";
+
+/// The metadata entry for the training data's feature names, if its file named them.
+pub fn features_entry(names: Option<&[String]>) -> Option<(&'static str, String)> {
+    names.map(|names| {
+        (
+            FEATURES,
+            serde_json::to_string(names).expect("strings serialise"),
+        )
+    })
+}
+
+/// The feature names saved with a model or checkpoint; `None` where the training data
+/// named none (and for files written before they were recorded).
+pub fn load_feature_names(path: &Path) -> Result<Option<Vec<String>>> {
+    let bytes = read_file(path)?;
+    let info = metadata(path, &bytes)?;
+    info.get(FEATURES)
+        .map(|text| {
+            serde_json::from_str(text).map_err(|_| Error::Parse {
+                path: path.to_path_buf(),
+                msg: format!("metadata `{FEATURES}` is not a JSON list of column names"),
+            })
+        })
+        .transpose()
+}
+
 /// The class names saved with a model or checkpoint; `None` for numeric labels, regression,
 /// and files written before the names were recorded.
 pub fn load_class_names(path: &Path) -> Result<Option<Vec<String>>> {
@@ -259,6 +287,7 @@ pub struct RunRecord {
     pub layout: ParamLayout,
     pub standardization: Option<(Vec<f32>, Vec<f32>)>,
     pub class_names: Option<Vec<String>>,
+    pub feature_names: Option<Vec<String>>,
 }
 
 /// Writes a checkpoint atomically: the parameters under their layout names (so it also
@@ -291,6 +320,7 @@ pub fn save_checkpoint(path: &Path, state: &TrainState<'_>, record: &RunRecord) 
         ("sampling", run.sampling.clone()),
     ];
     metadata.extend(classes_entry(record.class_names.as_deref()));
+    metadata.extend(features_entry(record.feature_names.as_deref()));
     write_tensors(path, &tensors, CHECKPOINT_FORMAT, &metadata)
 }
 

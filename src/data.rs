@@ -28,6 +28,8 @@ pub struct Dataset {
     y: Array1<f32>,
     /// `None` for regression targets.
     n_classes: Option<usize>,
+    /// The feature columns' names, when a file's header gave them.
+    feature_names: Option<Vec<String>>,
 }
 
 impl Dataset {
@@ -67,7 +69,22 @@ impl Dataset {
         } else {
             x.as_standard_layout().into_owned()
         };
-        Ok(Dataset { x, y, n_classes })
+        Ok(Dataset {
+            x,
+            y,
+            n_classes,
+            feature_names: None,
+        })
+    }
+
+    /// The feature columns' names, as a file's header gave them.
+    pub fn with_feature_names(mut self, names: Vec<String>) -> Self {
+        self.feature_names = Some(names);
+        self
+    }
+
+    pub fn feature_names(&self) -> Option<&[String]> {
+        self.feature_names.as_deref()
     }
 
     /// x <- (x - mean) / std per feature (the statistics of the training rows).
@@ -218,7 +235,11 @@ impl LoadedData {
             let pick = |rows: &[usize]| {
                 let x = train.x.select(Axis(0), rows);
                 let y = train.y.select(Axis(0), rows);
-                Dataset::new(x, y, train.n_classes).expect("rows of a valid dataset")
+                let rows = Dataset::new(x, y, train.n_classes).expect("rows of a valid dataset");
+                Dataset {
+                    feature_names: train.feature_names.clone(),
+                    ..rows
+                }
             };
             valid_rows = Some(order[..n_valid].to_vec());
             split_rows = order;
@@ -446,6 +467,7 @@ fn generate(cfg: &DataConfig, truth: &Truth, n: usize, stream: u64) -> Dataset {
     Dataset {
         x,
         y,
+        feature_names: None,
         n_classes: cfg.n_classes,
     }
 }

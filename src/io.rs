@@ -496,8 +496,22 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
             "has a header but no rows".into(),
         ));
     }
+    // The header's names of the feature columns, saved with a model so that a file with
+    // its columns in another order is refused rather than read by position.
+    let names: Option<Vec<String>> = (header || skipped == 1).then(|| {
+        first_fields
+            .iter()
+            .enumerate()
+            .filter(|&(c, _)| c != label)
+            .map(|(_, f)| f.to_string())
+            .collect()
+    });
+    let named = |data: Dataset| match &names {
+        Some(names) => data.with_feature_names(names.clone()),
+        None => data,
+    };
     if unlabeled {
-        return features_only(path, x, n_cols, opts.task, classes);
+        return features_only(path, x, n_cols, opts.task, classes).map(named);
     }
     let targets = if words.is_empty() {
         Targets::Numbers(y)
@@ -517,7 +531,7 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
             .nth(row + skipped)
             .map_or(0, |(i, _)| first_line + i)
     };
-    finish(path, x, n_cols - 1, targets, opts.task, classes, &line_of)
+    finish(path, x, n_cols - 1, targets, opts.task, classes, &line_of).map(named)
 }
 
 /// Reads LIBSVM/svmlight text: `label index:value ...` with 1-based feature indices, rows

@@ -125,6 +125,11 @@ pub fn train(
             .file
             .as_ref()
             .and_then(|f| f.classes.names().map(<[String]>::to_vec)),
+        feature_names: cfg
+            .data
+            .file
+            .as_ref()
+            .and_then(|f| f.train.feature_names().map(<[String]>::to_vec)),
     };
     let checkpoints = if leader {
         CheckpointPolicy::new(args, context.clone(), steps_before)?
@@ -306,6 +311,9 @@ pub fn train(
             file.and_then(|f| f.classes.names()),
             &[("model", cfg.model.describe()), ("config", config_text)]
                 .into_iter()
+                .chain(minibatch::checkpoint::features_entry(
+                    file.and_then(|f| f.train.feature_names()),
+                ))
                 .chain(fast.then(|| {
                     let how =
                         format!("fast across {ranks} MPI ranks (bits depend on the rank count)");

@@ -792,3 +792,45 @@ fn rows_whose_outputs_overflow_are_refused_with_their_row() {
         );
     }
 }
+
+/// The header's feature names are saved with the model: another file whose header has the
+/// same columns in another order, or other names, is refused instead of read by position
+/// (which fed one feature's values in as another's); the same header, or none, is read.
+#[test]
+fn feature_columns_in_another_order_or_under_other_names_are_refused() {
+    let dir = temp_dir("evaluate-feature-names");
+    let mut csv = String::from("a,b,c,label\n");
+    for i in 0..40 {
+        let (a, b, c) = (i as f32 / 10.0, (i % 7) as f32, (i % 3) as f32 - 1.0);
+        csv += &format!("{a},{b},{c},{}\n", i % 2);
+    }
+    let model = trained_on_csv(&dir, &csv, "", "epochs = 1\nbatch_size = 8\n");
+    let names = minibatch::checkpoint::load_feature_names(std::path::Path::new(&model))
+        .unwrap()
+        .unwrap();
+    assert_eq!(names, ["a", "b", "c"]);
+    let file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let same = file("same.csv", "a,b,c,label\n1,2,0,1\n0.5,3,1,0\n");
+    let bare = file("bare.csv", "1,2,0,1\n0.5,3,1,0\n");
+    let moved = file("moved.csv", "c,a,b,label\n0,1,2,1\n1,0.5,3,0\n");
+    let renamed = file("renamed.csv", "a,x,c,label\n1,2,0,1\n0.5,3,1,0\n");
+    for data in [&same, &bare] {
+        let (code, _, stderr) = run(&["eval", "-m", &model, "--data", data]);
+        assert_eq!(code, Some(0), "{data}: {stderr}");
+    }
+    let err = refused(&["eval", "-m", &model, "--data", &moved]);
+    assert!(
+        err.contains("moved.csv") && err.contains("the model's feature columns in another order"),
+        "{err}"
+    );
+    let err = refused(&["predict", "-m", &model, "--data", &renamed, "-o", "-"]);
+    assert!(
+        err.contains("renamed.csv")
+            && err.contains("feature column 2 is `x`, where the model was trained on `b`"),
+        "{err}"
+    );
+}
