@@ -996,20 +996,29 @@ fn refuse_later_checkpoints(dir: &std::path::Path, start: u64) -> Result<()> {
 static INTERRUPT_CONTEXT: OnceLock<RunRecord> = OnceLock::new();
 
 /// SIGINT and SIGTERM set a flag that the training loop checks after every step, so the
-/// current step finishes and a checkpoint is written before the process exits with 130.
+/// current step finishes and a checkpoint is written before the process exits with 130. A
+/// second one exits at once, without a checkpoint: a run blocked outside the loop (reading
+/// a FIFO no one writes to) could otherwise be stopped only with SIGKILL.
 mod interrupt {
     use std::sync::atomic::{AtomicBool, Ordering};
 
     static REQUESTED: AtomicBool = AtomicBool::new(false);
 
     extern "C" fn on_signal(_: libc::c_int) {
-        // Only an atomic store: async-signal-safe.
-        REQUESTED.store(true, Ordering::SeqCst);
+        // Only an atomic swap, write(2) and _exit(2): async-signal-safe.
+        if REQUESTED.swap(true, Ordering::SeqCst) {
+            let msg = b"\nminibatch: interrupted again; exiting without a checkpoint\n";
+            // SAFETY: a valid buffer; write and _exit are async-signal-safe.
+            unsafe {
+                libc::write(2, msg.as_ptr().cast(), msg.len());
+                libc::_exit(130);
+            }
+        }
     }
 
     pub fn install() {
         let handler = on_signal as extern "C" fn(libc::c_int);
-        // SAFETY: the handler only stores to an atomic.
+        // SAFETY: the handler only swaps an atomic, or writes a message and exits.
         unsafe {
             libc::signal(libc::SIGINT, handler as libc::sighandler_t);
             libc::signal(libc::SIGTERM, handler as libc::sighandler_t);

@@ -733,6 +733,51 @@ fn ctrl_c_before_the_first_step_trains_nothing() {
     assert!(checkpoints(&ckpt_dir).is_empty());
 }
 
+/// A second Ctrl-C exits at once, without a checkpoint: a run blocked opening a FIFO that
+/// no one writes to (outside the training loop that looks at the first) kept running
+/// through every SIGINT and SIGTERM.
+#[test]
+fn a_second_ctrl_c_exits_a_run_blocked_on_its_input() {
+    let dir = temp_dir("resume-sigint-twice");
+    let fifo = dir.join("data.csv");
+    let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string; mkfifo has no other preconditions.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!("[data]\npath = {:?}\n", fifo.to_str().unwrap()),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(["train", "-q", "--config", config.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..2 {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("still running 10 s after the second SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted again"), "{stderr}");
+}
+
 /// The final parameters and the trace may go into the checkpoint directory the run makes;
 /// `--save` naming that directory itself is refused before any work (it trained the whole
 /// run and then could not write a file over a directory).
