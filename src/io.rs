@@ -545,6 +545,8 @@ pub fn read_libsvm(
 ) -> Result<Dataset> {
     let bytes = read(path)?;
     let text = String::from_utf8_lossy(&bytes);
+    // A UTF-8 byte order mark is not part of the first label (as in a CSV file).
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let mut rows: Vec<(f32, Vec<(usize, f32)>)> = Vec::new();
     // Each row's line, for messages about its label.
     let mut lines = Vec::new();
@@ -754,6 +756,13 @@ fn read_npy(path: &Path) -> Result<(Vec<usize>, Vec<f32>)> {
         Some(header[at..].trim_start().to_string())
     };
     let descr = field("descr").ok_or_else(|| bad("header has no 'descr'".into()))?;
+    if descr.starts_with('[') {
+        return Err(bad(
+            "has a structured dtype (named fields); expected a plain array of <f4, <f8, <i4 \
+             or <i8"
+                .into(),
+        ));
+    }
     let dtype = descr
         .trim_start_matches('\'')
         .split('\'')
@@ -864,7 +873,11 @@ fn read_npy_features(x_path: &Path) -> Result<(usize, Vec<f32>)> {
         return Err(parse_err(
             x_path,
             i / x_shape[1] + 1,
-            format!("column {}: not a finite number", i % x_shape[1]),
+            format!(
+                "column {}: not a finite f32 (NaN, infinite, or an f8 value past f32's range, \
+                 |x| <= 3.4e38)",
+                i % x_shape[1]
+            ),
         ));
     }
     Ok((x_shape[1], x))

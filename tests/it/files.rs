@@ -864,3 +864,60 @@ fn rows_standardised_past_f32_are_named_by_their_file_and_file_row() {
         "{msg}"
     );
 }
+
+/// Smaller reading cases: a LIBSVM file that starts with a UTF-8 byte order mark reads as
+/// one without; an f8 .npy value past f32's range says so (it read "not a finite number"
+/// for 1e300); a structured dtype is named as such (it printed `has dtype [(`).
+#[test]
+fn byte_order_marks_wide_f8_values_and_structured_dtypes() {
+    let dir = temp_dir("files-small-cases");
+    let svm = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        minibatch::io::read_libsvm(
+            &path,
+            None,
+            minibatch::io::Task::Classification,
+            &mut Default::default(),
+        )
+        .unwrap()
+    };
+    let plain = svm("plain.svm", "+1 1:0.5\n-1 2:1.5\n");
+    let marked = svm("bom.svm", "\u{feff}+1 1:0.5\n-1 2:1.5\n");
+    assert_eq!(plain, marked);
+
+    let x: Vec<u8> = [1.0f64, 2.0, 1e300, 4.0]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    write_npy(&dir.join("wide.npy"), "<f8", "(2, 2)", &x);
+    let y: Vec<u8> = [0.0f32, 1.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+    write_npy(&dir.join("y.npy"), "<f4", "(2,)", &y);
+    let err = load(&format!(
+        "[data]\npath = {:?}\nlabels = {:?}\n",
+        dir.join("wide.npy").to_str().unwrap(),
+        dir.join("y.npy").to_str().unwrap()
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("wide.npy:2: column 0: not a finite f32") && err.contains("f32's range"),
+        "{err}"
+    );
+
+    let header = "{'descr': [('a', '<f4'), ('b', '<f4')], 'fortran_order': False, 'shape': (2,), }";
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16 + 1).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.push(b'\n');
+    bytes.extend_from_slice(&[0u8; 16]);
+    std::fs::write(dir.join("fields.npy"), bytes).unwrap();
+    let err = load(&format!(
+        "[data]\npath = {:?}\nlabels = {:?}\n",
+        dir.join("fields.npy").to_str().unwrap(),
+        dir.join("y.npy").to_str().unwrap()
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("fields.npy: has a structured dtype"), "{err}");
+}
