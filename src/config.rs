@@ -39,6 +39,13 @@ fn plain_types(msg: &str) -> String {
     ] {
         msg = msg.replace(rust, plain);
     }
+    // `expected struct RawSchedule`: one of this file's tables.
+    while let Some(at) = msg.find("expected struct ") {
+        let name_end = msg[at + 16..]
+            .find(|c: char| !c.is_alphanumeric())
+            .map_or(msg.len(), |i| at + 16 + i);
+        msg.replace_range(at..name_end, "expected a table (`[section]` or `{ key = ... }`)");
+    }
     msg
 }
 
@@ -470,16 +477,30 @@ impl RawConfig {
                 ));
             }
         };
+        if raw.d == Some(0) {
+            return Err(self.err("data.d", "must be at least 1"));
+        }
         let format = data_format(&path, raw.format.as_deref());
+        // A validation file is read in its own format (by its extension, unless
+        // data.format names one for both).
+        let valid_format = raw
+            .valid_path
+            .as_deref()
+            .map(|p| data_format(p, raw.format.as_deref()));
         // Keys of one format given for another would be silently unused.
-        let format_keys: [(&str, bool, &str); 5] = [
-            ("data.labels", raw.labels.is_some(), "npy"),
-            ("data.valid_labels", raw.valid_labels.is_some(), "npy"),
-            ("data.label", raw.label.is_some(), "csv"),
-            ("data.header", raw.header.is_some(), "csv"),
-            ("data.delimiter", raw.delimiter.is_some(), "csv"),
+        let format_keys: [(&str, bool, &str, &str); 5] = [
+            ("data.labels", raw.labels.is_some(), "npy", &format),
+            (
+                "data.valid_labels",
+                raw.valid_labels.is_some(),
+                "npy",
+                valid_format.as_deref().unwrap_or(&format),
+            ),
+            ("data.label", raw.label.is_some(), "csv", &format),
+            ("data.header", raw.header.is_some(), "csv", &format),
+            ("data.delimiter", raw.delimiter.is_some(), "csv", &format),
         ];
-        for (key, given, applies_to) in format_keys {
+        for (key, given, applies_to, format) in format_keys {
             if given && format != applies_to {
                 return Err(self.err(
                     key,
@@ -543,7 +564,7 @@ impl RawConfig {
                 }
                 other => other,
             };
-            match format.as_str() {
+            match data_format(path, raw.format.as_deref()).as_str() {
                 "csv" => crate::io::read_csv(path, &csv, &mut classes),
                 "libsvm" => crate::io::read_libsvm(path, d, task, &mut classes),
                 "npy" if raw.unlabeled && labels.is_none() => {
@@ -1050,6 +1071,12 @@ impl RawConfig {
                     return Err(self.err(
                         "train.momentum",
                         format!("optimizer `{name}` needs momentum > 0"),
+                    ));
+                }
+                if momentum == 0.0 && raw.dampening.is_some() {
+                    return Err(self.err(
+                        "train.dampening",
+                        "applies to momentum; plain SGD (momentum 0) has none to damp",
                     ));
                 }
                 if name == "nesterov" && dampening != 0.0 {

@@ -200,6 +200,24 @@ fn bad_configs_and_flags_name_the_key_and_exit_2() {
             "invalid type: floating point `2.0`, expected a whole number >= 0",
         ),
         (
+            "file-d-zero",
+            "[data]\npath = \"x.svm\"\nd = 0\n",
+            &[],
+            "`data.d`: must be at least 1",
+        ),
+        (
+            "sgd-dampening",
+            "[train]\ndampening = 0.5\n",
+            &[],
+            "`train.dampening`: applies to momentum; plain SGD (momentum 0) has none to damp",
+        ),
+        (
+            "schedule-as-string",
+            "[train]\nschedule = \"cosine\"\n",
+            &[],
+            "invalid type: string \"cosine\", expected a table",
+        ),
+        (
             "weight-decay-infinite",
             "[train]\nweight_decay = inf\n",
             &[],

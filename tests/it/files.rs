@@ -921,3 +921,32 @@ fn byte_order_marks_wide_f8_values_and_structured_dtypes() {
     .to_string();
     assert!(err.contains("fields.npy: has a structured dtype"), "{err}");
 }
+
+/// A validation file is read in its own format, by its extension: a LIBSVM validation file
+/// beside CSV training data was parsed as CSV (`has 1 column`).
+#[test]
+fn a_validation_file_is_read_in_its_own_format() {
+    let dir = temp_dir("files-valid-format");
+    let csv = dir.join("train.csv");
+    std::fs::write(&csv, "a,b,y\n1,0,0\n0,1,1\n1,1,0\n0,0,1\n").unwrap();
+    let svm = dir.join("valid.svm");
+    std::fs::write(&svm, "0 1:1\n1 2:1\n1 1:0.5 2:0.5\n").unwrap();
+    let cfg = load(&format!(
+        "[data]\npath = {:?}\nvalid_path = {:?}\n",
+        csv.to_str().unwrap(),
+        svm.to_str().unwrap()
+    ))
+    .unwrap();
+    let valid = cfg.data.file.as_ref().unwrap().valid.clone().unwrap();
+    assert_eq!((valid.n(), valid.d()), (3, 2));
+    assert_eq!(valid.x().row(2).to_vec(), [0.5, 0.5]);
+    // And the other way round.
+    let cfg = load(&format!(
+        "[data]\npath = {:?}\nvalid_path = {:?}\n",
+        svm.to_str().unwrap(),
+        csv.to_str().unwrap()
+    ))
+    .unwrap();
+    let valid = cfg.data.file.as_ref().unwrap().valid.clone().unwrap();
+    assert_eq!((valid.n(), valid.d()), (4, 2));
+}
