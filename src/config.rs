@@ -44,7 +44,10 @@ fn plain_types(msg: &str) -> String {
         let name_end = msg[at + 16..]
             .find(|c: char| !c.is_alphanumeric())
             .map_or(msg.len(), |i| at + 16 + i);
-        msg.replace_range(at..name_end, "expected a table (`[section]` or `{ key = ... }`)");
+        msg.replace_range(
+            at..name_end,
+            "expected a table (`[section]` or `{ key = ... }`)",
+        );
     }
     msg
 }
@@ -509,6 +512,13 @@ impl RawConfig {
             }
         }
         let delimiter = match raw.delimiter.as_deref() {
+            // Tab-separated by name.
+            None if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("tsv")) =>
+            {
+                b'\t'
+            }
             None => b',',
             Some(d) if d.len() == 1 => d.as_bytes()[0],
             Some("\\t") | Some("\t") => b'\t',

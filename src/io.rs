@@ -272,7 +272,14 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
         return Err(parse_err(
             path,
             first_no + 1,
-            format!("has {n_cols} column; expected features and a label"),
+            format!(
+                "has {n_cols} column; expected features and a label{}",
+                if delim != '\t' && first.contains('\t') {
+                    " (tab-separated? set data.delimiter = \"\\t\")"
+                } else {
+                    ""
+                }
+            ),
         ));
     }
     let label = match &opts.label {

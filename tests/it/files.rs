@@ -950,3 +950,31 @@ fn a_validation_file_is_read_in_its_own_format() {
     let valid = cfg.data.file.as_ref().unwrap().valid.clone().unwrap();
     assert_eq!((valid.n(), valid.d()), (4, 2));
 }
+
+/// A `.tsv` file is tab-separated without a delimiter key; tabs in a file read as CSV get
+/// a hint instead of a bare "1 column".
+#[test]
+fn tab_separated_files_are_read_by_extension_or_hinted() {
+    let dir = temp_dir("files-tsv");
+    let text = "a\tb\ty\n1\t2\t0\n3\t4\t1\n";
+    std::fs::write(dir.join("t.tsv"), text).unwrap();
+    std::fs::write(dir.join("t.txt"), text).unwrap();
+    let cfg = load(&format!(
+        "[data]\npath = {:?}\n",
+        dir.join("t.tsv").to_str().unwrap()
+    ))
+    .unwrap();
+    assert_eq!((cfg.data.n_train, cfg.data.d), (2, 2));
+    let err = load(&format!(
+        "[data]\npath = {:?}\n",
+        dir.join("t.txt").to_str().unwrap()
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(
+            "has 1 column; expected features and a label (tab-separated? set data.delimiter"
+        ),
+        "{err}"
+    );
+}
