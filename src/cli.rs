@@ -367,12 +367,10 @@ impl Overrides {
             "train.shard_rows",
             "--shard-rows"
         );
-        set!(
-            raw.train.sampling,
-            self.sampling,
-            "train.sampling",
-            "--sampling"
-        );
+        if let Some(name) = &self.sampling {
+            raw.train.set_sampling(name);
+            raw.mark_overridden("train.sampling", "--sampling");
+        }
         if let Some(name) = &self.optimizer {
             raw.train.set_optimizer(name);
             raw.mark_overridden("train.optimizer", "--optimizer");

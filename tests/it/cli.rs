@@ -1323,6 +1323,29 @@ fn the_optimizer_flag_overrides_the_configs_optimizer_keys() {
     assert!(header("sgd").contains("| sgd, lr"), "{}", header("sgd"));
 }
 
+/// --sampling drops the config's key of the other sampling, as --optimizer does another
+/// rule's: it was an error to shuffle a config with `steps_per_epoch`, or to draw uniformly
+/// with `drop_last`.
+#[test]
+fn the_sampling_flag_drops_the_other_samplings_key() {
+    let dir = temp_dir("cli-sampling-flag");
+    let config = dir.join("c.toml");
+    let base = "[data]\nsynthetic = \"linear\"\nn = 200\n[train]\nepochs = 1\nbatch_size = 20\nthreads = 1\n";
+    let steps = |extra: &str, flag: &str| {
+        std::fs::write(&config, format!("{base}{extra}")).unwrap();
+        let out = run(&["train", "-c", config.to_str().unwrap(), "--sampling", flag]);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "{flag}: {stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        stdout.lines().last().unwrap().to_string()
+    };
+    // 200 rows in batches of 20: ten steps an epoch, shuffled; three as the config says.
+    let done = steps("sampling = \"uniform\"\nsteps_per_epoch = 3\n", "shuffle");
+    assert!(done.contains("1 epoch, 10 steps"), "{done}");
+    let done = steps("drop_last = true\n", "uniform");
+    assert!(done.contains("1 epoch, 10 steps"), "{done}");
+}
+
 /// bench and scale sweep from 1 thread to every core by default: on a machine (or a CPU
 /// set) of one core that is the one count, not a list refused as repeating it.
 #[test]
