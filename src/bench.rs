@@ -82,6 +82,9 @@ pub struct BenchRow {
     pub speedup: Option<f64>,
     /// Karp-Flatt experimentally determined serial fraction from `speedup` on `threads`.
     pub serial_fraction: Option<f64>,
+    /// Amdahl's speedup on 16 and 64 threads from `serial_fraction` (`amdahl`).
+    pub predicted_speedup_16: Option<f64>,
+    pub predicted_speedup_64: Option<f64>,
 }
 
 /// Karp-Flatt: e = (1/S - 1/p) / (1 - 1/p), the serial fraction that explains speedup S on p
@@ -196,7 +199,7 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
         }
     }
     progress("measuring peak FMA rate and copy bandwidth");
-    let limits = MachineLimits {
+    let measure_limits = || MachineLimits {
         isa: format!("{:?}", Isa::detect()),
         peak_gflops: plan
             .threads
@@ -209,6 +212,7 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
             .map(|t| (t.get(), copy_bandwidth(t.get())))
             .collect(),
     };
+    let before = measure_limits();
     let mut rows = Vec::new();
     for &(name, _, toml_text) in selected() {
         let raw = workload_config(name, toml_text, plan)?;
@@ -249,8 +253,6 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
                     }
                     let (examples_per_sec, step_seconds) = fastest;
                     let reduce_seconds = time_reduce(&trainer, batch_size, &cfg.train);
-                    let peak = lookup(&limits.peak_gflops, threads.get());
-                    let bandwidth = lookup(&limits.copy_gb_per_sec, threads.get());
                     let gflops = examples_per_sec * flops / 1e9;
                     let feature_gb_per_sec = examples_per_sec * (cfg.data.d * 4) as f64 / 1e9;
                     if threads.get() == 1 {
@@ -263,9 +265,9 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
                         shard_rows: cfg.train.shard_rows.get().min(batch_size),
                         examples_per_sec,
                         gflops,
-                        peak_fraction: gflops / peak,
+                        peak_fraction: 0.0,
                         feature_gb_per_sec,
-                        bandwidth_fraction: feature_gb_per_sec / bandwidth,
+                        bandwidth_fraction: 0.0,
                         reduce_fraction: reduce_seconds / step_seconds,
                         speedup: one_thread.map(|one| examples_per_sec / one),
                         // A batch of one shard runs on one thread by design (see
@@ -273,10 +275,33 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
                         serial_fraction: one_thread
                             .filter(|_| n_shards(batch_size, cfg.train.shard_rows) > 1)
                             .and_then(|one| karp_flatt(examples_per_sec / one, threads.get())),
+                        predicted_speedup_16: None,
+                        predicted_speedup_64: None,
                     });
                 }
             }
         }
+    }
+    // The limits again after the runs, the higher of the two kept: one measurement taken
+    // while the machine was busy put training at up to 136% of a "peak".
+    progress("measuring peak FMA rate and copy bandwidth again");
+    let after = measure_limits();
+    let higher = |a: &[(usize, f64)], b: &[(usize, f64)]| -> Vec<(usize, f64)> {
+        a.iter()
+            .zip(b)
+            .map(|(&(t, x), &(_, y))| (t, x.max(y)))
+            .collect()
+    };
+    let limits = MachineLimits {
+        isa: before.isa,
+        peak_gflops: higher(&before.peak_gflops, &after.peak_gflops),
+        copy_gb_per_sec: higher(&before.copy_gb_per_sec, &after.copy_gb_per_sec),
+    };
+    for r in &mut rows {
+        r.peak_fraction = r.gflops / lookup(&limits.peak_gflops, r.threads);
+        r.bandwidth_fraction = r.feature_gb_per_sec / lookup(&limits.copy_gb_per_sec, r.threads);
+        r.predicted_speedup_16 = r.serial_fraction.map(|e| amdahl(e, 16));
+        r.predicted_speedup_64 = r.serial_fraction.map(|e| amdahl(e, 64));
     }
     Ok(BenchReport { limits, rows })
 }

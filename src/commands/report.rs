@@ -82,6 +82,13 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
                 .unwrap_or_else(|| "-".into()),
         );
     }
+    if report.rows.iter().any(|r| r.peak_fraction > 1.0) {
+        outln!(
+            "\nnote: rows past 100% of the peak FMA rate ran while the machine was quieter \
+             than in both peak measurements (before and after the runs); rerun on an idle \
+             machine for a fair ratio"
+        );
+    }
     if report.rows.iter().any(|r| r.bandwidth_fraction > 1.0) {
         outln!(
             "\nnote: rows past 100% of the copy bandwidth read a data set the caches hold; the \
@@ -101,7 +108,7 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
             "| workload | B | threads | shard rows | serial fraction | 16 threads | 64 threads |"
         );
         outln!("|---|---|---|---|---|---|---|");
-        for (r, e) in predictions {
+        for (r, e) in &predictions {
             outln!(
                 "| {} | {} | {} | {} | {:.3} | {:.1}x | {:.1}x |",
                 r.workload,
@@ -109,8 +116,15 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
                 r.threads,
                 r.shard_rows,
                 e,
-                minibatch::bench::amdahl(e, 16),
-                minibatch::bench::amdahl(e, 64)
+                r.predicted_speedup_16.unwrap_or(f64::NAN),
+                r.predicted_speedup_64.unwrap_or(f64::NAN)
+            );
+        }
+        if predictions.iter().any(|(_, e)| !(0.0..=1.0).contains(e)) {
+            outln!(
+                "note: a serial fraction above 1 (more threads ran slower) predicts no gain, \
+                 one below 0 (faster than linear, as a second core's cache can give) a linear \
+                 one"
             );
         }
     }
@@ -161,6 +175,10 @@ pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
     })?;
     minibatch::scale::write_outputs(&args.out, &rows)?;
     outln!(
+        "(runs profiled as --profile: every span recorded, which slows steps of a few \
+         microseconds; `bench` measures speed without)\n"
+    );
+    outln!(
         "| B | threads | examples/s | speedup | efficiency | serial fraction | prepare | shards | reduce | update | workers busy |"
     );
     outln!("|---|---|---|---|---|---|---|---|---|---|---|");
@@ -184,7 +202,9 @@ pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
     }
     for (b, e, s16, s64) in minibatch::scale::predictions(&rows) {
         let slower = if e > 1.0 {
-            " (more threads ran slower than one)"
+            " (more threads ran slower than one: no gain predicted)"
+        } else if e < 0.0 {
+            " (faster than linear: a linear gain predicted)"
         } else {
             ""
         };

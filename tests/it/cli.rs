@@ -903,6 +903,61 @@ fn bench_checks_every_row_before_measuring_and_takes_the_batch_sizes_given() {
     assert!(stdout.contains("| w1 | 32 | 1 |"), "{stdout}");
 }
 
+/// bench's ratios follow from its own figures: each row's share of the peak FMA rate and of
+/// the bandwidth is over the limits it reports (measured before and after the runs, the
+/// higher kept), and the JSON carries Amdahl's predictions from each serial fraction.
+#[test]
+fn bench_ratios_and_predictions_follow_from_its_figures() {
+    let out = run(&[
+        "bench", "-w", "w1", "--n", "256", "-b", "128", "-t", "1,2", "--epochs", "1", "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("copy bandwidth again"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let limit = |key: &str, threads: u64| {
+        report["limits"][key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e[0].as_u64() == Some(threads))
+            .unwrap()[1]
+            .as_f64()
+            .unwrap()
+    };
+    let rows = report["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in rows {
+        let t = r["threads"].as_u64().unwrap();
+        let f = |k: &str| r[k].as_f64().unwrap();
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1.0);
+        assert!(
+            close(f("peak_fraction"), f("gflops") / limit("peak_gflops", t)),
+            "{r}"
+        );
+        assert!(
+            close(
+                f("bandwidth_fraction"),
+                f("feature_gb_per_sec") / limit("copy_gb_per_sec", t)
+            ),
+            "{r}"
+        );
+        match r["serial_fraction"].as_f64() {
+            Some(e) => {
+                assert!(close(
+                    f("predicted_speedup_16"),
+                    minibatch::bench::amdahl(e, 16)
+                ));
+                assert!(close(
+                    f("predicted_speedup_64"),
+                    minibatch::bench::amdahl(e, 64)
+                ));
+            }
+            None => assert!(r["predicted_speedup_16"].is_null(), "{r}"),
+        }
+    }
+}
+
 #[test]
 fn output_piped_into_a_reader_that_stops_early_loses_text_not_the_run() {
     use std::io::{BufRead, BufReader};
