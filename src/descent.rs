@@ -222,6 +222,14 @@ pub fn record_path(
     Ok(path)
 }
 
+/// Examples a picture may have: 100,000 take seconds (each path shuffles them all; a
+/// million took minutes).
+const MAX_N: usize = 100_000;
+
+/// The targets' noise a picture may have: far beyond the bowl's scale of about 1 already
+/// (1e30 overflowed the loss, blamed on the learning rate).
+const MAX_NOISE: f32 = 1e6;
+
 /// Seeds a picture may draw: 1,000 take seconds and a page of about 15 MB.
 const MAX_SEEDS: usize = 1000;
 
@@ -247,7 +255,31 @@ pub fn run(plan: &DescentPlan) -> Result<Descent> {
             ),
         ));
     }
-    for (flag, value) in [("--steps", plan.steps), ("--seeds", plan.seeds)] {
+    if plan.n > MAX_N {
+        return Err(Error::config(
+            "--n",
+            format!(
+                "at most {MAX_N} (every path shuffles all the examples, and the bowl of two \
+                 parameters looks the same from a few thousand), got {}",
+                plan.n
+            ),
+        ));
+    }
+    if !(plan.noise.is_finite() && (0.0..=MAX_NOISE).contains(&plan.noise)) {
+        return Err(Error::config(
+            "--noise",
+            format!(
+                "must be in [0, {MAX_NOISE}] (targets of 0.8 x - 0.5 with noise of this standard \
+                 deviation), got {}",
+                plan.noise
+            ),
+        ));
+    }
+    for (flag, value) in [
+        ("--steps", plan.steps),
+        ("--seeds", plan.seeds),
+        ("--show-seeds", plan.shown_seeds),
+    ] {
         if value == 0 {
             return Err(Error::config(flag, "must be at least 1"));
         }
@@ -277,11 +309,6 @@ pub fn run(plan: &DescentPlan) -> Result<Descent> {
             format!("must be a finite number > 0, got {}", plan.lr),
         ));
     }
-    crate::memory::check(
-        "--n",
-        &format!("{} examples", plan.n),
-        crate::memory::bytes(plan.n, 2, 4),
-    )?;
     // Every path keeps its steps, and the page holds them again as text: about 64 bytes a
     // point (16 as numbers, the rest in the JSON and SVG being written).
     let paths = 1 + (slider_batch_sizes(plan.n).len() + 1).saturating_mul(plan.seeds);
@@ -519,7 +546,7 @@ pub fn to_svg(d: &Descent) -> String {
         .expect("the plan's batch size is recorded")
         .1;
     let mut jitter = String::new();
-    for (i, path) in paths.iter().take(d.plan.shown_seeds.max(1)).enumerate() {
+    for (i, path) in paths.iter().take(d.plan.shown_seeds).enumerate() {
         let opacity = if i == 0 { 1.0 } else { 0.45 };
         let _ = writeln!(
             jitter,
@@ -527,7 +554,7 @@ pub fn to_svg(d: &Descent) -> String {
             frame.points(path)
         );
     }
-    let shown = d.plan.shown_seeds.max(1).min(paths.len());
+    let shown = d.plan.shown_seeds.min(paths.len());
     let legend = format!(
         "<line x1=\"20\" y1=\"62\" x2=\"44\" y2=\"62\" stroke=\"#d62728\" stroke-width=\"1.5\"/><text x=\"50\" y=\"66\">mini-batch B = {}: {} seed{} ({} steps, lr {})</text>\n",
         d.plan.batch_size,
