@@ -28,12 +28,24 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
         .filter_map(|&t| std::num::NonZeroUsize::new(t))
         .collect();
     check_batch_sizes(&args.batch_sizes)?;
-    if let Some(&r) = args.shard_rows.iter().find(|&&r| r == 0) {
+    check_counts(
+        "--shard-rows",
+        ("shard sizes", "shard size"),
+        &args.shard_rows,
+        usize::MAX,
+    )?;
+    if let Some(w) = args
+        .workload
+        .iter()
+        .enumerate()
+        .find_map(|(i, w)| args.workload[..i].contains(w).then_some(w))
+    {
         return Err(minibatch::Error::config(
-            "--shard-rows",
-            format!("shard sizes must be at least 1 row, got {r}"),
+            "--workload",
+            format!("lists {w} twice"),
         ));
     }
+    oversubscribed(&threads, quiet);
     let plan = minibatch::bench::BenchPlan {
         workloads,
         batch_sizes: args.batch_sizes.clone(),
@@ -168,6 +180,7 @@ pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
     }
     check_batch_sizes(&args.batch_sizes)?;
     minibatch::checkpoint::check_output_dir(&args.out, &minibatch::scale::OUTPUT_FILES)?;
+    oversubscribed(&threads, quiet);
     let rows = minibatch::scale::run(&raw, &threads, &args.batch_sizes, recorder, |msg| {
         if !quiet {
             errln!("scale: {msg}");
@@ -262,6 +275,7 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
         measure_seconds: args.seconds,
     };
     minibatch::checkpoint::check_output_dir(&args.out, &minibatch::tune::OUTPUT_FILES)?;
+    oversubscribed(&args.threads, quiet);
     let report = minibatch::tune::run(&raw, &plan, |msg| {
         if !quiet {
             errln!("tune: {msg}");
@@ -361,6 +375,21 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Says when a thread count is above the cores this process may use: such threads share
+/// cores, and their figures measure the sharing.
+fn oversubscribed(threads: &[usize], quiet: bool) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some(&t) = threads.iter().filter(|&&t| t > cores).max()
+        && !quiet
+    {
+        errln!(
+            "note: {t} threads on {cores} core{}: threads beyond the cores share them, so \
+             those rows measure the sharing, not more hardware",
+            if cores == 1 { "" } else { "s" }
+        );
+    }
 }
 
 /// The machine's cores, at most `MAX_THREADS`: the default top of a thread sweep.

@@ -499,6 +499,11 @@ fn bad_tune_and_bench_options_exit_2_with_the_option_named() {
         (vec!["train", "-q", "-v"], "cannot be used with"),
         (vec!["scale", "-b", "32,32"], "lists a batch size twice"),
         (
+            vec!["bench", "--shard-rows", "64,64"],
+            "`--shard-rows`: lists a shard size twice",
+        ),
+        (vec!["bench", "-w", "w1,w1"], "`--workload`: lists w1 twice"),
+        (
             vec!["bench", "-b", "32,0"],
             "batch sizes must be at least 1",
         ),
@@ -1433,7 +1438,23 @@ fn default_thread_sweeps_work_on_one_core() {
             "{args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The default sweep stays on the one core: no note about sharing it.
+        assert!(!String::from_utf8_lossy(&out.stderr).contains("share them"));
     }
+    // Two threads asked for on one core: said to share it.
+    let out = Command::new("taskset")
+        .args(["-c", "0", env!("CARGO_BIN_EXE_minibatch")])
+        .args([
+            "bench", "-w", "w3", "--epochs", "1", "--n", "2000", "-t", "1,2",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("note: 2 threads on 1 core: threads beyond the cores share them"),
+        "{stderr}"
+    );
 }
 
 /// Outputs are replaced through a temporary file renamed over them, except what a rename
