@@ -714,13 +714,17 @@ pub fn to_svg(report: &TuneReport) -> String {
             legend_y(row)
         );
     };
-    line(
-        &throughput,
-        "#1f77b4",
-        "examples/s (left axis)",
-        0.0,
-        &mut svg,
-    );
+    // Several thread counts: each batch size is drawn at its fastest.
+    let several = report
+        .rows
+        .iter()
+        .any(|r| r.threads != report.rows[0].threads);
+    let throughput_label = if several {
+        "examples/s (left axis; each B at its fastest thread count, every count in tune.csv)"
+    } else {
+        "examples/s (left axis)"
+    };
+    line(&throughput, "#1f77b4", throughput_label, 0.0, &mut svg);
     let time_label = if measured {
         "seconds to target (right axis)"
     } else {

@@ -56,6 +56,12 @@ fn tune_config(
         })
         .collect();
     let rows: Vec<std::collections::HashMap<String, String>> = rows;
+    // One point per batch size (at its fastest thread count).
+    let sizes = rows
+        .iter()
+        .map(|r| &r["batch_size"])
+        .collect::<std::collections::HashSet<_>>()
+        .len();
     let svg = std::fs::read_to_string(out_dir.join("tune.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("B_noise"));
     // Each series has an axis with labelled values (examples/s on the left, time on the
@@ -72,7 +78,7 @@ fn tune_config(
             .filter(|l| l.contains("text-anchor"))
             .count();
         assert!(
-            ticks >= rows.len().min(2),
+            ticks >= sizes.min(2),
             "{color}: {ticks} axis labels in {svg}"
         );
     }
@@ -90,7 +96,7 @@ fn tune_config(
         lowest_legend < highest_point,
         "legend over the points: {svg}"
     );
-    if rows.len() == 1 {
+    if sizes == 1 {
         let middle = svg
             .lines()
             .find(|l| l.starts_with("<circle"))
@@ -329,4 +335,25 @@ fn every_epoch_of_the_noise_estimate_is_listed() {
         )),
         "{stdout}"
     );
+}
+
+/// With several thread counts the plot draws each batch size at its fastest, and says so.
+#[test]
+fn the_plot_says_which_thread_count_it_draws() {
+    let (_, rows) = tune(
+        "tune-threads-plot",
+        &[
+            "--batch-sizes",
+            "32",
+            "--seconds",
+            "0.02",
+            "--threads",
+            "1,2",
+        ],
+    );
+    assert_eq!(rows.len(), 2);
+    let svg =
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("tune-threads-plot/out/tune.svg");
+    let svg = std::fs::read_to_string(svg).unwrap();
+    assert!(svg.contains("each B at its fastest thread count"), "{svg}");
 }
