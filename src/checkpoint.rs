@@ -46,62 +46,50 @@ pub fn save_params(
     let d = [standardization.map_or(0, |(mean, _)| mean.len())];
     let tensors = model_tensors(layout, params, standardization, &d);
     let mut metadata = metadata.to_vec();
-    metadata.extend(classes_entry(class_names));
+    metadata.extend(names_entry(CLASSES, class_names));
     write_tensors(path, &tensors, FORMAT, &metadata)
 }
 
-/// Metadata key of the class names, in class id order, as a JSON list of strings.
+/// Metadata key of the class names, in class id order, as a JSON list of strings: class
+/// ids are positions in the sorted training labels, so only the names say which id is
+/// which label in another file.
 pub const CLASSES: &str = "classes";
 
-/// The metadata entry for `class_names`, if any: class ids are positions in the sorted
-/// training labels, so only the names say which id is which label in another file.
-fn classes_entry(class_names: Option<&[String]>) -> Option<(&'static str, String)> {
-    class_names.map(|names| {
-        (
-            CLASSES,
-            serde_json::to_string(names).expect("strings serialise"),
-        )
-    })
-}
-
-/// Metadata key of the feature columns' names (a CSV header's), as a JSON list of strings.
+/// Metadata key of the feature columns' names (a CSV header's), as a JSON list of strings:
+/// another file's header is checked against them.
 pub const FEATURES: &str = "features";
 
-/// The metadata entry for the training data's feature names, if its file named them.
-pub fn features_entry(names: Option<&[String]>) -> Option<(&'static str, String)> {
+/// The metadata entry `key` for a list of names (`CLASSES`, `FEATURES`), if there is one.
+pub fn names_entry(key: &'static str, names: Option<&[String]>) -> Option<(&'static str, String)> {
     names.map(|names| {
         (
-            FEATURES,
+            key,
             serde_json::to_string(names).expect("strings serialise"),
         )
     })
-}
-
-/// The feature names saved with a model or checkpoint; `None` where the training data
-/// named none (and for files written before they were recorded).
-pub fn load_feature_names(path: &Path) -> Result<Option<Vec<String>>> {
-    let bytes = read_file(path)?;
-    let info = metadata(path, &bytes)?;
-    info.get(FEATURES)
-        .map(|text| {
-            serde_json::from_str(text).map_err(|_| Error::Parse {
-                path: path.to_path_buf(),
-                msg: format!("metadata `{FEATURES}` is not a JSON list of column names"),
-            })
-        })
-        .transpose()
 }
 
 /// The class names saved with a model or checkpoint; `None` for numeric labels, regression,
 /// and files written before the names were recorded.
 pub fn load_class_names(path: &Path) -> Result<Option<Vec<String>>> {
+    load_names(path, CLASSES, "class names")
+}
+
+/// The feature names saved with a model or checkpoint; `None` where the training data
+/// named none (and for files written before they were recorded).
+pub fn load_feature_names(path: &Path) -> Result<Option<Vec<String>>> {
+    load_names(path, FEATURES, "column names")
+}
+
+/// The list of names under metadata `key`, if the file has one.
+fn load_names(path: &Path, key: &str, what: &str) -> Result<Option<Vec<String>>> {
     let bytes = read_file(path)?;
     let info = metadata(path, &bytes)?;
-    info.get(CLASSES)
+    info.get(key)
         .map(|text| {
             serde_json::from_str(text).map_err(|_| Error::Parse {
                 path: path.to_path_buf(),
-                msg: format!("metadata `{CLASSES}` is not a JSON list of class names"),
+                msg: format!("metadata `{key}` is not a JSON list of {what}"),
             })
         })
         .transpose()
@@ -319,8 +307,8 @@ pub fn save_checkpoint(path: &Path, state: &TrainState<'_>, record: &RunRecord) 
         ("optimizer", run.optimizer.clone()),
         ("sampling", run.sampling.clone()),
     ];
-    metadata.extend(classes_entry(record.class_names.as_deref()));
-    metadata.extend(features_entry(record.feature_names.as_deref()));
+    metadata.extend(names_entry(CLASSES, record.class_names.as_deref()));
+    metadata.extend(names_entry(FEATURES, record.feature_names.as_deref()));
     write_tensors(path, &tensors, CHECKPOINT_FORMAT, &metadata)
 }
 

@@ -311,7 +311,8 @@ pub fn train(
             file.and_then(|f| f.classes.names()),
             &[("model", cfg.model.describe()), ("config", config_text)]
                 .into_iter()
-                .chain(minibatch::checkpoint::features_entry(
+                .chain(minibatch::checkpoint::names_entry(
+                    minibatch::checkpoint::FEATURES,
                     file.and_then(|f| f.train.feature_names()),
                 ))
                 .chain(fast.then(|| {
