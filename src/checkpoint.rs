@@ -505,89 +505,168 @@ pub fn create_dir(dir: &Path) -> Result<()> {
     })
 }
 
-/// Writes each `(file name, bytes)` into `dir` (created if missing) with `write_atomic`:
-/// a report's files are whole or absent, never half-written.
+/// Writes each `(file name, bytes)` into `dir` (created if missing) as `write_atomic`
+/// does, all or none: every destination is checked, then every file written to its
+/// temporary name, then all renamed (a directory in the way of the second file left the
+/// first written alone).
 pub fn write_files_in(dir: &Path, files: &[(&str, &[u8])]) -> Result<()> {
     create_dir(dir)?;
-    // Every name is checked before any is written: a set of files comes whole or not at
-    // all (a directory in the way of the second left the first written alone).
-    for (name, _) in files {
+    let mut staged = Vec::with_capacity(files.len());
+    for (name, bytes) in files {
         let path = dir.join(name);
-        if path.is_dir() {
-            return Err(Error::Write {
-                path,
-                source: std::io::Error::other("is a directory"),
-            });
+        let write_err = |source| Error::Write {
+            path: path.clone(),
+            source,
+        };
+        match destination(&path).map_err(write_err)? {
+            Destination::Replace(target) => staged.push((path.clone(), target, *bytes)),
+            // Nothing to stage: written at once (a report's files are rarely devices).
+            other => write_to(&path, other, bytes)?,
         }
     }
-    files
-        .iter()
-        .try_for_each(|(name, bytes)| write_atomic(&dir.join(name), bytes))
-}
-
-/// Where `write_atomic` puts the bytes for `path`.
-enum Destination {
-    /// A regular file (or none yet): a sibling temporary file renamed over this path.
-    Replace(PathBuf),
-    /// A device, FIFO or socket, or a link that names no file (`/proc/self/fd/1` names a
-    /// pipe): written where it is. Renaming over it would put a regular file in its place
-    /// (`--save /dev/null` run as root replaced the device).
-    InPlace(PathBuf),
-}
-
-/// A link is followed to the file it names, which is replaced while the link stays.
-fn destination(path: &Path) -> std::io::Result<Destination> {
-    let path = match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_symlink() => match std::fs::canonicalize(path) {
-            Ok(resolved) => resolved,
-            Err(_) => return Ok(Destination::InPlace(path.to_path_buf())),
-        },
-        _ => path.to_path_buf(),
-    };
-    match std::fs::metadata(&path) {
-        Ok(meta) if meta.is_dir() => Err(std::io::Error::other("is a directory")),
-        Ok(meta) if !meta.is_file() => Ok(Destination::InPlace(path)),
-        _ => Ok(Destination::Replace(path)),
+    let mut written: Vec<PathBuf> = Vec::new();
+    for (path, target, bytes) in &staged {
+        let tmp = temp_path(target);
+        if let Err(source) = write_synced(&tmp, bytes) {
+            let _ = std::fs::remove_file(&tmp);
+            written.iter().for_each(|t| drop(std::fs::remove_file(t)));
+            return Err(Error::Write {
+                path: path.clone(),
+                source,
+            });
+        }
+        written.push(tmp);
     }
+    for ((path, target, _), tmp) in staged.iter().zip(&written) {
+        std::fs::rename(tmp, target).map_err(|source| Error::Write {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
-/// Writes `bytes` to a sibling temporary file, syncs it and renames it over `path`: the
-/// file is whole or as it was. A device or FIFO is written in place, and a link's file is
-/// replaced, not the link.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Where `write_atomic` puts the bytes for a path.
+enum Destination {
+    /// A regular file, or none yet: a sibling temporary file renamed over this path (the
+    /// file a chain of links ends at; the links stay).
+    Replace(PathBuf),
+    /// A device, FIFO or socket: written where it is. Renaming over it would put a regular
+    /// file in its place (`--save /dev/null` run as root replaced the device).
+    InPlace(PathBuf),
+    /// An open descriptor of this process (`/dev/stdout`, `/dev/fd/N`, `/proc/self/fd/N`):
+    /// written through it, so a shell's `>> log` appends and a pipe gets the bytes, where
+    /// reopening the file it names would truncate or replace it.
+    Descriptor(i32),
+}
+
+/// The descriptor a path names, if it names one of this process's.
+fn descriptor_of(path: &Path) -> Option<i32> {
+    let text = path.to_str()?;
+    match text {
+        "/dev/stdout" => return Some(1),
+        "/dev/stderr" => return Some(2),
+        _ => {}
+    }
+    for prefix in ["/dev/fd/", "/proc/self/fd/", "/proc/thread-self/fd/"] {
+        if let Some(n) = text.strip_prefix(prefix) {
+            return n.parse().ok();
+        }
+    }
+    let (pid, n) = text.strip_prefix("/proc/")?.split_once("/fd/")?;
+    (pid.parse::<u32>().ok()? == std::process::id())
+        .then(|| n.parse().ok())
+        .flatten()
+}
+
+/// Follows links one at a time (a link's target is taken from its own directory) to what
+/// `path` finally names.
+fn destination(path: &Path) -> std::io::Result<Destination> {
+    let mut current = path.to_path_buf();
+    // As the kernel's own limit on links followed in one lookup.
+    for _ in 0..40 {
+        if let Some(fd) = descriptor_of(&current) {
+            return Ok(Destination::Descriptor(fd));
+        }
+        match std::fs::symlink_metadata(&current) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                let target = std::fs::read_link(&current)?;
+                current = match current.parent() {
+                    Some(dir) if target.is_relative() => dir.join(target),
+                    _ => target,
+                };
+            }
+            Ok(meta) if meta.is_dir() => return Err(std::io::Error::other("is a directory")),
+            Ok(meta) if !meta.is_file() => return Ok(Destination::InPlace(current)),
+            // A regular file, or a new one (whose directory the write or the probe finds
+            // missing, if it is).
+            Ok(_) => return Ok(Destination::Replace(current)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Destination::Replace(current));
+            }
+            Err(err) => return Err(err),
+        }
+    }
+    Err(std::io::Error::other("too many levels of symbolic links"))
+}
+
+/// Creates `path`, writes `bytes` and syncs them.
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+/// Writes `bytes` for `path` where `destination` said.
+fn write_to(path: &Path, destination: Destination, bytes: &[u8]) -> Result<()> {
     let write_err = |source| Error::Write {
         path: path.to_path_buf(),
         source,
     };
-    let target = match destination(path).map_err(write_err)? {
-        Destination::InPlace(target) => {
-            return std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&target)
-                .and_then(|mut file| file.write_all(bytes))
-                .map_err(write_err);
+    match destination {
+        Destination::Replace(target) => {
+            let tmp = temp_path(&target);
+            let result = write_synced(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &target));
+            if result.is_err() {
+                let _ = std::fs::remove_file(&tmp);
+            }
+            result.map_err(write_err)
         }
-        Destination::Replace(target) => target,
-    };
-    let tmp = temp_path(&target);
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &target)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        Destination::InPlace(target) => std::fs::OpenOptions::new()
+            .write(true)
+            .open(&target)
+            .and_then(|mut file| file.write_all(bytes))
+            .map_err(write_err),
+        Destination::Descriptor(fd) => {
+            // What this process printed to standard output so far goes first.
+            let _ = std::io::stdout().flush();
+            // SAFETY: dup has no preconditions; a descriptor it returns is ours to own.
+            let copy = unsafe { libc::dup(fd) };
+            if copy < 0 {
+                return Err(write_err(std::io::Error::last_os_error()));
+            }
+            // SAFETY: `copy` is a fresh descriptor owned by nothing else.
+            let mut file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(copy) };
+            file.write_all(bytes).map_err(write_err)
+        }
     }
-    result.map_err(write_err)
+}
+
+/// Writes `bytes` to a sibling temporary file, syncs it and renames it over `path`: the
+/// file is whole or as it was. A link's file is replaced, not the link; a device or FIFO
+/// is written where it is, and a descriptor path (`/dev/stdout`) through the descriptor.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let destination = destination(path).map_err(|source| Error::Write {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    write_to(path, destination, bytes)
 }
 
 /// Checks, before the work whose result goes to `path`, that `write_atomic` will be able to
 /// write it: it is not a directory and a temporary file can be created beside it (and is
-/// removed again), or it is a device or FIFO written in place. An hour of training lost to
-/// a mistyped `--save` directory is what this prevents.
+/// removed again), or it is a device, FIFO or open descriptor written where it is. An hour
+/// of training lost to a mistyped `--save` directory is what this prevents.
 pub fn check_writable(path: &Path) -> Result<()> {
     let unwritable = |source| Error::Unwritable {
         path: path.to_path_buf(),
@@ -595,6 +674,11 @@ pub fn check_writable(path: &Path) -> Result<()> {
     };
     match destination(path).map_err(unwritable)? {
         Destination::InPlace(_) => Ok(()),
+        // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags.
+        Destination::Descriptor(fd) if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 => {
+            Err(unwritable(std::io::Error::last_os_error()))
+        }
+        Destination::Descriptor(_) => Ok(()),
         Destination::Replace(target) => probe(&temp_path(&target)).map_err(unwritable),
     }
 }
@@ -648,11 +732,10 @@ pub fn check_output_dir(dir: &Path, files: &[&str]) -> Result<()> {
             format!("{} is not a directory", existing.display())
         })));
     }
-    if let Some(path) = files.iter().map(|f| dir.join(f)).find(|p| p.is_dir()) {
-        return Err(Error::Unwritable {
-            path,
-            source: std::io::Error::other("is a directory"),
-        });
+    for path in files.iter().map(|f| dir.join(f)) {
+        if let Err(source) = destination(&path) {
+            return Err(Error::Unwritable { path, source });
+        }
     }
     probe(&existing.join(format!(".minibatch-probe-{}", std::process::id()))).map_err(unwritable)
 }

@@ -1458,9 +1458,10 @@ fn default_thread_sweeps_work_on_one_core() {
 }
 
 /// Outputs are replaced through a temporary file renamed over them, except what a rename
-/// would destroy: a link's file is replaced and the link stays; a FIFO (or a device, such
-/// as /dev/null) is written in place and stays; a link to a pipe (/proc/self/fd/1) writes
-/// into the pipe.
+/// would destroy: a link's file is replaced and the link stays (a link to a file not made
+/// yet too); a FIFO (or a device, such as /dev/null) is written in place and stays; a path
+/// of an open descriptor (/proc/self/fd/1, /dev/stdout) is written through it. A link
+/// loop, or a link into a missing directory, is refused before the work.
 #[test]
 fn outputs_through_links_and_fifos_keep_them() {
     use std::os::unix::fs::FileTypeExt;
@@ -1502,12 +1503,18 @@ fn outputs_through_links_and_fifos_keep_them() {
     let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
     // SAFETY: a valid C string; mkfifo has no other preconditions.
     assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
-    let reader = {
+    let (sent, received) = std::sync::mpsc::channel();
+    {
         let fifo = fifo.clone();
-        std::thread::spawn(move || std::fs::read(fifo).unwrap())
-    };
+        // Blocks until a writer opens the FIFO: a run that renamed a file over it never
+        // does, and the wait below fails instead of hanging.
+        std::thread::spawn(move || sent.send(std::fs::read(fifo).unwrap()));
+    }
     save(&fifo);
-    assert_eq!(reader.join().unwrap(), expected);
+    let read = received
+        .recv_timeout(std::time::Duration::from_secs(20))
+        .expect("the FIFO was written");
+    assert_eq!(read, expected);
     assert!(
         std::fs::symlink_metadata(&fifo)
             .unwrap()
@@ -1541,6 +1548,52 @@ fn outputs_through_links_and_fifos_keep_them() {
             .file_type()
             .is_symlink()
     );
+
+    // A link to a file not there yet, in a directory that is: the file is made (through a
+    // temporary file renamed into place) and the link stays.
+    let later = dir.join("later.safetensors");
+    let to_later = dir.join("to-later.safetensors");
+    std::os::unix::fs::symlink("later.safetensors", &to_later).unwrap();
+    save(&to_later);
+    assert_eq!(std::fs::read(&later).unwrap(), expected);
+    assert!(
+        std::fs::symlink_metadata(&to_later)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+
+    // A link loop, and a link into a directory that is not there: refused before the work.
+    let looped = dir.join("loop.safetensors");
+    std::os::unix::fs::symlink("loop.safetensors", &looped).unwrap();
+    let nowhere = dir.join("nowhere.safetensors");
+    std::os::unix::fs::symlink("no-such-dir/m.safetensors", &nowhere).unwrap();
+    for (link, expected) in [
+        (&looped, "too many levels of symbolic links"),
+        (&nowhere, "No such file or directory"),
+    ] {
+        let out = run(&["train", "-c", config, "--save", link.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(out.stdout.is_empty(), "trained first: {stderr}");
+    }
+
+    // /dev/stdout while standard output is a file opened for appending: the predictions
+    // are appended through the descriptor; the file was replaced (losing what it held)
+    // when /dev/stdout was followed to it and renamed over.
+    let log = dir.join("log.txt");
+    std::fs::write(&log, "kept\n").unwrap();
+    let append = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(["predict", "-q", "-m", plain.to_str().unwrap(), "-c", config])
+        .args(["-o", "/dev/stdout"])
+        .stdout(append)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.starts_with("kept\nrow,"), "{text}");
 }
 
 /// Results that cannot be written to standard output (a full disk behind a redirect) fail
