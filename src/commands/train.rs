@@ -640,7 +640,7 @@ fn check_outputs(args: &TrainArgs, raw: &RawConfig, (rank, ranks): (usize, usize
                 .file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("step-") && n.ends_with(".safetensors"));
-            if checkpoint_name && path.parent().is_some_and(|p| same_path(p, dir)) {
+            if checkpoint_name && same_path(directory_of(path), dir) {
                 return Err(minibatch::Error::config(
                     flag,
                     format!(
@@ -654,13 +654,21 @@ fn check_outputs(args: &TrainArgs, raw: &RawConfig, (rank, ranks): (usize, usize
             }
             // A file in the checkpoint directory the run will make: new, so no input, and
             // the directory itself is checked with --checkpoint.
-            if path.parent().is_some_and(|p| same_path(p, dir)) && !dir.exists() {
+            if same_path(directory_of(path), dir) && !dir.exists() {
                 continue;
             }
         }
         minibatch::checkpoint::check_output(flag, path, &inputs)?;
     }
     Ok(())
+}
+
+/// The directory a file path is in: `.` for a bare name (whose parent is empty).
+fn directory_of(path: &std::path::Path) -> &std::path::Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    }
 }
 
 /// Whether two paths name the same place: the same file once both exist, else the same
@@ -694,8 +702,8 @@ fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
 /// Makes the checkpoint directory when `output` lies in it and no checkpoint made it yet
 /// (a run stopped before its first one).
 fn make_checkpoint_dir_for(args: &TrainArgs, output: &std::path::Path) -> Result<()> {
-    match (&args.checkpoint, output.parent()) {
-        (Some(dir), Some(parent)) if same_path(parent, dir) && !dir.exists() => {
+    match &args.checkpoint {
+        Some(dir) if same_path(directory_of(output), dir) && !dir.exists() => {
             std::fs::create_dir_all(dir).map_err(|source| minibatch::Error::Unwritable {
                 path: dir.clone(),
                 source,

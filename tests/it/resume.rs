@@ -843,4 +843,15 @@ fn outputs_may_go_into_the_checkpoint_directory_but_not_over_it() {
         );
         assert!(!ckpt.exists(), "refused before any work");
     }
+    // A bare name with the current directory as the checkpoint directory.
+    let cwd = ckpt.parent().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(["train", "-q", "-c", config, "--checkpoint", "."])
+        .args(["--save", "step-000000050.safetensors"])
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("is named as the run's checkpoints"), "{err}");
 }
