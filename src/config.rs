@@ -502,6 +502,11 @@ impl RawConfig {
             .valid_path
             .as_deref()
             .map(|p| data_format(p, raw.format.as_deref()));
+        let any_csv = if format == "csv" || valid_format.as_deref() == Some("csv") {
+            "csv"
+        } else {
+            &format
+        };
         // Keys of one format given for another would be silently unused.
         let format_keys: [(&str, bool, &str, &str); 5] = [
             ("data.labels", raw.labels.is_some(), "npy", &format),
@@ -511,9 +516,10 @@ impl RawConfig {
                 "npy",
                 valid_format.as_deref().unwrap_or(&format),
             ),
-            ("data.label", raw.label.is_some(), "csv", &format),
-            ("data.header", raw.header.is_some(), "csv", &format),
-            ("data.delimiter", raw.delimiter.is_some(), "csv", &format),
+            // The CSV keys apply to whichever of the files is CSV.
+            ("data.label", raw.label.is_some(), "csv", any_csv),
+            ("data.header", raw.header.is_some(), "csv", any_csv),
+            ("data.delimiter", raw.delimiter.is_some(), "csv", any_csv),
         ];
         for (key, given, applies_to, format) in format_keys {
             if given && format != applies_to {
@@ -524,16 +530,10 @@ impl RawConfig {
             }
         }
         let delimiter = match raw.delimiter.as_deref() {
-            // Tab-separated by name.
-            None if path
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("tsv")) =>
-            {
-                b'\t'
-            }
-            None => b',',
-            Some(d) if d.len() == 1 => d.as_bytes()[0],
-            Some("\\t") | Some("\t") => b'\t',
+            // Set per file below: a `.tsv` file's is a tab.
+            None => None,
+            Some(d) if d.len() == 1 => Some(d.as_bytes()[0]),
+            Some("\\t") | Some("\t") => Some(b'\t'),
             Some(d) => {
                 return Err(self.err(
                     "data.delimiter",
@@ -549,7 +549,7 @@ impl RawConfig {
                 Some(LabelKey::Index(i)) => LabelColumn::Index(*i),
                 Some(LabelKey::Name(n)) => LabelColumn::Name(n.clone()),
             },
-            delimiter,
+            delimiter: b',',
             task,
         };
         // The training file sets the classes (unless they are given, for a saved model's
@@ -587,7 +587,16 @@ impl RawConfig {
                 other => other,
             };
             match data_format(path, raw.format.as_deref()).as_str() {
-                "csv" => crate::io::read_csv(path, &csv, &mut classes),
+                "csv" => {
+                    let tsv = path
+                        .extension()
+                        .is_some_and(|e| e.eq_ignore_ascii_case("tsv"));
+                    let csv = CsvOptions {
+                        delimiter: delimiter.unwrap_or(if tsv { b'\t' } else { b',' }),
+                        ..csv.clone()
+                    };
+                    crate::io::read_csv(path, &csv, &mut classes)
+                }
                 "libsvm" => crate::io::read_libsvm(path, d, task, &mut classes),
                 "npy" if raw.unlabeled && labels.is_none() => {
                     crate::io::read_npy_unlabeled(path, task, &classes)

@@ -957,6 +957,28 @@ fn a_validation_file_is_read_in_its_own_format() {
     .unwrap();
     let valid = cfg.data.file.as_ref().unwrap().valid.clone().unwrap();
     assert_eq!((valid.n(), valid.d()), (4, 2));
+    // The CSV keys apply to the CSV file of the two (here the validation file's label).
+    let labelled = dir.join("labelled.csv");
+    std::fs::write(&labelled, "y,a,b\n0,1,0\n1,0,1\n").unwrap();
+    let cfg = load(&format!(
+        "[data]\npath = {:?}\nvalid_path = {:?}\nlabel = \"y\"\n",
+        svm.to_str().unwrap(),
+        labelled.to_str().unwrap()
+    ))
+    .unwrap();
+    let valid = cfg.data.file.as_ref().unwrap().valid.clone().unwrap();
+    assert_eq!(valid.x().row(0).to_vec(), [1.0, 0.0]);
+    // Each file's own delimiter: a .tsv validation file beside CSV training data.
+    let tsv = dir.join("valid.tsv");
+    std::fs::write(&tsv, "a\tb\ty\n1\t0\t0\n0\t1\t1\n").unwrap();
+    let cfg = load(&format!(
+        "[data]\npath = {:?}\nvalid_path = {:?}\n",
+        csv.to_str().unwrap(),
+        tsv.to_str().unwrap()
+    ))
+    .unwrap();
+    let valid = cfg.data.file.as_ref().unwrap().valid.clone().unwrap();
+    assert_eq!((valid.n(), valid.d()), (2, 2));
 }
 
 /// A `.tsv` file is tab-separated without a delimiter key; tabs in a file read as CSV get
