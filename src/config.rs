@@ -1104,7 +1104,8 @@ impl RawConfig {
                         format!("optimizer `{name}` needs momentum > 0"),
                     ));
                 }
-                if momentum == 0.0 && raw.dampening.is_some() {
+                // (0, PyTorch's default, is accepted: it changes nothing.)
+                if momentum == 0.0 && dampening > 0.0 {
                     return Err(self.err(
                         "train.dampening",
                         "applies to momentum; plain SGD (momentum 0) has none to damp",

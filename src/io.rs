@@ -393,17 +393,6 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
                                     format!("column {c}: the label is empty"),
                                 ));
                             }
-                            _ if field.starts_with('"') => {
-                                return Err(parse_err(
-                                    path,
-                                    line_no,
-                                    format!(
-                                        "column {c}: label `{field}` is quoted (quoted fields \
-                                         are not supported: `\"cat\"` and `cat` would be two \
-                                         classes)"
-                                    ),
-                                ));
-                            }
                             _ => {
                                 // A word: remember where, and keep the row's place in `y`.
                                 words.push((y.len(), line_no, field.to_string()));
@@ -488,6 +477,18 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
             word.0 -= 1;
         }
         skipped = 1;
+    }
+    // A quoted label (the header's names may be quoted; it is gone by now): read as it
+    // stands, `"cat"` and `cat` would be two classes.
+    if let Some((_, line, word)) = words.iter().find(|w| w.2.starts_with('"')) {
+        return Err(parse_err(
+            path,
+            *line,
+            format!(
+                "column {label}: label `{word}` is quoted (quoted fields are not supported: \
+                 `\"cat\"` and `cat` would be two classes)"
+            ),
+        ));
     }
     if let (Some((_, line, word)), Task::Regression) = (words.first(), opts.task) {
         return Err(parse_err(

@@ -105,8 +105,9 @@ pub struct TuneRow {
 pub struct TuneReport {
     pub rows: Vec<TuneRow>,
     /// (epoch, training loss, B_noise) while training the config, every epoch: B_noise is
-    /// none where the smoothed |G|^2 or tr(Sigma) was not positive (late in a run the
-    /// gradient can be small against its noise).
+    /// none where no step of the epoch measured it (every `NOISE_PERIOD`th step does), or
+    /// where the smoothed |G|^2 or tr(Sigma) was not positive (late in a run the gradient
+    /// can be small against its noise).
     pub noise_history: Vec<(usize, f64, Option<f64>)>,
     /// The last epoch's B_noise that was estimated, and that epoch.
     pub b_noise: f64,
@@ -416,6 +417,9 @@ struct Outcome {
     valid_loss: Option<f64>,
 }
 
+/// Examples the target watch's moving average spans (for batches up to a third of it).
+const SMOOTH_EXAMPLES: f64 = 2048.0;
+
 /// Stops when a moving average of batch losses reaches the target or the budget of
 /// examples is spent, looking at every step.
 struct TargetWatch {
@@ -431,9 +435,13 @@ impl Observer for TargetWatch {
 
     fn batch(&mut self, rows: usize, mean_loss: f64) {
         self.examples += rows as u64;
+        // A moving average over about `SMOOTH_EXAMPLES` examples (at least three batches):
+        // one over a fixed count of steps would let small batches' noisier losses cross
+        // the target early.
+        let weight = (rows as f64 / SMOOTH_EXAMPLES).min(0.3);
         let s = self
             .smoothed
-            .map_or(mean_loss, |s| 0.7 * s + 0.3 * mean_loss);
+            .map_or(mean_loss, |s| (1.0 - weight) * s + weight * mean_loss);
         self.smoothed = Some(s);
         if self.target.is_some_and(|t| s <= t) {
             self.reached = true;
@@ -467,7 +475,11 @@ fn to_target(
         let b = NonZeroUsize::new(row.batch_size).unwrap_or(NonZeroUsize::MIN);
         let epoch_examples = match (raw.train.steps_per_epoch, sampling) {
             (Some(steps), crate::sampler::Sampling::Uniform) => steps.max(1) * b.get(),
-            _ => {
+            // Every uniform draw is a whole batch.
+            (None, crate::sampler::Sampling::Uniform) => {
+                crate::sampler::default_steps_per_epoch(train.n(), b, sampling).get() * b.get()
+            }
+            (_, crate::sampler::Sampling::Shuffle { .. }) => {
                 let steps = crate::sampler::default_steps_per_epoch(train.n(), b, sampling);
                 (steps.get() * b.get()).min(train.n())
             }

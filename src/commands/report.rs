@@ -290,8 +290,8 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
         match b_noise {
             Some(b_noise) => outln!("  epoch {epoch}: train loss {loss:.4}, B_noise {b_noise:.1}"),
             None => outln!(
-                "  epoch {epoch}: train loss {loss:.4}, B_noise not estimated (|G|^2 or \
-                 tr(Sigma) not above zero)"
+                "  epoch {epoch}: train loss {loss:.4}, B_noise not estimated (no step of the \
+                 epoch measured it, or the smoothed |G|^2 or tr(Sigma) was not above zero)"
             ),
         }
     }

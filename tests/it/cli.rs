@@ -1386,6 +1386,15 @@ fn the_optimizer_flag_overrides_the_configs_optimizer_keys() {
     )
     .unwrap();
     assert!(header("sgd").contains("| sgd, lr"), "{}", header("sgd"));
+    // Dampening 0 with plain SGD (PyTorch's default) changes nothing and is accepted; a
+    // positive one is refused (cli table above).
+    std::fs::write(
+        &config,
+        "[data]\nsynthetic = \"linear\"\nn = 200\n[train]\nepochs = 1\nbatch_size = 20\nthreads = 1\n\
+         dampening = 0.0\n",
+    )
+    .unwrap();
+    assert!(header("sgd").contains("| sgd, lr"), "{}", header("sgd"));
 }
 
 /// --sampling drops the config's key of the other sampling, as --optimizer does another

@@ -700,6 +700,10 @@ fn a_quoted_label_is_refused_with_its_line() {
         err.contains("q.csv:2: column 1: label `\"cat\"` is quoted"),
         "{err}"
     );
+    // A quoted name in a header is no label.
+    std::fs::write(&path, "1,2,\"label\"\n0,1,0\n1,0,1\n").unwrap();
+    let cfg = load(&format!("[data]\npath = {:?}\n", path.to_str().unwrap())).unwrap();
+    assert_eq!((cfg.data.n_train, cfg.data.n_classes), (2, Some(2)));
 }
 
 /// LIBSVM's binary labels -1/+1 are classes 0 and 1; as regression targets they stay -1
