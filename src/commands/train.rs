@@ -1006,16 +1006,37 @@ static INTERRUPT_CONTEXT: OnceLock<RunRecord> = OnceLock::new();
 
 /// SIGINT and SIGTERM set a flag that the training loop checks after every step, so the
 /// current step finishes and a checkpoint is written before the process exits with 130. A
-/// second one exits at once, without a checkpoint: a run blocked outside the loop (reading
-/// a FIFO no one writes to) could otherwise be stopped only with SIGKILL.
+/// second one, half a second or more after the first, exits at once, without a checkpoint:
+/// a run blocked outside the loop (reading a FIFO no one writes to) could otherwise be
+/// stopped only with SIGKILL. (One Ctrl-C can arrive twice within milliseconds: from the
+/// terminal and forwarded by `mpirun`; that is still one.)
 mod interrupt {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     static REQUESTED: AtomicBool = AtomicBool::new(false);
+    /// When the first signal came, in milliseconds of the monotonic clock.
+    static FIRST_MS: AtomicU64 = AtomicU64::new(0);
+
+    const AGAIN_AFTER_MS: u64 = 500;
+
+    fn now_ms() -> u64 {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec; clock_gettime is async-signal-safe.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+        t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000
+    }
 
     extern "C" fn on_signal(_: libc::c_int) {
-        // Only an atomic swap, write(2) and _exit(2): async-signal-safe.
-        if REQUESTED.swap(true, Ordering::SeqCst) {
+        // Only atomics, clock_gettime, write(2) and _exit(2): async-signal-safe.
+        let now = now_ms();
+        if !REQUESTED.swap(true, Ordering::SeqCst) {
+            FIRST_MS.store(now, Ordering::SeqCst);
+            return;
+        }
+        if now.saturating_sub(FIRST_MS.load(Ordering::SeqCst)) >= AGAIN_AFTER_MS {
             let msg = b"\nminibatch: interrupted again; exiting without a checkpoint\n";
             // SAFETY: a valid buffer; write and _exit are async-signal-safe.
             unsafe {
