@@ -181,10 +181,6 @@ pub struct RawSchedule {
 }
 
 impl RawTrain {
-    /// The optimizer a flag gives (`--optimizer`): when it changes the config's, the keys of
-    /// the config's that do not apply to the new one are dropped (a flag overrides the
-    /// config: `--optimizer adam` on a momentum config means Adam, and `--optimizer sgd`
-    /// means plain SGD, not the config's momentum under another name).
     /// The sampling a flag gives (`--sampling`): the config's key of the other sampling is
     /// dropped (`steps_per_epoch` means nothing to a shuffled epoch, `drop_last` nothing to
     /// uniform draws), as `--optimizer` drops another rule's keys.
@@ -197,6 +193,10 @@ impl RawTrain {
         self.sampling = Some(name.to_string());
     }
 
+    /// The optimizer a flag gives (`--optimizer`): when it changes the config's, the keys of
+    /// the config's that do not apply to the new one are dropped (a flag overrides the
+    /// config: `--optimizer adam` on a momentum config means Adam, and `--optimizer sgd`
+    /// means plain SGD, not the config's momentum under another name).
     pub fn set_optimizer(&mut self, name: &str) {
         // The same name keeps its keys, except `sgd`: from a flag it means plain SGD.
         if self.optimizer.as_deref() == Some(name) && name != "sgd" {

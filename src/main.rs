@@ -3,11 +3,10 @@
 //! 130: interrupted by Ctrl-C). Under an MPI launcher it also learns its rank and size, and
 //! a rank that fails alone ends the whole job.
 
-/// `println!` and `print!` for the commands' results: a stdout closed early (output piped
-/// into `head`) loses the rest of the text, not the run: training goes on to its saves
-/// and checkpoints instead of panicking in a print.
-/// `println!` that remembers a failed write (a full disk behind a redirect) for `main` to
-/// report, and drops what a closed pipe refuses (`| head`), where `println!` would panic.
+/// `println!` for the commands' results. A stdout closed early (output piped into `head`)
+/// loses the rest of the text, not the run: training goes on to its saves and checkpoints
+/// instead of panicking in a print. Any other failed write (a full disk behind a redirect)
+/// is remembered for `main` to report as the command's failure.
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
