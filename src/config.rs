@@ -633,6 +633,18 @@ impl RawConfig {
             )?),
             None => None,
         };
+        // A validation file whose header has the training columns in another order (or
+        // others) would be scored on the wrong features.
+        if let (Some(valid), Some(valid_path)) = (&valid, &raw.valid_path)
+            && let (Some(trained), Some(given)) = (train.feature_names(), valid.feature_names())
+            && trained != given
+        {
+            return Err(Error::Data {
+                path: valid_path.clone(),
+                line: 1,
+                msg: crate::data::feature_mismatch(trained, given, "the training file"),
+            });
+        }
         let valid_fraction = raw.valid_fraction.unwrap_or(0.0);
         if !(0.0..1.0).contains(&valid_fraction) {
             return Err(self.err(

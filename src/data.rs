@@ -540,6 +540,49 @@ fn advise_huge_pages(values: &mut [f32]) {
 #[cfg(not(target_os = "linux"))]
 fn advise_huge_pages(_values: &mut [f32]) {}
 
+/// Why a header's feature columns are not the `expected` ones (as many): read by position,
+/// they would feed one feature's values in as another's. `whose` names where the expected
+/// names come from ("the model's training data"). For eval and predict's data, a
+/// validation file, and the data a `--resume`/`--init` run continues on.
+pub fn feature_mismatch(expected: &[String], given: &[String], whose: &str) -> String {
+    let list = |names: &[String]| {
+        let mut text = names
+            .iter()
+            .take(8)
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if names.len() > 8 {
+            text += &format!(", ... ({} in all)", names.len());
+        }
+        text
+    };
+    let (mut a, mut b) = (expected.to_vec(), given.to_vec());
+    a.sort();
+    b.sort();
+    if a == b {
+        return format!(
+            "has the feature columns of {whose} in another order ({}; {whose}: {}): put them \
+             in that order",
+            list(given),
+            list(expected)
+        );
+    }
+    let i = expected
+        .iter()
+        .zip(given)
+        .position(|(e, g)| e != g)
+        .unwrap_or(0);
+    format!(
+        "feature column {} is `{}`, where {whose} has `{}` ({whose}: {}); if these are the \
+         same features under other names, name them alike",
+        i + 1,
+        given[i],
+        expected[i],
+        list(expected)
+    )
+}
+
 /// The error of a row (1-based, as its file counts data rows) that `Dataset::standardize`
 /// took past f32's range.
 pub fn past_f32(row: usize) -> String {

@@ -109,47 +109,6 @@ impl SavedModel {
     }
 }
 
-/// Why a header's feature columns are not the ones the model was trained on (same count):
-/// read by position, they would feed one feature's values in as another's.
-fn feature_mismatch(trained: &[String], given: &[String]) -> String {
-    let list = |names: &[String]| {
-        let mut text = names
-            .iter()
-            .take(8)
-            .map(|n| format!("`{n}`"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        if names.len() > 8 {
-            text += &format!(", ... ({} in all)", names.len());
-        }
-        text
-    };
-    let (mut a, mut b) = (trained.to_vec(), given.to_vec());
-    a.sort();
-    b.sort();
-    if a == b {
-        return format!(
-            "has the model's feature columns in another order ({}; trained on {}): put them \
-             in the training order",
-            list(given),
-            list(trained)
-        );
-    }
-    let i = trained
-        .iter()
-        .zip(given)
-        .position(|(t, g)| t != g)
-        .unwrap_or(0);
-    format!(
-        "feature column {} is `{}`, where the model was trained on `{}` (trained on {}); if \
-         these are the same features under other names, name them as in training",
-        i + 1,
-        given[i],
-        trained[i],
-        list(trained)
-    )
-}
-
 /// The file whose rows are evaluated: the validation file when there is one.
 fn evaluated_file(data: &minibatch::config::RawData) -> Option<std::path::PathBuf> {
     data.valid_path.clone().or_else(|| data.path.clone())
@@ -378,7 +337,7 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
         rows.feature_names(),
     ) && trained != given
     {
-        let msg = feature_mismatch(&trained, given);
+        let msg = minibatch::data::feature_mismatch(&trained, given, "the model's training data");
         return Err(data_error(data_path.as_deref(), "data", msg));
     }
     let rows = match standardization {

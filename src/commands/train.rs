@@ -60,6 +60,7 @@ pub fn train(
     for (flag, path) in [("--resume", &args.resume), ("--init", &args.init)] {
         if let Some(path) = path {
             check_standardization(flag, path, &cfg)?;
+            check_feature_names(flag, path, &cfg, raw.data.path.as_deref())?;
         }
     }
     if let Some(path) = &args.resume {
@@ -709,6 +710,34 @@ fn make_checkpoint_dir_for(args: &TrainArgs, output: &std::path::Path) -> Result
                 source,
             })
         }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses parameters trained on columns of other names, or in another order, than this
+/// run's data file has (when both headers named them): each weight belongs to a feature.
+fn check_feature_names(
+    flag: &str,
+    path: &std::path::Path,
+    cfg: &minibatch::Config,
+    data_path: Option<&std::path::Path>,
+) -> Result<()> {
+    let (Some(file), Some(data_path)) = (cfg.data.file.as_ref(), data_path) else {
+        return Ok(());
+    };
+    match (
+        minibatch::checkpoint::load_feature_names(path)?,
+        file.train.feature_names(),
+    ) {
+        (Some(saved), Some(now)) if saved != now => Err(minibatch::Error::Data {
+            path: data_path.to_path_buf(),
+            line: 1,
+            msg: minibatch::data::feature_mismatch(
+                &saved,
+                now,
+                &format!("the data of {} ({flag})", path.display()),
+            ),
+        }),
         _ => Ok(()),
     }
 }

@@ -824,13 +824,44 @@ fn feature_columns_in_another_order_or_under_other_names_are_refused() {
     }
     let err = refused(&["eval", "-m", &model, "--data", &moved]);
     assert!(
-        err.contains("moved.csv") && err.contains("the model's feature columns in another order"),
+        err.contains("moved.csv")
+            && err.contains("the feature columns of the model's training data in another order"),
         "{err}"
     );
     let err = refused(&["predict", "-m", &model, "--data", &renamed, "-o", "-"]);
     assert!(
         err.contains("renamed.csv")
-            && err.contains("feature column 2 is `x`, where the model was trained on `b`"),
+            && err.contains("feature column 2 is `x`, where the model's training data has `b`"),
+        "{err}"
+    );
+    // Training from the model's parameters (--init) on the reordered file, and training
+    // with it as the validation file: refused alike.
+    let write_config = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let on_moved = write_config(
+        "moved.toml",
+        format!("[data]\npath = {moved:?}\n[train]\nepochs = 1\nbatch_size = 2\n"),
+    );
+    let err = refused(&["train", "-c", &on_moved, "--init", &model]);
+    assert!(
+        err.contains("moved.csv") && err.contains("in another order") && err.contains("--init"),
+        "{err}"
+    );
+    let t = dir.join("t.csv");
+    let validated_on_moved = write_config(
+        "valid.toml",
+        format!(
+            "[data]\npath = {:?}\nvalid_path = {moved:?}\n[train]\nepochs = 1\n",
+            t.to_str().unwrap()
+        ),
+    );
+    let err = refused(&["train", "-c", &validated_on_moved]);
+    assert!(
+        err.contains("moved.csv")
+            && err.contains("the feature columns of the training file in another order"),
         "{err}"
     );
 }
