@@ -759,12 +759,12 @@ fn a_second_ctrl_c_exits_a_run_blocked_on_its_input() {
     let pid = child.id();
     // Signal only once the handler is in place (SIGINT's bit in the caught-signal mask).
     let start = Instant::now();
-    while !std::fs::read_to_string(format!("/proc/{pid}/status"))
+    while std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
         .find_map(|l| l.strip_prefix("SigCgt:"))
         .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-        .is_some_and(|mask| mask & (1 << (libc::SIGINT - 1)) != 0)
+        .is_none_or(|mask| mask & (1 << (libc::SIGINT - 1)) == 0)
     {
         assert!(start.elapsed() < Duration::from_secs(20), "no handler");
         std::thread::sleep(Duration::from_millis(10));
