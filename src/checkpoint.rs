@@ -371,11 +371,30 @@ pub fn load_checkpoint(path: &Path, layout: &ParamLayout) -> Result<Checkpoint> 
     };
     let buffer = |name: &str| -> Result<Vec<f32>> {
         match file.tensor(name) {
-            Ok(t) if t.dtype() == Dtype::F32 => Ok(t
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect()),
+            Ok(t) if t.dtype() == Dtype::F32 => {
+                let values: Vec<f32> = t
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                // Moments that are not finite (or a negative second moment) would stop the
+                // run later, blamed on the learning rate, or freeze a parameter (m / inf).
+                let bad = values
+                    .iter()
+                    .position(|&v| !v.is_finite() || (name == "optimizer.v" && v < 0.0));
+                match bad {
+                    Some(i) => Err(corrupt(format!(
+                        "`{name}` holds {} at flat index {i}; optimizer moments must be finite{}",
+                        values[i],
+                        if name == "optimizer.v" {
+                            " and not negative"
+                        } else {
+                            ""
+                        }
+                    ))),
+                    None => Ok(values),
+                }
+            }
             Ok(t) => Err(corrupt(format!(
                 "tensor `{name}` is {:?}, expected F32",
                 t.dtype()

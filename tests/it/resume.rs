@@ -877,3 +877,50 @@ fn outputs_may_go_into_the_checkpoint_directory_but_not_over_it() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("is named as the run's checkpoints"), "{err}");
 }
+
+/// Optimizer moments in a checkpoint are checked as the parameters are: a NaN first moment
+/// stopped the run later, blamed on the learning rate, and an infinite second moment froze
+/// its parameter (m / inf = 0) with exit 0.
+#[test]
+fn a_checkpoint_with_moments_that_are_not_finite_is_refused() {
+    let (dir, config, ckpt_dir) = run_dir("resume-bad-moments");
+    let adam = dir.join("adam.toml");
+    assert!(config.exists());
+    let text = CONFIG.replace(
+        "clip_norm = 2.0\n",
+        "clip_norm = 2.0\noptimizer = \"adam\"\n",
+    );
+    std::fs::write(&adam, text).unwrap();
+    succeeds(&[
+        "train",
+        "-q",
+        "-c",
+        adam.to_str().unwrap(),
+        "--epochs",
+        "1",
+        "--checkpoint",
+        ckpt_dir.to_str().unwrap(),
+    ]);
+    let ckpt = checkpoints(&ckpt_dir).pop().unwrap();
+    let bytes = std::fs::read(&ckpt).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    for (tensor, value, shown) in [
+        ("optimizer.m", f32::NAN, "NaN"),
+        ("optimizer.v", f32::INFINITY, "inf"),
+        ("optimizer.v", -1.0, "-1"),
+    ] {
+        let start = header[tensor]["data_offsets"][0].as_u64().unwrap() as usize;
+        let at = 8 + header_len + start + 4 * 3;
+        let mut poisoned = bytes.clone();
+        poisoned[at..at + 4].copy_from_slice(&value.to_le_bytes());
+        let path = dir.join("poisoned.safetensors");
+        std::fs::write(&path, poisoned).unwrap();
+        let out = refused(&["train", "-q", "--resume", path.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("`{tensor}` holds {shown} at flat index 3")),
+            "{stderr}"
+        );
+    }
+}
