@@ -61,6 +61,7 @@ pub fn train(
         if let Some(path) = path {
             check_standardization(flag, path, &cfg)?;
             check_feature_names(flag, path, &cfg, raw.data.path.as_deref())?;
+            check_model_and_classes(flag, path, &cfg)?;
         }
     }
     if let Some(path) = &args.resume {
@@ -712,6 +713,47 @@ fn make_checkpoint_dir_for(args: &TrainArgs, output: &std::path::Path) -> Result
         }
         _ => Ok(()),
     }
+}
+
+/// Refuses parameters of another model (a shape that fits but another activation or head)
+/// or trained on other classes than this run's data names: the same weights would mean
+/// other things (class ids are positions in the sorted names, so one renamed class moves
+/// the others' outputs). Files that record neither pass.
+fn check_model_and_classes(
+    flag: &str,
+    path: &std::path::Path,
+    cfg: &minibatch::Config,
+) -> Result<()> {
+    let now = cfg.model.describe();
+    if let Some(saved) = minibatch::checkpoint::model_description(path)?
+        && saved != now
+    {
+        return Err(minibatch::Error::config(
+            "model",
+            format!(
+                "the parameters in {} ({flag}) are of a `{saved}` model, and this run's is \
+                 `{now}`",
+                path.display()
+            ),
+        ));
+    }
+    let names_now = cfg.data.file.as_ref().and_then(|f| f.classes.names());
+    if let Some(saved) = minibatch::checkpoint::load_class_names(path)?
+        && names_now != Some(&saved[..])
+    {
+        let list = |names: &[String]| names.join(", ");
+        return Err(minibatch::Error::config(
+            "data",
+            format!(
+                "the parameters in {} ({flag}) were trained on the classes [{}], and this \
+                 run's labels are {}",
+                path.display(),
+                list(&saved),
+                names_now.map_or("not those words".to_string(), |n| format!("[{}]", list(n)))
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Refuses parameters trained on columns of other names, or in another order, than this

@@ -343,8 +343,10 @@ fn bad_checkpoints_and_init_files_are_errors_naming_the_file() {
     let other = dir.join("other.toml");
     std::fs::write(&other, CONFIG.replace("hidden = [12]", "hidden = [13]")).unwrap();
     let stderr = refused_init(&other, &saved);
+    // The file names its model: another model is named as such (a file without the name is
+    // checked tensor by tensor: `w1` has shape ..., below).
     assert!(
-        stderr.contains("`w1` has shape [16, 12], expected [16, 13]")
+        stderr.contains("are of a `mlp 16-12-3 relu softmax` model, and this run's is `mlp 16-13-3 relu softmax`")
             && stderr.contains("params.safetensors"),
         "{stderr}"
     );
@@ -365,7 +367,38 @@ fn bad_checkpoints_and_init_files_are_errors_naming_the_file() {
     ]);
     let stderr = refused_init(&config, &deep_saved);
     assert!(
-        stderr.contains("deep.safetensors: has a tensor `b3` that the model does not have"),
+        stderr.contains("deep.safetensors (--init) are of a `mlp 16-12-3-3 relu softmax` model"),
+        "{stderr}"
+    );
+    // Files that do not name their model (written by another tool) are checked tensor by
+    // tensor: a shape that differs, and a tensor the model lacks.
+    let unnamed = |from: &Path, name: &str| {
+        let bytes = std::fs::read(from).unwrap();
+        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+        header["__metadata__"]
+            .as_object_mut()
+            .unwrap()
+            .remove("model");
+        let mut text = serde_json::to_string(&header).unwrap();
+        while text.len() % 8 != 0 {
+            text.push(' ');
+        }
+        let mut out = (text.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(&bytes[8 + n..]);
+        let path = dir.join(name);
+        std::fs::write(&path, out).unwrap();
+        path
+    };
+    let stderr = refused_init(&other, &unnamed(&saved, "unnamed.safetensors"));
+    assert!(
+        stderr.contains("`w1` has shape [16, 12], expected [16, 13]"),
+        "{stderr}"
+    );
+    let stderr = refused_init(&config, &unnamed(&deep_saved, "unnamed-deep.safetensors"));
+    assert!(
+        stderr.contains("has a tensor `b3` that the model does not have"),
         "{stderr}"
     );
     // A non-finite parameter (the first value of the tensor data made NaN) is refused.
@@ -923,4 +956,63 @@ fn a_checkpoint_with_moments_that_are_not_finite_is_refused() {
             "{stderr}"
         );
     }
+}
+
+/// Parameters meet a model and classes like their own or are refused: another activation
+/// (same shapes), or labels whose names differ (one renamed class moves every id after it),
+/// would give the same weights another meaning.
+#[test]
+fn init_and_resume_refuse_another_activation_or_other_classes() {
+    let dir = temp_dir("resume-meaning");
+    let mut csv = String::from("a,b,label\n");
+    let mut renamed = csv.clone();
+    for i in 0..60 {
+        let class = ["cat", "dog", "eel"][i % 3];
+        let row = format!("{},{}", i % 7, i % 5);
+        csv += &format!("{row},{class}\n");
+        renamed += &format!("{row},{}\n", class.replace("cat", "zebra"));
+    }
+    std::fs::write(dir.join("d.csv"), csv).unwrap();
+    std::fs::write(dir.join("renamed.csv"), renamed).unwrap();
+    let config = |name: &str, data: &str, extra: &str| {
+        let path = dir.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "[data]\npath = {:?}\n[model]\nhidden = [4]\n{extra}[train]\nepochs = 1\nbatch_size = 10\n",
+                dir.join(data).to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let base = config("base.toml", "d.csv", "");
+    let saved = dir.join("m.safetensors");
+    succeeds(&[
+        "train",
+        "-q",
+        "-c",
+        &base,
+        "--save",
+        saved.to_str().unwrap(),
+    ]);
+    let saved = saved.to_str().unwrap();
+    let tanh = config("tanh.toml", "d.csv", "activation = \"tanh\"\n");
+    let out = refused(&["train", "-q", "-c", &tanh, "--init", saved]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "are of a `mlp 2-4-3 relu softmax` model, and this run's is `mlp 2-4-3 tanh softmax`"
+        ),
+        "{stderr}"
+    );
+    let other = config("renamed.toml", "renamed.csv", "");
+    let out = refused(&["train", "-q", "-c", &other, "--init", saved]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("were trained on the classes [cat, dog, eel], and this run's labels are [dog, eel, zebra]"),
+        "{stderr}"
+    );
+    // The same model and classes continue.
+    succeeds(&["train", "-q", "-c", &base, "--init", saved]);
 }
