@@ -381,7 +381,7 @@ fn bad_checkpoints_and_init_files_are_errors_naming_the_file() {
             .unwrap()
             .remove("model");
         let mut text = serde_json::to_string(&header).unwrap();
-        while text.len() % 8 != 0 {
+        while !text.len().is_multiple_of(8) {
             text.push(' ');
         }
         let mut out = (text.len() as u64).to_le_bytes().to_vec();
