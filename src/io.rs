@@ -307,7 +307,18 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
                 parse_err(
                     path,
                     first_no + 1,
-                    format!("no column named `{name}` in the header {first_fields:?}"),
+                    // Mostly numbers: a data row, and the file has no header at all.
+                    if first_fields.iter().filter(|f| f.parse::<f32>().is_ok()).count() * 2
+                        > first_fields.len()
+                    {
+                        format!(
+                            "has no header (its first line is data), and the label column is \
+                             given by name (`{name}`): add the header line, or give the label \
+                             column by its index"
+                        )
+                    } else {
+                        format!("no column named `{name}` in the header {first_fields:?}")
+                    },
                 )
             })?;
             if let Some(j) = named.next() {

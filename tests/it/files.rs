@@ -225,6 +225,13 @@ fn malformed_data_files_name_the_file_line_and_column() {
         ),
         (
             format!(
+                "path = \"{}\"\nlabel = \"species\"",
+                csv("bare.csv", "1,2,cat\n3,4,dog\n").display()
+            ),
+            "bare.csv:1: has no header (its first line is data), and the label column is given by name (`species`)",
+        ),
+        (
+            format!(
                 "path = \"{}\"",
                 csv("fraction.csv", "a,b,y\n1,2,0.5\n").display()
             ),
