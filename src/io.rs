@@ -308,7 +308,11 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
                     path,
                     first_no + 1,
                     // Mostly numbers: a data row, and the file has no header at all.
-                    if first_fields.iter().filter(|f| f.parse::<f32>().is_ok()).count() * 2
+                    if first_fields
+                        .iter()
+                        .filter(|f| f.parse::<f32>().is_ok())
+                        .count()
+                        * 2
                         > first_fields.len()
                     {
                         format!(
@@ -927,6 +931,29 @@ pub fn read_npy_pair(
                 x_shape[0]
             ),
         });
+    }
+    // A .npy file holds no words: against named classes its labels are class ids, the
+    // positions in the sorted names (as the model's outputs are ordered).
+    if let (Classes::Names(names), Task::Classification) = (&*classes, task) {
+        let k = names.len();
+        if let Some(i) = y
+            .iter()
+            .position(|&v| !(v >= 0.0 && v.fract() == 0.0 && (v as usize) < k))
+        {
+            return Err(Error::Parse {
+                path: y_path.to_path_buf(),
+                msg: format!(
+                    "row {}: label {} is not a class id 0 to {} (a .npy file's labels are the \
+                     positions of the classes [{}])",
+                    i + 1,
+                    y[i],
+                    k - 1,
+                    names.join(", ")
+                ),
+            });
+        }
+        let x = Array2::from_shape_vec((x_shape[0], d), x).expect("n * d values");
+        return Dataset::new(x, Array1::from(y), Some(k)).map_err(|msg| parse_err(y_path, 0, msg));
     }
     finish(y_path, x, d, Targets::Numbers(y), task, classes, &|row| {
         row + 1

@@ -865,3 +865,51 @@ fn feature_columns_in_another_order_or_under_other_names_are_refused() {
         "{err}"
     );
 }
+
+/// A model trained on word classes evaluates .npy data, whose labels can only be numbers:
+/// they are the class ids (positions in the sorted names), and give what the words give.
+#[test]
+fn npy_labels_are_class_ids_for_a_model_of_word_classes() {
+    let dir = temp_dir("evaluate-npy-words");
+    let mut csv = String::from("a,b,label\n");
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for i in 0..60 {
+        let (a, b) = ((i % 7) as f32, (i % 5) as f32);
+        let class = i % 3;
+        csv += &format!("{a},{b},{}\n", ["cat", "dog", "eel"][class]);
+        x.extend([a, b]);
+        y.push(class as f32);
+    }
+    let model = trained_on_csv(&dir, &csv, "", "epochs = 2\nbatch_size = 10\n");
+    let bytes = |v: &[f32]| v.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>();
+    write_npy(&dir.join("x.npy"), "<f4", "(60, 2)", &bytes(&x));
+    write_npy(&dir.join("y.npy"), "<f4", "(60,)", &bytes(&y));
+    let t = dir.join("t.csv");
+    let on_words = minibatch(&["eval", "-m", &model, "--data", t.to_str().unwrap()]);
+    let on_ids = minibatch(&[
+        "eval",
+        "-m",
+        &model,
+        "--data",
+        dir.join("x.npy").to_str().unwrap(),
+        "--labels",
+        dir.join("y.npy").to_str().unwrap(),
+    ]);
+    assert_eq!(on_ids, on_words);
+    // An id past the classes is named with them.
+    y[4] = 3.0;
+    write_npy(&dir.join("y.npy"), "<f4", "(60,)", &bytes(&y));
+    let err = refused(&[
+        "eval",
+        "-m",
+        &model,
+        "--data",
+        dir.join("x.npy").to_str().unwrap(),
+        "--labels",
+        dir.join("y.npy").to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("row 5: label 3 is not a class id 0 to 2 (a .npy file's labels are the positions of the classes [cat, dog, eel])"),
+        "{err}"
+    );
+}
