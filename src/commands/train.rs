@@ -305,25 +305,28 @@ pub fn train(
     if let Some(path) = &args.save {
         make_checkpoint_dir_for(args, path)?;
         let file = cfg.data.file.as_ref();
-        save_params(
-            path,
-            trainer.model().layout(),
-            trainer.params(),
-            file.and_then(|f| f.standardization.as_ref()),
-            file.and_then(|f| f.classes.names()),
-            &[("model", cfg.model.describe()), ("config", config_text)]
-                .into_iter()
-                .chain(minibatch::checkpoint::names_entry(
-                    minibatch::checkpoint::FEATURES,
-                    file.and_then(|f| f.train.feature_names()),
-                ))
-                .chain(fast.then(|| {
-                    let how =
-                        format!("fast across {ranks} MPI ranks (bits depend on the rank count)");
-                    ("reduction", how)
-                }))
-                .collect::<Vec<_>>(),
-        )?;
+        interrupt::writing(|| {
+            save_params(
+                path,
+                trainer.model().layout(),
+                trainer.params(),
+                file.and_then(|f| f.standardization.as_ref()),
+                file.and_then(|f| f.classes.names()),
+                &[("model", cfg.model.describe()), ("config", config_text)]
+                    .into_iter()
+                    .chain(minibatch::checkpoint::names_entry(
+                        minibatch::checkpoint::FEATURES,
+                        file.and_then(|f| f.train.feature_names()),
+                    ))
+                    .chain(fast.then(|| {
+                        let how = format!(
+                            "fast across {ranks} MPI ranks (bits depend on the rank count)"
+                        );
+                        ("reduction", how)
+                    }))
+                    .collect::<Vec<_>>(),
+            )
+        })?;
         if !quiet {
             outln!("saved parameters to {}", path.display());
         }
@@ -619,6 +622,14 @@ fn check_outputs(args: &TrainArgs, raw: &RawConfig, (rank, ranks): (usize, usize
         let Some(path) = path else {
             continue;
         };
+        // `predict -o -` means standard output; here it would be a file named `-`.
+        if path.as_os_str() == "-" {
+            return Err(minibatch::Error::config(
+                flag,
+                "`-` is no file here (train prints its progress on standard output); give a \
+                 file, or /dev/stdout with -q",
+            ));
+        }
         if let Some(dir) = &args.checkpoint {
             let example = || {
                 let name = if flag == "--trace" {
@@ -1020,7 +1031,7 @@ impl CheckpointPolicy {
                 .dir
                 .join(format!("step-{:09}-{n}.safetensors", state.steps));
         }
-        save_checkpoint(&path, state, &self.context)?;
+        interrupt::writing(|| save_checkpoint(&path, state, &self.context))?;
         // The same step may be written twice (an epoch's end is also the run's end).
         self.written.retain(|p| *p != path);
         self.written.push_back(path.clone());
@@ -1080,11 +1091,16 @@ static INTERRUPT_CONTEXT: OnceLock<RunRecord> = OnceLock::new();
 /// second one, half a second or more after the first, exits at once, without a checkpoint:
 /// a run blocked outside the loop (reading a FIFO no one writes to) could otherwise be
 /// stopped only with SIGKILL. (One Ctrl-C can arrive twice within milliseconds: from the
-/// terminal and forwarded by `mpirun`; that is still one.)
+/// terminal and forwarded by `mpirun`; that is still one.) While a checkpoint or the saved
+/// model is being written, the second waits for the write to end.
 mod interrupt {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
     static REQUESTED: AtomicBool = AtomicBool::new(false);
+    /// A file is being written (`writing`): a second interrupt waits for it.
+    static WRITING: AtomicBool = AtomicBool::new(false);
+    /// A second interrupt came while writing.
+    static AGAIN: AtomicBool = AtomicBool::new(false);
     /// When the first signal came, in milliseconds of the monotonic clock.
     static FIRST_MS: AtomicU64 = AtomicU64::new(0);
 
@@ -1107,13 +1123,18 @@ mod interrupt {
             FIRST_MS.store(now, Ordering::SeqCst);
             return;
         }
-        if now.saturating_sub(FIRST_MS.load(Ordering::SeqCst)) >= AGAIN_AFTER_MS {
-            let msg = b"\nminibatch: interrupted again; exiting without a checkpoint\n";
-            // SAFETY: a valid buffer; write and _exit are async-signal-safe.
-            unsafe {
-                libc::write(2, msg.as_ptr().cast(), msg.len());
-                libc::_exit(130);
-            }
+        if now.saturating_sub(FIRST_MS.load(Ordering::SeqCst)) < AGAIN_AFTER_MS {
+            return;
+        }
+        if WRITING.load(Ordering::SeqCst) {
+            AGAIN.store(true, Ordering::SeqCst);
+            return;
+        }
+        let msg = b"\nminibatch: interrupted again; exiting without a checkpoint\n";
+        // SAFETY: a valid buffer; write and _exit are async-signal-safe.
+        unsafe {
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::_exit(130);
         }
     }
 
@@ -1124,6 +1145,19 @@ mod interrupt {
             libc::signal(libc::SIGINT, handler as libc::sighandler_t);
             libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
         }
+    }
+
+    /// Runs `write` (a checkpoint or the saved model) with a second interrupt held until it
+    /// is done: exiting in the middle left a partial temporary file beside the checkpoints.
+    pub fn writing<T>(write: impl FnOnce() -> T) -> T {
+        WRITING.store(true, Ordering::SeqCst);
+        let result = write();
+        WRITING.store(false, Ordering::SeqCst);
+        if AGAIN.load(Ordering::SeqCst) {
+            errln!("\nminibatch: interrupted again; exiting");
+            std::process::exit(130);
+        }
+        result
     }
 
     pub fn requested() -> bool {

@@ -200,6 +200,18 @@ fn bad_configs_and_flags_name_the_key_and_exit_2() {
             "invalid type: floating point `2.0`, expected a whole number >= 0",
         ),
         (
+            "save-dash",
+            "[data]\nn = 100\n",
+            &["--save", "-"],
+            "`--save`: `-` is no file here",
+        ),
+        (
+            "trace-dash",
+            "[data]\nn = 100\n",
+            &["--trace", "-"],
+            "`--trace`: `-` is no file here",
+        ),
+        (
             "file-d-zero",
             "[data]\npath = \"x.svm\"\nd = 0\n",
             &[],
