@@ -104,7 +104,7 @@ pub fn train(
                 checkpoint.steps,
                 super::s(checkpoint.steps)
             );
-            resume_notes(path, &cfg);
+            resume_notes(path, &raw, &cfg);
         }
     }
     if let Some(path) = &args.init {
@@ -381,7 +381,7 @@ struct TrainOutput {
 
 /// Notes on settings a resumed run changed that it may change, though the bits from the
 /// checkpoint on then differ from the uninterrupted run's.
-fn resume_notes(path: &std::path::Path, cfg: &minibatch::Config) {
+fn resume_notes(path: &std::path::Path, raw: &RawConfig, cfg: &minibatch::Config) {
     // (The checkpoint's config was read before, for the run's own settings.)
     let saved = checkpoint_config(path)
         .ok()
@@ -399,6 +399,44 @@ fn resume_notes(path: &std::path::Path, cfg: &minibatch::Config) {
         outln!(
             "note: shards of {rows} rows, the checkpoint's run {saved_rows}: the sums' \
              order changes, so the bits from here differ from the uninterrupted run's"
+        );
+    }
+    // The update's settings as given (a changed one is allowed: a run may continue with
+    // another learning rate; but say so).
+    let now = &raw.train;
+    let show = |v: Option<String>| v.unwrap_or_else(|| "default".into());
+    let mut changed = Vec::new();
+    macro_rules! compare {
+        ($($field:ident),*) => {$(
+            if saved.$field != now.$field {
+                changed.push(format!(
+                    "{} {} -> {}",
+                    stringify!($field),
+                    show(saved.$field.as_ref().map(|v| v.to_string())),
+                    show(now.$field.as_ref().map(|v| v.to_string()))
+                ));
+            }
+        )*};
+    }
+    compare!(
+        lr,
+        momentum,
+        dampening,
+        weight_decay,
+        beta1,
+        beta2,
+        eps,
+        clip_norm,
+        lr_scaling
+    );
+    if saved.schedule.clone().unwrap_or_default() != now.schedule.clone().unwrap_or_default() {
+        changed.push("the schedule".into());
+    }
+    if !changed.is_empty() {
+        outln!(
+            "note: {} changed from the checkpoint's run: the bits from here differ from the \
+             uninterrupted run's",
+            changed.join(", ")
         );
     }
     // A cosine schedule spans the whole run: more (or fewer) epochs than the

@@ -588,6 +588,28 @@ fn resuming_a_finished_run_asks_for_more_epochs() {
         "{stdout}"
     );
     assert!(!stdout.contains("note: shards of"), "{stdout}");
+    assert!(
+        !stdout.contains("changed from the checkpoint's run"),
+        "{stdout}"
+    );
+    // Another learning rate, weight decay or clipping: said (as the schedule's span is).
+    let out = succeeds(&[
+        "train",
+        "--resume",
+        last,
+        "--epochs",
+        "3",
+        "--lr",
+        "0.002",
+        "--clip-norm",
+        "1",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .contains("note: lr 0.02 -> 0.002, clip_norm 2 -> 1 changed from the checkpoint's run"),
+        "{stdout}"
+    );
     // Other shards change the sums' order: said too.
     let out = succeeds(&[
         "train",
