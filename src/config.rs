@@ -638,6 +638,8 @@ impl RawConfig {
         if let (Some(valid), Some(valid_path)) = (&valid, &raw.valid_path)
             && let (Some(trained), Some(given)) = (train.feature_names(), valid.feature_names())
             && trained != given
+            // (Another width is refused below, with the widths.)
+            && trained.len() == given.len()
         {
             return Err(Error::Data {
                 path: valid_path.clone(),

@@ -557,6 +557,15 @@ pub fn feature_mismatch(expected: &[String], given: &[String], whose: &str) -> S
         }
         text
     };
+    if expected.len() != given.len() {
+        return format!(
+            "has {} feature columns ({}); {whose} has {} ({})",
+            given.len(),
+            list(given),
+            expected.len(),
+            list(expected)
+        );
+    }
     let (mut a, mut b) = (expected.to_vec(), given.to_vec());
     a.sort();
     b.sort();

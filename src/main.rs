@@ -242,6 +242,11 @@ fn install_subscriber(cli: &Cli, recorder: Option<Recorder>) {
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let spans = cli.verbose >= 2
+        || std::env::var_os("RUST_LOG").is_some()
+            && filter
+                .max_level_hint()
+                .is_some_and(|level| level >= tracing_subscriber::filter::LevelFilter::DEBUG);
     // Under an MPI launcher every rank logs: say whose line it is.
     let prefix: &'static str = match minibatch::cluster::launcher_rank() {
         Some(rank) if minibatch::cluster::launcher_size() != Some(1) => {
@@ -255,9 +260,10 @@ fn install_subscriber(cli: &Cli, recorder: Option<Recorder>) {
                 && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
         )
         .with_writer(move || LogLine(prefix.as_bytes().to_vec()))
-        // From -vv on, a line as each span the filter lets through closes (a step, with its
-        // busy and idle time; at -vvv its shards, reduction and update too).
-        .with_span_events(if cli.verbose >= 2 {
+        // From -vv on (or a RUST_LOG that lets debug through), a line as each span the filter
+        // lets through closes (a step, with its busy and idle time; at -vvv or trace its
+        // shards, reduction and update too).
+        .with_span_events(if spans {
             tracing_subscriber::fmt::format::FmtSpan::CLOSE
         } else {
             tracing_subscriber::fmt::format::FmtSpan::NONE

@@ -1025,7 +1025,7 @@ impl CheckpointPolicy {
         }
         minibatch::checkpoint::check_output_dir(dir, &[])?;
         refuse_later_checkpoints(dir, start)?;
-        minibatch::checkpoint::create_dir(dir)?;
+        // Made with the first checkpoint: a run stopped before it leaves no empty directory.
         Ok(Some(CheckpointPolicy {
             dir: dir.clone(),
             every: args.checkpoint_every,
@@ -1069,6 +1069,7 @@ impl CheckpointPolicy {
                 .dir
                 .join(format!("step-{:09}-{n}.safetensors", state.steps));
         }
+        minibatch::checkpoint::create_dir(&self.dir)?;
         interrupt::writing(|| save_checkpoint(&path, state, &self.context))?;
         // The same step may be written twice (an epoch's end is also the run's end).
         self.written.retain(|p| *p != path);

@@ -464,6 +464,17 @@ fn log_lines_to_a_pipe_carry_no_colour_codes() {
         stderr.contains("step{step=1 ") && stderr.contains("close time.busy="),
         "no step lines at -vv: {stderr}"
     );
+    // RUST_LOG=debug shows what -vv shows.
+    let out = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(["train", "-c", config.to_str().unwrap()])
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("step{step=1 ") && stderr.contains("close time.busy="),
+        "no step lines with RUST_LOG=debug: {stderr}"
+    );
 }
 
 #[test]
