@@ -426,6 +426,57 @@ fn ctrl_c_seen_by_one_rank_stops_every_rank_with_a_checkpoint_that_resumes_exact
     assert!(std::fs::read(&resumed).unwrap() == std::fs::read(&reference).unwrap());
 }
 
+/// Ctrl-C at a terminal signals the whole foreground process group: mpirun, which forwards
+/// it to the ranks (and, with launchers that leave the ranks in that group, the ranks
+/// too, within milliseconds: one interrupt, see `interrupt` in the binary). The job stops
+/// with its checkpoint, not as a second interrupt without one.
+#[test]
+fn ctrl_c_to_the_whole_job_is_one_interrupt_with_a_checkpoint() {
+    use std::os::unix::process::CommandExt;
+    let dir = temp_dir("mpi-sigint-group");
+    let config = dir.join("long.toml");
+    std::fs::write(
+        &config,
+        "seed = 5\n[data]\nsynthetic = \"teacher\"\nn = 1400\n[model]\nkind = \"mlp\"\nhidden = [24]\n\
+         [train]\nepochs = 100000\nbatch_size = 100\nshard_rows = 8\nlr = 0.01\n",
+    )
+    .unwrap();
+    let checkpoints = dir.join("ck");
+    let job = mpirun(2)
+        .args(["train", "-q", "--threads", "1", "--config"])
+        .arg(&config)
+        .arg("--checkpoint")
+        .arg(&checkpoints)
+        .args(["--checkpoint-every", "5"])
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while std::fs::read_dir(&checkpoints).map_or(0, |d| d.count()) < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no checkpoint within a minute"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let group = format!("-{}", job.id());
+    assert!(
+        Command::new("kill")
+            .args(["-INT", "--", &group])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = job.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // mpirun signalled itself returns 1 (the ranks exit 130), as the README says.
+    assert!(matches!(out.status.code(), Some(1 | 130)), "{stderr}");
+    assert!(!stderr.contains("interrupted again"), "{stderr}");
+    assert!(stderr.contains("checkpoint written to "), "{stderr}");
+}
+
 /// Ranks started on different inputs (here each in its own directory, as two machines with
 /// different copies of a config) are stopped before the first step with a message, not
 /// run into a mixture or a hang.
