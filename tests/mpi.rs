@@ -164,6 +164,21 @@ fn find_process(marks: [&str; 2]) -> Option<u32> {
     None
 }
 
+/// A run long enough to interrupt (1,400 rows, B = 100: 14 steps per epoch, endless
+/// epochs), with `extra` train keys, written into `dir`.
+fn long_config(dir: &Path, extra: &str) -> PathBuf {
+    let config = dir.join("long.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "seed = 5\n[data]\nsynthetic = \"teacher\"\nn = 1400\n[model]\nkind = \"mlp\"\nhidden = [24]\n\
+             [train]\nepochs = 100000\nbatch_size = 100\nshard_rows = 8\nlr = 0.01\n{extra}"
+        ),
+    )
+    .unwrap();
+    config
+}
+
 /// Starts `config` on 2 ranks (1 thread each) checkpointing into `checkpoints` every 5
 /// steps, waits for the first checkpoints, sends `signal` to rank 1 and returns the job's
 /// output.
@@ -360,14 +375,7 @@ fn log_lines_name_their_rank() {
 #[test]
 fn ctrl_c_seen_by_one_rank_stops_every_rank_with_a_checkpoint_that_resumes_exactly() {
     let dir = temp_dir("mpi-sigint");
-    // 1,400 rows, B = 100: 14 steps per epoch; long enough to interrupt.
-    let config = dir.join("long.toml");
-    std::fs::write(
-        &config,
-        "seed = 5\n[data]\nsynthetic = \"teacher\"\nn = 1400\n[model]\nkind = \"mlp\"\nhidden = [24]\n\
-         [train]\nepochs = 100000\nbatch_size = 100\nshard_rows = 8\nlr = 0.01\noptimizer = \"adam\"\n",
-    )
-    .unwrap();
+    let config = long_config(&dir, "optimizer = \"adam\"\n");
     let checkpoints = dir.join("ck");
     let out = signal_rank_1("sigint", &config, &checkpoints, "-INT");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -434,13 +442,7 @@ fn ctrl_c_seen_by_one_rank_stops_every_rank_with_a_checkpoint_that_resumes_exact
 fn ctrl_c_to_the_whole_job_is_one_interrupt_with_a_checkpoint() {
     use std::os::unix::process::CommandExt;
     let dir = temp_dir("mpi-sigint-group");
-    let config = dir.join("long.toml");
-    std::fs::write(
-        &config,
-        "seed = 5\n[data]\nsynthetic = \"teacher\"\nn = 1400\n[model]\nkind = \"mlp\"\nhidden = [24]\n\
-         [train]\nepochs = 100000\nbatch_size = 100\nshard_rows = 8\nlr = 0.01\n",
-    )
-    .unwrap();
+    let config = long_config(&dir, "");
     let checkpoints = dir.join("ck");
     let job = mpirun(2)
         .args(["train", "-q", "--threads", "1", "--config"])
