@@ -305,7 +305,7 @@ pub fn train(
     if let Some(path) = &args.save {
         make_checkpoint_dir_for(args, path)?;
         let file = cfg.data.file.as_ref();
-        interrupt::writing(|| {
+        interrupt::writing(path, || {
             save_params(
                 path,
                 trainer.model().layout(),
@@ -1070,7 +1070,7 @@ impl CheckpointPolicy {
                 .join(format!("step-{:09}-{n}.safetensors", state.steps));
         }
         minibatch::checkpoint::create_dir(&self.dir)?;
-        interrupt::writing(|| save_checkpoint(&path, state, &self.context))?;
+        interrupt::writing(&path, || save_checkpoint(&path, state, &self.context))?;
         // The same step may be written twice (an epoch's end is also the run's end).
         self.written.retain(|p| *p != path);
         self.written.push_back(path.clone());
@@ -1157,16 +1157,26 @@ mod interrupt {
 
     extern "C" fn on_signal(_: libc::c_int) {
         // Only atomics, clock_gettime, write(2) and _exit(2): async-signal-safe.
-        let now = now_ms();
-        if !REQUESTED.swap(true, Ordering::SeqCst) {
-            FIRST_MS.store(now, Ordering::SeqCst);
+        let now = now_ms().max(1);
+        // The first signal's time is set before the request is, so a second signal on
+        // another thread never sees a request without it.
+        if FIRST_MS
+            .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            REQUESTED.store(true, Ordering::SeqCst);
             return;
         }
         if now.saturating_sub(FIRST_MS.load(Ordering::SeqCst)) < AGAIN_AFTER_MS {
             return;
         }
-        if WRITING.load(Ordering::SeqCst) {
-            AGAIN.store(true, Ordering::SeqCst);
+        // While a file is written, the second waits for it; a third does not (the write
+        // may be blocked: a FIFO with no reader, a hung mount).
+        if WRITING.load(Ordering::SeqCst) && !AGAIN.swap(true, Ordering::SeqCst) {
+            let msg = b"\nminibatch: finishing the file being written (interrupt again to \
+                        leave it)\n";
+            // SAFETY: a valid buffer; write is async-signal-safe.
+            unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
             return;
         }
         let msg = b"\nminibatch: interrupted again; exiting without a checkpoint\n";
@@ -1186,14 +1196,27 @@ mod interrupt {
         }
     }
 
-    /// Runs `write` (a checkpoint or the saved model) with a second interrupt held until it
-    /// is done: exiting in the middle left a partial temporary file beside the checkpoints.
-    pub fn writing<T>(write: impl FnOnce() -> T) -> T {
+    /// Writes `path` with `write` (a checkpoint or the saved model), a second interrupt
+    /// held until it is done (exiting in the middle left a partial temporary file beside
+    /// the checkpoints); then exits if one came, saying what was written.
+    pub fn writing<T, E>(
+        path: &std::path::Path,
+        write: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
         WRITING.store(true, Ordering::SeqCst);
         let result = write();
         WRITING.store(false, Ordering::SeqCst);
         if AGAIN.load(Ordering::SeqCst) {
-            errln!("\nminibatch: interrupted again; exiting");
+            match &result {
+                Ok(_) => errln!(
+                    "minibatch: interrupted again; exiting with {} written",
+                    path.display()
+                ),
+                Err(_) => errln!(
+                    "minibatch: interrupted again; exiting ({} not written)",
+                    path.display()
+                ),
+            }
             std::process::exit(130);
         }
         result

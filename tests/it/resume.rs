@@ -829,15 +829,19 @@ fn a_second_ctrl_c_exits_a_run_blocked_on_its_input() {
         // SAFETY: sending a signal to our own child process.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
     };
-    // Two at once: one interrupt, which the blocked run cannot act on yet.
+    // Two within the window (as one Ctrl-C delivered twice): one interrupt, which the
+    // blocked run cannot act on yet. (Apart in time, so that they are not merged into one
+    // pending signal.)
     sigint();
+    std::thread::sleep(Duration::from_millis(100));
     sigint();
-    std::thread::sleep(Duration::from_millis(300));
+    std::thread::sleep(Duration::from_millis(250));
     assert!(
         child.try_wait().unwrap().is_none(),
         "exited on one interrupt"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    // Well past the half second: a second interrupt.
+    std::thread::sleep(Duration::from_millis(400));
     sigint();
     let start = Instant::now();
     let status = loop {
@@ -1038,4 +1042,59 @@ fn init_and_resume_refuse_another_activation_or_other_classes() {
     );
     // The same model and classes continue.
     succeeds(&["train", "-q", "-c", &base, "--init", saved]);
+}
+
+/// A --save into a FIFO nobody reads blocks in the write: the second interrupt is held for
+/// the write (it says so), and a third exits, where every signal but SIGKILL was held.
+#[test]
+fn a_third_interrupt_leaves_a_write_that_cannot_finish() {
+    use std::io::{BufRead, BufReader};
+    let dir = temp_dir("resume-blocked-save");
+    let fifo = dir.join("m.safetensors");
+    let name = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string; mkfifo has no other preconditions.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+    let config = dir.join("c.toml");
+    std::fs::write(&config, CONFIG.replace("epochs = 2", "epochs = 1")).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(["train", "-c", config.to_str().unwrap()])
+        .args(["--save", fifo.to_str().unwrap()])
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Training is over when its summary is printed; the save comes next.
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    for line in stdout.lines() {
+        if line.unwrap().starts_with("done:") {
+            break;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = child.id() as libc::pid_t;
+    for _ in 0..3 {
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(pid, libc::SIGINT) };
+        std::thread::sleep(Duration::from_millis(600));
+    }
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("still running after three interrupts");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("finishing the file being written"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("interrupted again"), "{stderr}");
 }
