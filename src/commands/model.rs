@@ -223,17 +223,24 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
                     let format = minibatch::config::data_format(file, None);
                     // The CSV settings carry over to a CSV file only; a LIBSVM file's
                     // feature count is the model's (its rows may not reach the last index).
-                    let csv = trained
-                        .path
-                        .as_deref()
-                        .map(|p| minibatch::config::data_format(p, trained.format.as_deref()))
-                        == Some("csv".into())
+                    // (The training or the validation file: the CSV keys were for whichever
+                    // was CSV.)
+                    let csv = [&trained.path, &trained.valid_path]
+                        .into_iter()
+                        .flatten()
+                        .any(|p| {
+                            minibatch::config::data_format(p, trained.format.as_deref()) == "csv"
+                        })
                         && format == "csv";
-                    let delimiter = trained
-                        .delimiter
-                        .as_deref()
-                        .filter(|d| csv && d.len() == 1)
-                        .map_or(b',', |d| d.as_bytes()[0]);
+                    let tsv = file
+                        .extension()
+                        .is_some_and(|e| e.eq_ignore_ascii_case("tsv"));
+                    let delimiter = match trained.delimiter.as_deref().filter(|_| csv) {
+                        Some("\\t" | "\t") => b'\t',
+                        Some(d) if d.len() == 1 => d.as_bytes()[0],
+                        _ if tsv => b'\t',
+                        _ => b',',
+                    };
                     let unlabeled = unlabeled_ok
                         && match format.as_str() {
                             "csv" => {

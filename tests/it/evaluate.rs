@@ -913,3 +913,42 @@ fn npy_labels_are_class_ids_for_a_model_of_word_classes() {
         "{err}"
     );
 }
+
+/// The CSV keys of a model's config carry over to a CSV given to eval when either of its
+/// training files was CSV: a model trained on LIBSVM rows with a CSV validation file whose
+/// label is named reads another such CSV the same way (its label column was dropped, and
+/// `y` fed in as a feature).
+#[test]
+fn csv_keys_carry_over_from_a_csv_validation_file() {
+    let dir = temp_dir("evaluate-csv-keys");
+    let (mut svm, mut csv) = (String::new(), String::from("y,a,b\n"));
+    for i in 0..40 {
+        let (a, b, y) = ((i % 7) as f32, (i % 5) as f32, i % 2);
+        svm += &format!("{y} 1:{a} 2:{b}\n");
+        csv += &format!("{y},{a},{b}\n");
+    }
+    std::fs::write(dir.join("t.svm"), svm).unwrap();
+    std::fs::write(dir.join("v.csv"), &csv).unwrap();
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[data]\npath = {:?}\nvalid_path = {:?}\nlabel = \"y\"\n[train]\nepochs = 2\nbatch_size = 8\nthreads = 1\n",
+            dir.join("t.svm").to_str().unwrap(),
+            dir.join("v.csv").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let model = dir.join("m.safetensors");
+    save_trained(&config, &model);
+    let model = model.to_str().unwrap();
+    let via_config = minibatch(&["eval", "-m", model, "-c", config.to_str().unwrap()]);
+    let via_data = minibatch(&[
+        "eval",
+        "-m",
+        model,
+        "--data",
+        dir.join("v.csv").to_str().unwrap(),
+    ]);
+    assert_eq!(via_data, via_config);
+}
