@@ -556,11 +556,17 @@ pub fn write_files_in(dir: &Path, files: &[(&str, &[u8])]) -> Result<()> {
         }
         written.push(tmp);
     }
-    for ((path, target, _), tmp) in staged.iter().zip(&written) {
-        std::fs::rename(tmp, target).map_err(|source| Error::Write {
-            path: path.clone(),
-            source,
-        })?;
+    for (i, ((path, target, _), tmp)) in staged.iter().zip(&written).enumerate() {
+        if let Err(source) = std::fs::rename(tmp, target) {
+            // No temporary file stays behind (those renamed before are in place).
+            written[i..]
+                .iter()
+                .for_each(|t| drop(std::fs::remove_file(t)));
+            return Err(Error::Write {
+                path: path.clone(),
+                source,
+            });
+        }
     }
     Ok(())
 }
@@ -682,6 +688,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_to(path, destination, bytes)
 }
 
+/// Whether `path` names this process's standard output (`/dev/stdout`, `/dev/fd/1`, a
+/// link to one), where the commands' own lines go too.
+pub fn is_stdout(path: &Path) -> bool {
+    matches!(destination(path), Ok(Destination::Descriptor(1)))
+}
+
 /// Checks, before the work whose result goes to `path`, that `write_atomic` will be able to
 /// write it: it is not a directory and a temporary file can be created beside it (and is
 /// removed again), or it is a device, FIFO or open descriptor written where it is. An hour
@@ -693,11 +705,19 @@ pub fn check_writable(path: &Path) -> Result<()> {
     };
     match destination(path).map_err(unwritable)? {
         Destination::InPlace(_) => Ok(()),
-        // SAFETY: fcntl(F_GETFD) only reads the descriptor's flags.
-        Destination::Descriptor(fd) if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 => {
-            Err(unwritable(std::io::Error::last_os_error()))
+        Destination::Descriptor(fd) => {
+            // SAFETY: fcntl(F_GETFL) only reads the descriptor's status flags.
+            let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+            if flags < 0 {
+                Err(unwritable(std::io::Error::last_os_error()))
+            } else if flags & libc::O_ACCMODE == libc::O_RDONLY {
+                Err(unwritable(std::io::Error::other(format!(
+                    "descriptor {fd} is open for reading only"
+                ))))
+            } else {
+                Ok(())
+            }
         }
-        Destination::Descriptor(_) => Ok(()),
         Destination::Replace(target) => probe(&temp_path(&target)).map_err(unwritable),
     }
 }
@@ -739,6 +759,16 @@ pub fn check_output_dir(dir: &Path, files: &[&str]) -> Result<()> {
     };
     let mut existing = dir;
     while !existing.exists() {
+        // A link to a directory not there: creating it later fails (the link is there).
+        if existing.symlink_metadata().is_ok() {
+            return Err(Error::Unwritable {
+                path: existing.to_path_buf(),
+                source: std::io::Error::other(format!(
+                    "is a link to {}, which is not there",
+                    std::fs::read_link(existing).unwrap_or_default().display()
+                )),
+            });
+        }
         existing = match existing.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent,
             _ => Path::new("."),

@@ -23,6 +23,9 @@ use crate::schedule::{Decay, Schedule};
 /// `train.epochs` when the config does not say.
 pub const DEFAULT_EPOCHS: usize = 5;
 
+/// `train.lr` when the config gives none.
+pub const DEFAULT_LR: f64 = 0.05;
+
 /// The most worker threads a run may ask for: each costs a stack and a start-up (2,000
 /// took 14 s to start), and more than the cores only take turns on them.
 pub const MAX_THREADS: usize = 1024;
@@ -914,7 +917,7 @@ impl RawConfig {
                 ),
             ));
         }
-        let lr = raw.lr.unwrap_or(0.05);
+        let lr = raw.lr.unwrap_or(DEFAULT_LR);
         if !(lr.is_finite() && lr > 0.0) {
             return Err(self.err("train.lr", format!("must be a finite number > 0, got {lr}")));
         }
@@ -1009,6 +1012,21 @@ impl RawConfig {
             threads,
             optimizer,
         })
+    }
+
+    /// The update rule the train keys give, with their defaults: the optimizer and the
+    /// learning-rate schedule for batches of `batch_size`, `steps_per_epoch` steps an epoch
+    /// and `total_steps` in the run. Reads no data: a resumed run compares its own with its
+    /// checkpoint's config's.
+    pub fn update_rule(
+        &self,
+        batch_size: NonZeroUsize,
+        steps_per_epoch: usize,
+        total_steps: u64,
+    ) -> Result<(OptimConfig, Schedule)> {
+        let lr = self.train.lr.unwrap_or(DEFAULT_LR) * self.lr_scale(batch_size)?;
+        let schedule = self.validate_schedule(lr as f32, steps_per_epoch, total_steps)?;
+        Ok((self.validate_optimizer()?, schedule))
     }
 
     /// The factor `train.lr_scaling` applies to `train.lr` for batch size B against

@@ -559,7 +559,8 @@ pub fn predict(args: &PredictArgs, quiet: bool) -> Result<()> {
         return Ok(());
     }
     minibatch::checkpoint::write_atomic(&args.out, csv.as_bytes())?;
-    if !quiet {
+    // (Not into the predictions themselves, when they went to standard output.)
+    if !quiet && !minibatch::checkpoint::is_stdout(&args.out) {
         outln!(
             "wrote {} prediction{} to {}",
             outputs.nrows(),

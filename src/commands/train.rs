@@ -53,7 +53,7 @@ pub fn train(
     // What the user asked for, for what every rank reports (its trace file).
     let asked_quiet = quiet;
     let quiet = quiet || !leader;
-    check_outputs(args, &raw, (rank, ranks))?;
+    check_outputs(args, &raw, (rank, ranks), quiet)?;
     // Steps the run had taken before this process, and where in an epoch it resumed.
     let mut steps_before = 0;
     let mut resumed_mid_epoch = None;
@@ -382,12 +382,15 @@ struct TrainOutput {
 /// Notes on settings a resumed run changed that it may change, though the bits from the
 /// checkpoint on then differ from the uninterrupted run's.
 fn resume_notes(path: &std::path::Path, raw: &RawConfig, cfg: &minibatch::Config) {
-    // (The checkpoint's config was read before, for the run's own settings.)
-    let saved = checkpoint_config(path)
+    // (The checkpoint's config was read before, for the run's own settings.) A checkpoint
+    // without one has nothing to compare.
+    let Some(saved_raw) = checkpoint_config(path)
         .ok()
         .and_then(|text| RawConfig::from_toml(&text, path).ok())
-        .map(|raw| raw.train)
-        .unwrap_or_default();
+    else {
+        return;
+    };
+    let saved = &saved_raw.train;
     // Rows a shard takes: at most the batch (past it, one shard either way).
     let b = cfg.train.batch_size;
     let saved_rows = saved
@@ -401,43 +404,53 @@ fn resume_notes(path: &std::path::Path, raw: &RawConfig, cfg: &minibatch::Config
              order changes, so the bits from here differ from the uninterrupted run's"
         );
     }
-    // The update's settings as given (a changed one is allowed: a run may continue with
-    // another learning rate; but say so).
-    let now = &raw.train;
-    let show = |v: Option<String>| v.unwrap_or_else(|| "default".into());
-    let mut changed = Vec::new();
-    macro_rules! compare {
-        ($($field:ident),*) => {$(
-            if saved.$field != now.$field {
-                changed.push(format!(
-                    "{} {} -> {}",
-                    stringify!($field),
-                    show(saved.$field.as_ref().map(|v| v.to_string())),
-                    show(now.$field.as_ref().map(|v| v.to_string()))
-                ));
+    // The update rule, defaults filled in (a changed one is allowed: a run may continue
+    // with another learning rate; but say so). The cosine's span is compared below.
+    let total = cfg.train.schedule.total_steps;
+    let per_epoch = cfg.train.steps_per_epoch.get();
+    let rule = |raw: &RawConfig| raw.update_rule(cfg.train.batch_size, per_epoch, total).ok();
+    if let (Some((was, was_schedule)), Some((now, now_schedule))) = (rule(&saved_raw), rule(raw)) {
+        let mut changed = Vec::new();
+        let mut compare = |what: &str, a: String, b: String| {
+            if a != b {
+                changed.push(format!("{what} {a} -> {b}"));
             }
-        )*};
-    }
-    compare!(
-        lr,
-        momentum,
-        dampening,
-        weight_decay,
-        beta1,
-        beta2,
-        eps,
-        clip_norm,
-        lr_scaling
-    );
-    if saved.schedule.clone().unwrap_or_default() != now.schedule.clone().unwrap_or_default() {
-        changed.push("the schedule".into());
-    }
-    if !changed.is_empty() {
-        outln!(
-            "note: {} changed from the checkpoint's run: the bits from here differ from the \
-             uninterrupted run's",
-            changed.join(", ")
+        };
+        compare(
+            "learning rate",
+            was_schedule.base_lr.to_string(),
+            now_schedule.base_lr.to_string(),
         );
+        compare(
+            "schedule",
+            format!(
+                "{:?} warmup {}",
+                was_schedule.decay, was_schedule.warmup_steps
+            ),
+            format!(
+                "{:?} warmup {}",
+                now_schedule.decay, now_schedule.warmup_steps
+            ),
+        );
+        compare(
+            "optimizer",
+            format!("{:?}", was.kind),
+            format!("{:?}", now.kind),
+        );
+        compare(
+            "weight decay",
+            was.weight_decay.to_string(),
+            now.weight_decay.to_string(),
+        );
+        let clip = |c: Option<f32>| c.map_or("none".into(), |c| c.to_string());
+        compare("clip_norm", clip(was.clip_norm), clip(now.clip_norm));
+        if !changed.is_empty() {
+            outln!(
+                "note: {} (from the checkpoint's run): the bits from here differ from the \
+                 uninterrupted run's",
+                changed.join(", ")
+            );
+        }
     }
     // A cosine schedule spans the whole run: more (or fewer) epochs than the
     // checkpoint's run stretch the rest of it.
@@ -630,7 +643,23 @@ fn epoch_line(r: &EpochReport) -> String {
 /// The outputs of a run, checked before it starts rather than found unwritable after it:
 /// writable, not over a file the run reads, and not one over the other. The leader saves,
 /// every rank writes its own trace beside the path given.
-fn check_outputs(args: &TrainArgs, raw: &RawConfig, (rank, ranks): (usize, usize)) -> Result<()> {
+fn check_outputs(
+    args: &TrainArgs,
+    raw: &RawConfig,
+    (rank, ranks): (usize, usize),
+    quiet: bool,
+) -> Result<()> {
+    // `predict -o -` means standard output; here it would be a file named `-` (or, across
+    // ranks, `-.rank0.json`).
+    for (flag, path) in [("--save", &args.save), ("--trace", &args.trace)] {
+        if path.as_ref().is_some_and(|p| p.as_os_str() == "-") {
+            return Err(minibatch::Error::config(
+                flag,
+                "`-` is no file here (train prints its progress on standard output); give a \
+                 file, or /dev/stdout with -q",
+            ));
+        }
+    }
     let trace = trace_path(args, rank, ranks);
     let outputs = [
         ("--save", args.save.as_ref().filter(|_| rank == 0)),
@@ -660,12 +689,14 @@ fn check_outputs(args: &TrainArgs, raw: &RawConfig, (rank, ranks): (usize, usize
         let Some(path) = path else {
             continue;
         };
-        // `predict -o -` means standard output; here it would be a file named `-`.
-        if path.as_os_str() == "-" {
+        // The run's own lines go to standard output too.
+        if !quiet && minibatch::checkpoint::is_stdout(path) {
             return Err(minibatch::Error::config(
                 flag,
-                "`-` is no file here (train prints its progress on standard output); give a \
-                 file, or /dev/stdout with -q",
+                format!(
+                    "{} is standard output, where the run prints its progress: add -q",
+                    path.display()
+                ),
             ));
         }
         if let Some(dir) = &args.checkpoint {

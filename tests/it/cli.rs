@@ -1626,6 +1626,48 @@ fn outputs_through_links_and_fifos_keep_them() {
     assert!(status.success());
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.starts_with("kept\nrow,"), "{text}");
+    // Nor does predict's "wrote ..." line land among the predictions (without -q).
+    let out = run(&[
+        "predict",
+        "-m",
+        plain.to_str().unwrap(),
+        "-c",
+        config,
+        "-o",
+        "/dev/stdout",
+    ]);
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && !csv.contains("wrote"), "{csv}");
+
+    // Refused before the work: train's --save to standard output without -q (its progress
+    // goes there too), a descriptor open for reading only (standard input from a file),
+    // and a checkpoint directory that is a link to a directory not there.
+    let out = run(&["train", "-c", config, "--save", "/dev/stdout"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is standard output, where the run prints its progress: add -q"));
+    let out = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(["train", "-c", config, "--save", "/dev/stdin"])
+        .stdin(std::fs::File::open(&log).unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("descriptor 0 is open for reading only"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "trained first: {stderr}");
+    let ck = dir.join("ck-link");
+    std::os::unix::fs::symlink("no-such-ck", &ck).unwrap();
+    let out = run(&["train", "-c", config, "--checkpoint", ck.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is a link to no-such-ck, which is not there"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "trained first: {stderr}");
 }
 
 /// Results that cannot be written to standard output (a full disk behind a redirect) fail

@@ -588,10 +588,7 @@ fn resuming_a_finished_run_asks_for_more_epochs() {
         "{stdout}"
     );
     assert!(!stdout.contains("note: shards of"), "{stdout}");
-    assert!(
-        !stdout.contains("changed from the checkpoint's run"),
-        "{stdout}"
-    );
+    assert!(!stdout.contains("(from the checkpoint's run)"), "{stdout}");
     // Another learning rate, weight decay or clipping: said (as the schedule's span is).
     let out = succeeds(&[
         "train",
@@ -606,8 +603,9 @@ fn resuming_a_finished_run_asks_for_more_epochs() {
     ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout
-            .contains("note: lr 0.02 -> 0.002, clip_norm 2 -> 1 changed from the checkpoint's run"),
+        stdout.contains(
+            "note: learning rate 0.02 -> 0.002, clip_norm 2 -> 1 (from the checkpoint's run)"
+        ),
         "{stdout}"
     );
     // Other shards change the sums' order: said too.
@@ -1097,4 +1095,42 @@ fn a_third_interrupt_leaves_a_write_that_cannot_finish() {
         "{stderr}"
     );
     assert!(stderr.contains("interrupted again"), "{stderr}");
+}
+
+/// A resumed run notes a changed update rule by its effective values: a default spelt out
+/// (`lr = 0.05`, `kind = "constant"`) is no change.
+#[test]
+fn spelling_out_a_default_is_no_change_on_resume() {
+    let dir = temp_dir("resume-defaults");
+    let base =
+        "seed = 3\n[data]\nsynthetic = \"linear\"\nn = 200\n[train]\nbatch_size = 20\nepochs = 1\n";
+    let (implicit, explicit) = (dir.join("a.toml"), dir.join("b.toml"));
+    std::fs::write(&implicit, base).unwrap();
+    std::fs::write(
+        &explicit,
+        format!("{base}lr = 0.05\nweight_decay = 0.0\n[train.schedule]\nkind = \"constant\"\n"),
+    )
+    .unwrap();
+    let ck = dir.join("ck");
+    succeeds(&[
+        "train",
+        "-q",
+        "-c",
+        implicit.to_str().unwrap(),
+        "--checkpoint",
+        ck.to_str().unwrap(),
+    ]);
+    let last = checkpoints(&ck).pop().unwrap();
+    let out = succeeds(&[
+        "train",
+        "-c",
+        explicit.to_str().unwrap(),
+        "--resume",
+        last.to_str().unwrap(),
+        "--epochs",
+        "2",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("resuming"), "{stdout}");
+    assert!(!stdout.contains("note:"), "{stdout}");
 }
