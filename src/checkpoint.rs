@@ -585,23 +585,23 @@ enum Destination {
     Descriptor(i32),
 }
 
-/// The descriptor a path names, if it names one of this process's.
+/// The descriptor a path names, if it is an entry of this process's descriptor directory
+/// however spelt (`/proc/self/fd/1`, `/dev/fd/1`, `/proc/<pid>/task/<tid>/fd/1`; the links
+/// `/dev/stdout` and `/dev/stderr` lead there): the directory is recognised once
+/// canonical, not by its name.
 fn descriptor_of(path: &Path) -> Option<i32> {
-    let text = path.to_str()?;
-    match text {
-        "/dev/stdout" => return Some(1),
-        "/dev/stderr" => return Some(2),
-        _ => {}
+    let dir = path.parent()?.canonicalize().ok()?;
+    let parts: Vec<&str> = dir.to_str()?.split('/').collect();
+    let ours = std::process::id().to_string();
+    let is_fd_dir = match parts[..] {
+        ["", "proc", pid, "fd"] => pid == ours,
+        ["", "proc", pid, "task", _, "fd"] => pid == ours,
+        _ => false,
+    };
+    if !is_fd_dir {
+        return None;
     }
-    for prefix in ["/dev/fd/", "/proc/self/fd/", "/proc/thread-self/fd/"] {
-        if let Some(n) = text.strip_prefix(prefix) {
-            return n.parse().ok();
-        }
-    }
-    let (pid, n) = text.strip_prefix("/proc/")?.split_once("/fd/")?;
-    (pid.parse::<u32>().ok()? == std::process::id())
-        .then(|| n.parse().ok())
-        .flatten()
+    path.file_name()?.to_str()?.parse().ok()
 }
 
 /// Follows links one at a time (a link's target is taken from its own directory) to what
@@ -610,11 +610,11 @@ fn destination(path: &Path) -> std::io::Result<Destination> {
     let mut current = path.to_path_buf();
     // As the kernel's own limit on links followed in one lookup.
     for _ in 0..40 {
-        if let Some(fd) = descriptor_of(&current) {
-            return Ok(Destination::Descriptor(fd));
-        }
         match std::fs::symlink_metadata(&current) {
             Ok(meta) if meta.file_type().is_symlink() => {
+                if let Some(fd) = descriptor_of(&current) {
+                    return Ok(Destination::Descriptor(fd));
+                }
                 let target = std::fs::read_link(&current)?;
                 current = match current.parent() {
                     Some(dir) if target.is_relative() => dir.join(target),

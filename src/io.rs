@@ -313,12 +313,12 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
                         .filter(|f| f.parse::<f32>().is_ok())
                         .count()
                         * 2
-                        > first_fields.len()
+                        >= first_fields.len()
                     {
                         format!(
-                            "has no header (its first line is data), and the label column is \
-                             given by name (`{name}`): add the header line, or give the label \
-                             column by its index"
+                            "no column named `{name}`, and the first line reads as data: if \
+                             the file has no header, add the header line (the label column is \
+                             given by name), or give the label column by its index"
                         )
                     } else {
                         format!("no column named `{name}` in the header {first_fields:?}")

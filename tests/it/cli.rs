@@ -1614,18 +1614,21 @@ fn outputs_through_links_and_fifos_keep_them() {
     // /dev/stdout while standard output is a file opened for appending: the predictions
     // are appended through the descriptor; the file was replaced (losing what it held)
     // when /dev/stdout was followed to it and renamed over.
+    // Other spellings of the descriptor alike.
     let log = dir.join("log.txt");
-    std::fs::write(&log, "kept\n").unwrap();
-    let append = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_minibatch"))
-        .args(["predict", "-q", "-m", plain.to_str().unwrap(), "-c", config])
-        .args(["-o", "/dev/stdout"])
-        .stdout(append)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let text = std::fs::read_to_string(&log).unwrap();
-    assert!(text.starts_with("kept\nrow,"), "{text}");
+    for spelling in ["/dev/stdout", "/dev/fd/1", "//proc/self/fd/1"] {
+        std::fs::write(&log, "kept\n").unwrap();
+        let append = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        let status = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+            .args(["predict", "-q", "-m", plain.to_str().unwrap(), "-c", config])
+            .args(["-o", spelling])
+            .stdout(append)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{spelling}");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.starts_with("kept\nrow,"), "{spelling}: {text}");
+    }
     // Nor does predict's "wrote ..." line land among the predictions (without -q).
     let out = run(&[
         "predict",

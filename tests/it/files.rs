@@ -228,7 +228,7 @@ fn malformed_data_files_name_the_file_line_and_column() {
                 "path = \"{}\"\nlabel = \"species\"",
                 csv("bare.csv", "1,2,cat\n3,4,dog\n").display()
             ),
-            "bare.csv:1: has no header (its first line is data), and the label column is given by name (`species`)",
+            "bare.csv:1: no column named `species`, and the first line reads as data: if the file has no header, add the header line",
         ),
         (
             format!(
