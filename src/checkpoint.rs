@@ -672,7 +672,11 @@ fn write_to(path: &Path, destination: Destination, bytes: &[u8]) -> Result<()> {
             }
             // SAFETY: `copy` is a fresh descriptor owned by nothing else.
             let mut file = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(copy) };
-            file.write_all(bytes).map_err(write_err)
+            match file.write_all(bytes) {
+                // A reader that left early (`| head`), as for `-o -`: not an error.
+                Err(err) if err.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+                other => other.map_err(write_err),
+            }
         }
     }
 }
@@ -686,6 +690,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         source,
     })?;
     write_to(path, destination, bytes)
+}
+
+/// The file `write_atomic` would write for `path`: the end of its links (the path itself
+/// for a descriptor, or where the links cannot be followed).
+pub fn resolved(path: &Path) -> PathBuf {
+    match destination(path) {
+        Ok(Destination::Replace(target) | Destination::InPlace(target)) => target,
+        _ => path.to_path_buf(),
+    }
 }
 
 /// Whether `path` names this process's standard output (`/dev/stdout`, `/dev/fd/1`, a
@@ -782,8 +795,22 @@ pub fn check_output_dir(dir: &Path, files: &[&str]) -> Result<()> {
         })));
     }
     for path in files.iter().map(|f| dir.join(f)) {
-        if let Err(source) = destination(&path) {
-            return Err(Error::Unwritable { path, source });
+        match destination(&path) {
+            Err(source) => return Err(Error::Unwritable { path, source }),
+            // A link to a file in a directory not there (the output directory itself is
+            // made when the files are written).
+            Ok(Destination::Replace(target))
+                if target != path && target.parent().is_some_and(|p| !p.exists()) =>
+            {
+                return Err(Error::Unwritable {
+                    path,
+                    source: std::io::Error::other(format!(
+                        "is a link into {}, which is not there",
+                        target.parent().unwrap_or(&target).display()
+                    )),
+                });
+            }
+            Ok(_) => {}
         }
     }
     probe(&existing.join(format!(".minibatch-probe-{}", std::process::id()))).map_err(unwritable)

@@ -594,8 +594,14 @@ impl RawConfig {
                     let tsv = path
                         .extension()
                         .is_some_and(|e| e.eq_ignore_ascii_case("tsv"));
+                    // A `.tsv` file is tab-separated whatever data.delimiter says for the
+                    // other file.
                     let csv = CsvOptions {
-                        delimiter: delimiter.unwrap_or(if tsv { b'\t' } else { b',' }),
+                        delimiter: if tsv {
+                            b'\t'
+                        } else {
+                            delimiter.unwrap_or(b',')
+                        },
                         ..csv.clone()
                     };
                     crate::io::read_csv(path, &csv, &mut classes)

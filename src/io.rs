@@ -274,11 +274,14 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: &mut Classes) -> Result
             first_no + 1,
             format!(
                 "has {n_cols} column; expected features and a label{}",
-                if delim != '\t' && first.contains('\t') {
-                    " (tab-separated? set data.delimiter = \"\\t\")"
-                } else {
-                    ""
-                }
+                // Another common separator in the line: say which.
+                [(',', ","), (';', ";"), ('\t', "\\t")]
+                    .iter()
+                    .find(|&&(c, _)| c != delim && first.contains(c))
+                    .map(|(_, name)| format!(
+                        " (separated by `{name}`? set data.delimiter = \"{name}\")"
+                    ))
+                    .unwrap_or_default()
             ),
         ));
     }

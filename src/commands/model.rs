@@ -236,9 +236,9 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
                         .extension()
                         .is_some_and(|e| e.eq_ignore_ascii_case("tsv"));
                     let delimiter = match trained.delimiter.as_deref().filter(|_| csv) {
+                        _ if tsv => b'\t',
                         Some("\\t" | "\t") => b'\t',
                         Some(d) if d.len() == 1 => d.as_bytes()[0],
-                        _ if tsv => b'\t',
                         _ => b',',
                     };
                     let unlabeled = unlabeled_ok

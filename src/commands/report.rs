@@ -7,6 +7,12 @@ use minibatch::{RawConfig, Result};
 use crate::cli::{BenchArgs, ScaleArgs, TuneArgs};
 
 pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
+    if args.workload.len() > 1 && args.workload.iter().any(|w| w == "all") {
+        return Err(minibatch::Error::config(
+            "--workload",
+            "`all` takes every workload; give it alone",
+        ));
+    }
     let workloads = if args.workload.iter().any(|w| w == "all") {
         minibatch::bench::WORKLOADS
             .iter()

@@ -72,6 +72,15 @@ pub fn train(
         }
         // A checkpoint at an epoch's end records the epoch with all its steps taken.
         let position = checkpoint.position;
+        if position.step_in_epoch > cfg.train.steps_per_epoch.get() {
+            return Err(minibatch::Error::Parse {
+                path: path.clone(),
+                msg: format!(
+                    "is at step {} of an epoch, and this run's epochs have {} steps",
+                    position.step_in_epoch, cfg.train.steps_per_epoch
+                ),
+            });
+        }
         if (1..cfg.train.steps_per_epoch.get()).contains(&position.step_in_epoch) {
             resumed_mid_epoch = Some((position.epoch + 1, position.step_in_epoch));
         }
@@ -665,7 +674,11 @@ fn check_outputs(
         ("--save", args.save.as_ref().filter(|_| rank == 0)),
         ("--trace", trace.as_ref()),
     ];
-    if args.save.is_some() && args.save == args.trace {
+    // The same file however spelt (`x`, `./x`, absolute, through a link).
+    let resolved = |p: &Option<PathBuf>| p.as_deref().map(minibatch::checkpoint::resolved);
+    if let (Some(save), Some(trace)) = (resolved(&args.save), resolved(&args.trace))
+        && same_path(&save, &trace)
+    {
         return Err(minibatch::Error::config(
             "--trace",
             "names the --save file; one would overwrite the other",
@@ -717,12 +730,14 @@ fn check_outputs(
                     ),
                 ));
             }
-            // A checkpoint's name there: the run would write one file over the other.
-            let checkpoint_name = path
+            // A checkpoint's name there (the file a link leads to, too): the run would
+            // write one file over the other.
+            let target = minibatch::checkpoint::resolved(path);
+            let checkpoint_name = target
                 .file_name()
                 .and_then(|n| n.to_str())
                 .is_some_and(|n| n.starts_with("step-") && n.ends_with(".safetensors"));
-            if checkpoint_name && same_path(directory_of(path), dir) {
+            if checkpoint_name && same_path(directory_of(&target), dir) {
                 return Err(minibatch::Error::config(
                     flag,
                     format!(

@@ -527,6 +527,10 @@ fn bad_tune_and_bench_options_exit_2_with_the_option_named() {
         ),
         (vec!["bench", "-w", "w1,w1"], "`--workload`: lists w1 twice"),
         (
+            vec!["bench", "-w", "all,w3"],
+            "`--workload`: `all` takes every workload; give it alone",
+        ),
+        (
             vec!["bench", "-b", "32,0"],
             "batch sizes must be at least 1",
         ),
@@ -802,6 +806,11 @@ fn unwritable_outputs_are_refused_before_any_work() {
         std::fs::create_dir_all(blocked.join(name)).unwrap();
     }
     let blocked = blocked.to_str().unwrap();
+    // One whose file is a link into a directory that is not there.
+    let linked = dir.join("linked");
+    std::fs::create_dir_all(&linked).unwrap();
+    std::os::unix::fs::symlink("nowhere/x", linked.join("descent.html")).unwrap();
+    let linked = linked.to_str().unwrap();
     let cases: &[(&[&str], &str)] = &[
         (
             &["scale", "-c", config, "-t", "1", "-b", "50", "-o", blocked],
@@ -822,6 +831,7 @@ fn unwritable_outputs_are_refused_before_any_work() {
             "tune.svg: is a directory",
         ),
         (&["descent", "-o", blocked], "descent.html: is a directory"),
+        (&["descent", "-o", linked], "descent.html: is a link into"),
         (&["train", "-c", config, "--save", missing_dir], missing_dir),
         (&["train", "-c", config, "--save", a_dir], "is a directory"),
         (

@@ -1014,8 +1014,19 @@ fn tab_separated_files_are_read_by_extension_or_hinted() {
     .to_string();
     assert!(
         err.contains(
-            "has 1 column; expected features and a label (tab-separated? set data.delimiter"
+            "has 1 column; expected features and a label (separated by `\\t`? set data.delimiter = \"\\t\")"
         ),
         "{err}"
     );
+    // A .tsv validation file is tab-separated even when data.delimiter is another for the
+    // training file.
+    std::fs::write(dir.join("semi.csv"), "a;b;y\n1;2;0\n3;4;1\n5;6;0\n").unwrap();
+    let cfg = load(&format!(
+        "[data]\npath = {:?}\nvalid_path = {:?}\ndelimiter = \";\"\n",
+        dir.join("semi.csv").to_str().unwrap(),
+        dir.join("t.tsv").to_str().unwrap()
+    ))
+    .unwrap();
+    let valid = cfg.data.file.as_ref().unwrap().valid.clone().unwrap();
+    assert_eq!((valid.n(), valid.d()), (2, 2));
 }

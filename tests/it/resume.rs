@@ -923,6 +923,38 @@ fn outputs_may_go_into_the_checkpoint_directory_but_not_over_it() {
         );
         assert!(!ckpt.exists(), "refused before any work");
     }
+    // A link that leads to such a name, from outside the directory.
+    std::fs::create_dir_all(&ckpt).unwrap();
+    let link = ckpt.parent().unwrap().join("to-checkpoint.safetensors");
+    std::os::unix::fs::symlink(ckpt.join("step-000000050.safetensors"), &link).unwrap();
+    let out = refused(&[
+        "train",
+        "-q",
+        "-c",
+        config,
+        "--checkpoint",
+        ck,
+        "--save",
+        link.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is named as the run's checkpoints"), "{err}");
+    std::fs::remove_dir_all(&ckpt).unwrap();
+    // --save and --trace naming one file in two spellings.
+    let plain = ckpt.parent().unwrap().join("x.out");
+    let dotted = format!("{}/./x.out", ckpt.parent().unwrap().display());
+    let out = refused(&[
+        "train",
+        "-q",
+        "-c",
+        config,
+        "--save",
+        plain.to_str().unwrap(),
+        "--trace",
+        &dotted,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("names the --save file"), "{err}");
     // A bare name with the current directory as the checkpoint directory.
     let cwd = ckpt.parent().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_minibatch"))
@@ -981,6 +1013,24 @@ fn a_checkpoint_with_moments_that_are_not_finite_is_refused() {
             "{stderr}"
         );
     }
+    // A position past the epoch (steps an epoch: 24) is refused, not taken as its end.
+    let mut edited = header.clone();
+    edited["__metadata__"]["step_in_epoch"] = serde_json::json!("100");
+    let mut text = serde_json::to_string(&edited).unwrap();
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + header_len..]);
+    let path = dir.join("far.safetensors");
+    std::fs::write(&path, out).unwrap();
+    let out = refused(&["train", "-q", "--resume", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is at step 100 of an epoch, and this run's epochs have 24 steps"),
+        "{stderr}"
+    );
 }
 
 /// Parameters meet a model and classes like their own or are refused: another activation
