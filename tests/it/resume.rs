@@ -31,6 +31,34 @@ fn run_dir(name: &str) -> (PathBuf, PathBuf, PathBuf) {
     (dir, config, ckpt_dir)
 }
 
+/// A safetensors file's bytes with its JSON header edited by `edit` (padded to 8 bytes).
+fn with_header(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    edit(&mut header);
+    let mut text = serde_json::to_string(&header).unwrap();
+    while !text.len().is_multiple_of(8) {
+        text.push(' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
+}
+
+/// Waits (at most 10 s) for `child` to exit after `what`, killing it past that.
+fn exited_within(mut child: std::process::Child, what: &str) -> Output {
+    let start = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("still running 10 s after {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// `minibatch(args)`, which must succeed.
 fn succeeds(args: &[&str]) -> Output {
     let out = minibatch(args);
@@ -373,22 +401,14 @@ fn bad_checkpoints_and_init_files_are_errors_naming_the_file() {
     // Files that do not name their model (written by another tool) are checked tensor by
     // tensor: a shape that differs, and a tensor the model lacks.
     let unnamed = |from: &Path, name: &str| {
-        let bytes = std::fs::read(from).unwrap();
-        let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-        let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-        header["__metadata__"]
-            .as_object_mut()
-            .unwrap()
-            .remove("model");
-        let mut text = serde_json::to_string(&header).unwrap();
-        while !text.len().is_multiple_of(8) {
-            text.push(' ');
-        }
-        let mut out = (text.len() as u64).to_le_bytes().to_vec();
-        out.extend_from_slice(text.as_bytes());
-        out.extend_from_slice(&bytes[8 + n..]);
         let path = dir.join(name);
-        std::fs::write(&path, out).unwrap();
+        let bytes = with_header(&std::fs::read(from).unwrap(), |header| {
+            header["__metadata__"]
+                .as_object_mut()
+                .unwrap()
+                .remove("model");
+        });
+        std::fs::write(&path, bytes).unwrap();
         path
     };
     let stderr = refused_init(&other, &unnamed(&saved, "unnamed.safetensors"));
@@ -841,20 +861,9 @@ fn a_second_ctrl_c_exits_a_run_blocked_on_its_input() {
     // Well past the half second: a second interrupt.
     std::thread::sleep(Duration::from_millis(400));
     sigint();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("still running 10 s after the second SIGINT");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let out = child.wait_with_output().unwrap();
+    let out = exited_within(child, "the second SIGINT");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted again"), "{stderr}");
 }
 
@@ -1014,17 +1023,11 @@ fn a_checkpoint_with_moments_that_are_not_finite_is_refused() {
         );
     }
     // A position past the epoch (steps an epoch: 24) is refused, not taken as its end.
-    let mut edited = header.clone();
-    edited["__metadata__"]["step_in_epoch"] = serde_json::json!("100");
-    let mut text = serde_json::to_string(&edited).unwrap();
-    while !text.len().is_multiple_of(8) {
-        text.push(' ');
-    }
-    let mut out = (text.len() as u64).to_le_bytes().to_vec();
-    out.extend_from_slice(text.as_bytes());
-    out.extend_from_slice(&bytes[8 + header_len..]);
     let path = dir.join("far.safetensors");
-    std::fs::write(&path, out).unwrap();
+    let far = with_header(&bytes, |header| {
+        header["__metadata__"]["step_in_epoch"] = serde_json::json!("100");
+    });
+    std::fs::write(&path, far).unwrap();
     let out = refused(&["train", "-q", "--resume", path.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -1126,20 +1129,9 @@ fn a_third_interrupt_leaves_a_write_that_cannot_finish() {
         unsafe { libc::kill(pid, libc::SIGINT) };
         std::thread::sleep(Duration::from_millis(600));
     }
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("still running after three interrupts");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let out = child.wait_with_output().unwrap();
+    let out = exited_within(child, "three interrupts");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(
         stderr.contains("finishing the file being written"),
         "{stderr}"
