@@ -940,7 +940,9 @@ fn write_trace_and_profile(
     // Each rank reports its own spans, communication included.
     if let Some(path) = trace_path(args, rank, ranks) {
         make_checkpoint_dir_for(args, &path)?;
-        minibatch::profile::write_chrome_trace(&path, recorder, (rank, ranks))?;
+        interrupt::writing(&path, || {
+            minibatch::profile::write_chrome_trace(&path, recorder, (rank, ranks))
+        })?;
         if !quiet {
             outln!(
                 "wrote trace to {} (open in ui.perfetto.dev)",
