@@ -770,7 +770,9 @@ pub fn check_output_dir(dir: &Path, files: &[&str]) -> Result<()> {
         path: dir.to_path_buf(),
         source,
     };
-    let mut existing = dir;
+    // `ck/`, `ck/.`: the link `ck` itself is what to look at (a trailing slash follows it).
+    let normal: PathBuf = dir.components().collect();
+    let mut existing = normal.as_path();
     while !existing.exists() {
         // A link to a directory not there: creating it later fails (the link is there).
         if existing.symlink_metadata().is_ok() {
@@ -788,11 +790,13 @@ pub fn check_output_dir(dir: &Path, files: &[&str]) -> Result<()> {
         };
     }
     if !existing.is_dir() {
-        return Err(unwritable(std::io::Error::other(if existing == dir {
-            "exists and is not a directory".to_string()
-        } else {
-            format!("{} is not a directory", existing.display())
-        })));
+        return Err(unwritable(std::io::Error::other(
+            if existing == normal.as_path() {
+                "exists and is not a directory".to_string()
+            } else {
+                format!("{} is not a directory", existing.display())
+            },
+        )));
     }
     for path in files.iter().map(|f| dir.join(f)) {
         match destination(&path) {
@@ -828,7 +832,9 @@ pub fn shell_word(path: &Path) -> String {
     }
 }
 
-fn temp_path(path: &Path) -> PathBuf {
+/// The temporary file `write_atomic` writes before renaming it over `path` (a sibling
+/// named for this process).
+pub fn temp_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

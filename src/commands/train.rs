@@ -72,6 +72,22 @@ pub fn train(
         }
         // A checkpoint at an epoch's end records the epoch with all its steps taken.
         let position = checkpoint.position;
+        let per_epoch = cfg.train.steps_per_epoch.get() as u64;
+        let counted = (position.epoch as u64)
+            .checked_mul(per_epoch)
+            .and_then(|n| n.checked_add(position.step_in_epoch as u64));
+        if position.step_in_epoch as u64 <= per_epoch && counted != Some(checkpoint.steps) {
+            return Err(minibatch::Error::Parse {
+                path: path.clone(),
+                msg: format!(
+                    "records epoch {}, step {} of it, of {per_epoch}-step epochs, but {} steps \
+                     taken: its position does not add up",
+                    position.epoch.saturating_add(1),
+                    position.step_in_epoch,
+                    checkpoint.steps
+                ),
+            });
+        }
         if position.step_in_epoch > cfg.train.steps_per_epoch.get() {
             return Err(minibatch::Error::Parse {
                 path: path.clone(),
@@ -430,22 +446,21 @@ fn resume_notes(path: &std::path::Path, raw: &RawConfig, cfg: &minibatch::Config
             was_schedule.base_lr.to_string(),
             now_schedule.base_lr.to_string(),
         );
-        compare(
-            "schedule",
-            format!(
-                "{:?} warmup {}",
-                was_schedule.decay, was_schedule.warmup_steps
-            ),
-            format!(
-                "{:?} warmup {}",
-                now_schedule.decay, now_schedule.warmup_steps
-            ),
-        );
-        compare(
-            "optimizer",
-            format!("{:?}", was.kind),
-            format!("{:?}", now.kind),
-        );
+        // The rest as the run header writes them (`cosine to 0 after 5 warmup steps`,
+        // `momentum 0.9`), each without what is compared on its own.
+        let shape = |s: &minibatch::schedule::Schedule| {
+            minibatch::schedule::Schedule { base_lr: 1.0, ..*s }.describe()
+        };
+        compare("schedule", shape(&was_schedule), shape(&now_schedule));
+        let rule = |o: &minibatch::optim::OptimConfig| {
+            minibatch::optim::OptimConfig {
+                weight_decay: 0.0,
+                clip_norm: None,
+                ..*o
+            }
+            .describe()
+        };
+        compare("optimizer", rule(&was), rule(&now));
         compare(
             "weight decay",
             was.weight_decay.to_string(),
@@ -775,14 +790,18 @@ fn same_path(a: &std::path::Path, b: &std::path::Path) -> bool {
     if let (Ok(a), Ok(b)) = (a.canonicalize(), b.canonicalize()) {
         return a == b;
     }
-    // Not there yet: compare absolute forms with `.` dropped and `..` taken back lexically
-    // (`ck`, `./ck/`, `/home/me/ck` and `x/../ck` alike).
+    // Not there yet: the directory it would go in as it is on disk (a linked directory
+    // resolved), then absolute forms with `.` dropped and `..` taken back lexically (`ck`,
+    // `./ck/`, `/home/me/ck` and `x/../ck` alike).
+    let settled = |p: &std::path::Path| -> PathBuf {
+        match (directory_of(p).canonicalize(), p.file_name()) {
+            (Ok(dir), Some(name)) => dir.join(name),
+            _ => std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()),
+        }
+    };
     let parts = |p: &std::path::Path| {
         let mut parts = Vec::new();
-        for c in std::path::absolute(p)
-            .unwrap_or_else(|_| p.to_path_buf())
-            .components()
-        {
+        for c in settled(p).components() {
             match c {
                 Component::CurDir => {}
                 Component::ParentDir => {
@@ -1188,6 +1207,10 @@ mod interrupt {
     static WRITING: AtomicBool = AtomicBool::new(false);
     /// A second interrupt came while writing.
     static AGAIN: AtomicBool = AtomicBool::new(false);
+    /// The temporary file of the write in progress (a C string kept alive by `writing`),
+    /// removed if a third interrupt leaves the write.
+    static TEMP: std::sync::atomic::AtomicPtr<libc::c_char> =
+        std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
     /// When the first signal came, in milliseconds of the monotonic clock.
     static FIRST_MS: AtomicU64 = AtomicU64::new(0);
 
@@ -1227,9 +1250,18 @@ mod interrupt {
             unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
             return;
         }
-        let msg = b"\nminibatch: interrupted again; exiting without a checkpoint\n";
-        // SAFETY: a valid buffer; write and _exit are async-signal-safe.
+        let temp = TEMP.load(Ordering::SeqCst);
+        let msg: &[u8] = if WRITING.load(Ordering::SeqCst) {
+            b"\nminibatch: interrupted again; exiting, the file being written left unwritten\n"
+        } else {
+            b"\nminibatch: interrupted again; exiting without a checkpoint\n"
+        };
+        // SAFETY: `temp` is null or a C string that `writing` keeps alive while it is set;
+        // unlink, write and _exit are async-signal-safe.
         unsafe {
+            if !temp.is_null() {
+                libc::unlink(temp);
+            }
             libc::write(2, msg.as_ptr().cast(), msg.len());
             libc::_exit(130);
         }
@@ -1251,9 +1283,21 @@ mod interrupt {
         path: &std::path::Path,
         write: impl FnOnce() -> Result<T, E>,
     ) -> Result<T, E> {
+        use std::os::unix::ffi::OsStrExt;
+        let temp = std::ffi::CString::new(
+            minibatch::checkpoint::temp_path(&minibatch::checkpoint::resolved(path))
+                .as_os_str()
+                .as_bytes(),
+        )
+        .ok();
+        if let Some(temp) = &temp {
+            TEMP.store(temp.as_ptr().cast_mut(), Ordering::SeqCst);
+        }
         WRITING.store(true, Ordering::SeqCst);
         let result = write();
         WRITING.store(false, Ordering::SeqCst);
+        TEMP.store(std::ptr::null_mut(), Ordering::SeqCst);
+        drop(temp);
         if AGAIN.load(Ordering::SeqCst) {
             match &result {
                 Ok(_) => errln!(

@@ -1673,14 +1673,17 @@ fn outputs_through_links_and_fifos_keep_them() {
     assert!(out.stdout.is_empty(), "trained first: {stderr}");
     let ck = dir.join("ck-link");
     std::os::unix::fs::symlink("no-such-ck", &ck).unwrap();
-    let out = run(&["train", "-c", config, "--checkpoint", ck.to_str().unwrap()]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(
-        stderr.contains("is a link to no-such-ck, which is not there"),
-        "{stderr}"
-    );
-    assert!(out.stdout.is_empty(), "trained first: {stderr}");
+    // With a trailing slash too (which follows the link).
+    for spelling in [ck.display().to_string(), format!("{}/", ck.display())] {
+        let out = run(&["train", "-c", config, "--checkpoint", &spelling]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("is a link to no-such-ck, which is not there"),
+            "{stderr}"
+        );
+        assert!(out.stdout.is_empty(), "trained first: {stderr}");
+    }
 }
 
 /// Results that cannot be written to standard output (a full disk behind a redirect) fail

@@ -964,6 +964,23 @@ fn outputs_may_go_into_the_checkpoint_directory_but_not_over_it() {
     ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("names the --save file"), "{err}");
+    // ... or through a linked directory, the file not there yet.
+    let sub = ckpt.parent().unwrap().join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    let linked = ckpt.parent().unwrap().join("linked-sub");
+    std::os::unix::fs::symlink(&sub, &linked).unwrap();
+    let out = refused(&[
+        "train",
+        "-q",
+        "-c",
+        config,
+        "--save",
+        sub.join("y.out").to_str().unwrap(),
+        "--trace",
+        linked.join("y.out").to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("names the --save file"), "{err}");
     // A bare name with the current directory as the checkpoint directory.
     let cwd = ckpt.parent().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_minibatch"))
@@ -1034,6 +1051,14 @@ fn a_checkpoint_with_moments_that_are_not_finite_is_refused() {
         stderr.contains("is at step 100 of an epoch, and this run's epochs have 24 steps"),
         "{stderr}"
     );
+    // A position inside the epoch that does not add up to the steps taken (24).
+    let far = with_header(&bytes, |header| {
+        header["__metadata__"]["step_in_epoch"] = serde_json::json!("3");
+    });
+    std::fs::write(&path, far).unwrap();
+    let out = refused(&["train", "-q", "--resume", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("its position does not add up"), "{stderr}");
 }
 
 /// Parameters meet a model and classes like their own or are refused: another activation
