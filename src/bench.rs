@@ -258,6 +258,11 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
                     if threads.get() == 1 {
                         one_thread = Some(examples_per_sec);
                     }
+                    // A batch of one shard runs on one thread by design (see
+                    // `Trainer::step_one_shard`): no fraction of it is parallel.
+                    let serial_fraction = one_thread
+                        .filter(|_| n_shards(batch_size, cfg.train.shard_rows) > 1)
+                        .and_then(|one| karp_flatt(examples_per_sec / one, threads.get()));
                     rows.push(BenchRow {
                         workload: name.to_string(),
                         batch_size,
@@ -270,13 +275,9 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
                         bandwidth_fraction: 0.0,
                         reduce_fraction: reduce_seconds / step_seconds,
                         speedup: one_thread.map(|one| examples_per_sec / one),
-                        // A batch of one shard runs on one thread by design (see
-                        // `Trainer::step_one_shard`): no fraction of it is parallel.
-                        serial_fraction: one_thread
-                            .filter(|_| n_shards(batch_size, cfg.train.shard_rows) > 1)
-                            .and_then(|one| karp_flatt(examples_per_sec / one, threads.get())),
-                        predicted_speedup_16: None,
-                        predicted_speedup_64: None,
+                        serial_fraction,
+                        predicted_speedup_16: serial_fraction.map(|e| amdahl(e, 16)),
+                        predicted_speedup_64: serial_fraction.map(|e| amdahl(e, 64)),
                     });
                 }
             }
@@ -300,8 +301,6 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
     for r in &mut rows {
         r.peak_fraction = r.gflops / lookup(&limits.peak_gflops, r.threads);
         r.bandwidth_fraction = r.feature_gb_per_sec / lookup(&limits.copy_gb_per_sec, r.threads);
-        r.predicted_speedup_16 = r.serial_fraction.map(|e| amdahl(e, 16));
-        r.predicted_speedup_64 = r.serial_fraction.map(|e| amdahl(e, 64));
     }
     Ok(BenchReport { limits, rows })
 }

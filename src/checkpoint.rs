@@ -543,29 +543,28 @@ pub fn write_files_in(dir: &Path, files: &[(&str, &[u8])]) -> Result<()> {
             other => write_to(&path, other, bytes)?,
         }
     }
-    let mut written: Vec<PathBuf> = Vec::new();
-    for (path, target, bytes) in &staged {
-        let tmp = temp_path(target);
-        if let Err(source) = write_synced(&tmp, bytes) {
-            let _ = std::fs::remove_file(&tmp);
-            written.iter().for_each(|t| drop(std::fs::remove_file(t)));
-            return Err(Error::Write {
-                path: path.clone(),
-                source,
-            });
+    let temps: Vec<PathBuf> = staged
+        .iter()
+        .map(|(_, target, _)| temp_path(target))
+        .collect();
+    // On a failure no temporary file stays behind (those renamed before are in place).
+    let fail = |i: usize, path: &PathBuf, source| {
+        temps[i..]
+            .iter()
+            .for_each(|t| drop(std::fs::remove_file(t)));
+        Err(Error::Write {
+            path: path.clone(),
+            source,
+        })
+    };
+    for (tmp, (path, _, bytes)) in temps.iter().zip(&staged) {
+        if let Err(source) = write_synced(tmp, bytes) {
+            return fail(0, path, source);
         }
-        written.push(tmp);
     }
-    for (i, ((path, target, _), tmp)) in staged.iter().zip(&written).enumerate() {
+    for (i, (tmp, (path, target, _))) in temps.iter().zip(&staged).enumerate() {
         if let Err(source) = std::fs::rename(tmp, target) {
-            // No temporary file stays behind (those renamed before are in place).
-            written[i..]
-                .iter()
-                .for_each(|t| drop(std::fs::remove_file(t)));
-            return Err(Error::Write {
-                path: path.clone(),
-                source,
-            });
+            return fail(i, path, source);
         }
     }
     Ok(())

@@ -111,6 +111,24 @@ pub struct RawData {
     pub unlabeled: bool,
 }
 
+/// The field separator of the CSV file at `path`: a `.tsv` file's is a tab whatever
+/// `data.delimiter` says (it may be meant for the other file), else `delimiter` (one
+/// ASCII character, or `\t`), else a comma. `None`: a delimiter that is neither.
+pub fn csv_delimiter(path: &std::path::Path, delimiter: Option<&str>) -> Option<u8> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("tsv"))
+    {
+        return Some(b'\t');
+    }
+    match delimiter {
+        None => Some(b','),
+        Some("\\t" | "\t") => Some(b'\t'),
+        Some(d) if d.len() == 1 => Some(d.as_bytes()[0]),
+        Some(_) => None,
+    }
+}
+
 /// A data file's format: `data.format` when given, else by the file's extension (`.npy`;
 /// `.svm`, `.libsvm`, `.svmlight`; anything else is CSV).
 pub fn data_format(path: &std::path::Path, given: Option<&str>) -> String {
@@ -532,29 +550,15 @@ impl RawConfig {
                 ));
             }
         }
-        let delimiter = match raw.delimiter.as_deref() {
-            // Set per file below: a `.tsv` file's is a tab.
-            None => None,
-            Some(d) if d.len() == 1 => Some(d.as_bytes()[0]),
-            Some("\\t") | Some("\t") => Some(b'\t'),
-            Some(d) => {
-                return Err(self.err(
-                    "data.delimiter",
-                    format!("must be one ASCII character (or \\t), got `{d}`"),
-                ));
-            }
-        };
-        let csv = CsvOptions {
-            header: raw.header,
-            label: match &raw.label {
-                _ if raw.unlabeled => LabelColumn::None,
-                None => LabelColumn::Last,
-                Some(LabelKey::Index(i)) => LabelColumn::Index(*i),
-                Some(LabelKey::Name(n)) => LabelColumn::Name(n.clone()),
-            },
-            delimiter: b',',
-            task,
-        };
+        // Each file's own (`csv_delimiter`, below); checked here once.
+        if let Some(d) = raw.delimiter.as_deref()
+            && csv_delimiter(Path::new(""), Some(d)).is_none()
+        {
+            return Err(self.err(
+                "data.delimiter",
+                format!("must be one ASCII character (or \\t), got `{d}`"),
+            ));
+        }
         // The training file sets the classes (unless they are given, for a saved model's
         // data), and the validation file is read against them.
         let mut classes = raw.trained_classes.clone().unwrap_or_default();
@@ -591,18 +595,16 @@ impl RawConfig {
             };
             match data_format(path, raw.format.as_deref()).as_str() {
                 "csv" => {
-                    let tsv = path
-                        .extension()
-                        .is_some_and(|e| e.eq_ignore_ascii_case("tsv"));
-                    // A `.tsv` file is tab-separated whatever data.delimiter says for the
-                    // other file.
                     let csv = CsvOptions {
-                        delimiter: if tsv {
-                            b'\t'
-                        } else {
-                            delimiter.unwrap_or(b',')
+                        header: raw.header,
+                        label: match &raw.label {
+                            _ if raw.unlabeled => LabelColumn::None,
+                            None => LabelColumn::Last,
+                            Some(LabelKey::Index(i)) => LabelColumn::Index(*i),
+                            Some(LabelKey::Name(n)) => LabelColumn::Name(n.clone()),
                         },
-                        ..csv.clone()
+                        delimiter: csv_delimiter(path, raw.delimiter.as_deref()).unwrap_or(b','),
+                        task,
                     };
                     crate::io::read_csv(path, &csv, &mut classes)
                 }

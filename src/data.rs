@@ -214,7 +214,6 @@ impl LoadedData {
         standardize: bool,
         classes: crate::io::Classes,
     ) -> Result<Self, (Part, String)> {
-        let mut valid_rows = None;
         // A split's rows in the file's order: the file's row of each training row, then of
         // each validation row.
         let mut split_rows: Vec<usize> = Vec::new();
@@ -241,7 +240,6 @@ impl LoadedData {
                     ..rows
                 }
             };
-            valid_rows = Some(order[..n_valid].to_vec());
             split_rows = order;
             (
                 pick(&split_rows[n_valid..]),
@@ -250,11 +248,11 @@ impl LoadedData {
         } else {
             (train, valid)
         };
+        let n_valid = valid.as_ref().map_or(0, Dataset::n);
         let mut standardization = None;
         if standardize {
             let (mean, std) = feature_statistics(train.x.view());
             // Rows named as their file has them: a split's through its order.
-            let n_valid = valid.as_ref().map_or(0, Dataset::n);
             let file_row = |row: usize, offset: usize| match split_rows.get(offset + row) {
                 Some(&file_row) => file_row + 1,
                 None => row + 1,
@@ -274,7 +272,7 @@ impl LoadedData {
             valid: valid.map(Arc::new),
             standardization,
             classes,
-            valid_rows,
+            valid_rows: (!split_rows.is_empty()).then(|| split_rows[..n_valid].to_vec()),
         })
     }
 }

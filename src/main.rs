@@ -242,11 +242,9 @@ fn install_subscriber(cli: &Cli, recorder: Option<Recorder>) {
         (false, _) => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let spans = cli.verbose >= 2
-        || std::env::var_os("RUST_LOG").is_some()
-            && filter
-                .max_level_hint()
-                .is_some_and(|level| level >= tracing_subscriber::filter::LevelFilter::DEBUG);
+    let spans = filter
+        .max_level_hint()
+        .is_some_and(|level| level >= tracing_subscriber::filter::LevelFilter::DEBUG);
     // Under an MPI launcher every rank logs: say whose line it is.
     let prefix: &'static str = match minibatch::cluster::launcher_rank() {
         Some(rank) if minibatch::cluster::launcher_size() != Some(1) => {

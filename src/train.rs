@@ -585,9 +585,10 @@ impl<M: Model> Trainer<M> {
                         last_finite,
                     });
                 }
-                last_finite = Some(batch_stats.mean_loss());
+                let mean_loss = batch_stats.mean_loss();
+                last_finite = Some(mean_loss);
                 stats.add(&batch_stats);
-                observer.batch(batch_len, batch_stats.mean_loss());
+                observer.batch(batch_len, mean_loss);
                 step_in_epoch += 1;
                 self.position = Position {
                     epoch,

@@ -472,17 +472,16 @@ fn to_target(
     if plan.target_loss.is_some() || plan.budget_examples.is_some() {
         // Enough epochs to spend the budget (or a generous cap when only a target is given).
         // An epoch's examples: its steps' rows, the last batch short unless dropped.
+        use crate::sampler::{Sampling, default_steps_per_epoch};
         let b = NonZeroUsize::new(row.batch_size).unwrap_or(NonZeroUsize::MIN);
-        let epoch_examples = match (raw.train.steps_per_epoch, sampling) {
-            (Some(steps), crate::sampler::Sampling::Uniform) => steps.max(1) * b.get(),
-            // Every uniform draw is a whole batch.
-            (None, crate::sampler::Sampling::Uniform) => {
-                crate::sampler::default_steps_per_epoch(train.n(), b, sampling).get() * b.get()
-            }
-            (_, crate::sampler::Sampling::Shuffle { .. }) => {
-                let steps = crate::sampler::default_steps_per_epoch(train.n(), b, sampling);
-                (steps.get() * b.get()).min(train.n())
-            }
+        let steps = match (raw.train.steps_per_epoch, sampling) {
+            (Some(steps), Sampling::Uniform) => steps.max(1),
+            _ => default_steps_per_epoch(train.n(), b, sampling).get(),
+        };
+        // Every uniform draw is a whole batch; a shuffled epoch is at most the rows.
+        let epoch_examples = match sampling {
+            Sampling::Uniform => steps * b.get(),
+            Sampling::Shuffle { .. } => (steps * b.get()).min(train.n()),
         } as u64;
         let epochs = plan
             .budget_examples

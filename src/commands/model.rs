@@ -232,15 +232,11 @@ fn saved_model(args: &EvalArgs, unlabeled_ok: bool) -> Result<SavedModel> {
                             minibatch::config::data_format(p, trained.format.as_deref()) == "csv"
                         })
                         && format == "csv";
-                    let tsv = file
-                        .extension()
-                        .is_some_and(|e| e.eq_ignore_ascii_case("tsv"));
-                    let delimiter = match trained.delimiter.as_deref().filter(|_| csv) {
-                        _ if tsv => b'\t',
-                        Some("\\t" | "\t") => b'\t',
-                        Some(d) if d.len() == 1 => d.as_bytes()[0],
-                        _ => b',',
-                    };
+                    let delimiter = minibatch::config::csv_delimiter(
+                        file,
+                        trained.delimiter.as_deref().filter(|_| csv),
+                    )
+                    .unwrap_or(b',');
                     let unlabeled = unlabeled_ok
                         && match format.as_str() {
                             "csv" => {

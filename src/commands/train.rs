@@ -72,11 +72,20 @@ pub fn train(
         }
         // A checkpoint at an epoch's end records the epoch with all its steps taken.
         let position = checkpoint.position;
-        let per_epoch = cfg.train.steps_per_epoch.get() as u64;
+        let per_epoch = cfg.train.steps_per_epoch.get();
+        if position.step_in_epoch > per_epoch {
+            return Err(minibatch::Error::Parse {
+                path: path.clone(),
+                msg: format!(
+                    "is at step {} of an epoch, and this run's epochs have {per_epoch} steps",
+                    position.step_in_epoch
+                ),
+            });
+        }
         let counted = (position.epoch as u64)
-            .checked_mul(per_epoch)
+            .checked_mul(per_epoch as u64)
             .and_then(|n| n.checked_add(position.step_in_epoch as u64));
-        if position.step_in_epoch as u64 <= per_epoch && counted != Some(checkpoint.steps) {
+        if counted != Some(checkpoint.steps) {
             return Err(minibatch::Error::Parse {
                 path: path.clone(),
                 msg: format!(
@@ -88,20 +97,10 @@ pub fn train(
                 ),
             });
         }
-        if position.step_in_epoch > cfg.train.steps_per_epoch.get() {
-            return Err(minibatch::Error::Parse {
-                path: path.clone(),
-                msg: format!(
-                    "is at step {} of an epoch, and this run's epochs have {} steps",
-                    position.step_in_epoch, cfg.train.steps_per_epoch
-                ),
-            });
-        }
-        if (1..cfg.train.steps_per_epoch.get()).contains(&position.step_in_epoch) {
+        if (1..per_epoch).contains(&position.step_in_epoch) {
             resumed_mid_epoch = Some((position.epoch + 1, position.step_in_epoch));
         }
-        let done =
-            position.epoch + usize::from(position.step_in_epoch >= cfg.train.steps_per_epoch.get());
+        let done = position.epoch + usize::from(position.step_in_epoch >= per_epoch);
         if done >= cfg.train.epochs.get() {
             return Err(minibatch::Error::config(
                 "train.epochs",
@@ -452,7 +451,7 @@ fn resume_notes(path: &std::path::Path, raw: &RawConfig, cfg: &minibatch::Config
             minibatch::schedule::Schedule { base_lr: 1.0, ..*s }.describe()
         };
         compare("schedule", shape(&was_schedule), shape(&now_schedule));
-        let rule = |o: &minibatch::optim::OptimConfig| {
+        let optimizer = |o: &minibatch::optim::OptimConfig| {
             minibatch::optim::OptimConfig {
                 weight_decay: 0.0,
                 clip_norm: None,
@@ -460,7 +459,7 @@ fn resume_notes(path: &std::path::Path, raw: &RawConfig, cfg: &minibatch::Config
             }
             .describe()
         };
-        compare("optimizer", rule(&was), rule(&now));
+        compare("optimizer", optimizer(&was), optimizer(&now));
         compare(
             "weight decay",
             was.weight_decay.to_string(),
@@ -1200,19 +1199,17 @@ static INTERRUPT_CONTEXT: OnceLock<RunRecord> = OnceLock::new();
 /// terminal and forwarded by `mpirun`; that is still one.) While a checkpoint or the saved
 /// model is being written, the second waits for the write to end.
 mod interrupt {
-    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
-    static REQUESTED: AtomicBool = AtomicBool::new(false);
-    /// A file is being written (`writing`): a second interrupt waits for it.
-    static WRITING: AtomicBool = AtomicBool::new(false);
+    /// When the first signal came, in milliseconds of the monotonic clock (never 0 once
+    /// set): 0 while no interrupt was asked for.
+    static FIRST_MS: AtomicU64 = AtomicU64::new(0);
+    /// The temporary file of the write in progress (a C string kept alive by `writing`),
+    /// null when nothing is being written: a second interrupt waits for the write, a third
+    /// removes it.
+    static TEMP: AtomicPtr<libc::c_char> = AtomicPtr::new(std::ptr::null_mut());
     /// A second interrupt came while writing.
     static AGAIN: AtomicBool = AtomicBool::new(false);
-    /// The temporary file of the write in progress (a C string kept alive by `writing`),
-    /// removed if a third interrupt leaves the write.
-    static TEMP: std::sync::atomic::AtomicPtr<libc::c_char> =
-        std::sync::atomic::AtomicPtr::new(std::ptr::null_mut());
-    /// When the first signal came, in milliseconds of the monotonic clock.
-    static FIRST_MS: AtomicU64 = AtomicU64::new(0);
 
     const AGAIN_AFTER_MS: u64 = 500;
 
@@ -1229,13 +1226,12 @@ mod interrupt {
     extern "C" fn on_signal(_: libc::c_int) {
         // Only atomics, clock_gettime, write(2) and _exit(2): async-signal-safe.
         let now = now_ms().max(1);
-        // The first signal's time is set before the request is, so a second signal on
-        // another thread never sees a request without it.
+        // The first signal's time is the request: a second signal on another thread sees
+        // both or neither.
         if FIRST_MS
             .compare_exchange(0, now, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
         {
-            REQUESTED.store(true, Ordering::SeqCst);
             return;
         }
         if now.saturating_sub(FIRST_MS.load(Ordering::SeqCst)) < AGAIN_AFTER_MS {
@@ -1243,15 +1239,15 @@ mod interrupt {
         }
         // While a file is written, the second waits for it; a third does not (the write
         // may be blocked: a FIFO with no reader, a hung mount).
-        if WRITING.load(Ordering::SeqCst) && !AGAIN.swap(true, Ordering::SeqCst) {
+        let temp = TEMP.load(Ordering::SeqCst);
+        if !temp.is_null() && !AGAIN.swap(true, Ordering::SeqCst) {
             let msg = b"\nminibatch: finishing the file being written (interrupt again to \
                         leave it)\n";
             // SAFETY: a valid buffer; write is async-signal-safe.
             unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
             return;
         }
-        let temp = TEMP.load(Ordering::SeqCst);
-        let msg: &[u8] = if WRITING.load(Ordering::SeqCst) {
+        let msg: &[u8] = if !temp.is_null() {
             b"\nminibatch: interrupted again; exiting, the file being written left unwritten\n"
         } else {
             b"\nminibatch: interrupted again; exiting without a checkpoint\n"
@@ -1269,7 +1265,8 @@ mod interrupt {
 
     pub fn install() {
         let handler = on_signal as extern "C" fn(libc::c_int);
-        // SAFETY: the handler only swaps an atomic, or writes a message and exits.
+        // SAFETY: the handler only uses atomics, or writes a message, removes the write's
+        // temporary file and exits (all async-signal-safe).
         unsafe {
             libc::signal(libc::SIGINT, handler as libc::sighandler_t);
             libc::signal(libc::SIGTERM, handler as libc::sighandler_t);
@@ -1284,18 +1281,15 @@ mod interrupt {
         write: impl FnOnce() -> Result<T, E>,
     ) -> Result<T, E> {
         use std::os::unix::ffi::OsStrExt;
+        // (A path holds no NUL byte; were it to, the empty name removes nothing.)
         let temp = std::ffi::CString::new(
             minibatch::checkpoint::temp_path(&minibatch::checkpoint::resolved(path))
                 .as_os_str()
                 .as_bytes(),
         )
-        .ok();
-        if let Some(temp) = &temp {
-            TEMP.store(temp.as_ptr().cast_mut(), Ordering::SeqCst);
-        }
-        WRITING.store(true, Ordering::SeqCst);
+        .unwrap_or_default();
+        TEMP.store(temp.as_ptr().cast_mut(), Ordering::SeqCst);
         let result = write();
-        WRITING.store(false, Ordering::SeqCst);
         TEMP.store(std::ptr::null_mut(), Ordering::SeqCst);
         drop(temp);
         if AGAIN.load(Ordering::SeqCst) {
@@ -1315,6 +1309,6 @@ mod interrupt {
     }
 
     pub fn requested() -> bool {
-        REQUESTED.load(Ordering::Relaxed)
+        FIRST_MS.load(Ordering::Relaxed) != 0
     }
 }
