@@ -298,7 +298,8 @@ pub struct Overrides {
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
     /// Rows per shard (`train.shard_rows`). Without it or the key: ceil(B / 16) within
-    /// [64, 256] (at most B). Unlike the thread count, it changes the bits (the
+    /// [64, 256], and a batch of 32-127 rows in two halves (so two cores share it); at
+    /// most B. Unlike the thread count, it changes the bits (the
     /// reduction's order): a resumed run given another says so.
     #[arg(long, value_name = "R")]
     pub shard_rows: Option<usize>,

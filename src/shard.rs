@@ -23,19 +23,33 @@ pub fn shard_range(shard_idx: usize, batch_len: usize, shard_rows: NonZeroUsize)
     start..(start + shard_rows.get()).min(batch_len)
 }
 
-/// The default shard size for a batch size: B / 16 rows, but at least 64 and at most 256.
-/// Many shards give parallel slack for large machines (16 shards from B = 1024 on); on a
-/// few cores the shards run in groups (`group_size`), one pass through the model per
+/// The default shard size for a batch size: B / 16 rows, but at least 64 and at most 256;
+/// and a batch of 32 to 127 rows, which that would leave as one shard on one core, in two
+/// halves. Many shards give parallel slack for large machines (16 shards from B = 1024 on);
+/// on a few cores the shards run in groups (`group_size`), one pass through the model per
 /// group, so small shards cost little there: measured on the MLP workload (`minibatch bench
 /// -w w1 -b 512,2048 --shard-rows 64,128,256`, 2 cores, two runs), B = 512 on one thread
 /// ran 114,400-126,000 examples/s with 64-row shards, 112,800-123,500 with 128 and
 /// 113,700-125,200 with 256 (before groups: 98,000-104,000 against 116,000-126,000 for 64
-/// and 256). 32-row shards still cost 3-5% against 64, hence the floor. The boundaries may
-/// not depend on the thread count, so the default keeps the slack.
+/// and 256). 32-row shards still cost 3-5% against 64, hence the floor for large batches.
+/// Below 128 rows the floor made the batch one shard, and a second core sat idle: W1 at
+/// B = 32 ran 73,300 examples/s on two threads, where JAX (each product split across the
+/// threads) ran 82,600 on the same machine; two shards of 16 rows cost 5% on one thread and
+/// ran 112,300 on two (B = 64 in two of 32: -3% on one thread, 75,800 -> 132,200 on two).
+/// Below 32 rows a half would be under 16 rows, too thin a product. The boundaries may not
+/// depend on the thread count, so the default keeps the slack.
 pub fn auto_shard_rows(batch_size: NonZeroUsize) -> NonZeroUsize {
-    let rows = batch_size.get().div_ceil(16).clamp(64, 256);
-    NonZeroUsize::new(rows).expect("clamped to at least 64")
+    let b = batch_size.get();
+    let rows = if (2 * MIN_HALF_ROWS..2 * 64).contains(&b) {
+        b.div_ceil(2)
+    } else {
+        b.div_ceil(16).clamp(64, 256)
+    };
+    NonZeroUsize::new(rows).expect("at least 16 rows")
 }
+
+/// The fewest rows in each half of a small batch that `auto_shard_rows` cuts in two.
+const MIN_HALF_ROWS: usize = 16;
 
 /// The most rows a group of shards passes through the model at once (`group_size`): past
 /// it the pass's activations and gathered rows outgrow L2, and the weight gradients' sums
@@ -389,6 +403,29 @@ mod tests {
     /// more shards than it would one by one (counted in whole shards), every thread gets
     /// the same number of groups, and a group holds at most `GROUP_ROWS` rows unless it is
     /// a pair.
+    #[test]
+    fn default_shards_leave_no_batch_of_32_rows_or_more_on_one_core() {
+        for b in 1..=5000 {
+            let rows = auto_shard_rows(NonZeroUsize::new(b).unwrap());
+            let shards = n_shards(b, rows);
+            if b < 32 {
+                assert_eq!(shards, 1, "B = {b}");
+            } else {
+                assert!(shards >= 2, "B = {b}: {shards} shard");
+                assert!(
+                    rows.get() >= 16 && rows.get() <= 256,
+                    "B = {b}: {rows} rows"
+                );
+            }
+            if b >= 128 {
+                // Large batches keep B / 16 within [64, 256].
+                assert_eq!(rows.get(), b.div_ceil(16).clamp(64, 256), "B = {b}");
+            }
+        }
+        assert_eq!(auto_shard_rows(NonZeroUsize::new(32).unwrap()).get(), 16);
+        assert_eq!(auto_shard_rows(NonZeroUsize::new(100).unwrap()).get(), 50);
+    }
+
     #[test]
     fn groups_never_lengthen_the_step() {
         for threads in 1..=16 {
