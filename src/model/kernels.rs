@@ -411,6 +411,7 @@ mod tests {
         for d in [1, 15, 16, 17, 40, 1000] {
             check::<4>(d);
             check::<8>(d);
+            check::<16>(d);
         }
     }
 
