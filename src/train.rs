@@ -1018,8 +1018,11 @@ pub fn worker_name(i: usize) -> String {
 /// machine: at B = 128 on W1 that was 10-20% of a step. So, like an OpenMP runtime with an
 /// active wait policy, the workers spin on `rayon::yield_now` for the length of a run,
 /// yielding the core to the OS now and then so an oversubscribed machine still makes
-/// progress. A poller that lands on the caller's own thread returns at once, so the caller
-/// never waits on itself.
+/// progress. The poller is broadcast, one to each worker, rather than spawned once per
+/// other worker for them to steal: with many workers, some still waking up, a caller that
+/// waits inside its first step runs its own pending jobs, a spawned poller among them, and
+/// the worker meant to take it would then sleep for the whole run. The caller's own copy
+/// returns at once, so the caller never waits on itself.
 fn keep_workers_awake<R: Send>(threads: usize, run: impl FnOnce() -> R + Send) -> R {
     if threads <= 1 {
         return run();
@@ -1027,26 +1030,24 @@ fn keep_workers_awake<R: Send>(threads: usize, run: impl FnOnce() -> R + Send) -
     let stop = AtomicBool::new(false);
     let caller = rayon::current_thread_index();
     rayon::scope(|scope| {
-        for _ in 1..threads {
-            scope.spawn(|_| {
-                if rayon::current_thread_index() == caller {
-                    return;
+        scope.spawn_broadcast(|_, _| {
+            if rayon::current_thread_index() == caller {
+                return;
+            }
+            let mut idle = 0u32;
+            while !stop.load(Ordering::Acquire) {
+                if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                    idle = 0;
+                    continue;
                 }
-                let mut idle = 0u32;
-                while !stop.load(Ordering::Acquire) {
-                    if rayon::yield_now() == Some(rayon::Yield::Executed) {
-                        idle = 0;
-                        continue;
-                    }
-                    idle = idle.wrapping_add(1);
-                    if idle.is_multiple_of(256) {
-                        std::thread::yield_now();
-                    } else {
-                        std::hint::spin_loop();
-                    }
+                idle = idle.wrapping_add(1);
+                if idle.is_multiple_of(256) {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
                 }
-            });
-        }
+            }
+        });
         // Stops the pollers however `run` ends (a panic included), so the scope can close.
         struct Stop<'a>(&'a AtomicBool);
         impl Drop for Stop<'_> {
