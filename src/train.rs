@@ -22,7 +22,7 @@
 //! steps).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use ndarray::{Array1, Array2, ArrayViewMut2, ShapeBuilder, s};
@@ -1024,6 +1024,15 @@ pub fn worker_name(i: usize) -> String {
 /// the worker meant to take it would then sleep for the whole run. The caller's own copy
 /// returns at once, so the caller never waits on itself.
 fn keep_workers_awake<R: Send>(threads: usize, run: impl FnOnce() -> R + Send) -> R {
+    pollers_counted(threads, &AtomicUsize::new(0), run)
+}
+
+/// `keep_workers_awake`, counting the workers that start polling in `polling`.
+fn pollers_counted<R: Send>(
+    threads: usize,
+    polling: &AtomicUsize,
+    run: impl FnOnce() -> R + Send,
+) -> R {
     if threads <= 1 {
         return run();
     }
@@ -1034,6 +1043,7 @@ fn keep_workers_awake<R: Send>(threads: usize, run: impl FnOnce() -> R + Send) -
             if rayon::current_thread_index() == caller {
                 return;
             }
+            polling.fetch_add(1, Ordering::Relaxed);
             let mut idle = 0u32;
             while !stop.load(Ordering::Acquire) {
                 if rayon::yield_now() == Some(rayon::Yield::Executed) {
@@ -1101,5 +1111,36 @@ fn run_task<M: Model>(
     );
     for (slot, stats) in slots.iter_mut().zip(stats) {
         slot.stats = stats;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every worker but the caller polls for the length of a run, even when the caller runs
+    /// the jobs pending on its own thread before the others have woken (as it does when it
+    /// waits inside a step): a poller the caller takes must not leave a worker asleep.
+    #[test]
+    fn every_other_worker_polls_through_a_run() {
+        let threads = 6;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let polling = AtomicUsize::new(0);
+        let seen = pool.install(|| {
+            pollers_counted(threads, &polling, || {
+                while rayon::yield_local() == Some(rayon::Yield::Executed) {}
+                let start = Instant::now();
+                while polling.load(Ordering::Relaxed) < threads - 1
+                    && start.elapsed() < std::time::Duration::from_secs(20)
+                {
+                    std::thread::yield_now();
+                }
+                polling.load(Ordering::Relaxed)
+            })
+        });
+        assert_eq!(seen, threads - 1);
     }
 }
