@@ -126,7 +126,7 @@ fn model_tensors<'a>(
     let mut tensors: Vec<(&str, &[usize], &[f32])> = layout
         .entries()
         .iter()
-        .map(|e| (e.name.as_str(), e.shape.as_slice(), &params[e.range()]))
+        .map(|e| (e.name.as_str(), e.shape(), &params[e.range()]))
         .collect();
     if let Some((mean, std)) = standardization {
         tensors.push((STANDARDIZE_MEAN, d, mean));
@@ -261,6 +261,10 @@ pub struct RunShape {
     /// `shuffle` or `uniform` (which rows the steps draw); empty in files written before
     /// it was recorded.
     pub sampling: String,
+    /// Rows per shard the run used (at most the batch). Not checked: a resumed run may take
+    /// another, with a note, since only the sums' order changes. Recorded because the
+    /// default follows a rule that a later build may change; 0 in files written before.
+    pub shard_rows: u64,
 }
 
 /// What every checkpoint of a run records besides the training state: the model (as
@@ -306,6 +310,7 @@ pub fn save_checkpoint(path: &Path, state: &TrainState<'_>, record: &RunRecord) 
         ("steps_per_epoch", run.steps_per_epoch.to_string()),
         ("optimizer", run.optimizer.clone()),
         ("sampling", run.sampling.clone()),
+        ("shard_rows", run.shard_rows.to_string()),
     ];
     metadata.extend(names_entry(CLASSES, record.class_names.as_deref()));
     metadata.extend(names_entry(FEATURES, record.feature_names.as_deref()));
@@ -421,6 +426,10 @@ pub fn load_checkpoint(path: &Path, layout: &ParamLayout) -> Result<Checkpoint> 
                 steps_per_epoch: number("steps_per_epoch")?,
                 optimizer: optimizer.clone(),
                 sampling: info.get("sampling").cloned().unwrap_or_default(),
+                shard_rows: match info.contains_key("shard_rows") {
+                    true => number("shard_rows")?,
+                    false => 0,
+                },
             }),
             None => None,
         },
@@ -492,12 +501,12 @@ fn params_from(path: &Path, file: &SafeTensors<'_>, layout: &ParamLayout) -> Res
                 tensor.dtype()
             )));
         }
-        if tensor.shape() != entry.shape.as_slice() {
+        if tensor.shape() != entry.shape() {
             return Err(corrupt(format!(
                 "`{}` has shape {:?}, expected {:?} (the model of the config in use)",
                 entry.name,
                 tensor.shape(),
-                entry.shape
+                entry.shape()
             )));
         }
         let values = &mut params[entry.range()];

@@ -128,7 +128,8 @@ pub fn train(
                 checkpoint.steps,
                 super::s(checkpoint.steps)
             );
-            resume_notes(path, &raw, &cfg);
+            let recorded_rows = checkpoint.run.as_ref().map_or(0, |run| run.shard_rows);
+            resume_notes(path, &raw, &cfg, recorded_rows);
         }
     }
     if let Some(path) = &args.init {
@@ -405,7 +406,12 @@ struct TrainOutput {
 
 /// Notes on settings a resumed run changed that it may change, though the bits from the
 /// checkpoint on then differ from the uninterrupted run's.
-fn resume_notes(path: &std::path::Path, raw: &RawConfig, cfg: &minibatch::Config) {
+fn resume_notes(
+    path: &std::path::Path,
+    raw: &RawConfig,
+    cfg: &minibatch::Config,
+    recorded_rows: u64,
+) {
     // (The checkpoint's config was read before, for the run's own settings.) A checkpoint
     // without one has nothing to compare.
     let Some(saved_raw) = checkpoint_config(path)
@@ -415,12 +421,16 @@ fn resume_notes(path: &std::path::Path, raw: &RawConfig, cfg: &minibatch::Config
         return;
     };
     let saved = &saved_raw.train;
-    // Rows a shard takes: at most the batch (past it, one shard either way).
+    // Rows a shard takes: at most the batch (past it, one shard either way). As the
+    // checkpoint records them; a file from before that, as its config gives them.
     let b = cfg.train.batch_size;
-    let saved_rows = saved
-        .shard_rows
-        .unwrap_or(minibatch::shard::auto_shard_rows(b).get())
-        .min(b.get());
+    let saved_rows = match recorded_rows {
+        0 => saved
+            .shard_rows
+            .unwrap_or(minibatch::shard::auto_shard_rows(b).get())
+            .min(b.get()),
+        rows => rows as usize,
+    };
     let rows = cfg.train.shard_rows.get().min(b.get());
     if saved_rows != rows {
         outln!(
@@ -999,6 +1009,7 @@ fn run_shape(cfg: &minibatch::Config) -> minibatch::checkpoint::RunShape {
             minibatch::sampler::Sampling::Uniform => "uniform",
         }
         .to_string(),
+        shard_rows: cfg.train.shard_rows.get().min(cfg.train.batch_size.get()) as u64,
     }
 }
 

@@ -46,6 +46,14 @@ fn with_header(bytes: &[u8], edit: impl FnOnce(&mut serde_json::Value)) -> Vec<u
     out
 }
 
+/// A safetensors file's header metadata.
+fn metadata(path: &str) -> serde_json::Value {
+    let bytes = std::fs::read(path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    header["__metadata__"].clone()
+}
+
 /// Waits (at most 10 s) for `child` to exit after `what`, killing it past that.
 fn exited_within(mut child: std::process::Child, what: &str) -> Output {
     let start = Instant::now();
@@ -643,6 +651,35 @@ fn resuming_a_finished_run_asks_for_more_epochs() {
         stdout.contains("note: shards of 8 rows, the checkpoint's run 16"),
         "{stdout}"
     );
+    // The shards a checkpoint's run used are recorded, and compared as recorded: a build
+    // whose default rule gave other shards for the same config is noticed (here the file
+    // says 25 rows where the config gives 16). A file from before the record compares the
+    // config's.
+    assert_eq!(metadata(last)["shard_rows"], "16");
+    let dir = std::path::Path::new(last).parent().unwrap().join("edited");
+    std::fs::create_dir_all(&dir).unwrap();
+    for (name, rows, note) in [
+        ("other.safetensors", Some("25"), true),
+        ("older.safetensors", None, false),
+    ] {
+        let bytes = with_header(&std::fs::read(last).unwrap(), |header| {
+            let meta = header["__metadata__"].as_object_mut().unwrap();
+            match rows {
+                Some(rows) => meta.insert("shard_rows".into(), serde_json::json!(rows)),
+                None => meta.remove("shard_rows"),
+            };
+        });
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let out = succeeds(&["train", "--resume", path.to_str().unwrap(), "--epochs", "3"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            stdout.contains("note: shards of 16 rows, the checkpoint's run 25"),
+            note,
+            "{name}: {stdout}"
+        );
+        assert!(note || !stdout.contains("note: shards of"), "{stdout}");
+    }
 }
 
 #[test]
