@@ -12,7 +12,8 @@ use ndarray::{ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParamEntry {
     pub name: String,
-    pub shape: Vec<usize>,
+    /// Private, with `len`, which is its product: an entry is made by `ParamLayout::push`.
+    shape: Vec<usize>,
     pub offset: usize,
     /// The product of `shape`, kept: a B = 1 step of a small model asks for its slices every
     /// step, and the product's chain of multiplies was a tenth of the model's share of W3.
@@ -22,6 +23,10 @@ pub struct ParamEntry {
 impl ParamEntry {
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
     }
 
     pub fn is_empty(&self) -> bool {
@@ -84,8 +89,8 @@ impl ParamLayout {
     /// A 2-D tensor as a `(rows, cols)` view.
     pub fn matrix<'a>(&self, id: ParamId, flat: &'a [f32]) -> ArrayView2<'a, f32> {
         let e = self.entry(id);
-        assert_eq!(e.shape.len(), 2, "`{}` is not a matrix", e.name);
-        ArrayView2::from_shape((e.shape[0], e.shape[1]), &flat[e.range()])
+        assert_eq!(e.shape().len(), 2, "`{}` is not a matrix", e.name);
+        ArrayView2::from_shape((e.shape()[0], e.shape()[1]), &flat[e.range()])
             .expect("layout shape matches its range")
     }
 
@@ -118,7 +123,7 @@ impl ParamLayout {
     pub fn describe(&self) -> String {
         self.entries
             .iter()
-            .map(|e| format!("{} {:?} at {}", e.name, e.shape, e.offset))
+            .map(|e| format!("{} {:?} at {}", e.name, e.shape(), e.offset))
             .collect::<Vec<_>>()
             .join("\n")
     }

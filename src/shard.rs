@@ -24,18 +24,20 @@ pub fn shard_range(shard_idx: usize, batch_len: usize, shard_rows: NonZeroUsize)
 }
 
 /// The default shard size for a batch size: B / 16 rows, but at least 64 and at most 256;
-/// and a batch of 32 to 127 rows, which that would leave as one shard on one core, in two
-/// halves. Many shards give parallel slack for large machines (16 shards from B = 1024 on);
+/// and a batch of 32 to 127 rows in two equal halves (that rule made 32-64 rows one shard
+/// on one core, and 65-127 a 64-row shard and a shorter one). Many shards give parallel slack for large machines (16 shards from B = 1024 on);
 /// on a few cores the shards run in groups (`group_size`), one pass through the model per
 /// group, so small shards cost little there: measured on the MLP workload (`minibatch bench
 /// -w w1 -b 512,2048 --shard-rows 64,128,256`, 2 cores, two runs), B = 512 on one thread
 /// ran 114,400-126,000 examples/s with 64-row shards, 112,800-123,500 with 128 and
 /// 113,700-125,200 with 256 (before groups: 98,000-104,000 against 116,000-126,000 for 64
 /// and 256). 32-row shards still cost 3-5% against 64, hence the floor for large batches.
-/// Below 128 rows the floor made the batch one shard, and a second core sat idle: W1 at
-/// B = 32 ran 73,300 examples/s on two threads, where JAX (each product split across the
-/// threads) ran 82,600 on the same machine; two shards of 16 rows cost 5% on one thread and
-/// ran 112,300 on two (B = 64 in two of 32: -3% on one thread, 75,800 -> 132,200 on two).
+/// Below 65 rows the floor made the batch one shard, and a second core sat idle: W1 at
+/// B = 32 ran 73,100-73,600 examples/s on two threads, where JAX (each product split
+/// across the threads) ran 82,600 on the same machine; two shards of 16 rows cost 5-7% on
+/// one thread and ran 109,900-110,100 on two (B = 64 in two of 32: one thread within the
+/// noise, two 75,900-77,600 -> 134,700-136,400; B = 96 as 48 + 48 rather than 64 + 32
+/// evens the threads' work).
 /// Below 32 rows a half would be under 16 rows, too thin a product. The boundaries may not
 /// depend on the thread count, so the default keeps the slack.
 pub fn auto_shard_rows(batch_size: NonZeroUsize) -> NonZeroUsize {
@@ -399,10 +401,6 @@ mod tests {
         }
     }
 
-    /// Where shards go in groups on several threads, the last thread to finish runs no
-    /// more shards than it would one by one (counted in whole shards), every thread gets
-    /// the same number of groups, and a group holds at most `GROUP_ROWS` rows unless it is
-    /// a pair.
     #[test]
     fn default_shards_leave_no_batch_of_32_rows_or_more_on_one_core() {
         for b in 1..=5000 {
@@ -426,6 +424,10 @@ mod tests {
         assert_eq!(auto_shard_rows(NonZeroUsize::new(100).unwrap()).get(), 50);
     }
 
+    /// Where shards go in groups on several threads, the last thread to finish runs no
+    /// more shards than it would one by one (counted in whole shards), every thread gets
+    /// the same number of groups, and a group holds at most `GROUP_ROWS` rows unless it is
+    /// a pair.
     #[test]
     fn groups_never_lengthen_the_step() {
         for threads in 1..=16 {

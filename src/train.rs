@@ -451,7 +451,9 @@ impl<M: Model> Trainer<M> {
         Ok(())
     }
 
-    /// Runs `f` on the trainer's pool (e.g. to generate data with the same threads).
+    /// Runs `f` on the trainer's pool (e.g. to generate data with the same threads). A
+    /// `fit` waits for every thread of the pool, so work `f` leaves running there (a
+    /// `rayon::spawn`) holds up a `fit` started before it ends.
     pub fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.pool.install(f)
     }
@@ -1037,9 +1039,11 @@ fn pollers_counted<R: Send>(
         return run();
     }
     let stop = AtomicBool::new(false);
-    let caller = rayon::current_thread_index();
     rayon::scope(|scope| {
-        scope.spawn_broadcast(|_, _| {
+        // Inside the scope, so a worker of the pool whose threads poll.
+        let caller = rayon::current_thread_index();
+        let stop = &stop;
+        scope.spawn_broadcast(move |_, _| {
             if rayon::current_thread_index() == caller {
                 return;
             }
@@ -1065,7 +1069,7 @@ fn pollers_counted<R: Send>(
                 self.0.store(true, Ordering::Release);
             }
         }
-        let _stop = Stop(&stop);
+        let _stop = Stop(stop);
         run()
     })
 }

@@ -15,7 +15,7 @@ pub fn layout(args: &ConfigArgs) -> Result<()> {
         model.layout().n_params()
     );
     let entries = model.layout().entries();
-    let shapes: Vec<String> = entries.iter().map(|e| format!("{:?}", e.shape)).collect();
+    let shapes: Vec<String> = entries.iter().map(|e| format!("{:?}", e.shape())).collect();
     let name_width = entries.iter().map(|e| e.name.len()).max().unwrap_or(0);
     let shape_width = shapes.iter().map(String::len).max().unwrap_or(0);
     for (entry, shape) in entries.iter().zip(&shapes) {

@@ -1201,8 +1201,8 @@ fn scale_on_a_data_file_reports_what_it_read() {
         .unwrap()
         .parse()
         .unwrap();
-    // One shard of 100 rows: the second thread has nothing to do, so whatever the noise
-    // made of the speedup, the prediction never exceeds what the fraction allows.
+    // Two shards of 50 rows on a model this small: whatever the noise made of the
+    // speedup, the prediction never exceeds what the fraction allows.
     let s16: f64 = summary
         .split("predicts ")
         .nth(1)
