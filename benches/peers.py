@@ -1,0 +1,192 @@
+"""The numpy + OpenBLAS training loop that `minibatch bench` is compared against.
+
+Runs the standard workloads (W1 mlp, W2 logreg, W3 sgd1) as a plain numpy loop, the way
+one would write mini-batch SGD by hand: gather the batch's rows, forward, backward, one
+step. Prints examples/s per row, best epoch of those run, so the figures sit beside
+`minibatch bench` run on the same machine in the same hour.
+
+    python3 -m venv peers && peers/bin/pip install numpy
+    peers/bin/python benches/peers.py --workload w1 --batch-sizes 32,128,512,2048 --threads 1,2
+
+Each thread count runs in a child process: OpenBLAS reads its thread count when it loads.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+STANDARD = {"w1": [32, 128, 512, 2048], "w2": [256, 4096], "w3": [1]}
+
+
+def run_one(workload, batch, epochs, max_steps):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    if workload == "w1":
+        n, sizes = 60_000, [784, 256, 256, 10]
+        x = rng.standard_normal((n, sizes[0]), dtype=np.float32)
+        y = rng.integers(0, sizes[-1], n)
+        ws = [
+            (rng.standard_normal((a, b), dtype=np.float32) * np.float32(np.sqrt(2 / a)))
+            for a, b in zip(sizes, sizes[1:])
+        ]
+        bs = [np.zeros(b, np.float32) for b in sizes[1:]]
+    elif workload == "w2":
+        n, d = 1_000_000, 1000
+        x = rng.standard_normal((n, d), dtype=np.float32)
+        y = (rng.random(n) < 0.5).astype(np.float32)
+        w, b = np.zeros(d, np.float32), np.float32(0)
+    else:
+        n, d = 100_000, 10
+        x = rng.standard_normal((n, d), dtype=np.float32)
+        y = (x @ rng.standard_normal(d, dtype=np.float32)).astype(np.float32)
+        w, b = np.zeros(d, np.float32), np.float32(0)
+    lr = np.float32(0.01)
+    best = 0.0
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        steps = min(n // batch, max_steps)
+        start = time.perf_counter()
+        for s in range(steps):
+            idx = order[s * batch : (s + 1) * batch]
+            xb, yb = x[idx], y[idx]
+            if workload == "w1":
+                acts = [xb]
+                for i, (wl, bl) in enumerate(zip(ws, bs)):
+                    z = acts[-1] @ wl + bl
+                    acts.append(np.maximum(z, 0) if i < len(ws) - 1 else z)
+                z = acts[-1]
+                p = np.exp(z - z.max(axis=1, keepdims=True))
+                p /= p.sum(axis=1, keepdims=True)
+                p[np.arange(batch), yb] -= 1
+                dz = p / np.float32(batch)
+                for i in reversed(range(len(ws))):
+                    gw, gb = acts[i].T @ dz, dz.sum(axis=0)
+                    if i > 0:
+                        dz = (dz @ ws[i].T) * (acts[i] > 0)
+                    ws[i] -= lr * gw
+                    bs[i] -= lr * gb
+            elif workload == "w2":
+                p = 1 / (1 + np.exp(-(xb @ w + b)))
+                dz = (p - yb) / np.float32(batch)
+                w -= lr * (xb.T @ dz)
+                b -= lr * dz.sum()
+            else:
+                dz = 2 * (xb @ w + b - yb) / np.float32(batch)
+                w -= lr * (xb.T @ dz)
+                b -= lr * dz.sum()
+        best = max(best, steps * batch / (time.perf_counter() - start))
+    return best
+
+
+def run_one_jax(workload, batch, epochs, max_steps):
+    """The same step as `run_one`, jitted, with each epoch one `lax.scan` over its batches."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    if workload == "w1":
+        n, sizes = 60_000, [784, 256, 256, 10]
+        x = rng.standard_normal((n, sizes[0]), dtype=np.float32)
+        y = rng.integers(0, sizes[-1], n).astype(np.int32)
+        params = [
+            (rng.standard_normal((a, b), dtype=np.float32) * np.float32(np.sqrt(2 / a)),
+             np.zeros(b, np.float32))
+            for a, b in zip(sizes, sizes[1:])
+        ]
+
+        def loss(params, xb, yb):
+            h = xb
+            for i, (w, b) in enumerate(params):
+                h = h @ w + b
+                if i < len(params) - 1:
+                    h = jax.nn.relu(h)
+            logp = jax.nn.log_softmax(h)
+            return -jnp.mean(jnp.take_along_axis(logp, yb[:, None], axis=1))
+    else:
+        n, d = (1_000_000, 1000) if workload == "w2" else (100_000, 10)
+        x = rng.standard_normal((n, d), dtype=np.float32)
+        if workload == "w2":
+            y = (rng.random(n) < 0.5).astype(np.float32)
+        else:
+            y = (x @ rng.standard_normal(d, dtype=np.float32)).astype(np.float32)
+        params = (np.zeros(d, np.float32), np.float32(0))
+
+        def loss(params, xb, yb):
+            z = xb @ params[0] + params[1]
+            if workload == "w2":
+                return jnp.mean(jax.nn.softplus(z) - yb * z)
+            return jnp.mean((z - yb) ** 2)
+
+    x, y = jnp.asarray(x), jnp.asarray(y)
+    grad = jax.grad(loss)
+
+    @jax.jit
+    def epoch(params, batches):
+        def step(params, idx):
+            g = grad(params, x[idx], y[idx])
+            return jax.tree_util.tree_map(lambda p, g: p - 0.01 * g, params, g), None
+
+        return jax.lax.scan(step, params, batches)[0]
+
+    steps = min(n // batch, max_steps)
+    best = 0.0
+    for e in range(epochs + 1):
+        batches = jnp.asarray(rng.permutation(n)[: steps * batch].reshape(steps, batch))
+        start = time.perf_counter()
+        params = jax.block_until_ready(epoch(params, batches))
+        if e > 0:  # the first epoch compiles
+            best = max(best, steps * batch / (time.perf_counter() - start))
+    return best
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workload", default="all", help="w1, w2, w3 or all")
+    ap.add_argument("--batch-sizes", help="comma-separated; default: the workload's standard")
+    ap.add_argument("--threads", default="1,2", help="comma-separated OpenBLAS thread counts")
+    ap.add_argument("--epochs", type=int, default=3, help="epochs per row, best one kept")
+    ap.add_argument("--max-steps", type=int, default=20_000, help="steps per epoch at most")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--peer", default="numpy", choices=["numpy", "jax"],
+                    help="numpy (+ OpenBLAS) loop, or JAX with each epoch in lax.scan")
+    ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        # One core per thread: OpenBLAS and XLA size their pools from what they may use.
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: int(a.child[2])])
+        run = run_one_jax if a.peer == "jax" else run_one
+        print(run(a.child[0], int(a.child[1]), a.epochs, a.max_steps))
+        return
+    workloads = list(STANDARD) if a.workload == "all" else a.workload.split(",")
+    rows = []
+    for wl in workloads:
+        if wl not in STANDARD:
+            sys.exit(f"error: unknown workload `{wl}`; expected w1, w2, w3 or all")
+        sizes = [int(b) for b in a.batch_sizes.split(",")] if a.batch_sizes else STANDARD[wl]
+        for batch in sizes:
+            for threads in [int(t) for t in a.threads.split(",")]:
+                env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+                cmd = [sys.executable, __file__, "--peer", a.peer, "--epochs", str(a.epochs),
+                       "--max-steps", str(a.max_steps), "--child", wl, str(batch), str(threads)]
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                rate = float(out.stdout.strip())
+                rows.append({"peer": a.peer, "workload": wl, "batch_size": batch, "threads": threads,
+                             "examples_per_sec": rate})
+                print(f"peers: {a.peer} {wl} B = {batch}, {threads} thread(s): {rate:,.0f} examples/s",
+                      file=sys.stderr)
+    if a.json:
+        print(json.dumps(rows, indent=1))
+    else:
+        name = "numpy + OpenBLAS" if a.peer == "numpy" else "JAX, epoch in lax.scan"
+        print(f"| workload | B | threads | {name} examples/s |\n|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['workload']} | {r['batch_size']} | {r['threads']} | {r['examples_per_sec']:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
