@@ -112,6 +112,8 @@ pub struct TuneReport {
     /// The last epoch's B_noise that was estimated, and that epoch.
     pub b_noise: f64,
     pub b_noise_epoch: usize,
+    /// Rows per shard in the run that estimated B_noise (`run`: B/8, or the default's).
+    pub noise_shard_rows: usize,
     pub base_batch_size: usize,
     pub base_lr: f64,
     pub recommended_batch_size: usize,
@@ -166,17 +168,19 @@ pub fn run(raw: &RawConfig, plan: &TunePlan, mut progress: impl FnMut(&str)) -> 
 
     // Statistics: train the config itself, estimating the noise scale as the loss falls.
     progress(&format!("estimating the gradient noise scale at B = {b0}"));
-    // The estimate compares the shards' gradients with the batch's, so it needs two or more
-    // shards per batch, and the smaller they are against the batch the better its
-    // difference is conditioned: with shards of B/2 the quickstart's estimate swung from
-    // 10,700 to 6,000 between two epochs, with B/8 it rose steadily. Keep the shards a
-    // config sets if there are two or more; the default's if there are eight or more; else
-    // cut each batch in eight.
+    // The estimate compares full shards' gradients (b rows) with the batch's (B): its
+    // divisor 1/b - 1/B is what conditions it, so b must be small against B whatever the
+    // config's shards are (these rows only measure). With b = B/2 the quickstart's B_noise
+    // swung 10,700 -> 6,000 between two epochs, and with b = 56 of B = 64 it came out a
+    // quarter of the equal-shards figure or not at all. So shards of B/8 rows (rounded
+    // down: eight full ones or more), or the default's when smaller.
     let mut stat_raw = raw.clone();
-    let fewest = if raw.train.shard_rows.is_some() { 2 } else { 8 };
-    if crate::shard::n_shards(b0, base.train.shard_rows) < fewest {
-        stat_raw.train.shard_rows = Some(b0.div_ceil(8).max(1));
-    }
+    let eighth = NonZeroUsize::new(b0 / 8).unwrap_or(NonZeroUsize::MIN);
+    stat_raw.train.shard_rows = Some(
+        eighth
+            .min(crate::shard::auto_shard_rows(base.train.batch_size))
+            .get(),
+    );
     let stat_cfg = stat_raw.validate()?;
     let mut trainer = trainer_for(&stat_cfg)?;
     trainer.track_noise_scale(NOISE_PERIOD, NOISE_DECAY);
@@ -342,6 +346,7 @@ pub fn run(raw: &RawConfig, plan: &TunePlan, mut progress: impl FnMut(&str)) -> 
         noise_history,
         b_noise,
         b_noise_epoch,
+        noise_shard_rows: stat_cfg.train.shard_rows.get().min(b0),
         base_batch_size: b0,
         base_lr,
         estimator_overhead,

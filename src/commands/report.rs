@@ -289,8 +289,10 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
     })?;
     minibatch::tune::write_outputs(&args.out, &report)?;
     outln!(
-        "gradient noise scale while training B = {}:",
-        report.base_batch_size
+        "gradient noise scale while training B = {} (in shards of {} row{}):",
+        report.base_batch_size,
+        report.noise_shard_rows,
+        super::s(report.noise_shard_rows)
     );
     for (epoch, loss, b_noise) in &report.noise_history {
         match b_noise {

@@ -337,6 +337,39 @@ fn every_epoch_of_the_noise_estimate_is_listed() {
     );
 }
 
+/// The noise run measures in shards of B/8 rows whatever the config's shards: its divisor
+/// 1/b - 1/B is what conditions the estimate (with b = 56 of B = 64 it came out a quarter
+/// of the equal-shards figure, or not at all), and its rows only measure.
+#[test]
+fn the_noise_estimate_uses_eighths_of_the_batch_whatever_the_configs_shards() {
+    let base = TINY.replace("batch_size = 32\n", "batch_size = 64\n");
+    let noise_lines = |name: &str, config: &str| -> Vec<String> {
+        let (stdout, _) = tune_config(name, config, &["--batch-sizes", "64", "--seconds", "0.02"]);
+        assert!(
+            stdout.contains("gradient noise scale while training B = 64 (in shards of 8 rows):"),
+            "{stdout}"
+        );
+        stdout
+            .lines()
+            .filter(|l| l.trim_start().starts_with("epoch "))
+            .map(String::from)
+            .collect()
+    };
+    let default = noise_lines("tune-noise-default", &base);
+    assert_eq!(default.len(), 2);
+    for rows in ["56", "32", "64"] {
+        let config = base.replace(
+            "threads = 2\n",
+            &format!("threads = 2\nshard_rows = {rows}\n"),
+        );
+        assert_eq!(
+            noise_lines(&format!("tune-noise-{rows}"), &config),
+            default,
+            "shard_rows {rows}"
+        );
+    }
+}
+
 /// With several thread counts the plot draws each batch size at its fastest, and says so.
 #[test]
 fn the_plot_says_which_thread_count_it_draws() {
