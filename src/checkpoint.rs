@@ -421,15 +421,24 @@ pub fn load_checkpoint(path: &Path, layout: &ParamLayout) -> Result<Checkpoint> 
         steps: number("steps")?,
         run: match info.get("optimizer") {
             Some(optimizer) => Some(RunShape {
+                shard_rows: match info.get("shard_rows") {
+                    None => 0,
+                    Some(_) => {
+                        let (rows, batch) = (number("shard_rows")?, number("batch_size")?);
+                        if !(1..=batch).contains(&rows) {
+                            return Err(corrupt(format!(
+                                "metadata `shard_rows` is {rows}, not a shard of its batch of \
+                                 {batch} rows (1 to {batch})"
+                            )));
+                        }
+                        rows
+                    }
+                },
                 batch_size: number("batch_size")?,
                 seed: number("seed")?,
                 steps_per_epoch: number("steps_per_epoch")?,
                 optimizer: optimizer.clone(),
                 sampling: info.get("sampling").cloned().unwrap_or_default(),
-                shard_rows: match info.contains_key("shard_rows") {
-                    true => number("shard_rows")?,
-                    false => 0,
-                },
             }),
             None => None,
         },

@@ -422,12 +422,14 @@ fn resume_notes(
     };
     let saved = &saved_raw.train;
     // Rows a shard takes: at most the batch (past it, one shard either way). As the
-    // checkpoint records them; a file from before that, as its config gives them.
+    // checkpoint records them; a file from before that, as its config gives them, by the
+    // default rule of the builds that wrote such files (B / 16 within [64, 256]: a batch of
+    // 32-127 rows is cut in two now).
     let b = cfg.train.batch_size;
     let saved_rows = match recorded_rows {
         0 => saved
             .shard_rows
-            .unwrap_or(minibatch::shard::auto_shard_rows(b).get())
+            .unwrap_or(b.get().div_ceil(16).clamp(64, 256))
             .min(b.get()),
         rows => rows as usize,
     };

@@ -658,27 +658,64 @@ fn resuming_a_finished_run_asks_for_more_epochs() {
     assert_eq!(metadata(last)["shard_rows"], "16");
     let dir = std::path::Path::new(last).parent().unwrap().join("edited");
     std::fs::create_dir_all(&dir).unwrap();
-    for (name, rows, note) in [
-        ("other.safetensors", Some("25"), true),
-        ("older.safetensors", None, false),
-    ] {
+    // (file, its shard_rows entry, whether its config keeps `shard_rows = 16`, the note)
+    let cases = [
+        (
+            "other",
+            Some("25"),
+            true,
+            Some("shards of 16 rows, the checkpoint's run 25"),
+        ),
+        ("older", None, true, None),
+        // An older file whose config left the shards to the default: that build's rule
+        // made B = 50 one shard, this one cuts it in two.
+        (
+            "older-default",
+            None,
+            false,
+            Some("shards of 25 rows, the checkpoint's run 50"),
+        ),
+    ];
+    for (name, rows, keeps, note) in cases {
         let bytes = with_header(&std::fs::read(last).unwrap(), |header| {
             let meta = header["__metadata__"].as_object_mut().unwrap();
             match rows {
                 Some(rows) => meta.insert("shard_rows".into(), serde_json::json!(rows)),
                 None => meta.remove("shard_rows"),
             };
+            if !keeps {
+                let config = meta["config"]
+                    .as_str()
+                    .unwrap()
+                    .replace("shard_rows = 16\n", "");
+                meta.insert("config".into(), serde_json::json!(config));
+            }
         });
-        let path = dir.join(name);
+        let path = dir.join(format!("{name}.safetensors"));
         std::fs::write(&path, bytes).unwrap();
         let out = succeeds(&["train", "--resume", path.to_str().unwrap(), "--epochs", "3"]);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(
-            stdout.contains("note: shards of 16 rows, the checkpoint's run 25"),
-            note,
-            "{name}: {stdout}"
+        match note {
+            Some(note) => assert!(
+                stdout.contains(&format!("note: {note}")),
+                "{name}: {stdout}"
+            ),
+            None => assert!(!stdout.contains("note: shards of"), "{name}: {stdout}"),
+        }
+    }
+    // An entry that is no shard of the batch is refused, naming the file.
+    for rows in ["0", "51", "1000000", "x"] {
+        let bytes = with_header(&std::fs::read(last).unwrap(), |header| {
+            header["__metadata__"]["shard_rows"] = serde_json::json!(rows);
+        });
+        let path = dir.join("bad.safetensors");
+        std::fs::write(&path, bytes).unwrap();
+        let out = refused(&["train", "--resume", path.to_str().unwrap(), "--epochs", "3"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("bad.safetensors") && stderr.contains("shard_rows"),
+            "{rows}: {stderr}"
         );
-        assert!(note || !stdout.contains("note: shards of"), "{stdout}");
     }
 }
 
