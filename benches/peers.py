@@ -19,6 +19,7 @@ import sys
 import time
 
 STANDARD = {"w1": [32, 128, 512, 2048], "w2": [256, 4096], "w3": [1]}
+ROWS = {"w1": 60_000, "w2": 1_000_000, "w3": 100_000}
 
 
 def run_one(workload, batch, epochs, max_steps):
@@ -46,7 +47,7 @@ def run_one(workload, batch, epochs, max_steps):
         w, b = np.zeros(d, np.float32), np.float32(0)
     lr = np.float32(0.01)
     best = 0.0
-    for _ in range(epochs):
+    for e in range(epochs + 1):
         order = rng.permutation(n)
         steps = min(n // batch, max_steps)
         start = time.perf_counter()
@@ -78,7 +79,8 @@ def run_one(workload, batch, epochs, max_steps):
                 dz = 2 * (xb @ w + b - yb) / np.float32(batch)
                 w -= lr * (xb.T @ dz)
                 b -= lr * dz.sum()
-        best = max(best, steps * batch / (time.perf_counter() - start))
+        if e > 0:  # the first epoch warms the caches and OpenBLAS's buffers
+            best = max(best, steps * batch / (time.perf_counter() - start))
     return best
 
 
@@ -144,18 +146,34 @@ def run_one_jax(workload, batch, epochs, max_steps):
     return best
 
 
+def positive_list(text):
+    """`1,2,4` as [1, 2, 4]; anything else is a usage error (argparse names the option)."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected whole numbers >= 1 separated by commas, got `{text}`")
+    return values
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--workload", default="all", help="w1, w2, w3 or all")
-    ap.add_argument("--batch-sizes", help="comma-separated; default: the workload's standard")
-    ap.add_argument("--threads", default="1,2", help="comma-separated OpenBLAS thread counts")
-    ap.add_argument("--epochs", type=int, default=3, help="epochs per row, best one kept")
+    ap.add_argument("--workload", default="all", help="w1, w2, w3 (comma-separated) or all")
+    ap.add_argument("--batch-sizes", type=positive_list,
+                    help="comma-separated; default: the workload's standard")
+    ap.add_argument("--threads", default=[1, 2], type=positive_list,
+                    help="comma-separated thread counts (default 1,2)")
+    ap.add_argument("--epochs", type=int, default=2,
+                    help="timed epochs per row, best kept, after one untimed warm-up (default 2)")
     ap.add_argument("--max-steps", type=int, default=20_000, help="steps per epoch at most")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--peer", default="numpy", choices=["numpy", "jax"],
                     help="numpy (+ OpenBLAS) loop, or JAX with each epoch in lax.scan")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.epochs < 1 or a.max_steps < 1:
+        ap.error("--epochs and --max-steps must be at least 1")
     if a.child:
         # One core per thread: OpenBLAS and XLA size their pools from what they may use.
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[: int(a.child[2])])
@@ -163,17 +181,27 @@ def main():
         print(run(a.child[0], int(a.child[1]), a.epochs, a.max_steps))
         return
     workloads = list(STANDARD) if a.workload == "all" else a.workload.split(",")
-    rows = []
     for wl in workloads:
         if wl not in STANDARD:
-            sys.exit(f"error: unknown workload `{wl}`; expected w1, w2, w3 or all")
-        sizes = [int(b) for b in a.batch_sizes.split(",")] if a.batch_sizes else STANDARD[wl]
-        for batch in sizes:
-            for threads in [int(t) for t in a.threads.split(",")]:
+            ap.error(f"unknown workload `{wl}` in --workload; expected w1, w2, w3 (comma-separated) or all")
+    for wl in workloads:
+        for batch in a.batch_sizes or []:
+            if batch > ROWS[wl]:
+                ap.error(f"--batch-sizes: {batch} is more than {wl}'s {ROWS[wl]:,} rows")
+    cores = len(os.sched_getaffinity(0))
+    if max(a.threads) > cores:
+        print(f"peers: note: {max(a.threads)} threads on {cores} cores: the extra threads share them",
+              file=sys.stderr)
+    rows = []
+    for wl in workloads:
+        for batch in a.batch_sizes or STANDARD[wl]:
+            for threads in a.threads:
                 env = dict(os.environ, OPENBLAS_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
                 cmd = [sys.executable, __file__, "--peer", a.peer, "--epochs", str(a.epochs),
                        "--max-steps", str(a.max_steps), "--child", wl, str(batch), str(threads)]
-                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                if out.returncode != 0:
+                    sys.exit(f"peers: {a.peer} {wl} B = {batch}, {threads} thread(s) failed:\n{out.stderr}")
                 rate = float(out.stdout.strip())
                 rows.append({"peer": a.peer, "workload": wl, "batch_size": batch, "threads": threads,
                              "examples_per_sec": rate})
