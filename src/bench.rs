@@ -82,7 +82,8 @@ pub struct BenchRow {
     pub speedup: Option<f64>,
     /// Karp-Flatt experimentally determined serial fraction from `speedup` on `threads`.
     pub serial_fraction: Option<f64>,
-    /// Amdahl's speedup on 16 and 64 threads from `serial_fraction` (`amdahl`).
+    /// Amdahl's speedup on 16 and 64 threads from `serial_fraction`, at most the batch's
+    /// shards running at once (`amdahl_in_shards`).
     pub predicted_speedup_16: Option<f64>,
     pub predicted_speedup_64: Option<f64>,
 }
@@ -102,6 +103,13 @@ pub fn karp_flatt(speedup: f64, threads: usize) -> Option<f64> {
 pub fn amdahl(serial_fraction: f64, threads: usize) -> f64 {
     let e = serial_fraction.clamp(0.0, 1.0);
     1.0 / (e + (1.0 - e) / threads as f64)
+}
+
+/// `amdahl` for a step whose parallel part is `shards` shards: past that many threads the
+/// others have nothing to do (B = 32's two shards gain nothing from a third core, where the
+/// plain law predicted 2.7x on 16).
+pub fn amdahl_in_shards(serial_fraction: f64, threads: usize, shards: usize) -> f64 {
+    amdahl(serial_fraction, threads.min(shards.max(1)))
 }
 
 /// The machine's limits, measured in this process.
@@ -260,8 +268,9 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
                     }
                     // A batch of one shard runs on one thread by design (see
                     // `Trainer::step_one_shard`): no fraction of it is parallel.
+                    let shards = n_shards(batch_size, cfg.train.shard_rows);
                     let serial_fraction = one_thread
-                        .filter(|_| n_shards(batch_size, cfg.train.shard_rows) > 1)
+                        .filter(|_| shards > 1)
                         .and_then(|one| karp_flatt(examples_per_sec / one, threads.get()));
                     rows.push(BenchRow {
                         workload: name.to_string(),
@@ -276,8 +285,10 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
                         reduce_fraction: reduce_seconds / step_seconds,
                         speedup: one_thread.map(|one| examples_per_sec / one),
                         serial_fraction,
-                        predicted_speedup_16: serial_fraction.map(|e| amdahl(e, 16)),
-                        predicted_speedup_64: serial_fraction.map(|e| amdahl(e, 64)),
+                        predicted_speedup_16: serial_fraction
+                            .map(|e| amdahl_in_shards(e, 16, shards)),
+                        predicted_speedup_64: serial_fraction
+                            .map(|e| amdahl_in_shards(e, 64, shards)),
                     });
                 }
             }

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::bench::{amdahl, karp_flatt};
+use crate::bench::{amdahl_in_shards, karp_flatt};
 use crate::checkpoint::write_files_in;
 use crate::config::RawConfig;
 use crate::data;
@@ -24,6 +24,8 @@ use crate::train::Trainer;
 #[derive(Debug, Clone, Serialize)]
 pub struct ScaleRow {
     pub batch_size: usize,
+    /// Shards per batch: the most threads its parallel part can use.
+    pub shards: usize,
     pub threads: usize,
     pub examples_per_sec: f64,
     pub speedup: f64,
@@ -92,17 +94,17 @@ pub fn run(
             let (p0, x0) = *baseline.get_or_insert((t, examples_per_sec));
             let speedup = examples_per_sec / x0;
             let relative_threads = t as f64 / p0 as f64;
+            let shards = crate::shard::n_shards(batch_size, cfg.train.shard_rows);
             rows.push(ScaleRow {
                 batch_size,
+                shards,
                 threads: t,
                 examples_per_sec,
                 speedup,
                 efficiency: speedup / relative_threads,
                 // A batch of one shard runs on one thread by design (see
                 // `Trainer::step_one_shard`): no fraction of it is parallel.
-                serial_fraction: if p0 == 1
-                    && crate::shard::n_shards(batch_size, cfg.train.shard_rows) > 1
-                {
+                serial_fraction: if p0 == 1 && shards > 1 {
                     karp_flatt(speedup, t)
                 } else {
                     None
@@ -118,20 +120,22 @@ pub fn run(
     Ok(rows)
 }
 
-/// Amdahl's predictions (16 and 64 cores) from the serial fraction measured at the largest
-/// thread count of each batch size.
-pub fn predictions(rows: &[ScaleRow]) -> Vec<(usize, f64, f64, f64)> {
+/// Amdahl's predictions (16 and 64 cores, at most the batch's shards at once) from the
+/// serial fraction measured at the largest thread count of each batch size: (B, fraction,
+/// 16 cores, 64 cores, shards).
+pub fn predictions(rows: &[ScaleRow]) -> Vec<(usize, f64, f64, f64, usize)> {
     let mut out = Vec::new();
     let mut batch_sizes: Vec<usize> = rows.iter().map(|r| r.batch_size).collect();
     batch_sizes.dedup();
     for b in batch_sizes {
-        if let Some(e) = rows
+        if let Some((e, shards)) = rows
             .iter()
             .filter(|r| r.batch_size == b && r.serial_fraction.is_some())
             .max_by_key(|r| r.threads)
-            .and_then(|r| r.serial_fraction)
+            .and_then(|r| Some((r.serial_fraction?, r.shards)))
         {
-            out.push((b, e, amdahl(e, 16), amdahl(e, 64)));
+            let predict = |threads| amdahl_in_shards(e, threads, shards);
+            out.push((b, e, predict(16), predict(64), shards));
         }
     }
     out
@@ -287,6 +291,7 @@ mod tests {
     fn row(threads: usize, speedup: f64) -> ScaleRow {
         ScaleRow {
             batch_size: 32,
+            shards: 2,
             threads,
             examples_per_sec: 1000.0 * speedup,
             speedup,

@@ -138,6 +138,15 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
                 r.predicted_speedup_64.unwrap_or(f64::NAN)
             );
         }
+        if predictions
+            .iter()
+            .any(|(r, _)| r.batch_size.div_ceil(r.shard_rows.max(1)) < 64)
+        {
+            outln!(
+                "note: a step runs at most its batch's shards at once (B / shard rows), so a \
+                 prediction stops growing past that many threads"
+            );
+        }
         if predictions.iter().any(|(_, e)| !(0.0..=1.0).contains(e)) {
             outln!(
                 "note: a serial fraction above 1 (more threads ran slower) predicts no gain, \
@@ -219,7 +228,7 @@ pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
             100.0 * r.worker_busy_share,
         );
     }
-    for (b, e, s16, s64) in minibatch::scale::predictions(&rows) {
+    for (b, e, s16, s64, shards) in minibatch::scale::predictions(&rows) {
         let slower = if e > 1.0 {
             " (more threads ran slower than one: no gain predicted)"
         } else if e < 0.0 {
@@ -227,8 +236,16 @@ pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
         } else {
             ""
         };
+        let capped = if shards < 64 {
+            format!(
+                " (its {shards} shard{} are the most that run at once)",
+                super::s(shards)
+            )
+        } else {
+            String::new()
+        };
         outln!(
-            "B = {b}: serial fraction {e:.3}{slower}; Amdahl's law predicts {s16:.1}x on 16 cores, {s64:.1}x on 64"
+            "B = {b}: serial fraction {e:.3}{slower}; Amdahl's law predicts {s16:.1}x on 16 cores, {s64:.1}x on 64{capped}"
         );
     }
     if !quiet {
