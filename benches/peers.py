@@ -1,11 +1,13 @@
-"""The numpy + OpenBLAS training loop that `minibatch bench` is compared against.
+"""The peers `minibatch bench` is compared against: a numpy + OpenBLAS loop and JAX.
 
-Runs the standard workloads (W1 mlp, W2 logreg, W3 sgd1) as a plain numpy loop, the way
-one would write mini-batch SGD by hand: gather the batch's rows, forward, backward, one
-step. Prints examples/s per row, best epoch of those run, so the figures sit beside
-`minibatch bench` run on the same machine in the same hour.
+Runs the standard workloads (W1 mlp, W2 logreg, W3 sgd1) the way one would write
+mini-batch SGD by hand: with numpy, gather the batch's rows, forward, backward, one step;
+with JAX (`--peer jax`), the same step jitted and each epoch one `lax.scan`. Prints
+examples/s per row, the best of the timed epochs after one untimed warm-up (JAX compiles
+in it), so the figures sit beside `minibatch bench` run on the same machine in the same
+hour.
 
-    python3 -m venv peers && peers/bin/pip install numpy
+    python3 -m venv peers && peers/bin/pip install numpy jax
     peers/bin/python benches/peers.py --workload w1 --batch-sizes 32,128,512,2048 --threads 1,2
 
 Each thread count runs in a child process: OpenBLAS reads its thread count when it loads.
@@ -164,8 +166,8 @@ def main():
                     help="comma-separated; default: the workload's standard")
     ap.add_argument("--threads", default=[1, 2], type=positive_list,
                     help="comma-separated thread counts (default 1,2)")
-    ap.add_argument("--epochs", type=int, default=2,
-                    help="timed epochs per row, best kept, after one untimed warm-up (default 2)")
+    ap.add_argument("--epochs", type=int, default=3,
+                    help="timed epochs per row, best kept, after one untimed warm-up (default 3)")
     ap.add_argument("--max-steps", type=int, default=20_000, help="steps per epoch at most")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--peer", default="numpy", choices=["numpy", "jax"],

@@ -105,11 +105,21 @@ pub fn amdahl(serial_fraction: f64, threads: usize) -> f64 {
     1.0 / (e + (1.0 - e) / threads as f64)
 }
 
-/// `amdahl` for a step whose parallel part is `shards` shards: past that many threads the
-/// others have nothing to do (B = 32's two shards gain nothing from a third core, where the
-/// plain law predicted 2.7x on 16).
+/// `amdahl` for a step whose shards, most of it, run at most `shards` at once: past that
+/// many threads the others have no shard to run (B = 32's two shards gain nothing from a
+/// third core, where the plain law predicted 2.7x on 16), though the reduction and update,
+/// split by parameter chunks, still spread. So an estimate, not a bound, of what more cores
+/// give.
 pub fn amdahl_in_shards(serial_fraction: f64, threads: usize, shards: usize) -> f64 {
     amdahl(serial_fraction, threads.min(shards.max(1)))
+}
+
+/// Karp-Flatt's serial fraction of a speedup measured on `threads` threads, counting no
+/// more of them than the batch has shards (the rest had none to run, and counting them
+/// made the fraction, and the predictions from it, fall below what was measured). None for
+/// one shard or one thread.
+pub fn serial_fraction_in_shards(speedup: f64, threads: usize, shards: usize) -> Option<f64> {
+    karp_flatt(speedup, threads.min(shards))
 }
 
 /// The machine's limits, measured in this process.
@@ -269,9 +279,9 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
                     // A batch of one shard runs on one thread by design (see
                     // `Trainer::step_one_shard`): no fraction of it is parallel.
                     let shards = n_shards(batch_size, cfg.train.shard_rows);
-                    let serial_fraction = one_thread
-                        .filter(|_| shards > 1)
-                        .and_then(|one| karp_flatt(examples_per_sec / one, threads.get()));
+                    let serial_fraction = one_thread.and_then(|one| {
+                        serial_fraction_in_shards(examples_per_sec / one, threads.get(), shards)
+                    });
                     rows.push(BenchRow {
                         workload: name.to_string(),
                         batch_size,
@@ -496,6 +506,20 @@ mod tests {
             shard_sizes(&[64, 256, 512, 64], 256),
             vec![Some(64), Some(256)]
         );
+    }
+
+    #[test]
+    fn predictions_on_more_threads_than_shards_do_not_fall_below_the_measurement() {
+        // Two shards measured at 1.9x on four threads, two of which had none to run.
+        let e = serial_fraction_in_shards(1.9, 4, 2).unwrap();
+        assert!((e - karp_flatt(1.9, 2).unwrap()).abs() < 1e-12);
+        assert!((amdahl_in_shards(e, 16, 2) - 1.9).abs() < 1e-9);
+        // Counting the idle threads would predict less than was measured.
+        assert!(amdahl_in_shards(karp_flatt(1.9, 4).unwrap(), 16, 2) < 1.8);
+        // Eight shards on sixteen threads at 6x: the fraction of 6x on eight.
+        let e = serial_fraction_in_shards(6.0, 16, 8).unwrap();
+        assert!((amdahl_in_shards(e, 64, 8) - 6.0).abs() < 1e-9);
+        assert_eq!(serial_fraction_in_shards(1.0, 4, 1), None);
     }
 
     #[test]

@@ -261,9 +261,10 @@ pub struct RunShape {
     /// `shuffle` or `uniform` (which rows the steps draw); empty in files written before
     /// it was recorded.
     pub sampling: String,
-    /// Rows per shard the run used (at most the batch). Not checked: a resumed run may take
-    /// another, with a note, since only the sums' order changes. Recorded because the
-    /// default follows a rule that a later build may change; 0 in files written before.
+    /// Rows per shard the run used (1 to the batch; a file with another is refused). A
+    /// resumed run may take other shards, with a note, since only the sums' order changes.
+    /// Recorded because the default follows a rule that a later build may change; 0 in
+    /// files written before.
     pub shard_rows: u64,
 }
 

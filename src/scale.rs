@@ -12,7 +12,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::bench::{amdahl_in_shards, karp_flatt};
+use crate::bench::{amdahl_in_shards, serial_fraction_in_shards};
 use crate::checkpoint::write_files_in;
 use crate::config::RawConfig;
 use crate::data;
@@ -104,8 +104,8 @@ pub fn run(
                 efficiency: speedup / relative_threads,
                 // A batch of one shard runs on one thread by design (see
                 // `Trainer::step_one_shard`): no fraction of it is parallel.
-                serial_fraction: if p0 == 1 && shards > 1 {
-                    karp_flatt(speedup, t)
+                serial_fraction: if p0 == 1 {
+                    serial_fraction_in_shards(speedup, t, shards)
                 } else {
                     None
                 },

@@ -214,7 +214,8 @@ pub fn run(raw: &RawConfig, plan: &TunePlan, mut progress: impl FnMut(&str)) -> 
             }
         })?;
 
-    // Its cost: the config's step with and without the estimator.
+    // Its cost: the noise run's step (the config's, in the noise run's shards) with and
+    // without the estimator.
     let stat_rows = Some(stat_cfg.train.shard_rows.get());
     let t0 = base.train.threads.get();
     // Best of three alternating runs each: the machine's noise is larger than the cost.

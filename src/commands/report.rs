@@ -143,8 +143,9 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
             .any(|(r, _)| r.batch_size.div_ceil(r.shard_rows.max(1)) < 64)
         {
             outln!(
-                "note: a step runs at most its batch's shards at once (B / shard rows), so a \
-                 prediction stops growing past that many threads"
+                "note: a step runs at most its batch's shards at once (ceil(B / shard rows)), so \
+                 the fraction counts no more threads than that, and a prediction stops \
+                 growing there"
             );
         }
         if predictions.iter().any(|(_, e)| !(0.0..=1.0).contains(e)) {
@@ -232,7 +233,7 @@ pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
         let slower = if e > 1.0 {
             " (more threads ran slower than one: no gain predicted)"
         } else if e < 0.0 {
-            " (faster than linear: a linear gain predicted)"
+            " (faster than linear: a linear gain predicted, up to its shards)"
         } else {
             ""
         };

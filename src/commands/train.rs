@@ -423,8 +423,9 @@ fn resume_notes(
     let saved = &saved_raw.train;
     // Rows a shard takes: at most the batch (past it, one shard either way). As the
     // checkpoint records them; a file from before that, as its config gives them, by the
-    // default rule of the builds that wrote such files (B / 16 within [64, 256]: a batch of
-    // 32-127 rows is cut in two now).
+    // default rule the builds that wrote such files had (B / 16 within [64, 256]: a batch
+    // of 32-127 rows is cut in two now). A best guess: the few builds between the two rules
+    // wrote halves without the record.
     let b = cfg.train.batch_size;
     let saved_rows = match recorded_rows {
         0 => saved
