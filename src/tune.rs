@@ -161,6 +161,17 @@ pub fn run(raw: &RawConfig, plan: &TunePlan, mut progress: impl FnMut(&str)) -> 
             "thread counts must be at least 1",
         ));
     }
+    // Before loading the data and training: the estimate compares shards within a batch.
+    if base.train.batch_size.get() < 2 {
+        return Err(Error::config(
+            "train.batch_size",
+            format!(
+                "B = {} is too small to estimate the noise scale (it needs at least 2 rows \
+                 per batch)",
+                base.train.batch_size
+            ),
+        ));
+    }
     progress(&base.data.load_note());
     let (train, valid) = data::load(&base.data, base.seed);
     let b0 = base.train.batch_size.get();
@@ -193,25 +204,15 @@ pub fn run(raw: &RawConfig, plan: &TunePlan, mut progress: impl FnMut(&str)) -> 
         .rev()
         .find_map(|&(epoch, _, b_noise)| Some((epoch, b_noise?)))
         .ok_or_else(|| {
-            if b0 < 2 {
-                Error::config(
-                    "train.batch_size",
-                    format!(
-                        "B = {b0} is too small to estimate the noise scale (it needs at least \
-                         2 rows per batch)"
-                    ),
-                )
-            } else {
-                Error::config(
-                    "train.epochs",
-                    format!(
-                        "the noise scale could not be estimated in {} epoch(s) at B = {b0} \
-                         (the smoothed |G|^2 or tr(Sigma) stayed at or below zero): train \
-                         more epochs, or from a larger B",
-                        noise_history.len()
-                    ),
-                )
-            }
+            Error::config(
+                "train.epochs",
+                format!(
+                    "the noise scale could not be estimated in {} epoch(s) at B = {b0} \
+                     (the smoothed |G|^2 or tr(Sigma) stayed at or below zero): train \
+                     more epochs, or from a larger B",
+                    noise_history.len()
+                ),
+            )
         })?;
 
     // Its cost: the noise run's step (the config's, in the noise run's shards) with and

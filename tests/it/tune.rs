@@ -370,6 +370,35 @@ fn the_noise_estimate_uses_eighths_of_the_batch_whatever_the_configs_shards() {
     }
 }
 
+/// B = 1 has no shards to compare: refused before the data is read or a step trained.
+#[test]
+fn a_batch_of_one_row_is_refused_before_training() {
+    let dir = temp_dir("tune-b1");
+    let config = dir.join("c.toml");
+    std::fs::write(
+        &config,
+        TINY.replace("batch_size = 32\n", "batch_size = 1\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_minibatch"))
+        .args(["tune", "-c", config.to_str().unwrap(), "--out"])
+        .arg(dir.join("out"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("train.batch_size"), "{stderr}");
+    assert!(
+        stderr.contains("too small to estimate the noise scale"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("estimating the gradient noise scale"),
+        "{stderr}"
+    );
+    assert!(!dir.join("out").exists());
+}
+
 /// With several thread counts the plot draws each batch size at its fastest, and says so.
 #[test]
 fn the_plot_says_which_thread_count_it_draws() {
