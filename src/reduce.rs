@@ -321,7 +321,7 @@ mod tests {
 
     #[test]
     fn the_squared_norm_has_the_baseline_bits_at_any_vector_width() {
-        for n in [0, 1, 15, 16, 17, 1000, 16 * 1024 + 5] {
+        for n in [0usize, 1, 15, 16, 17, 1000, 16 * 1024 + 5] {
             let v: Vec<f32> = (0..n)
                 .map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 10f32.powi((i % 11) as i32 - 5))
                 .collect();
