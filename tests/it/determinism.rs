@@ -61,6 +61,23 @@ fn mlp_params_are_bit_identical_for_1_2_3_4_8_threads() {
 }
 
 #[test]
+fn default_shards_of_small_batches_are_bit_identical_for_1_2_3_4_8_threads() {
+    // No shard_rows: B = 33 in halves of 17 and 16 rows (the default for 32-127 rows), and
+    // a last batch of 10 rows in one shard; then B = 96 in halves of 48, packed weights.
+    for (name, b, hidden) in [
+        ("det-halves-33", 33, "[16]"),
+        ("det-halves-96", 96, "[64, 32]"),
+    ] {
+        let config = format!(
+            "seed = 5\n[data]\nsynthetic = \"teacher\"\nn = 1000\nd = 40\nclasses = 3\n\
+             [model]\nkind = \"mlp\"\nhidden = {hidden}\n\
+             [train]\nepochs = 1\nbatch_size = {b}\nlr = 0.1\noptimizer = \"adam\"\n"
+        );
+        assert_identical_across_threads(name, &config, &[]);
+    }
+}
+
+#[test]
 fn packed_mlp_params_are_bit_identical_for_1_2_3_4_8_threads() {
     // Shards of 64 rows, so the weights are packed for the kernel (a copy per thread on 2,
     // 3, 4 and 8 threads), and widths that leave partial panels. Eight shards a step run
