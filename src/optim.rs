@@ -347,25 +347,6 @@ mod rules {
         pub decoupled: bool,
     }
 
-    /// Runs `$body` compiled for AVX-512 where the CPU has it, else as built: the same
-    /// `#[inline(always)]` loop twice, the wider one behind a `target_feature` function.
-    macro_rules! widest {
-        ($name:ident($($arg:ident: $ty:ty),*) => $body:ident) => {
-            pub fn $name($($arg: $ty),*) {
-                #[cfg(target_arch = "x86_64")]
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    #[target_feature(enable = "avx512f")]
-                    unsafe fn wide($($arg: $ty),*) {
-                        $body($($arg),*)
-                    }
-                    // SAFETY: the CPU has AVX-512F, checked just above.
-                    return unsafe { wide($($arg),*) };
-                }
-                $body($($arg),*)
-            }
-        };
-    }
-
     widest!(sgd(p: &mut [f32], g: &[f32], scale: f32, wd: f32, lr: f32) => sgd_loop);
     widest!(momentum(p: &mut [f32], g: &[f32], b: &mut [f32], c: &Momentum) => momentum_loop);
     widest!(adam(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], c: &Adam) => adam_loop);

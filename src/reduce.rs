@@ -178,23 +178,15 @@ pub fn squared_norm_chunked(v: &[f32], partials: &mut Vec<f64>, parallel: bool) 
     partials.iter().sum()
 }
 
-/// |v|^2 in f64: sixteen partial sums (so the loop vectorises instead of waiting on one
-/// chain of additions), combined in a fixed order, so the result depends on `v` only. Built
-/// for AVX-512 where the CPU has it (the same lanes, so the same bits): W1's norm for
-/// clipping took 72 us a step on one thread in the baseline build's two-wide f64 vectors.
-pub fn squared_norm(v: &[f32]) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn wide(v: &[f32]) -> f64 {
-            squared_norm_lanes(v)
-        }
-        // SAFETY: the CPU has AVX-512F, checked just above.
-        return unsafe { wide(v) };
-    }
-    squared_norm_lanes(v)
-}
+widest!(
+    /// |v|^2 in f64 (`squared_norm_lanes`), built for AVX-512 where the CPU has it: W1's norm
+    /// for clipping took 72 us a step on one thread in the baseline's two-wide f64 vectors.
+    squared_norm(v: &[f32]) -> f64 => squared_norm_lanes
+);
 
+/// |v|^2 in f64: sixteen partial sums (so the loop vectorises instead of waiting on one
+/// chain of additions), combined in a fixed order, so the result depends on `v` only, at
+/// any vector width (`squared_norm`).
 #[inline(always)]
 fn squared_norm_lanes(v: &[f32]) -> f64 {
     let mut partial = [0.0f64; 16];
