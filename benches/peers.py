@@ -22,31 +22,44 @@ import time
 
 STANDARD = {"w1": [32, 128, 512, 2048], "w2": [256, 4096], "w3": [1]}
 ROWS = {"w1": 60_000, "w2": 1_000_000, "w3": 100_000}
+W1_SIZES = [784, 256, 256, 10]
+
+
+def workload_data(workload):
+    """The workload's features, targets and starting parameters (both peers start alike):
+    for W1 a list of (weights, biases) per layer, else (w, b); and the generator, which
+    then draws each epoch's order."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    n = ROWS[workload]
+    if workload == "w1":
+        x = rng.standard_normal((n, W1_SIZES[0]), dtype=np.float32)
+        y = rng.integers(0, W1_SIZES[-1], n).astype(np.int32)
+        params = [
+            (rng.standard_normal((a, b), dtype=np.float32) * np.float32(np.sqrt(2 / a)),
+             np.zeros(b, np.float32))
+            for a, b in zip(W1_SIZES, W1_SIZES[1:])
+        ]
+        return x, y, params, rng
+    d = 1000 if workload == "w2" else 10
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    if workload == "w2":
+        y = (rng.random(n) < 0.5).astype(np.float32)
+    else:
+        y = (x @ rng.standard_normal(d, dtype=np.float32)).astype(np.float32)
+    return x, y, (np.zeros(d, np.float32), np.float32(0)), rng
 
 
 def run_one(workload, batch, epochs, max_steps):
     import numpy as np
 
-    rng = np.random.default_rng(1)
+    x, y, params, rng = workload_data(workload)
+    n = ROWS[workload]
     if workload == "w1":
-        n, sizes = 60_000, [784, 256, 256, 10]
-        x = rng.standard_normal((n, sizes[0]), dtype=np.float32)
-        y = rng.integers(0, sizes[-1], n)
-        ws = [
-            (rng.standard_normal((a, b), dtype=np.float32) * np.float32(np.sqrt(2 / a)))
-            for a, b in zip(sizes, sizes[1:])
-        ]
-        bs = [np.zeros(b, np.float32) for b in sizes[1:]]
-    elif workload == "w2":
-        n, d = 1_000_000, 1000
-        x = rng.standard_normal((n, d), dtype=np.float32)
-        y = (rng.random(n) < 0.5).astype(np.float32)
-        w, b = np.zeros(d, np.float32), np.float32(0)
+        ws, bs = [w for w, _ in params], [b for _, b in params]
     else:
-        n, d = 100_000, 10
-        x = rng.standard_normal((n, d), dtype=np.float32)
-        y = (x @ rng.standard_normal(d, dtype=np.float32)).astype(np.float32)
-        w, b = np.zeros(d, np.float32), np.float32(0)
+        w, b = params
     lr = np.float32(0.01)
     best = 0.0
     for e in range(epochs + 1):
@@ -90,18 +103,10 @@ def run_one_jax(workload, batch, epochs, max_steps):
     """The same step as `run_one`, jitted, with each epoch one `lax.scan` over its batches."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
-    rng = np.random.default_rng(1)
+    x, y, params, rng = workload_data(workload)
+    n = ROWS[workload]
     if workload == "w1":
-        n, sizes = 60_000, [784, 256, 256, 10]
-        x = rng.standard_normal((n, sizes[0]), dtype=np.float32)
-        y = rng.integers(0, sizes[-1], n).astype(np.int32)
-        params = [
-            (rng.standard_normal((a, b), dtype=np.float32) * np.float32(np.sqrt(2 / a)),
-             np.zeros(b, np.float32))
-            for a, b in zip(sizes, sizes[1:])
-        ]
 
         def loss(params, xb, yb):
             h = xb
@@ -112,13 +117,6 @@ def run_one_jax(workload, batch, epochs, max_steps):
             logp = jax.nn.log_softmax(h)
             return -jnp.mean(jnp.take_along_axis(logp, yb[:, None], axis=1))
     else:
-        n, d = (1_000_000, 1000) if workload == "w2" else (100_000, 10)
-        x = rng.standard_normal((n, d), dtype=np.float32)
-        if workload == "w2":
-            y = (rng.random(n) < 0.5).astype(np.float32)
-        else:
-            y = (x @ rng.standard_normal(d, dtype=np.float32)).astype(np.float32)
-        params = (np.zeros(d, np.float32), np.float32(0))
 
         def loss(params, xb, yb):
             z = xb @ params[0] + params[1]

@@ -421,26 +421,30 @@ pub fn load_checkpoint(path: &Path, layout: &ParamLayout) -> Result<Checkpoint> 
         },
         steps: number("steps")?,
         run: match info.get("optimizer") {
-            Some(optimizer) => Some(RunShape {
-                shard_rows: match info.get("shard_rows") {
+            Some(optimizer) => {
+                let batch_size = number("batch_size")?;
+                let shard_rows = match info.get("shard_rows") {
                     None => 0,
                     Some(_) => {
-                        let (rows, batch) = (number("shard_rows")?, number("batch_size")?);
-                        if !(1..=batch).contains(&rows) {
+                        let rows = number("shard_rows")?;
+                        if !(1..=batch_size).contains(&rows) {
                             return Err(corrupt(format!(
-                                "metadata `shard_rows` is {rows}, not a shard of its batch of \
-                                 {batch} rows (1 to {batch})"
+                                "metadata `shard_rows` is {rows}, not a shard of its batch \
+                                 of {batch_size} rows (1 to {batch_size})"
                             )));
                         }
                         rows
                     }
-                },
-                batch_size: number("batch_size")?,
-                seed: number("seed")?,
-                steps_per_epoch: number("steps_per_epoch")?,
-                optimizer: optimizer.clone(),
-                sampling: info.get("sampling").cloned().unwrap_or_default(),
-            }),
+                };
+                Some(RunShape {
+                    batch_size,
+                    shard_rows,
+                    seed: number("seed")?,
+                    steps_per_epoch: number("steps_per_epoch")?,
+                    optimizer: optimizer.clone(),
+                    sampling: info.get("sampling").cloned().unwrap_or_default(),
+                })
+            }
             None => None,
         },
         config: info.get("config").cloned().unwrap_or_default(),
