@@ -39,6 +39,7 @@
 //!   that finishes the tree), bit-identical to one process.
 //!
 //! Around it: `data` (datasets, synthetic workloads) and `io` (CSV, LIBSVM, .npy);
+//! `lines` (buffers that start on a cache line, for the wide loads);
 //! `memory` (what a run needs against what the machine has, checked before allocating);
 //! `checkpoint` (safetensors parameters and checkpoints); `metrics` (evaluation);
 //! `profile` (the span recorder behind --trace and --profile); `bench`, `scale`, `tune` and
@@ -76,6 +77,7 @@ pub mod data;
 pub mod descent;
 pub mod error;
 pub mod io;
+pub mod lines;
 pub mod memory;
 pub mod metrics;
 pub mod model;

@@ -20,6 +20,8 @@
 
 use rayon::prelude::*;
 
+use crate::lines::LineBuf;
+
 /// One chunk of (parameters, gradient sum, first moment, second moment).
 type AdamChunk<'a> = (((&'a mut [f32], &'a [f32]), &'a mut [f32]), &'a mut [f32]);
 
@@ -147,9 +149,9 @@ pub struct OptimizerState {
 pub struct Optimizer {
     config: OptimConfig,
     /// Momentum buffer (SGD) or first moment (Adam); empty when unused.
-    m: Vec<f32>,
+    m: LineBuf,
     /// Second moment (Adam); empty otherwise.
-    v: Vec<f32>,
+    v: LineBuf,
     /// Per-chunk partial sums of squares for the clipping norm, reused every step.
     norm_partials: Vec<f64>,
     /// Steps taken so far.
@@ -174,8 +176,8 @@ impl Optimizer {
         };
         Optimizer {
             config,
-            m: vec![0.0; m_len],
-            v: vec![0.0; v_len],
+            m: LineBuf::zeroed(m_len),
+            v: LineBuf::zeroed(v_len),
             norm_partials: Vec::with_capacity(n_params.div_ceil(crate::reduce::REDUCE_CHUNK)),
             t: 0,
             parallel: true,
@@ -205,8 +207,8 @@ impl Optimizer {
                 });
             }
         }
-        self.m = state.m;
-        self.v = state.v;
+        self.m.copy_from_slice(&state.m);
+        self.v.copy_from_slice(&state.v);
         self.t = state.t;
         Ok(())
     }

@@ -35,7 +35,7 @@ use crate::cluster::{Collective, Exchange, Reduction, SHARD_STATS, even_split};
 use crate::config::TrainConfig;
 use crate::data::{Dataset, mix, stream};
 use crate::error::{Error, Result};
-use crate::model::gemm::{LINE, zeros_on_lines};
+use crate::lines::{LINE, LineBuf, zeros_on_lines};
 use crate::model::{Model, PREFETCH_ROWS, Stats, Usage, prefetch_row};
 use crate::noise::NoiseScale;
 use crate::optim::{Optimizer, OptimizerState};
@@ -196,7 +196,7 @@ struct ShardSlot {
 /// drive the loop themselves (benches, tests); `evaluate` sums the loss over a dataset.
 pub struct Trainer<M: Model> {
     model: M,
-    params: Vec<f32>,
+    params: LineBuf,
     optimizer: Optimizer,
     /// Shared so that `fit` can enter it while borrowing `self` mutably.
     pool: Arc<rayon::ThreadPool>,
@@ -257,7 +257,7 @@ impl<M: Model> Trainer<M> {
             &format!("{n_params} parameters with their gradient rows and optimizer state"),
             crate::memory::bytes(n_params, copies, 4),
         )?;
-        let mut params = vec![0.0f32; n_params];
+        let mut params = LineBuf::zeroed(n_params);
         model.init(
             &mut params,
             &mut StdRng::seed_from_u64(mix(seed, stream::INIT)),

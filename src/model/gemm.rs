@@ -26,9 +26,10 @@
 //! for products, so `gemm` is single-threaded; only `PackedB::pack` may split its copy over
 //! the caller's pool.
 
-use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2};
+use ndarray::{ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
+use crate::lines::LineBuf;
 use crate::reduce::{TreeStack, add_slot, tree_slots};
 
 /// Depth of one packed block: an `NR`-wide panel of B (KC x 32 x 4 bytes = 32 KB) stays in
@@ -113,7 +114,7 @@ impl PackedB {
         self.data.grow(copies * len);
         assert!(b.strides().iter().all(|&s| s >= 0), "negative strides");
         let (b_rs, b_cs) = (b.strides()[0] as usize, b.strides()[1] as usize);
-        let data = SharedMut(self.data.as_mut_slice().as_mut_ptr());
+        let data = SharedMut(self.data.as_mut_ptr());
         // The panels of each k-block are independent: pack them in parallel, a few per task
         // (on the caller's pool; this runs once per step, between the parallel phases, and
         // would otherwise be the largest serial part of a small-batch step). A task reads its
@@ -169,7 +170,7 @@ impl PackedB {
     /// The copy the calling thread reads.
     fn panels(&self) -> *const f32 {
         let copy = crate::shard::reader() % self.copies;
-        self.data.as_slice()[copy * self.n.div_ceil(self.nr) * self.nr * self.k..].as_ptr()
+        self.data[copy * self.n.div_ceil(self.nr) * self.nr * self.k..].as_ptr()
     }
 
     pub fn dim(&self) -> (usize, usize) {
@@ -405,7 +406,7 @@ fn segments_apart(
     for s in 0..segments {
         let kk = s * seg..(s * seg + seg).min(k);
         let slot = stack.next_slot();
-        let part = &mut sums.as_mut_slice()[slot * m * n..(slot + 1) * m * n];
+        let part = &mut sums[slot * m * n..(slot + 1) * m * n];
         let product = ArrayViewMut2::from_shape((m, n), part).expect("m * n values");
         let a_part = a.slice(ndarray::s![.., kk.clone()]);
         let b_part = rows_of_b(kk.start);
@@ -420,10 +421,10 @@ fn segments_apart(
             usize::MAX,
             scratch,
         );
-        stack.push(|d, s| add_slot(sums.as_mut_slice(), m * n, d, s));
+        stack.push(|d, s| add_slot(&mut sums, m * n, d, s));
     }
-    stack.finish(|d, s| add_slot(sums.as_mut_slice(), m * n, d, s));
-    let total = ArrayView2::from_shape((m, n), &sums.as_slice()[..m * n]).expect("m * n values");
+    stack.finish(|d, s| add_slot(&mut sums, m * n, d, s));
+    let total = ArrayView2::from_shape((m, n), &sums[..m * n]).expect("m * n values");
     match mode {
         Accumulate::Overwrite => c.assign(&total),
         _ => c.zip_mut_with(&total, |c, &t| *c += t),
@@ -980,7 +981,7 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
         scratch
             .tiles
             .grow(tree_slots(s.k.div_ceil(s.seg)) * mr_full * nr_full);
-        scratch.tiles.as_mut_slice().as_mut_ptr()
+        scratch.tiles.as_mut_ptr()
     } else {
         std::ptr::null_mut()
     };
@@ -991,7 +992,7 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
         let (b_block, panel_step, b_rs) = match s.b {
             Rhs::View { ptr, rs, .. } if in_place => (unsafe { ptr.add(k0 * rs) }, nr_full, rs),
             Rhs::View { ptr, rs, cs } => {
-                unsafe { K::pack_b(scratch.b.as_mut_slice(), ptr, cs, rs, s.n, k0, kc) };
+                unsafe { K::pack_b(&mut scratch.b, ptr, cs, rs, s.n, k0, kc) };
                 (scratch.b.as_ptr(), nr_full * kc, nr_full)
             }
             Rhs::Packed(ptr) => (
@@ -1005,17 +1006,7 @@ unsafe fn gemm_blocked<K: Microkernel>(s: &Shape, scratch: &mut GemmScratch) {
             let mc = MC.min(s.m - m0);
             let a_block = unsafe { s.a.add(m0 * s.a_rs) };
             if !a_in_place {
-                unsafe {
-                    K::pack_a(
-                        scratch.a.as_mut_slice(),
-                        a_block,
-                        s.a_rs,
-                        s.a_cs,
-                        mc,
-                        k0,
-                        kc,
-                    )
-                };
+                unsafe { K::pack_a(&mut scratch.a, a_block, s.a_rs, s.a_cs, mc, k0, kc) };
             }
             for q in 0..n_panels {
                 let b_panel = unsafe { b_block.add(q * panel_step) };
@@ -1185,79 +1176,6 @@ unsafe fn gather_lines_avx512<const W: usize>(
                 _mm512_storeu_ps(panel.as_mut_ptr().add(kk * W + l0), v);
             }
         }
-    }
-}
-
-/// A buffer of f32 whose first value starts a 64-byte cache line, so that a panel's
-/// 16-wide loads never straddle two lines (a straddling load costs two): the allocator
-/// aligns large blocks to 16 bytes only. Measured with the 8 x 32 kernel on one thread:
-/// a 256-step panel read from L1 86-87% of peak aligned against 82-85% 16 bytes off, a
-/// 1024-step one (out of L1) 86% against 73%.
-#[derive(Debug, Default)]
-struct LineBuf {
-    buf: Vec<f32>,
-    /// Index in `buf` of the first aligned value.
-    start: usize,
-    len: usize,
-}
-
-/// f32s per 64-byte cache line.
-pub const LINE: usize = 16;
-
-/// Index of the first value of `buf` that starts a cache line.
-fn first_on_line(buf: &[f32]) -> usize {
-    (buf.as_ptr() as usize / 4).wrapping_neg() % LINE
-}
-
-/// A zeroed `rows x cols` array whose first value starts a cache line, and so every row
-/// when `cols` is a multiple of `LINE`: for buffers the kernel writes as C (gradient rows,
-/// activations), where a tile's loads and stores then touch two lines per row, not three.
-/// Measured on the weight gradient 784 x 64 x 256 adding into C: 163-170 GFLOP/s aligned
-/// against 155-164 with C 16 bytes off.
-pub fn zeros_on_lines(rows: usize, cols: usize) -> Array2<f32> {
-    let len = rows * cols;
-    let whole = Array1::<f32>::zeros(len + LINE - 1);
-    let start = first_on_line(whole.as_slice().expect("a new array is contiguous"));
-    whole
-        .slice_move(ndarray::s![start..start + len])
-        .into_shape_with_order((rows, cols))
-        .expect("rows x cols values")
-}
-
-impl LineBuf {
-    /// Makes room for `len` values; what it held is kept only while no reallocation is
-    /// needed (every user rewrites the buffer before reading it).
-    fn grow(&mut self, len: usize) {
-        if self.len >= len {
-            return;
-        }
-        if self.buf.len() < len + LINE - 1 {
-            self.buf.resize(len + LINE - 1, 0.0);
-        }
-        self.start = first_on_line(&self.buf);
-        self.len = len;
-    }
-
-    fn as_ptr(&self) -> *const f32 {
-        self.as_slice().as_ptr()
-    }
-
-    fn as_slice(&self) -> &[f32] {
-        &self.buf[self.start..self.start + self.len]
-    }
-
-    fn as_mut_slice(&mut self) -> &mut [f32] {
-        &mut self.buf[self.start..self.start + self.len]
-    }
-}
-
-impl Clone for LineBuf {
-    /// A clone is aligned anew: its allocation lies elsewhere.
-    fn clone(&self) -> Self {
-        let mut copy = LineBuf::default();
-        copy.grow(self.len);
-        copy.as_mut_slice().copy_from_slice(self.as_slice());
-        copy
     }
 }
 
@@ -1432,35 +1350,6 @@ mod tests {
                 );
                 c += 1.0;
                 check(&c, "overwrite");
-            }
-        }
-    }
-
-    #[test]
-    fn buffers_for_the_kernel_start_on_cache_lines() {
-        let on_line = |p: *const f32| (p as usize).is_multiple_of(64);
-        let mut buf = LineBuf::default();
-        // Small, then large enough to come from a fresh mapping: aligned after every move.
-        for len in [1, 5, 100, 1 << 16, 1 << 20] {
-            buf.grow(len);
-            assert!(on_line(buf.as_ptr()), "len {len}");
-            assert_eq!(buf.as_slice().len(), len);
-        }
-        buf.as_mut_slice()[7] = 3.0;
-        let copy = buf.clone();
-        assert!(on_line(copy.as_ptr()));
-        assert_eq!(copy.as_slice(), buf.as_slice());
-        for (rows, cols) in [(1, 1), (3, 10), (64, 784), (5, 269_328)] {
-            let a = zeros_on_lines(rows, cols);
-            assert_eq!(a.dim(), (rows, cols));
-            assert!(a.iter().all(|&v| v == 0.0));
-            for r in 0..rows {
-                let at = a.row(r).as_ptr();
-                assert_eq!(
-                    on_line(at),
-                    r == 0 || cols.is_multiple_of(LINE),
-                    "{rows} x {cols}"
-                );
             }
         }
     }

@@ -15,7 +15,7 @@ use ndarray_rand::rand_distr::Normal;
 use rand::rngs::StdRng;
 use rayon::prelude::*;
 
-use super::gemm::{Accumulate, B_IN_PLACE_MAX_ROWS, GemmScratch, PackedB, zeros_on_lines};
+use super::gemm::{Accumulate, B_IN_PLACE_MAX_ROWS, GemmScratch, PackedB};
 use super::kernels::{
     activation_backward, affine, affine_grad, affine_input_grad, axpy_rows, dot, dot_rows,
     head_loss, scalar_head,
@@ -23,6 +23,7 @@ use super::kernels::{
 #[cfg(target_arch = "x86_64")]
 use super::kernels::{axpy_rows_avx512, dot_rows_avx512};
 use super::{Batch, GradInto, Model, Stats, Usage, loss_grad_group_apart};
+use crate::lines::zeros_on_lines;
 use crate::params::{ParamId, ParamLayout};
 use crate::reduce::tree_slots;
 

@@ -3,7 +3,7 @@
 //! small model.
 
 use minibatch::model::{Batch, Model};
-use minibatch::optim::{OptimConfig, OptimKind, Optimizer};
+use minibatch::optim::{OptimConfig, OptimKind, Optimizer, OptimizerState};
 use minibatch::{Mlp, Trainer};
 
 use crate::common::{config, prepared, random_dataset};
@@ -355,4 +355,39 @@ fn momentum_and_adam_reach_a_lower_loss_than_sgd_on_the_quickstart_mlp() {
     let adam = final_loss("adam", 0.001);
     assert!(momentum < sgd, "momentum {momentum} vs sgd {sgd}");
     assert!(adam < sgd, "adam {adam} vs sgd {sgd}");
+}
+
+#[test]
+fn parameters_and_optimizer_state_start_on_cache_lines_also_after_a_restore() {
+    // The update streams these with 16-wide loads and stores, each split over two lines
+    // when a buffer starts 16 bytes off (the allocator's alignment for large blocks).
+    let cfg = config(
+        "[data]\nsynthetic = \"teacher\"\nn = 40\nd = 5\nclasses = 3\n[model]\nhidden = [10000]\n\
+         [train]\nbatch_size = 8\noptimizer = \"adam\"\n",
+    );
+    let on_line = |p: *const f32| (p as usize).is_multiple_of(64);
+    let model = Mlp::new(cfg.model.clone());
+    let n = model.layout().n_params();
+    let mut trainer = Trainer::new(model, 5, &cfg.train, 3).unwrap();
+    let check = |trainer: &Trainer<Mlp>| {
+        let (m, v) = trainer.optimizer().buffers();
+        assert_eq!((trainer.params().len(), m.len(), v.len()), (n, n, n));
+        assert!(on_line(trainer.params().as_ptr()), "parameters");
+        assert!(
+            on_line(m.as_ptr()) && on_line(v.as_ptr()),
+            "optimizer state"
+        );
+    };
+    check(&trainer);
+    let state = OptimizerState {
+        m: vec![0.5; n],
+        v: vec![0.25; n],
+        t: 7,
+    };
+    let position = trainer.position();
+    trainer.restore(&vec![1.0; n], state, position, 7).unwrap();
+    check(&trainer);
+    let (m, v) = trainer.optimizer().buffers();
+    assert!(m.iter().all(|&x| x == 0.5) && v.iter().all(|&x| x == 0.25));
+    assert!(trainer.params().iter().all(|&x| x == 1.0));
 }
