@@ -509,13 +509,11 @@ pub fn mix(a: u64, b: u64) -> u64 {
 
 /// A zeroed `(n, d)` matrix whose pages, on Linux, are requested as 2 MB huge pages.
 /// Training reads rows in shuffled order, and with 4 KB pages nearly every row costs a TLB
-/// miss; kernels that grant the request (not every one does) save those. It starts on a
-/// cache line (`lines`), and so does every row when d is a multiple of 16 (W1's 784): a
-/// gathered row's wide loads then never straddle two lines.
+/// miss; kernels that grant the request (not every one does) save those.
 pub fn feature_matrix(n: usize, d: usize) -> Array2<f32> {
-    let mut x = crate::lines::zeros_on_lines(n, d);
-    advise_huge_pages(x.as_slice_mut().expect("a new array is contiguous"));
-    x
+    let mut values = vec![0.0f32; n * d];
+    advise_huge_pages(&mut values);
+    Array2::from_shape_vec((n, d), values).expect("length is n * d")
 }
 
 #[cfg(target_os = "linux")]
