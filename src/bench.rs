@@ -89,6 +89,19 @@ pub struct BenchRow {
     pub predicted_speedup_64: Option<f64>,
 }
 
+impl BenchRow {
+    /// Whether several threads ran this row's shards slower than one: not what the engine
+    /// does on a quiet machine (a batch of two or more shards ran 1.4-2x as fast on two
+    /// threads in every quiet run), so `bench` says what else can cause it rather than leave
+    /// the figure to be trusted. A row of one shard runs on one thread by design and is
+    /// never reported; the margin keeps run-to-run noise out.
+    pub fn ran_slower_than_on_one_thread(&self) -> bool {
+        const BELOW: f64 = 0.9;
+        let shards = self.batch_size.div_ceil(self.shard_rows.max(1));
+        self.threads > 1 && shards > 1 && self.speedup.is_some_and(|s| s < BELOW)
+    }
+}
+
 /// Karp-Flatt: e = (1/S - 1/p) / (1 - 1/p), the serial fraction that explains speedup S on p
 /// threads under Amdahl's law. `None` for p = 1.
 pub fn karp_flatt(speedup: f64, threads: usize) -> Option<f64> {
@@ -503,6 +516,34 @@ pub fn copy_bandwidth(threads: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_rows_of_several_shards_on_several_threads_are_reported_slower() {
+        let row = |batch_size, threads, shard_rows, speedup| BenchRow {
+            workload: "w1".into(),
+            batch_size,
+            threads,
+            shard_rows,
+            examples_per_sec: 1.0,
+            gflops: 1.0,
+            peak_fraction: 0.5,
+            feature_gb_per_sec: 1.0,
+            bandwidth_fraction: 0.5,
+            reduce_fraction: 0.0,
+            speedup,
+            serial_fraction: None,
+            predicted_speedup_16: None,
+            predicted_speedup_64: None,
+        };
+        assert!(row(32, 2, 16, Some(0.47)).ran_slower_than_on_one_thread());
+        assert!(row(33, 2, 32, Some(0.89)).ran_slower_than_on_one_thread());
+        // Within the noise, one shard (on one thread by design), one thread, no baseline.
+        assert!(!row(32, 2, 16, Some(0.95)).ran_slower_than_on_one_thread());
+        assert!(!row(32, 2, 32, Some(0.5)).ran_slower_than_on_one_thread());
+        assert!(!row(1, 2, 1, Some(0.5)).ran_slower_than_on_one_thread());
+        assert!(!row(32, 1, 16, Some(0.5)).ran_slower_than_on_one_thread());
+        assert!(!row(32, 2, 16, None).ran_slower_than_on_one_thread());
+    }
 
     #[test]
     fn shard_sizes_are_capped_at_the_batch_and_run_once() {

@@ -107,6 +107,29 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
              machine for a fair ratio"
         );
     }
+    let slower: Vec<String> = report
+        .rows
+        .iter()
+        .filter(|r| r.ran_slower_than_on_one_thread())
+        .map(|r| {
+            format!(
+                "{} B = {} on {} threads ({:.2}x)",
+                r.workload,
+                r.batch_size,
+                r.threads,
+                r.speedup.unwrap_or(f64::NAN)
+            )
+        })
+        .collect();
+    if !slower.is_empty() {
+        outln!(
+            "\nnote: {} ran slower than on one thread. The threads of a step hand each other \
+             gradient rows and parameters; on a virtual machine whose host, for seconds at a \
+             time, runs the vCPUs far apart or on one core, that costs several times more. \
+             Rerun the row: such a stretch passes",
+            slower.join(", ")
+        );
+    }
     if report.rows.iter().any(|r| r.bandwidth_fraction > 1.0) {
         outln!(
             "\nnote: rows past 100% of the copy bandwidth read a data set the caches hold; the \
