@@ -1,8 +1,9 @@
 //! Buffers of f32 whose first value starts a 64-byte cache line. The allocator aligns large
 //! blocks to 16 bytes only, so a 16-wide (AVX-512) load or store from a plain `Vec<f32>`
-//! straddles two lines every time, and one that straddles costs about two. Every buffer the
-//! hot path streams through with wide loads comes from here: the kernel's packed panels and
-//! scratch, gradient rows and activations, the parameters and the optimizer's state.
+//! straddles two lines every time, and one that straddles costs about two. From here: the
+//! kernel's packed panels and scratch, gradient rows and activations, the parameters and the
+//! optimizer's state, where it was measured to matter. (The data set's rows were measured
+//! too, aligned or 16 bytes off, and ran alike: a row's gather is a few % of a step.)
 
 use ndarray::{Array1, Array2};
 
@@ -32,9 +33,9 @@ pub fn zeros_on_lines(rows: usize, cols: usize) -> Array2<f32> {
 /// A slice of f32 that starts on a cache line, read and written as `[f32]`. Measured with
 /// the 8 x 32 matrix kernel on one thread: a 256-step panel read from L1 86-87% of peak
 /// aligned against 82-85% 16 bytes off, a 1024-step one (out of L1) 86% against 73%. The
-/// parameters and the optimizer's state: Adam's update at W1 B = 32 (one thread), whose five
-/// streams all straddled, 37,100-38,700 -> 45,100-46,000 examples/s.
-#[derive(Debug, Default)]
+/// parameters and the optimizer's state: Adam at W1 B = 32 on one thread, whose update
+/// streams four buffers that all straddled, 37,800-43,000 -> 44,900-47,200 examples/s.
+#[derive(Default)]
 pub struct LineBuf {
     buf: Vec<f32>,
     /// Index in `buf` of the first aligned value.
@@ -43,16 +44,21 @@ pub struct LineBuf {
 }
 
 impl LineBuf {
-    /// `len` zeros.
+    /// `len` zeros (from pages the system hands out zeroed, where the allocator maps them:
+    /// no pass writes them first).
     pub fn zeroed(len: usize) -> Self {
-        let mut buf = LineBuf::default();
-        buf.grow(len);
-        buf
+        if len == 0 {
+            return LineBuf::default();
+        }
+        let buf = vec![0.0f32; len + LINE - 1];
+        let start = first_on_line(&buf);
+        LineBuf { buf, start, len }
     }
 
-    /// Makes room for at least `len` values (scratch space); what it held is kept only
-    /// while no reallocation is needed (every such user rewrites the buffer before reading).
-    pub fn grow(&mut self, len: usize) {
+    /// Makes room for at least `len` values, for scratch space only: what it held is kept
+    /// only while no reallocation is needed (every user rewrites the buffer before reading),
+    /// and a buffer already longer stays so.
+    pub(crate) fn grow(&mut self, len: usize) {
         if self.len >= len {
             return;
         }
@@ -75,6 +81,13 @@ impl std::ops::Deref for LineBuf {
 impl std::ops::DerefMut for LineBuf {
     fn deref_mut(&mut self) -> &mut [f32] {
         &mut self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl std::fmt::Debug for LineBuf {
+    /// The values, as a slice's: the padding before the first line is no one's business.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self[..].fmt(f)
     }
 }
 

@@ -422,8 +422,10 @@ impl<M: Model> Trainer<M> {
         position: Position,
         steps: u64,
     ) -> Result<()> {
-        self.set_params(params)?;
+        // Every check before any copy: a refused checkpoint leaves the trainer as it was.
+        self.check_params_len(params)?;
         self.optimizer.restore(optimizer)?;
+        self.params.copy_from_slice(params);
         self.position = position;
         self.steps_taken = steps;
         Ok(())
@@ -440,6 +442,12 @@ impl<M: Model> Trainer<M> {
 
     /// Replaces the initial parameters (e.g. to start from given values).
     pub fn set_params(&mut self, params: &[f32]) -> Result<()> {
+        self.check_params_len(params)?;
+        self.params.copy_from_slice(params);
+        Ok(())
+    }
+
+    fn check_params_len(&self, params: &[f32]) -> Result<()> {
         if params.len() != self.params.len() {
             return Err(Error::Shape {
                 name: "parameters".into(),
@@ -447,7 +455,6 @@ impl<M: Model> Trainer<M> {
                 got: vec![params.len()],
             });
         }
-        self.params.copy_from_slice(params);
         Ok(())
     }
 

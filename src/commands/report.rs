@@ -112,22 +112,22 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
         .iter()
         .filter(|r| r.ran_slower_than_on_one_thread())
         .map(|r| {
+            let (w, b, rows, t) = (&r.workload, r.batch_size, r.shard_rows, r.threads);
+            let speedup = r.speedup.unwrap_or_default();
             format!(
-                "{} B = {} on {} threads ({:.2}x)",
-                r.workload,
-                r.batch_size,
-                r.threads,
-                r.speedup.unwrap_or(f64::NAN)
+                "{w} B = {b} in shards of {rows} rows on {t} threads ({speedup:.2}x; rerun: \
+                 bench -w {w} -b {b} -t 1,{t} --shard-rows {rows})"
             )
         })
         .collect();
     if !slower.is_empty() {
         outln!(
-            "\nnote: {} ran slower than on one thread. The threads of a step hand each other \
-             gradient rows and parameters; on a virtual machine whose host, for seconds at a \
-             time, runs the vCPUs far apart or on one core, that costs several times more. \
-             Rerun the row: such a stretch passes",
-            slower.join(", ")
+            "\nnote: {} ran slower than on one thread, which a quiet machine does not do. \
+             What can cause it: other processes on the cores, more threads than free cores, \
+             or, on a virtual machine, a host that for a while places the vCPUs so that \
+             handing gradient rows and parameters between threads costs several times more \
+             (such stretches have lasted from seconds to a dozen runs)",
+            slower.join("; ")
         );
     }
     if report.rows.iter().any(|r| r.bandwidth_fraction > 1.0) {

@@ -21,7 +21,8 @@ mod sampling;
 /// Full-batch descent reaches least squares; one step is exactly theta - lr g_B.
 mod convergence;
 
-/// Each optimizer against closed forms and an f64 transcription of PyTorch's rules.
+/// Each optimizer against closed forms and an f64 transcription of PyTorch's rules; the
+/// parameters and its state on cache lines, also after a restore.
 mod optim;
 
 /// Learning-rate schedules at chosen steps; epochs to steps; batch-size scaling.

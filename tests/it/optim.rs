@@ -1,6 +1,6 @@
 //! Each optimizer against trajectories computed independently: closed forms on 1-D problems
 //! derived by hand, and a straightforward f64 transcription of PyTorch's update rules on a
-//! small model.
+//! small model. And where the update's buffers lie: on cache lines, also after a restore.
 
 use minibatch::model::{Batch, Model};
 use minibatch::optim::{OptimConfig, OptimKind, Optimizer, OptimizerState};
@@ -365,28 +365,36 @@ fn parameters_and_optimizer_state_start_on_cache_lines_also_after_a_restore() {
         "[data]\nsynthetic = \"teacher\"\nn = 40\nd = 5\nclasses = 3\n[model]\nhidden = [10000]\n\
          [train]\nbatch_size = 8\noptimizer = \"adam\"\n",
     );
-    let on_line = |p: *const f32| (p as usize).is_multiple_of(64);
+    let on_line = |b: &[f32]| b.is_empty() || (b.as_ptr() as usize).is_multiple_of(64);
     let model = Mlp::new(cfg.model.clone());
     let n = model.layout().n_params();
     let mut trainer = Trainer::new(model, 5, &cfg.train, 3).unwrap();
-    let check = |trainer: &Trainer<Mlp>| {
+    let where_they_lie = |trainer: &Trainer<Mlp>| {
         let (m, v) = trainer.optimizer().buffers();
         assert_eq!((trainer.params().len(), m.len(), v.len()), (n, n, n));
-        assert!(on_line(trainer.params().as_ptr()), "parameters");
-        assert!(
-            on_line(m.as_ptr()) && on_line(v.as_ptr()),
-            "optimizer state"
-        );
+        assert!(on_line(trainer.params()), "parameters");
+        assert!(on_line(m) && on_line(v), "optimizer state");
+        [trainer.params().as_ptr(), m.as_ptr(), v.as_ptr()]
     };
-    check(&trainer);
-    let state = OptimizerState {
-        m: vec![0.5; n],
-        v: vec![0.25; n],
+    let before = where_they_lie(&trainer);
+    let state = |len: usize| OptimizerState {
+        m: vec![0.5; len],
+        v: vec![0.25; len],
         t: 7,
     };
     let position = trainer.position();
-    trainer.restore(&vec![1.0; n], state, position, 7).unwrap();
-    check(&trainer);
+    // A state of the wrong length is refused before anything is copied.
+    let err = trainer.restore(&vec![1.0; n], state(n - 1), position, 7);
+    assert!(err.is_err());
+    assert!(
+        trainer.params().iter().any(|&x| x != 1.0),
+        "parameters copied"
+    );
+    trainer
+        .restore(&vec![1.0; n], state(n), position, 7)
+        .unwrap();
+    // Restored in place: the same lines, now holding the checkpoint's values.
+    assert_eq!(where_they_lie(&trainer), before);
     let (m, v) = trainer.optimizer().buffers();
     assert!(m.iter().all(|&x| x == 0.5) && v.iter().all(|&x| x == 0.25));
     assert!(trainer.params().iter().all(|&x| x == 1.0));
