@@ -73,12 +73,14 @@ impl LineBuf {
 impl std::ops::Deref for LineBuf {
     type Target = [f32];
 
+    #[inline]
     fn deref(&self) -> &[f32] {
         &self.buf[self.start..self.start + self.len]
     }
 }
 
 impl std::ops::DerefMut for LineBuf {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [f32] {
         &mut self.buf[self.start..self.start + self.len]
     }
