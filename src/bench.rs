@@ -17,8 +17,8 @@ use std::time::Instant;
 use ndarray::s;
 use serde::Serialize;
 
-use crate::config::RawConfig;
-use crate::data;
+use crate::config::{Config, RawConfig};
+use crate::data::{self, Dataset};
 use crate::error::{Error, Result};
 use crate::lines::{LINE, zeros_on_lines};
 use crate::model::Mlp;
@@ -59,6 +59,19 @@ pub struct BenchPlan {
     pub n: Option<usize>,
     /// Epochs run per configuration; the fastest is reported.
     pub epochs: NonZeroUsize,
+    /// Times every row is measured, in rounds over all of a workload's rows; the fastest
+    /// counts. A shared machine's slow stretches last seconds to minutes, longer than a
+    /// row's epochs: rounds spread a row's measurements over the run.
+    pub rounds: NonZeroUsize,
+}
+
+/// One row's measurement before its ratios: the fastest epoch's rate and step time, and the
+/// reduction's time for the same trainer.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    examples_per_sec: f64,
+    step_seconds: f64,
+    reduce_seconds: f64,
 }
 
 /// One measured configuration.
@@ -254,68 +267,83 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
             base.data.n_train, base.data.d
         ));
         let (train, _) = data::synthetic(&base.data, base.seed);
+        // Every row of this workload, in the order they print.
+        let mut grid = Vec::new();
         for &batch_size in &batch_sizes(name, plan) {
             for shard_rows in shard_sizes(&plan.shard_rows, batch_size) {
-                let mut one_thread = None;
                 for &threads in &plan.threads {
                     let cfg = run_config(&raw, plan, batch_size, shard_rows, threads).validate()?;
-                    let per_shard = cfg.train.shard_rows.get().min(batch_size);
-                    progress(&format!(
-                        "{name}: B = {batch_size}, {threads} thread(s), shards of {per_shard} row{}",
-                        if per_shard == 1 { "" } else { "s" }
-                    ));
-                    let model = Mlp::new(cfg.model.clone());
-                    let flops = cfg.model.flops_per_example();
-                    let mut trainer = Trainer::new(model, cfg.data.d, &cfg.train, cfg.seed)?;
-                    // Warm-up: the first steps size every buffer.
-                    let warm: Vec<usize> = (0..batch_size).collect();
-                    for _ in 0..3 {
-                        trainer.step(&train, &warm, 0.0)?;
-                    }
-                    let report = trainer.fit(&train, None, |_| {})?;
-                    // The fastest epoch: others were slowed by whatever else ran.
-                    let mut steps_before = 3; // the warm-up's, counted in `steps`
-                    let mut fastest = (0.0, 0.0);
-                    for epoch in &report.epochs {
-                        let steps = epoch.steps.saturating_sub(steps_before).max(1);
-                        steps_before = epoch.steps;
-                        if epoch.examples_per_sec() > fastest.0 {
-                            fastest = (epoch.examples_per_sec(), epoch.seconds / steps as f64);
-                        }
-                    }
-                    let (examples_per_sec, step_seconds) = fastest;
-                    let reduce_seconds = time_reduce(&trainer, batch_size, &cfg.train);
-                    let gflops = examples_per_sec * flops / 1e9;
-                    let feature_gb_per_sec = examples_per_sec * (cfg.data.d * 4) as f64 / 1e9;
-                    if threads.get() == 1 {
-                        one_thread = Some(examples_per_sec);
-                    }
-                    // A batch of one shard runs on one thread by design (see
-                    // `Trainer::step_one_shard`): no fraction of it is parallel.
-                    let shards = n_shards(batch_size, cfg.train.shard_rows);
-                    let serial_fraction = one_thread.and_then(|one| {
-                        serial_fraction_in_shards(examples_per_sec / one, threads.get(), shards)
-                    });
-                    rows.push(BenchRow {
-                        workload: name.to_string(),
-                        batch_size,
-                        threads: threads.get(),
-                        shard_rows: cfg.train.shard_rows.get().min(batch_size),
-                        examples_per_sec,
-                        gflops,
-                        peak_fraction: 0.0,
-                        feature_gb_per_sec,
-                        bandwidth_fraction: 0.0,
-                        reduce_fraction: reduce_seconds / step_seconds,
-                        speedup: one_thread.map(|one| examples_per_sec / one),
-                        serial_fraction,
-                        predicted_speedup_16: serial_fraction
-                            .map(|e| amdahl_in_shards(e, 16, shards)),
-                        predicted_speedup_64: serial_fraction
-                            .map(|e| amdahl_in_shards(e, 64, shards)),
-                    });
+                    grid.push((batch_size, threads, cfg));
                 }
             }
+        }
+        let mut best: Vec<Option<Measured>> = vec![None; grid.len()];
+        let rounds = plan.rounds.get();
+        for round in 1..=rounds {
+            for ((batch_size, threads, cfg), best) in grid.iter().zip(&mut best) {
+                let per_shard = cfg.train.shard_rows.get().min(*batch_size);
+                progress(&format!(
+                    "{name}: B = {batch_size}, {threads} thread(s), shards of {per_shard} row{}{}",
+                    if per_shard == 1 { "" } else { "s" },
+                    if rounds > 1 {
+                        format!(", round {round} of {rounds}")
+                    } else {
+                        String::new()
+                    }
+                ));
+                let measured = measure(cfg, &train, *batch_size)?;
+                if best.is_none_or(|b| measured.examples_per_sec > b.examples_per_sec) {
+                    *best = Some(measured);
+                }
+            }
+        }
+        let best: Vec<Measured> = best
+            .into_iter()
+            .map(|b| b.expect("every row measured at least once"))
+            .collect();
+        // The speedup is over the 1-thread row of the same batch and shard size, if asked for.
+        let one_thread = |batch_size: usize, shard_rows: NonZeroUsize| {
+            grid.iter()
+                .zip(&best)
+                .find(|((b, t, cfg), _)| {
+                    (*b, t.get(), cfg.train.shard_rows) == (batch_size, 1, shard_rows)
+                })
+                .map(|(_, m)| m.examples_per_sec)
+        };
+        for ((batch_size, threads, cfg), best) in grid.iter().zip(&best) {
+            let batch_size = *batch_size;
+            let Measured {
+                examples_per_sec,
+                step_seconds,
+                reduce_seconds,
+            } = *best;
+            let flops = cfg.model.flops_per_example();
+            let gflops = examples_per_sec * flops / 1e9;
+            let feature_gb_per_sec = examples_per_sec * (cfg.data.d * 4) as f64 / 1e9;
+            let shard_rows = cfg.train.shard_rows.get().min(batch_size);
+            let one = one_thread(batch_size, cfg.train.shard_rows);
+            // A batch of one shard runs on one thread by design (see
+            // `Trainer::step_one_shard`): no fraction of it is parallel.
+            let shards = n_shards(batch_size, cfg.train.shard_rows);
+            let serial_fraction = one.and_then(|one| {
+                serial_fraction_in_shards(examples_per_sec / one, threads.get(), shards)
+            });
+            rows.push(BenchRow {
+                workload: name.to_string(),
+                batch_size,
+                threads: threads.get(),
+                shard_rows,
+                examples_per_sec,
+                gflops,
+                peak_fraction: 0.0,
+                feature_gb_per_sec,
+                bandwidth_fraction: 0.0,
+                reduce_fraction: reduce_seconds / step_seconds,
+                speedup: one.map(|one| examples_per_sec / one),
+                serial_fraction,
+                predicted_speedup_16: serial_fraction.map(|e| amdahl_in_shards(e, 16, shards)),
+                predicted_speedup_64: serial_fraction.map(|e| amdahl_in_shards(e, 64, shards)),
+            });
         }
     }
     // The limits again after the runs, the higher of the two kept: one measurement taken
@@ -338,6 +366,34 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
         r.bandwidth_fraction = r.feature_gb_per_sec / lookup(&limits.copy_gb_per_sec, r.threads);
     }
     Ok(BenchReport { limits, rows })
+}
+
+/// Trains one row's config for its epochs on a fresh trainer, after a warm-up.
+fn measure(cfg: &Config, train: &Dataset, batch_size: usize) -> Result<Measured> {
+    let model = Mlp::new(cfg.model.clone());
+    let mut trainer = Trainer::new(model, cfg.data.d, &cfg.train, cfg.seed)?;
+    // Warm-up: the first steps size every buffer.
+    let warm: Vec<usize> = (0..batch_size).collect();
+    for _ in 0..3 {
+        trainer.step(train, &warm, 0.0)?;
+    }
+    let report = trainer.fit(train, None, |_| {})?;
+    // The fastest epoch: others were slowed by whatever else ran.
+    let mut steps_before = 3; // the warm-up's, counted in `steps`
+    let mut fastest = (0.0, 0.0);
+    for epoch in &report.epochs {
+        let steps = epoch.steps.saturating_sub(steps_before).max(1);
+        steps_before = epoch.steps;
+        if epoch.examples_per_sec() > fastest.0 {
+            fastest = (epoch.examples_per_sec(), epoch.seconds / steps as f64);
+        }
+    }
+    let (examples_per_sec, step_seconds) = fastest;
+    Ok(Measured {
+        examples_per_sec,
+        step_seconds,
+        reduce_seconds: time_reduce(&trainer, batch_size, &cfg.train),
+    })
 }
 
 /// The shard sizes to run at `batch_size`: `None` (the default) when none are asked for,

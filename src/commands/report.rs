@@ -60,6 +60,8 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
         n: args.n,
         epochs: std::num::NonZeroUsize::new(args.epochs)
             .ok_or_else(|| minibatch::Error::config("--epochs", "must be at least 1"))?,
+        rounds: std::num::NonZeroUsize::new(args.rounds)
+            .ok_or_else(|| minibatch::Error::config("--rounds", "must be at least 1"))?,
     };
     let report = minibatch::bench::run(&plan, |msg| {
         if !quiet {

@@ -486,6 +486,7 @@ fn bad_tune_and_bench_options_exit_2_with_the_option_named() {
         (vec!["bench", "--workload", "w9"], "unknown workload `w9`"),
         (vec!["bench", "--threads", "0"], "--threads"),
         (vec!["bench", "--epochs", "0"], "--epochs"),
+        (vec!["bench", "--rounds", "0"], "--rounds"),
         (vec!["bench", "--shard-rows", "64,0"], "--shard-rows"),
         (vec!["scale", "--threads", "0"], "--threads"),
         (vec!["scale", "--threads", "2,1"], "must start with 1"),
@@ -1005,6 +1006,46 @@ fn bench_ratios_and_predictions_follow_from_its_figures() {
             None => assert!(r["predicted_speedup_16"].is_null(), "{r}"),
         }
     }
+}
+
+/// Rounds measure every row again after all the others, and the speedup is over the
+/// 1-thread row wherever it is listed.
+#[test]
+fn bench_rounds_measure_each_row_again_and_the_speedup_finds_one_thread() {
+    let out = run(&[
+        "bench", "-w", "w1", "--n", "256", "-b", "128", "-t", "2,1", "--epochs", "1", "--rounds",
+        "2", "--json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let order: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("thread(s)"))
+        .map(|l| l.trim_start_matches("bench: w1: B = 128, "))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "2 thread(s), shards of 64 rows, round 1 of 2",
+            "1 thread(s), shards of 64 rows, round 1 of 2",
+            "2 thread(s), shards of 64 rows, round 2 of 2",
+            "1 thread(s), shards of 64 rows, round 2 of 2",
+        ],
+        "{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let rate = |i: usize| rows[i]["examples_per_sec"].as_f64().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0]["threads"].as_u64(), Some(2));
+    let speedup = rows[0]["speedup"]
+        .as_f64()
+        .expect("a speedup over the 1-thread row");
+    assert!(
+        (speedup - rate(0) / rate(1)).abs() <= 1e-9 * speedup,
+        "{speedup}"
+    );
+    assert_eq!(rows[1]["speedup"].as_f64(), Some(1.0));
 }
 
 #[test]
