@@ -141,7 +141,7 @@ pub fn predictions(rows: &[ScaleRow]) -> Vec<(usize, f64, f64, f64, usize)> {
     out
 }
 
-pub const CSV_HEADER: &str = "batch_size,threads,examples_per_sec,speedup,efficiency,karp_flatt,\
+pub const CSV_HEADER: &str = "batch_size,threads,examples_per_sec,speedup,efficiency,serial_fraction,\
 prepare_share,shards_share,reduce_share,update_share,worker_busy_share";
 
 pub fn to_csv(rows: &[ScaleRow]) -> String {

@@ -160,7 +160,7 @@ fn profile_phases_add_up_to_the_step_time() {
 }
 
 #[test]
-fn scale_writes_its_csv_and_karp_flatt_follows_from_the_speedups() {
+fn scale_writes_its_csv_and_the_serial_fraction_follows_from_the_speedups() {
     let dir = temp_dir("profile-scale");
     let config = dir.join("c.toml");
     std::fs::write(&config, SMALL_MLP).unwrap();
@@ -181,6 +181,11 @@ fn scale_writes_its_csv_and_karp_flatt_follows_from_the_speedups() {
     let csv = std::fs::read_to_string(out_dir.join("scale.csv")).unwrap();
     let mut lines = csv.lines();
     assert_eq!(lines.next().unwrap(), minibatch::scale::CSV_HEADER);
+    // The column bench's JSON calls the same.
+    assert_eq!(
+        minibatch::scale::CSV_HEADER.split(',').nth(5),
+        Some("serial_fraction")
+    );
     let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
     assert_eq!(rows.len(), 4);
     for row in &rows {
