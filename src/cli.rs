@@ -199,8 +199,9 @@ pub struct BenchArgs {
     /// 256,4096; w3: 1).
     #[arg(short, long, value_delimiter = ',')]
     pub batch_sizes: Vec<usize>,
-    /// Thread counts to compare; the speedup column is relative to 1 thread when 1 is among
-    /// them. Default: 1 and every core.
+    /// Thread counts to compare, each once; the speedup column is over the 1-thread row of
+    /// the same workload, batch size and shard size, when 1 is among them. Default: 1 and
+    /// every core this process may run on.
     #[arg(short, long, value_delimiter = ',')]
     pub threads: Vec<usize>,
     /// Rows per shard to compare (e.g. 32,64,128) instead of the default chosen from the
@@ -216,8 +217,9 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub epochs: usize,
     /// Measure every row this many times, in rounds over all of a workload's rows, and
-    /// report the fastest: a shared machine's slow stretches outlast a row's epochs, and
-    /// rounds spread its measurements over the run (the run takes as many times as long).
+    /// report its fastest epoch of all: a shared machine's slow stretches outlast a row's
+    /// epochs, and rounds spread its measurements over the run (which takes this many
+    /// times as long).
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
     /// Print JSON instead of a table.

@@ -73,6 +73,12 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
             "{}",
             serde_json::to_string_pretty(&report).expect("plain data serialises")
         );
+        // Beside the JSON, not in it: what to make of the figures is for whoever reads them.
+        if !quiet {
+            for note in row_notes(&report, args) {
+                errln!("bench: note: {note}");
+            }
+        }
         return Ok(());
     }
     let limits = &report.limits;
@@ -102,41 +108,10 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
                 .unwrap_or_else(|| "-".into()),
         );
     }
-    if report.rows.iter().any(|r| r.peak_fraction > 1.0) {
-        outln!(
-            "\nnote: rows past 100% of the peak FMA rate ran while the machine was quieter \
-             than in both peak measurements (before and after the runs); rerun on an idle \
-             machine for a fair ratio"
-        );
-    }
-    let slower: Vec<String> = report
-        .rows
-        .iter()
-        .filter(|r| r.ran_slower_than_on_one_thread())
-        .map(|r| {
-            let (w, b, rows, t) = (&r.workload, r.batch_size, r.shard_rows, r.threads);
-            let speedup = r.speedup.unwrap_or_default();
-            format!(
-                "{w} B = {b} in shards of {rows} rows on {t} threads ({speedup:.2}x; rerun: \
-                 bench -w {w} -b {b} -t 1,{t} --shard-rows {rows})"
-            )
-        })
-        .collect();
-    if !slower.is_empty() {
-        outln!(
-            "\nnote: {} ran slower than on one thread, which a quiet machine does not do. \
-             What can cause it: other processes on the cores, more threads than free cores, \
-             or, on a virtual machine, a host that for a while places the vCPUs so that \
-             handing gradient rows and parameters between threads costs several times more \
-             (such stretches have lasted from seconds to a dozen runs)",
-            slower.join("; ")
-        );
-    }
-    if report.rows.iter().any(|r| r.bandwidth_fraction > 1.0) {
-        outln!(
-            "\nnote: rows past 100% of the copy bandwidth read a data set the caches hold; the \
-             ratio measures memory only for a set much larger than the caches (W2's default n)"
-        );
+    if !quiet {
+        for note in row_notes(&report, args) {
+            outln!("\nnote: {note}");
+        }
     }
     let predictions: Vec<_> = report
         .rows
@@ -163,9 +138,10 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
                 r.predicted_speedup_64.unwrap_or(f64::NAN)
             );
         }
-        if predictions
-            .iter()
-            .any(|(r, _)| r.batch_size.div_ceil(r.shard_rows.max(1)) < 64)
+        if !quiet
+            && predictions
+                .iter()
+                .any(|(r, _)| r.batch_size.div_ceil(r.shard_rows.max(1)) < 64)
         {
             outln!(
                 "note: a step runs at most its batch's shards at once (ceil(B / shard rows)), so \
@@ -173,7 +149,7 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
                  growing there"
             );
         }
-        if predictions.iter().any(|(_, e)| !(0.0..=1.0).contains(e)) {
+        if !quiet && predictions.iter().any(|(_, e)| !(0.0..=1.0).contains(e)) {
             outln!(
                 "note: a serial fraction above 1 (more threads ran slower) predicts no gain, \
                  one below 0 (faster than linear, as a second core's cache can give) a linear \
@@ -182,6 +158,61 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// What a reader should know about the rows' figures: ratios past 100%, and rows of several
+/// shards that ran markedly slower on more threads than on one (with the command that
+/// measures such a row again).
+fn row_notes(report: &minibatch::bench::BenchReport, args: &BenchArgs) -> Vec<String> {
+    let mut notes = Vec::new();
+    if report.rows.iter().any(|r| r.peak_fraction > 1.0) {
+        notes.push(
+            "rows past 100% of the peak FMA rate ran while the machine was quieter than in \
+             both peak measurements (before and after the runs); rerun on an idle machine for \
+             a fair ratio"
+                .to_string(),
+        );
+    }
+    let slower: Vec<String> = report
+        .rows
+        .iter()
+        .filter(|r| r.ran_slower_than_on_one_thread())
+        .map(|r| {
+            let (w, b, rows, t) = (&r.workload, r.batch_size, r.shard_rows, r.threads);
+            let mut rerun = format!("minibatch bench -w {w} -b {b} -t 1,{t} --shard-rows {rows}");
+            if let Some(n) = args.n {
+                rerun += &format!(" --n {n}");
+            }
+            if args.epochs != 3 {
+                rerun += &format!(" --epochs {}", args.epochs);
+            }
+            rerun += " --rounds 3";
+            let speedup = r.speedup.unwrap_or_default();
+            format!(
+                "\n  {w} B = {b} in shards of {rows} rows on {t} threads: {speedup:.2}x (rerun: \
+                 {rerun})"
+            )
+        })
+        .collect();
+    if !slower.is_empty() {
+        notes.push(format!(
+            "these rows ran more than 10% slower on more threads than on one, which a quiet \
+             machine does not do:{}\nWhat can cause it: other processes on the cores, more \
+             threads than free cores, or, on a virtual machine, a host that for a while places \
+             the vCPUs so that handing gradient rows and parameters between threads costs \
+             several times more (such stretches have lasted from seconds to a dozen runs; \
+             `--rounds` spreads a row's measurements past them)",
+            slower.concat()
+        ));
+    }
+    if report.rows.iter().any(|r| r.bandwidth_fraction > 1.0) {
+        notes.push(
+            "rows past 100% of the copy bandwidth read a data set the caches hold; the ratio \
+             measures memory only for a set much larger than the caches (W2's default n)"
+                .to_string(),
+        );
+    }
+    notes
 }
 
 pub fn scale(args: &ScaleArgs, quiet: bool, recorder: &Recorder) -> Result<()> {
@@ -396,6 +427,7 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
             e_min / s_min
         );
     }
+    // Part of the result, even under -q: the recommendation then rests on the prediction.
     if let Some(missed) = &report.missed_target {
         outln!("\nnote: {missed}");
     }
@@ -413,7 +445,7 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
             ""
         }
     );
-    if report.recommended_batch_size as f64 > 2.0 * report.b_noise {
+    if !quiet && report.recommended_batch_size as f64 > 2.0 * report.b_noise {
         outln!(
             "note: B > 2 B_noise, the large-batch regime where minima tend to be sharp and generalise worse; compare the validation loss column"
         );

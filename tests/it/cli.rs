@@ -1008,6 +1008,33 @@ fn bench_ratios_and_predictions_follow_from_its_figures() {
     }
 }
 
+/// `-q` leaves bench's tables and drops its notes (here the one every batch of fewer than
+/// 64 shards gets under the predictions).
+#[test]
+fn bench_quiet_prints_the_tables_without_notes() {
+    let args = [
+        "bench", "-w", "w1", "--n", "256", "-b", "128", "-t", "1,2", "--epochs", "1",
+    ];
+    let loud = run(&args);
+    let quiet = run(&[&["-q"][..], &args[..]].concat());
+    for out in [&loud, &quiet] {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (loud, quiet) = (
+        String::from_utf8_lossy(&loud.stdout),
+        String::from_utf8_lossy(&quiet.stdout),
+    );
+    assert!(loud.contains("note: a step runs at most"), "{loud}");
+    assert!(!quiet.contains("note"), "{quiet}");
+    for table in ["| w1 | 128 | 2 |", "| serial fraction |"] {
+        assert!(quiet.contains(table), "{quiet}");
+    }
+}
+
 /// Rounds measure every row again after all the others, and the speedup is over the
 /// 1-thread row wherever it is listed.
 #[test]
