@@ -2,7 +2,8 @@
 //! machine's own limits in the same run.
 //!
 //! For each workload (the configs in configs/, embedded), batch size and thread count it
-//! trains one epoch and reports examples/s, the effective GFLOP/s of the model's products,
+//! trains `--epochs` epochs (`--rounds` times, spread over the run) and reports the fastest
+//! epoch's examples/s, the effective GFLOP/s of the model's products,
 //! the share of that in the peak FMA rate of as many threads (measured here by a loop of
 //! independent fused multiply-adds in registers at the widest vector width), the feature
 //! bytes read per second against the memory bandwidth of as many threads (measured here by a
@@ -57,7 +58,7 @@ pub struct BenchPlan {
     pub shard_rows: Vec<usize>,
     /// Rows of the dataset; `None` keeps the workload's N.
     pub n: Option<usize>,
-    /// Epochs run per configuration; the fastest is reported.
+    /// Epochs run per configuration and round; the fastest of all is reported.
     pub epochs: NonZeroUsize,
     /// Times every row is measured, in rounds over all of a workload's rows; the fastest
     /// counts. A shared machine's slow stretches last seconds to minutes, longer than a
@@ -302,11 +303,12 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
             .map(|b| b.expect("every row measured at least once"))
             .collect();
         // The speedup is over the 1-thread row of the same batch and shard size, if asked for.
-        let one_thread = |batch_size: usize, shard_rows: NonZeroUsize| {
+        let rows_per_shard = |b: usize, cfg: &Config| cfg.train.shard_rows.get().min(b);
+        let one_thread = |batch_size: usize, shard_rows: usize| {
             grid.iter()
                 .zip(&best)
                 .find(|((b, t, cfg), _)| {
-                    (*b, t.get(), cfg.train.shard_rows) == (batch_size, 1, shard_rows)
+                    (*b, t.get(), rows_per_shard(*b, cfg)) == (batch_size, 1, shard_rows)
                 })
                 .map(|(_, m)| m.examples_per_sec)
         };
@@ -320,8 +322,8 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
             let flops = cfg.model.flops_per_example();
             let gflops = examples_per_sec * flops / 1e9;
             let feature_gb_per_sec = examples_per_sec * (cfg.data.d * 4) as f64 / 1e9;
-            let shard_rows = cfg.train.shard_rows.get().min(batch_size);
-            let one = one_thread(batch_size, cfg.train.shard_rows);
+            let shard_rows = rows_per_shard(batch_size, cfg);
+            let one = one_thread(batch_size, shard_rows);
             // A batch of one shard runs on one thread by design (see
             // `Trainer::step_one_shard`): no fraction of it is parallel.
             let shards = n_shards(batch_size, cfg.train.shard_rows);

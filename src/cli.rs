@@ -218,8 +218,8 @@ pub struct BenchArgs {
     pub epochs: usize,
     /// Measure every row this many times, in rounds over all of a workload's rows, and
     /// report its fastest epoch of all: a shared machine's slow stretches outlast a row's
-    /// epochs, and rounds spread its measurements over the run (which takes this many
-    /// times as long).
+    /// epochs, and rounds spread its measurements over the run (the measurements take this
+    /// many times as long; the data and the limits are made and measured once).
     #[arg(long, default_value_t = 1)]
     pub rounds: usize,
     /// Print JSON instead of a table.

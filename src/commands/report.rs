@@ -75,7 +75,10 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
         );
         // Beside the JSON, not in it: what to make of the figures is for whoever reads them.
         if !quiet {
-            for note in row_notes(&report, args) {
+            for note in row_notes(&report, args)
+                .into_iter()
+                .chain(prediction_notes(&report))
+            {
                 errln!("bench: note: {note}");
             }
         }
@@ -138,26 +141,41 @@ pub fn bench(args: &BenchArgs, quiet: bool) -> Result<()> {
                 r.predicted_speedup_64.unwrap_or(f64::NAN)
             );
         }
-        if !quiet
-            && predictions
-                .iter()
-                .any(|(r, _)| r.batch_size.div_ceil(r.shard_rows.max(1)) < 64)
-        {
-            outln!(
-                "note: a step runs at most its batch's shards at once (ceil(B / shard rows)), so \
-                 the fraction counts no more threads than that, and a prediction stops \
-                 growing there"
-            );
-        }
-        if !quiet && predictions.iter().any(|(_, e)| !(0.0..=1.0).contains(e)) {
-            outln!(
-                "note: a serial fraction above 1 (more threads ran slower) predicts no gain, \
-                 one below 0 (faster than linear, as a second core's cache can give) a linear \
-                 one"
-            );
+        if !quiet {
+            for note in prediction_notes(&report) {
+                outln!("note: {note}");
+            }
         }
     }
     Ok(())
+}
+
+/// What a reader should know about the Amdahl predictions (the rows' serial fractions).
+fn prediction_notes(report: &minibatch::bench::BenchReport) -> Vec<String> {
+    let predictions: Vec<_> = report
+        .rows
+        .iter()
+        .filter_map(|r| r.serial_fraction.map(|e| (r, e)))
+        .collect();
+    let mut notes = Vec::new();
+    if predictions
+        .iter()
+        .any(|(r, _)| r.batch_size.div_ceil(r.shard_rows.max(1)) < 64)
+    {
+        notes.push(
+            "a step runs at most its batch's shards at once (ceil(B / shard rows)), so the \
+             fraction counts no more threads than that, and a prediction stops growing there"
+                .to_string(),
+        );
+    }
+    if predictions.iter().any(|(_, e)| !(0.0..=1.0).contains(e)) {
+        notes.push(
+            "a serial fraction above 1 (more threads ran slower) predicts no gain, one below 0 \
+             (faster than linear, as a second core's cache can give) a linear one"
+                .to_string(),
+        );
+    }
+    notes
 }
 
 /// What a reader should know about the rows' figures: ratios past 100%, and rows of several
@@ -186,7 +204,7 @@ fn row_notes(report: &minibatch::bench::BenchReport, args: &BenchArgs) -> Vec<St
             if args.epochs != 3 {
                 rerun += &format!(" --epochs {}", args.epochs);
             }
-            rerun += " --rounds 3";
+            rerun += &format!(" --rounds {}", args.rounds.max(3));
             let speedup = r.speedup.unwrap_or_default();
             format!(
                 "\n  {w} B = {b} in shards of {rows} rows on {t} threads: {speedup:.2}x (rerun: \
@@ -429,7 +447,7 @@ pub fn tune(args: &TuneArgs, quiet: bool) -> Result<()> {
     }
     // Part of the result, even under -q: the recommendation then rests on the prediction.
     if let Some(missed) = &report.missed_target {
-        outln!("\nnote: {missed}");
+        outln!("\ntarget not reached: {missed}");
     }
     outln!("\nrecommended: {}", report.reason);
     outln!(
@@ -523,4 +541,86 @@ fn check_counts(flag: &str, what: (&str, &str), values: &[usize], max: usize) ->
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use minibatch::bench::{BenchReport, BenchRow, MachineLimits};
+
+    fn bench_args(args: &[&str]) -> BenchArgs {
+        let cli = crate::cli::Cli::try_parse_from([&["minibatch", "bench"][..], args].concat())
+            .expect("valid bench arguments");
+        match cli.command {
+            crate::cli::Command::Bench(args) => args,
+            _ => unreachable!("a bench command"),
+        }
+    }
+
+    fn row(batch_size: usize, threads: usize, shard_rows: usize, speedup: f64) -> BenchRow {
+        BenchRow {
+            workload: "w2".into(),
+            batch_size,
+            threads,
+            shard_rows,
+            examples_per_sec: 1.0,
+            gflops: 1.0,
+            peak_fraction: 0.5,
+            feature_gb_per_sec: 1.0,
+            bandwidth_fraction: 0.5,
+            reduce_fraction: 0.0,
+            speedup: Some(speedup),
+            serial_fraction: None,
+            predicted_speedup_16: None,
+            predicted_speedup_64: None,
+        }
+    }
+
+    /// The slower rows are named one per line, each with a command that parses and measures
+    /// that row again on the same data and epochs.
+    #[test]
+    fn the_slower_rows_note_names_each_row_with_a_command_that_reruns_it() {
+        let args = bench_args(&["-w", "w2", "--n", "2000", "--epochs", "2", "--rounds", "5"]);
+        let report = BenchReport {
+            limits: MachineLimits {
+                isa: "Avx512".into(),
+                peak_gflops: vec![(1, 100.0), (2, 200.0)],
+                copy_gb_per_sec: vec![(1, 10.0), (2, 20.0)],
+            },
+            rows: vec![
+                row(256, 2, 64, 0.5),
+                row(4096, 2, 256, 0.95),
+                row(64, 2, 64, 0.4),
+            ],
+        };
+        let notes = row_notes(&report, &args);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+        let lines: Vec<&str> = notes[0].lines().collect();
+        assert!(lines[0].contains("more than 10% slower"), "{lines:?}");
+        // Only the row of several shards below 0.9x: not 0.95x, not one shard.
+        let named: Vec<&str> = lines
+            .iter()
+            .filter(|l| l.starts_with("  "))
+            .copied()
+            .collect();
+        assert_eq!(named.len(), 1, "{lines:?}");
+        assert!(named[0].contains("w2 B = 256 in shards of 64 rows on 2 threads: 0.50x"));
+        let rerun = named[0]
+            .split("rerun: ")
+            .nth(1)
+            .unwrap()
+            .trim_end_matches(')');
+        let again = bench_args(&rerun.split(' ').skip(2).collect::<Vec<_>>());
+        assert_eq!(
+            (
+                again.workload,
+                again.batch_sizes,
+                again.threads,
+                again.shard_rows
+            ),
+            (vec!["w2".to_string()], vec![256], vec![1, 2], vec![64])
+        );
+        assert_eq!((again.n, again.epochs, again.rounds), (Some(2000), 2, 5));
+    }
 }

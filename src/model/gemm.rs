@@ -1175,8 +1175,9 @@ unsafe fn transpose_lines_avx512<const W: usize>(
         let lines = unsafe { first.add(l0 * line_stride as usize) };
         for k16 in (0..full).step_by(16) {
             // Sixteen lines' next sixteen values: sixteen loads, transposed in registers.
-            // SAFETY: line l0 + l holds values k16..k16 + 16 (k16 + 16 <= kc, the caller's
-            // promise); each store lands inside the panel (asserted).
+            // SAFETY: line l0 + l holds values k16..k16 + 16 (the caller's promise of kc
+            // values, and k16 + 16 <= full <= kc); each store lands inside the panel
+            // (asserted).
             unsafe {
                 let block: [__m512; 16] = std::array::from_fn(|l| {
                     _mm512_loadu_ps(lines.add(l * line_stride as usize + k16))
@@ -1682,8 +1683,8 @@ mod tests {
         }
     }
 
-    /// B read in place (contiguous rows, whole panels), packed per call, or packed ahead:
-    /// the microkernel makes the same additions, so the three give the same bits.
+    /// The register transpose that packs w^T: vector j of its result holds lane j of each
+    /// input vector.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn sixteen_vectors_transpose_to_their_lanes() {
@@ -1707,6 +1708,8 @@ mod tests {
         }
     }
 
+    /// B read in place (contiguous rows, whole panels), packed per call, or packed ahead:
+    /// the microkernel makes the same additions, so the three give the same bits.
     #[test]
     fn b_read_in_place_or_packed_gives_the_same_bits() {
         let mut scratch = GemmScratch::default();

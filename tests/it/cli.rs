@@ -1073,6 +1073,53 @@ fn bench_rounds_measure_each_row_again_and_the_speedup_finds_one_thread() {
         "{speedup}"
     );
     assert_eq!(rows[1]["speedup"].as_f64(), Some(1.0));
+    // Each shard size's rows pair with the 1-thread row of that size; without a 1-thread
+    // row there is no speedup; and `-q --json` leaves stderr to errors.
+    let out = run(&[
+        "-q",
+        "bench",
+        "-w",
+        "w1",
+        "--n",
+        "256",
+        "-b",
+        "128",
+        "-t",
+        "2,1",
+        "--epochs",
+        "1",
+        "--shard-rows",
+        "32,64",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    let field = |r: &serde_json::Value, k: &str| r[k].as_f64().unwrap();
+    assert_eq!(rows.len(), 4);
+    for shard_rows in [32, 64] {
+        let of_size: Vec<_> = rows
+            .iter()
+            .filter(|r| r["shard_rows"].as_u64() == Some(shard_rows))
+            .collect();
+        let (two, one) = (of_size[0], of_size[1]);
+        assert_eq!(
+            (two["threads"].as_u64(), one["threads"].as_u64()),
+            (Some(2), Some(1))
+        );
+        let want = field(two, "examples_per_sec") / field(one, "examples_per_sec");
+        assert!((field(two, "speedup") - want).abs() <= 1e-9 * want, "{two}");
+    }
+    let out = run(&[
+        "bench", "-w", "w1", "--n", "256", "-b", "128", "-t", "2", "--epochs", "1", "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["rows"][0]["speedup"].is_null(), "{report}");
 }
 
 #[test]

@@ -181,7 +181,7 @@ fn scale_writes_its_csv_and_the_serial_fraction_follows_from_the_speedups() {
     let csv = std::fs::read_to_string(out_dir.join("scale.csv")).unwrap();
     let mut lines = csv.lines();
     assert_eq!(lines.next().unwrap(), minibatch::scale::CSV_HEADER);
-    // The column bench's JSON calls the same.
+    // The name bench's JSON gives it too (tests/it/cli.rs reads it there).
     assert_eq!(
         minibatch::scale::CSV_HEADER.split(',').nth(5),
         Some("serial_fraction")
@@ -203,7 +203,7 @@ fn scale_writes_its_csv_and_the_serial_fraction_follows_from_the_speedups() {
             let tolerance = 1e-6 + 1e-6 / (speedup * speedup * (1.0 - 1.0 / threads));
             assert!(
                 (e - expected).abs() <= tolerance,
-                "karp-flatt {e} vs {expected}"
+                "serial fraction {e} vs {expected}"
             );
         }
     }
