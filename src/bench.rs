@@ -76,7 +76,7 @@ struct Measured {
 }
 
 /// One measured configuration.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct BenchRow {
     pub workload: String,
     pub batch_size: usize,
@@ -578,20 +578,11 @@ mod tests {
     #[test]
     fn only_rows_of_several_shards_on_several_threads_are_reported_slower() {
         let row = |batch_size, threads, shard_rows, speedup| BenchRow {
-            workload: "w1".into(),
             batch_size,
             threads,
             shard_rows,
-            examples_per_sec: 1.0,
-            gflops: 1.0,
-            peak_fraction: 0.5,
-            feature_gb_per_sec: 1.0,
-            bandwidth_fraction: 0.5,
-            reduce_fraction: 0.0,
             speedup,
-            serial_fraction: None,
-            predicted_speedup_16: None,
-            predicted_speedup_64: None,
+            ..BenchRow::default()
         };
         assert!(row(32, 2, 16, Some(0.47)).ran_slower_than_on_one_thread());
         assert!(row(33, 2, 32, Some(0.89)).ran_slower_than_on_one_thread());

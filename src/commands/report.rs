@@ -564,16 +564,8 @@ mod tests {
             batch_size,
             threads,
             shard_rows,
-            examples_per_sec: 1.0,
-            gflops: 1.0,
-            peak_fraction: 0.5,
-            feature_gb_per_sec: 1.0,
-            bandwidth_fraction: 0.5,
-            reduce_fraction: 0.0,
             speedup: Some(speedup),
-            serial_fraction: None,
-            predicted_speedup_16: None,
-            predicted_speedup_64: None,
+            ..BenchRow::default()
         }
     }
 
