@@ -85,13 +85,12 @@ def run_one(workload, batch, epochs, max_steps):
                         dz = (dz @ ws[i].T) * (acts[i] > 0)
                     ws[i] -= lr * gw
                     bs[i] -= lr * gb
-            elif workload == "w2":
-                p = 1 / (1 + np.exp(-(xb @ w + b)))
-                dz = (p - yb) / np.float32(batch)
-                w -= lr * (xb.T @ dz)
-                b -= lr * dz.sum()
             else:
-                dz = 2 * (xb @ w + b - yb) / np.float32(batch)
+                z = xb @ w + b
+                if workload == "w2":
+                    dz = (1 / (1 + np.exp(-z)) - yb) / np.float32(batch)
+                else:
+                    dz = 2 * (z - yb) / np.float32(batch)
                 w -= lr * (xb.T @ dz)
                 b -= lr * dz.sum()
         if e > 0:  # the first epoch warms the caches and OpenBLAS's buffers

@@ -111,8 +111,12 @@ impl BenchRow {
     /// never reported; the margin keeps run-to-run noise out.
     pub fn ran_slower_than_on_one_thread(&self) -> bool {
         const BELOW: f64 = 0.9;
-        let shards = self.batch_size.div_ceil(self.shard_rows.max(1));
-        self.threads > 1 && shards > 1 && self.speedup.is_some_and(|s| s < BELOW)
+        self.threads > 1 && self.shards() > 1 && self.speedup.is_some_and(|s| s < BELOW)
+    }
+
+    /// Shards per batch: the most threads the row's shards can keep busy.
+    pub fn shards(&self) -> usize {
+        self.batch_size.div_ceil(self.shard_rows.max(1))
     }
 }
 
@@ -278,11 +282,12 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
                 }
             }
         }
+        let rows_per_shard = |b: usize, cfg: &Config| cfg.train.shard_rows.get().min(b);
         let mut best: Vec<Option<Measured>> = vec![None; grid.len()];
         let rounds = plan.rounds.get();
         for round in 1..=rounds {
             for ((batch_size, threads, cfg), best) in grid.iter().zip(&mut best) {
-                let per_shard = cfg.train.shard_rows.get().min(*batch_size);
+                let per_shard = rows_per_shard(*batch_size, cfg);
                 progress(&format!(
                     "{name}: B = {batch_size}, {threads} thread(s), shards of {per_shard} row{}{}",
                     if per_shard == 1 { "" } else { "s" },
@@ -303,7 +308,6 @@ pub fn run(plan: &BenchPlan, mut progress: impl FnMut(&str)) -> Result<BenchRepo
             .map(|b| b.expect("every row measured at least once"))
             .collect();
         // The speedup is over the 1-thread row of the same batch and shard size, if asked for.
-        let rows_per_shard = |b: usize, cfg: &Config| cfg.train.shard_rows.get().min(b);
         let one_thread = |batch_size: usize, shard_rows: usize| {
             grid.iter()
                 .zip(&best)

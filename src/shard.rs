@@ -23,10 +23,11 @@ pub fn shard_range(shard_idx: usize, batch_len: usize, shard_rows: NonZeroUsize)
     start..(start + shard_rows.get()).min(batch_len)
 }
 
-/// The default shard size for a batch size: B / 16 rows, but at least 64 and at most 256;
-/// and a batch of 32 to 127 rows in two equal halves (that rule made 32-64 rows one shard
-/// on one core, and 65-127 a 64-row shard and a shorter one). Many shards give parallel slack for large machines (16 shards from B = 1024 on);
-/// on a few cores the shards run in groups (`group_size`), one pass through the model per
+/// The default shard size for a batch size: B / 16 rows, but at least 64 and at most 256
+/// (`sixteenth_rows`); and a batch of 32 to 127 rows in two equal halves (that rule made
+/// 32-64 rows one shard on one core, and 65-127 a 64-row shard and a shorter one). Many
+/// shards give parallel slack for large machines (16 shards from B = 1024 on); on a few
+/// cores the shards run in groups (`group_size`), one pass through the model per
 /// group, so small shards cost little there: measured on the MLP workload (`minibatch bench
 /// -w w1 -b 512,2048 --shard-rows 64,128,256`, 2 cores, two runs), B = 512 on one thread
 /// ran 114,400-126,000 examples/s with 64-row shards, 112,800-123,500 with 128 and
@@ -45,9 +46,16 @@ pub fn auto_shard_rows(batch_size: NonZeroUsize) -> NonZeroUsize {
     let rows = if (2 * MIN_HALF_ROWS..2 * 64).contains(&b) {
         b.div_ceil(2)
     } else {
-        b.div_ceil(16).clamp(64, 256)
+        sixteenth_rows(b)
     };
     NonZeroUsize::new(rows).expect("at least 16 rows")
+}
+
+/// B / 16 rows within [64, 256]: the default for a batch of 128 rows or more, and for every
+/// batch in the builds before small batches were halved (a resume compares against it when
+/// a checkpoint does not record its shards).
+pub fn sixteenth_rows(batch_size: usize) -> usize {
+    batch_size.div_ceil(16).clamp(64, 256)
 }
 
 /// The fewest rows in each half of a small batch that `auto_shard_rows` cuts in two.

@@ -158,10 +158,7 @@ fn prediction_notes(report: &minibatch::bench::BenchReport) -> Vec<String> {
         .filter_map(|r| r.serial_fraction.map(|e| (r, e)))
         .collect();
     let mut notes = Vec::new();
-    if predictions
-        .iter()
-        .any(|(r, _)| r.batch_size.div_ceil(r.shard_rows.max(1)) < 64)
-    {
+    if predictions.iter().any(|(r, _)| r.shards() < 64) {
         notes.push(
             "a step runs at most its batch's shards at once (ceil(B / shard rows)), so the \
              fraction counts no more threads than that, and a prediction stops growing there"

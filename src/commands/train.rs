@@ -430,7 +430,7 @@ fn resume_notes(
     let saved_rows = match recorded_rows {
         0 => saved
             .shard_rows
-            .unwrap_or(b.get().div_ceil(16).clamp(64, 256))
+            .unwrap_or(minibatch::shard::sixteenth_rows(b.get()))
             .min(b.get()),
         rows => rows as usize,
     };
