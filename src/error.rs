@@ -78,6 +78,10 @@ pub enum Error {
     /// the command does not support, an MPI library without thread support).
     #[error("{0}")]
     Cluster(String),
+    /// A command that runs in one process was started by an MPI launcher on several: every
+    /// rank finds it at once, before any work.
+    #[error("{0}")]
+    SingleProcess(String),
     /// The ranks of a run read different inputs; every rank finds it at once, before the
     /// first step, so all stop alike.
     #[error("{0}")]
@@ -134,6 +138,7 @@ impl Error {
             | Error::Unwritable { .. }
             | Error::Shape { .. }
             | Error::Cluster(_)
+            | Error::SingleProcess(_)
             | Error::RanksDiffer(_) => 2,
             Error::Write { .. } | Error::NonFinite { .. } | Error::Overflow { .. } => 1,
             Error::Interrupted { .. } | Error::InterruptedBeforeTraining => 130,

@@ -56,14 +56,17 @@ fn main() -> ExitCode {
     install_subscriber(&cli, recorder.clone());
     let mut launch = match Launch::join(&cli.command) {
         Ok(launch) => launch,
-        // Every process the launcher started refuses alike: rank 0 says why.
-        Err(err) if minibatch::cluster::launcher_rank().is_some_and(|r| r > 0) => {
-            return ExitCode::from(err.exit_code());
+        // Every process the launcher started refuses alike: rank 0 says why, and its status
+        // is the job's. The others exit quietly with success: the launcher ends the whole job
+        // when the first rank fails, which could cut rank 0 off before it printed.
+        Err(_) if minibatch::cluster::launcher_rank().is_some_and(|r| r > 0) => {
+            return ExitCode::SUCCESS;
         }
         Err(err) => return fail(&err, &Launch::default()),
     };
     let result = match &cli.command {
         Command::Train(args) => train::train(args, cli.quiet, recorder.as_ref(), launch.comm()),
+        _ if launch.size > 1 => Err(only_train(&format!("{} ranks here", launch.size))),
         Command::Layout(args) => model::layout(args),
         Command::Bench(args) => report::bench(args, cli.quiet),
         Command::Tune(args) => report::tune(args, cli.quiet),
@@ -121,12 +124,15 @@ fn fail(err: &minibatch::Error, launch: &Launch) -> ExitCode {
             | minibatch::Error::NonFinite { .. }
             | minibatch::Error::Overflow { .. }
             | minibatch::Error::RanksDiffer(_)
+            | minibatch::Error::SingleProcess(_)
     );
     if !every_rank || launch.rank == 0 {
         errln!("minibatch: rank {} of {}: {err}", launch.rank, launch.size);
     }
     #[cfg(feature = "mpi")]
-    if !every_rank {
+    if every_rank {
+        minibatch::cluster::mpi::barrier();
+    } else {
         minibatch::cluster::mpi::abort(i32::from(code));
     }
     ExitCode::from(code)
@@ -152,7 +158,6 @@ impl Launch {
             command,
             Command::Train(args) if args.reduction == Some(minibatch::cluster::Reduction::Fast)
         );
-        let is_train = matches!(command, Command::Train(_));
         let Some(size) = minibatch::cluster::launcher_size() else {
             if asks_for_ranks {
                 return Err(minibatch::Error::Cluster(format!(
@@ -173,11 +178,8 @@ impl Launch {
                 0 => "processes the launcher started".to_string(),
                 n => format!("{n} processes the launcher started"),
             };
-            if !is_train && size != 1 {
-                return Err(minibatch::Error::Cluster(format!(
-                    "only `minibatch train` runs across MPI ranks: run this command without the \
-                     launcher (the {processes} would each run it)"
-                )));
+            if !matches!(command, Command::Train(_)) && size != 1 {
+                return Err(only_train(&format!("the {processes} would each run it")));
             }
             if size != 1 || asks_for_ranks {
                 let what = if size == 1 {
@@ -214,13 +216,8 @@ impl Launch {
                 comm: Some(Box::new(mpi)),
                 _universe: Some(universe),
             };
-            if launch.size > 1 && !is_train {
-                return Err(minibatch::Error::Cluster(format!(
-                    "only `minibatch train` runs across MPI ranks; run this command without \
-                     the launcher ({} ranks here)",
-                    launch.size
-                )));
-            }
+            // A command other than train is refused by `main` with the ranks joined, so
+            // that rank 0 can say why before the others exit.
             Ok(launch)
         }
     }
@@ -228,6 +225,14 @@ impl Launch {
     fn comm(&mut self) -> Option<Box<dyn minibatch::cluster::Collective>> {
         self.comm.take()
     }
+}
+
+/// The refusal of a command other than train under a launcher of several processes.
+fn only_train(why: &str) -> minibatch::Error {
+    minibatch::Error::SingleProcess(format!(
+        "only `minibatch train` runs across MPI ranks: run this command without the launcher \
+         ({why})"
+    ))
 }
 
 /// Log lines to stderr, filtered by RUST_LOG or -v/-q; and, for --trace/--profile, the span

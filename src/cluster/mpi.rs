@@ -48,6 +48,13 @@ pub fn abort(code: i32) -> ! {
     SimpleCommunicator::world().abort(code)
 }
 
+/// Returns once every rank has called it: ranks that stop alike wait here until rank 0 has
+/// said why, since the launcher ends the job (rank 0 with it) when the first rank exits
+/// with a failure status.
+pub fn barrier() {
+    SimpleCommunicator::world().barrier();
+}
+
 impl Collective for Mpi {
     fn rank(&self) -> usize {
         self.rank
