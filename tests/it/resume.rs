@@ -67,6 +67,23 @@ fn exited_within(mut child: std::process::Child, what: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// Waits (at most 20 s) until process `pid` catches SIGINT (its bit in the caught-signal
+/// mask): a signal sent before would end it unhandled, and how soon a process gets there
+/// depends on how loaded the machine is.
+fn wait_for_sigint_handler(pid: u32) {
+    let start = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_none_or(|mask| mask & (1 << (libc::SIGINT - 1)) == 0)
+    {
+        assert!(start.elapsed() < Duration::from_secs(20), "no handler");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// `minibatch(args)`, which must succeed.
 fn succeeds(args: &[&str]) -> Output {
     let out = minibatch(args);
@@ -867,7 +884,9 @@ fn ctrl_c_before_the_first_step_trains_nothing() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(150));
+    // Once the handler is in place (before it, SIGINT would end the process unhandled);
+    // the data takes far longer to generate than the handler to be installed.
+    wait_for_sigint_handler(child.id());
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();
@@ -905,18 +924,7 @@ fn a_second_ctrl_c_exits_a_run_blocked_on_its_input() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    // Signal only once the handler is in place (SIGINT's bit in the caught-signal mask).
-    let start = Instant::now();
-    while std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("SigCgt:"))
-        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
-        .is_none_or(|mask| mask & (1 << (libc::SIGINT - 1)) == 0)
-    {
-        assert!(start.elapsed() < Duration::from_secs(20), "no handler");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_sigint_handler(pid);
     let sigint = || {
         // SAFETY: sending a signal to our own child process.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
